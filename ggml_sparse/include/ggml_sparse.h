@@ -1,0 +1,323 @@
+/*
+ * ggml_sparse.h - the whole public C API of the ggml_sparse tensor library.
+ *
+ * ggml_sparse is a small ggml-style tensor library: typed n-d tensors (up to
+ * 4 dims, ggml's `ne`/`nb` convention: ne[0] is the innermost, contiguous
+ * dimension), GGUF-compatible quantized block types, a compute graph that is
+ * built once and run many times on a persistent thread pool, and (later)
+ * neuron-sparse FFN operators.
+ *
+ * Conventions
+ *   - Every public function returns gs_status. GS_OK (0) is success; on any
+ *     other value gs_last_error() returns a thread-local message saying why.
+ *     Results come back through out-pointers. Nothing aborts on user input.
+ *   - Handles are opaque. Objects come in _new/_free pairs; _free(NULL) is a
+ *     no-op.
+ *   - A tensor lives in a context. A context owns an arena for tensor structs
+ *     and, unless no_alloc is set, for the data of tensors made with
+ *     gs_new_tensor. gs_tensor_set_data() makes a tensor wrap memory owned
+ *     elsewhere (a GGUF memory map) without copying.
+ *   - Op constructors (gs_add, gs_mul_mat, ...) only record a node: they check
+ *     shapes and types, create the result tensor (without data) and return.
+ *     gs_graph_build collects the nodes a tensor depends on; gs_graph_plan
+ *     assigns memory to all intermediate results (reusing buffers whose last
+ *     reader has run) and sizes the scratch buffer; gs_graph_compute runs it.
+ *     Inputs that change per run (token ids, positions) are ordinary tensors
+ *     whose data the caller rewrites between runs.
+ *
+ * Worked example (y = silu(W x) with W quantized, 2 threads):
+ *
+ *     gs_context_params cp = gs_context_default_params();
+ *     gs_context *ctx; gs_context_new(&cp, &ctx);
+ *     int64_t wne[2] = {4096, 11008}, xne[2] = {4096, 1};
+ *     gs_tensor *W, *x, *wx, *y;
+ *     gs_new_tensor(ctx, GS_TYPE_Q4_0, 2, wne, &W);   // fill via gs_tensor_data
+ *     gs_new_tensor(ctx, GS_TYPE_F32, 2, xne, &x);
+ *     gs_mul_mat(ctx, W, x, &wx);                     // wx: {11008, 1} F32
+ *     gs_unary(ctx, wx, GS_UNARY_SILU, &y);
+ *     gs_graph *g; gs_graph_new(ctx, 64, &g);
+ *     gs_graph_build(g, y); gs_graph_plan(g, 2);
+ *     gs_threadpool *tp; gs_threadpool_new(2, &tp);
+ *     gs_graph_compute(g, tp);                        // repeat as needed
+ *     gs_threadpool_free(tp); gs_context_free(ctx);   // graph freed with ctx
+ *
+ * The block between "cffi-begin" and "cffi-end" is read verbatim by the
+ * Python binding's build (cffi): it contains only plain C declarations.
+ */
+#ifndef GGML_SPARSE_H
+#define GGML_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cffi-begin */
+
+/* ---------------------------------------------------------------------------
+ * Status codes and errors
+ * ------------------------------------------------------------------------- */
+typedef enum {
+    GS_OK = 0,
+    GS_ERR_INVALID_ARG = 1,  /* bad argument: NULL, out of range, bad name  */
+    GS_ERR_SHAPE = 2,        /* shapes do not fit the op's contract         */
+    GS_ERR_TYPE = 3,         /* unsupported type or type combination        */
+    GS_ERR_OOM = 4,          /* allocation failed or arena exhausted        */
+    GS_ERR_STATE = 5,        /* call out of order (e.g. compute before plan)*/
+    GS_ERR_RUNTIME = 6,      /* error detected while computing (bad index)  */
+    GS_ERR_UNSUPPORTED = 7   /* feature not built in / not on this CPU      */
+} gs_status;
+
+/* Message describing the last non-OK status returned on this thread. */
+const char * gs_last_error(void);
+
+/* ---------------------------------------------------------------------------
+ * Types. Values equal ggml's / GGUF's type ids, so a GGUF tensor's type can be
+ * used directly. Block layouts are bit-compatible with GGUF files.
+ * ------------------------------------------------------------------------- */
+typedef enum {
+    GS_TYPE_F32  = 0,
+    GS_TYPE_F16  = 1,
+    GS_TYPE_Q4_0 = 2,   /* 32 weights: f16 d, 16 B nibbles; w = d*(q-8)        */
+    GS_TYPE_Q4_1 = 3,   /* 32 weights: f16 d, f16 m, nibbles; w = d*q + m      */
+    GS_TYPE_Q5_0 = 6,   /* 32 weights: f16 d, 4 B high bits, nibbles; d*(q-16) */
+    GS_TYPE_Q5_1 = 7,   /* 32 weights: f16 d, f16 m, high bits, nibbles        */
+    GS_TYPE_Q8_0 = 8,   /* 32 weights: f16 d, int8 q[32]; w = d*q              */
+    GS_TYPE_Q8_1 = 9,   /* activations: f32 d, f32 s = d*sum(q), int8 q[32]    */
+    GS_TYPE_Q4_K = 12,  /* 256 weights: 8 sub-blocks of 32, 6-bit scale/min    */
+    GS_TYPE_Q5_K = 13,  /* 256 weights: as Q4_K plus one high bit per weight   */
+    GS_TYPE_Q6_K = 14,  /* 256 weights: 16 sub-blocks of 16, int8 scales       */
+    GS_TYPE_Q8_K = 15,  /* activations: f32 d, int8 q[256], int16 bsums[16]    */
+    GS_TYPE_I8   = 24,
+    GS_TYPE_I16  = 25,
+    GS_TYPE_I32  = 26,
+    GS_TYPE_BF16 = 30,
+    GS_TYPE_COUNT = 31
+} gs_type;
+
+/* Traits of a type (works for every id above; GS_ERR_TYPE otherwise). */
+typedef struct {
+    const char * name;        /* "q4_0", ...                                 */
+    int64_t blck_size;        /* elements per block (1 for plain types)      */
+    size_t  type_size;        /* bytes per block                             */
+    bool    is_quantized;
+    gs_type vec_dot_type;     /* activation type its dot product consumes    */
+} gs_type_info;
+
+gs_status gs_type_get_info(gs_type type, gs_type_info * out);
+/* Bytes taken by one row of n elements (n must be a multiple of blck_size). */
+gs_status gs_row_size(gs_type type, int64_t n, size_t * out);
+
+/* ---------------------------------------------------------------------------
+ * Conversions of contiguous rows (reference and SIMD paths, see gs_cpu_*).
+ * n is the element count and must be a multiple of the type's block size.
+ * ------------------------------------------------------------------------- */
+/* Dequantize n elements of type `type` at src into floats. */
+gs_status gs_dequantize(gs_type type, const void * src, float * dst, int64_t n);
+/* Quantize n floats with the portable reference quantizer (any storable
+ * type; for K types n is a multiple of 256). `imatrix` is reserved, pass NULL. */
+gs_status gs_quantize(gs_type type, const float * src, void * dst, int64_t n,
+                      const float * imatrix);
+/* Quantize n floats into the type's activation format as the matmul does
+ * (may use SIMD; results equal gs_quantize for the same type up to rounding
+ * ties). */
+gs_status gs_quantize_activations(gs_type type, const float * src, void * dst, int64_t n);
+/* Dot product of one weight row x (type `type`, n elements) with one
+ * activation row y already in the type's vec_dot_type.
+ * impl: GS_IMPL_AUTO (best available), GS_IMPL_SCALAR (reference) or a
+ * specific SIMD level (GS_ERR_UNSUPPORTED when the CPU lacks it). */
+typedef enum {
+    GS_IMPL_AUTO = 0,
+    GS_IMPL_SCALAR = 1,
+    GS_IMPL_AVX2 = 2,
+    GS_IMPL_AVX512 = 3
+} gs_impl;
+gs_status gs_vec_dot(gs_type type, int64_t n, const void * x, const void * y,
+                     gs_impl impl, float * out);
+
+/* CPU features found at run time and the SIMD level the kernels use. */
+typedef struct {
+    bool avx2;
+    bool fma;
+    bool f16c;
+    bool avx512f;
+    bool avx512bw;
+    bool avx512vl;
+    bool avx512vnni;
+    bool avx512bf16;
+    gs_impl level;            /* what GS_IMPL_AUTO resolves to           */
+} gs_cpu_info;
+gs_status gs_cpu_get_info(gs_cpu_info * out);
+/* Cap the SIMD level used by GS_IMPL_AUTO (for tests and benchmarks);
+ * GS_IMPL_AUTO restores the best available. Process-wide, not thread-safe
+ * with respect to running computations. */
+gs_status gs_cpu_set_level(gs_impl level);
+
+/* ---------------------------------------------------------------------------
+ * Contexts and tensors
+ * ------------------------------------------------------------------------- */
+typedef struct gs_context gs_context;
+typedef struct gs_tensor gs_tensor;
+typedef struct gs_graph gs_graph;
+typedef struct gs_threadpool gs_threadpool;
+
+typedef struct {
+    size_t mem_size;      /* arena bytes for tensor structs (+ data)         */
+    bool   no_alloc;      /* true: gs_new_tensor allocates no data           */
+} gs_context_params;
+
+gs_context_params gs_context_default_params(void);  /* 16 MiB, alloc data */
+gs_status gs_context_new(const gs_context_params * params, gs_context ** out);
+void      gs_context_free(gs_context * ctx);
+/* Bytes of the arena in use / in total. */
+gs_status gs_context_mem(const gs_context * ctx, size_t * used, size_t * total);
+
+/* New tensor with n_dims (1..4) dimensions ne[0..n_dims-1] (ne[0] innermost,
+ * a multiple of the type's block size), contiguous. Data comes from the
+ * arena (64-byte aligned, zeroed) unless the context is no_alloc. */
+gs_status gs_new_tensor(gs_context * ctx, gs_type type, int n_dims,
+                        const int64_t * ne, gs_tensor ** out);
+/* Point a leaf tensor at memory owned elsewhere (no copy). The caller keeps
+ * that memory alive and unchanged in size while the tensor is used. */
+gs_status gs_tensor_set_data(gs_tensor * t, void * data);
+gs_status gs_tensor_get_data(const gs_tensor * t, void ** out);
+gs_status gs_tensor_set_name(gs_tensor * t, const char * name);
+const char * gs_tensor_name(const gs_tensor * t);
+gs_type   gs_tensor_type(const gs_tensor * t);
+int       gs_tensor_n_dims(const gs_tensor * t);
+/* Copies ne[4] and nb[4] (bytes) into the caller's arrays. */
+gs_status gs_tensor_shape(const gs_tensor * t, int64_t * ne, size_t * nb);
+/* Bytes spanned by the tensor's data (for contiguous tensors: rows*row size). */
+size_t    gs_tensor_nbytes(const gs_tensor * t);
+bool      gs_tensor_is_contiguous(const gs_tensor * t);
+/* Mark a tensor as a graph output: its memory is never reused by the
+ * planner, so it can be read after compute. */
+gs_status gs_tensor_set_output(gs_tensor * t);
+
+/* ---------------------------------------------------------------------------
+ * Ops. Each records a node; shapes use ggml's convention. For 2-D tensors,
+ * {ne0, ne1} is ne1 rows of ne0 elements. "Broadcast" means dims of b of
+ * size 1, or ne of a that are multiples of b's, repeat b.
+ * ------------------------------------------------------------------------- */
+
+/* Views (no data of their own). Strides nb are bytes. */
+gs_status gs_view(gs_context * ctx, gs_tensor * a, int n_dims, const int64_t * ne,
+                  const size_t * nb, size_t offset, gs_tensor ** out);
+/* Contiguous a seen with a new shape of the same element count. */
+gs_status gs_reshape(gs_context * ctx, gs_tensor * a, int n_dims, const int64_t * ne,
+                     gs_tensor ** out);
+/* Permute dims: axes[i] is the destination of source dim i (ggml_permute). */
+gs_status gs_permute(gs_context * ctx, gs_tensor * a, int a0, int a1, int a2, int a3,
+                     gs_tensor ** out);
+/* Transpose dims 0 and 1 (a view). */
+gs_status gs_transpose(gs_context * ctx, gs_tensor * a, gs_tensor ** out);
+
+/* Copy a (any layout, F32/F16/BF16 or quantized source) into a new
+ * contiguous tensor of type `type` (F32, F16, BF16 or a quantized type). */
+gs_status gs_cast(gs_context * ctx, gs_tensor * a, gs_type type, gs_tensor ** out);
+/* Copy a into dst (same element count, dst contiguous); result is a view of
+ * dst that orders the copy before later readers of the result. */
+gs_status gs_cpy(gs_context * ctx, gs_tensor * a, gs_tensor * dst, gs_tensor ** out);
+/* Row scatter: dst rows idx[i] = src row i (converted to dst's type).
+ * dst {n, R, ...}, src {n, k}, idx I32 {k}, 0 <= idx[i] < R (checked at run
+ * time: GS_ERR_RUNTIME). Used to append to a KV cache at positions given as
+ * an input. Result: a view of all of dst, to order readers after the write. */
+gs_status gs_set_rows(gs_context * ctx, gs_tensor * dst, gs_tensor * src,
+                      gs_tensor * idx, gs_tensor ** out);
+/* Row gather: out row i = a row idx[i], dequantized to F32.
+ * a {n, R} of any type, idx I32 {k} -> out F32 {n, k}. (Embedding lookup.) */
+gs_status gs_get_rows(gs_context * ctx, gs_tensor * a, gs_tensor * idx, gs_tensor ** out);
+
+/* Element-wise, F32. b broadcasts over a. out has a's shape. */
+gs_status gs_add(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
+gs_status gs_mul(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
+/* out = a * s */
+gs_status gs_scale(gs_context * ctx, gs_tensor * a, float s, gs_tensor ** out);
+
+typedef enum {
+    GS_UNARY_RELU = 0,
+    GS_UNARY_SILU = 1,
+    GS_UNARY_GELU = 2,       /* tanh approximation, as ggml_gelu */
+    GS_UNARY_SQR_RELU = 3    /* relu(x)^2                         */
+} gs_unary_op;
+/* out = f(a), F32. */
+gs_status gs_unary(gs_context * ctx, gs_tensor * a, gs_unary_op op, gs_tensor ** out);
+/* Gated product: out = f(a) * b (a, b same shape, F32). SwiGLU is SILU;
+ * ReLU-llama is RELU. With gate_b set, out = f(a) * f(b) (bamboo). */
+gs_status gs_glu(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_unary_op op,
+                 bool gate_b, gs_tensor ** out);
+
+/* RMS norm over ne0: out = a / sqrt(mean(a^2) + eps). F32. */
+gs_status gs_rms_norm(gs_context * ctx, gs_tensor * a, float eps, gs_tensor ** out);
+/* Layer norm over ne0 (no affine): (a - mean) / sqrt(var + eps). F32. */
+gs_status gs_norm(gs_context * ctx, gs_tensor * a, float eps, gs_tensor ** out);
+
+typedef enum {
+    GS_ROPE_NORMAL = 0,      /* rotate pairs (x[2i], x[2i+1])  (llama)       */
+    GS_ROPE_NEOX = 2         /* rotate pairs (x[i], x[i+n/2])  (qwen2, neox) */
+} gs_rope_mode;
+typedef struct {
+    int   n_dims;            /* leading elements of each head to rotate       */
+    int   mode;              /* gs_rope_mode                                  */
+    float freq_base;         /* theta base, e.g. 10000                        */
+    float freq_scale;        /* linear scaling: pos * freq_scale              */
+} gs_rope_params;
+gs_rope_params gs_rope_default_params(int n_dims);
+/* a {head_dim, n_head, n_tokens} F32, pos I32 {n_tokens}. */
+gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos,
+                  const gs_rope_params * p, gs_tensor ** out);
+
+/* Softmax over ne0 of (a * scale + mask), F32. mask: NULL or F32 {ne0, ne1'}
+ * broadcast over a's higher dims (ne1' >= a's ne1; -INFINITY hides a slot). */
+gs_status gs_soft_max(gs_context * ctx, gs_tensor * a, gs_tensor * mask, float scale,
+                      gs_tensor ** out);
+
+/* Matrix product: a {K, M, ...} (weights, any type), b {K, N, ...} F32
+ * (activations) -> out F32 {M, N, ...}: out[n][m] = dot(a row m, b row n).
+ * a's dims 2,3 broadcast over b's. N = 1 is a GEMV, N > 1 a GEMM. */
+gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
+
+/* Causal attention over a KV cache with grouped-query heads.
+ *   q     F32 {head_dim, n_head, n_tokens}
+ *   k     F32/F16 cache {head_dim, n_head_kv, n_ctx} (any row stride)
+ *   v     F32/F16 cache {head_dim, n_head_kv, n_ctx}
+ *   pos   I32 {n_tokens}: query token t sees cache slots 0..pos[t]
+ *         (pos[t] < n_ctx, checked at run time)
+ * n_head must be a multiple of n_head_kv; head h reads kv head
+ * h / (n_head / n_head_kv). out F32 {head_dim, n_head, n_tokens}. */
+gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v,
+                       gs_tensor * pos, float scale, gs_tensor ** out);
+
+/* ---------------------------------------------------------------------------
+ * Graphs and thread pools
+ * ------------------------------------------------------------------------- */
+/* A graph of at most max_nodes nodes, owned by (and freed with) ctx. */
+gs_status gs_graph_new(gs_context * ctx, int max_nodes, gs_graph ** out);
+/* Add `t` and every node it depends on (once each, in dependency order). */
+gs_status gs_graph_build(gs_graph * g, gs_tensor * t);
+/* Assign memory to intermediate results and size the scratch buffer for up
+ * to n_threads threads; allocates one buffer. Call again after adding
+ * nodes. */
+gs_status gs_graph_plan(gs_graph * g, int n_threads);
+/* Bytes the plan uses: intermediates (after reuse) and scratch. */
+gs_status gs_graph_mem(const gs_graph * g, size_t * compute_bytes, size_t * work_bytes);
+int       gs_graph_n_nodes(const gs_graph * g);
+gs_status gs_graph_node(const gs_graph * g, int i, gs_tensor ** out);
+/* Run the planned graph on the pool (n_threads <= planned). */
+gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp);
+
+/* A persistent pool of n_threads (the caller's thread is one of them). */
+gs_status gs_threadpool_new(int n_threads, gs_threadpool ** out);
+void      gs_threadpool_free(gs_threadpool * tp);
+int       gs_threadpool_n_threads(const gs_threadpool * tp);
+
+/* cffi-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GGML_SPARSE_H */

@@ -1,0 +1,35 @@
+/*
+ * compute.c - maps graph nodes to CPU kernels and sizes their scratch.
+ */
+#include "../gs_internal.h"
+
+size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
+    switch (node->op) {
+        case GS_OP_MUL_MAT:   return gs_cpu_mul_mat_work_size(node, n_threads);
+        case GS_OP_ATTENTION: return gs_cpu_attention_work_size(node, n_threads);
+        default:              return 0;
+    }
+}
+
+void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
+    switch (node->op) {
+        case GS_OP_NONE:
+        case GS_OP_VIEW:      break;
+        case GS_OP_CPY:       gs_cpu_op_cpy(p, node); break;
+        case GS_OP_SET_ROWS:  gs_cpu_op_set_rows(p, node); break;
+        case GS_OP_GET_ROWS:  gs_cpu_op_get_rows(p, node); break;
+        case GS_OP_ADD:
+        case GS_OP_MUL:       gs_cpu_op_binary(p, node); break;
+        case GS_OP_SCALE:     gs_cpu_op_scale(p, node); break;
+        case GS_OP_UNARY:     gs_cpu_op_unary(p, node); break;
+        case GS_OP_GLU:       gs_cpu_op_glu(p, node); break;
+        case GS_OP_RMS_NORM:  gs_cpu_op_rms_norm(p, node); break;
+        case GS_OP_NORM:      gs_cpu_op_norm(p, node); break;
+        case GS_OP_ROPE:      gs_cpu_op_rope(p, node); break;
+        case GS_OP_SOFT_MAX:  gs_cpu_op_soft_max(p, node); break;
+        case GS_OP_MUL_MAT:   gs_cpu_op_mul_mat(p, node); break;
+        case GS_OP_ATTENTION: gs_cpu_op_attention(p, node); break;
+        default:
+            if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_name(node->op));
+    }
+}

@@ -1,0 +1,65 @@
+/*
+ * matmul.c - quantized-weight x F32-activation matrix products (GEMV/GEMM).
+ *
+ * dst {M, N, n2, n3} = a {K, M, a2, a3} x b {K, N, n2, n3}:
+ * dst[n][m] = dot(a row m, b row n). Phase 1: every thread converts a share
+ * of b's rows into a's vec_dot_type in the scratch buffer. Phase 2: threads
+ * split a's rows; each walks blocks of weight rows and, per block, all
+ * activation rows, so a block of weights is read from memory once per call
+ * and reused from cache for every token.
+ */
+#include "../gs_internal.h"
+
+#define ROW_BLOCK 16
+
+size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
+    (void) n_threads;
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * b = dst->src[1];
+    const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
+    return gs_type_row_size(vt, b->ne[0]) * (size_t) gs_nrows(b);
+}
+
+void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * b = dst->src[1];
+    const int64_t K = a->ne[0], M = a->ne[1];
+    const int64_t N = b->ne[1], n2 = b->ne[2], n3 = b->ne[3];
+    const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
+    const gs_cpu_type_funcs * fa = gs_cpu_funcs(a->type);
+    const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
+    const size_t q_row = gs_type_row_size(vt, K);
+    uint8_t * wq = p->wdata;
+
+    /* phase 1: activations -> vec_dot_type, rows split across threads */
+    const int64_t nr_b = N * n2 * n3;
+    int64_t r0, r1;
+    gs_split_rows(nr_b, p->ith, p->nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t i1 = r % N, i2 = (r / N) % n2, i3 = r / (N * n2);
+        const float * src = (const float *) ((const uint8_t *) b->data + i1 * b->nb[1] + i2 * b->nb[2] + i3 * b->nb[3]);
+        quantize(src, wq + r * q_row, K);
+    }
+    gs_barrier(p);
+
+    /* phase 2: weight rows split across threads, per plane */
+    const int64_t r2 = n2 / a->ne[2], r3 = n3 / a->ne[3];
+    gs_split_rows(M, p->ith, p->nth, &r0, &r1);
+    for (int64_t i3 = 0; i3 < n3; i3++) {
+        for (int64_t i2 = 0; i2 < n2; i2++) {
+            const uint8_t * a_plane = (const uint8_t *) a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
+            const uint8_t * q_plane = wq + ((i3 * n2 + i2) * N) * q_row;
+            uint8_t * d_plane = (uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3];
+            for (int64_t m0 = r0; m0 < r1; m0 += ROW_BLOCK) {
+                const int64_t m1 = m0 + ROW_BLOCK < r1 ? m0 + ROW_BLOCK : r1;
+                for (int64_t n = 0; n < N; n++) {
+                    float * d_row = (float *) (d_plane + n * dst->nb[1]);
+                    const uint8_t * q = q_plane + n * q_row;
+                    for (int64_t m = m0; m < m1; m++) {
+                        fa->vec_dot((int) K, &d_row[m], a_plane + m * a->nb[1], q);
+                    }
+                }
+            }
+        }
+    }
+}

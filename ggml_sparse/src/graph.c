@@ -1,0 +1,313 @@
+/*
+ * graph.c - building, planning (memory assignment) and running graphs.
+ *
+ * Planning walks the nodes in execution order with a first-fit allocator
+ * over one virtual buffer: a node's result gets a block before its inputs'
+ * blocks are released, and a block is released after the last node that
+ * reads it (directly or through views). Graph outputs are never released.
+ * The result is one allocation for all intermediates plus the scratch
+ * buffer; nothing is allocated while computing.
+ */
+#include "gs_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+gs_status gs_context_own(gs_context * ctx, void * p);
+void gs_context_reown(gs_context * ctx, void * old_p, void * new_p);
+
+struct gs_graph {
+    gs_context * ctx;
+    int max_nodes;
+    int n_nodes;
+    gs_tensor ** nodes;       /* op nodes in execution order               */
+    gs_tensor ** visited;     /* open-addressing set of visited tensors    */
+    int visited_cap;
+    uint8_t * buffer;         /* intermediates, then scratch               */
+    size_t compute_bytes;
+    size_t work_bytes;
+    int planned_threads;      /* 0 while not planned                       */
+};
+
+gs_status gs_graph_new(gs_context * ctx, int max_nodes, gs_graph ** out) {
+    GS_CHECK_ARG(ctx && out, "gs_graph_new: NULL argument");
+    GS_CHECK_ARG(max_nodes > 0 && max_nodes < (1 << 24), "gs_graph_new: bad max_nodes %d", max_nodes);
+    gs_graph * g = calloc(1, sizeof(*g));
+    int cap = 4;
+    while (cap < 4 * max_nodes) cap *= 2;
+    gs_tensor ** nodes = calloc((size_t) max_nodes, sizeof(gs_tensor *));
+    gs_tensor ** visited = calloc((size_t) cap, sizeof(gs_tensor *));
+    if (!g || !nodes || !visited || gs_context_own(ctx, g) || gs_context_own(ctx, nodes) ||
+        gs_context_own(ctx, visited)) {
+        /* anything registered is freed with ctx; free the rest now */
+        return gs_set_error(GS_ERR_OOM, "gs_graph_new: out of memory");
+    }
+    g->ctx = ctx;
+    g->max_nodes = max_nodes;
+    g->nodes = nodes;
+    g->visited = visited;
+    g->visited_cap = cap;
+    *out = g;
+    return GS_OK;
+}
+
+/* Insert t into the visited set; false when it was already there. */
+static bool visit(gs_graph * g, gs_tensor * t) {
+    size_t h = ((uintptr_t) t >> 6) * 0x9E3779B97F4A7C15ull;
+    size_t mask = (size_t) g->visited_cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        if (g->visited[i] == t) return false;
+        if (!g->visited[i]) {
+            g->visited[i] = t;
+            return true;
+        }
+    }
+}
+
+static gs_status build_rec(gs_graph * g, gs_tensor * t, int * n_seen) {
+    if (!visit(g, t)) return GS_OK;
+    if (++*n_seen >= g->visited_cap / 2) {
+        return gs_set_error(GS_ERR_OOM, "graph holds more than %d tensors", g->visited_cap / 2);
+    }
+    for (int i = 0; i < GS_MAX_SRC; i++) {
+        if (t->src[i]) {
+            gs_status st = build_rec(g, t->src[i], n_seen);
+            if (st) return st;
+        }
+    }
+    if (t->view_src) {
+        gs_status st = build_rec(g, t->view_src, n_seen);
+        if (st) return st;
+    }
+    if (t->op != GS_OP_NONE) {
+        if (g->n_nodes >= g->max_nodes) {
+            return gs_set_error(GS_ERR_OOM, "graph is full: more than %d nodes", g->max_nodes);
+        }
+        g->nodes[g->n_nodes++] = t;
+    }
+    return GS_OK;
+}
+
+gs_status gs_graph_build(gs_graph * g, gs_tensor * t) {
+    GS_CHECK_ARG(g && t, "gs_graph_build: NULL argument");
+    int n_seen = 0;
+    for (int i = 0; i < g->visited_cap; i++) if (g->visited[i]) n_seen++;
+    gs_status st = build_rec(g, t, &n_seen);
+    if (st) return st;
+    t->flags |= GS_FLAG_OUTPUT;
+    g->planned_threads = 0;
+    return GS_OK;
+}
+
+int gs_graph_n_nodes(const gs_graph * g) { return g ? g->n_nodes : 0; }
+
+gs_status gs_graph_node(const gs_graph * g, int i, gs_tensor ** out) {
+    GS_CHECK_ARG(g && out, "gs_graph_node: NULL argument");
+    GS_CHECK_ARG(i >= 0 && i < g->n_nodes, "gs_graph_node: index %d out of range (%d nodes)", i, g->n_nodes);
+    *out = g->nodes[i];
+    return GS_OK;
+}
+
+/* ---- planning ----------------------------------------------------------- */
+typedef struct { size_t offs, size; } block;
+
+typedef struct {
+    block * free_blocks;  /* sorted by offset */
+    int n_free;
+    size_t end;           /* high-water mark of the virtual buffer */
+} allocator;
+
+static size_t alloc_block(allocator * a, size_t size) {
+    int best = -1;
+    for (int i = 0; i < a->n_free; i++) {
+        if (a->free_blocks[i].size >= size && (best < 0 || a->free_blocks[i].size < a->free_blocks[best].size)) best = i;
+    }
+    if (best >= 0) {
+        size_t offs = a->free_blocks[best].offs;
+        a->free_blocks[best].offs += size;
+        a->free_blocks[best].size -= size;
+        if (a->free_blocks[best].size == 0) {
+            memmove(&a->free_blocks[best], &a->free_blocks[best + 1], (size_t) (a->n_free - best - 1) * sizeof(block));
+            a->n_free--;
+        }
+        return offs;
+    }
+    /* grow: extend a free block that ends at the end, else append */
+    if (a->n_free > 0 && a->free_blocks[a->n_free - 1].offs + a->free_blocks[a->n_free - 1].size == a->end) {
+        size_t offs = a->free_blocks[--a->n_free].offs;
+        a->end = offs + size;
+        return offs;
+    }
+    size_t offs = a->end;
+    a->end += size;
+    return offs;
+}
+
+static void free_block(allocator * a, size_t offs, size_t size) {
+    int i = 0;
+    while (i < a->n_free && a->free_blocks[i].offs < offs) i++;
+    memmove(&a->free_blocks[i + 1], &a->free_blocks[i], (size_t) (a->n_free - i) * sizeof(block));
+    a->free_blocks[i] = (block) { offs, size };
+    a->n_free++;
+    /* merge with neighbours */
+    if (i + 1 < a->n_free && a->free_blocks[i].offs + a->free_blocks[i].size == a->free_blocks[i + 1].offs) {
+        a->free_blocks[i].size += a->free_blocks[i + 1].size;
+        memmove(&a->free_blocks[i + 1], &a->free_blocks[i + 2], (size_t) (a->n_free - i - 2) * sizeof(block));
+        a->n_free--;
+    }
+    if (i > 0 && a->free_blocks[i - 1].offs + a->free_blocks[i - 1].size == a->free_blocks[i].offs) {
+        a->free_blocks[i - 1].size += a->free_blocks[i].size;
+        memmove(&a->free_blocks[i], &a->free_blocks[i + 1], (size_t) (a->n_free - i - 1) * sizeof(block));
+        a->n_free--;
+    }
+}
+
+static bool owns_memory(const gs_tensor * t) {
+    return t->op != GS_OP_NONE && t->view_src == NULL;
+}
+
+static size_t aligned(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
+
+gs_status gs_graph_plan(gs_graph * g, int n_threads) {
+    GS_CHECK_ARG(g, "gs_graph_plan: NULL graph");
+    GS_CHECK_ARG(n_threads >= 1, "gs_graph_plan: n_threads must be >= 1");
+    const int n = g->n_nodes;
+    /* last_use[i]: index of the last node reading node i's memory */
+    int * last_use = malloc((size_t) (n ? n : 1) * sizeof(int));
+    size_t * offs = malloc((size_t) (n ? n : 1) * sizeof(size_t));
+    block * blocks = malloc((size_t) (n + 1) * sizeof(block));
+    gs_status st = GS_OK;
+    if (!last_use || !offs || !blocks) {
+        st = gs_set_error(GS_ERR_OOM, "gs_graph_plan: out of memory");
+        goto done;
+    }
+    /* node index lookup through the visited set would need a map; tensors
+     * are few, so store the index temporarily in op_params' last slot */
+    for (int i = 0; i < n; i++) {
+        last_use[i] = i;
+        g->nodes[i]->op_params[GS_MAX_OP_PARAMS - 1] = i;
+    }
+    for (int i = 0; i < n; i++) {
+        gs_tensor * node = g->nodes[i];
+        for (int s = 0; s < GS_MAX_SRC; s++) {
+            gs_tensor * src = node->src[s];
+            if (!src) continue;
+            gs_tensor * base = gs_view_base(src);
+            if (base->op == GS_OP_NONE) {
+                if (!base->data) {
+                    st = gs_set_error(GS_ERR_STATE, "tensor '%s' (input of '%s') has no data", base->name, node->name);
+                    goto done;
+                }
+                continue;
+            }
+            last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = i;
+        }
+    }
+    allocator a = { blocks, 0, 0 };
+    size_t work = 0;
+    for (int i = 0; i < n; i++) {
+        gs_tensor * node = g->nodes[i];
+        if (owns_memory(node)) offs[i] = alloc_block(&a, aligned(gs_tensor_nbytes(node)));
+        size_t w = gs_cpu_work_size(node, n_threads);
+        if (w > work) work = w;
+        for (int s = 0; s < GS_MAX_SRC; s++) {
+            if (!node->src[s]) continue;
+            gs_tensor * base = gs_view_base(node->src[s]);
+            if (base->op == GS_OP_NONE || (base->flags & GS_FLAG_OUTPUT)) continue;
+            int j = base->op_params[GS_MAX_OP_PARAMS - 1];
+            if (last_use[j] == i && owns_memory(base)) {
+                free_block(&a, offs[j], aligned(gs_tensor_nbytes(base)));
+                last_use[j] = -1; /* released once even if read twice */
+            }
+        }
+    }
+    const size_t compute_bytes = a.end;
+    const size_t work_bytes = aligned(work);
+    uint8_t * buf = NULL;
+    if (compute_bytes + work_bytes > 0) {
+        buf = aligned_alloc(GS_ALIGN, compute_bytes + work_bytes);
+        if (!buf) {
+            st = gs_set_error(GS_ERR_OOM, "gs_graph_plan: cannot allocate %zu bytes", compute_bytes + work_bytes);
+            goto done;
+        }
+    }
+    if (g->buffer) {
+        gs_context_reown(g->ctx, g->buffer, buf);
+        free(g->buffer);
+    } else if (buf && gs_context_own(g->ctx, buf)) {
+        free(buf);
+        st = GS_ERR_OOM;
+        goto done;
+    }
+    g->buffer = buf;
+    g->compute_bytes = compute_bytes;
+    g->work_bytes = work_bytes;
+    for (int i = 0; i < n; i++) {
+        gs_tensor * node = g->nodes[i];
+        if (owns_memory(node)) node->data = buf + offs[i];
+        else if (node->view_src) node->data = (uint8_t *) node->view_src->data + node->view_offs;
+        node->op_params[GS_MAX_OP_PARAMS - 1] = 0;
+    }
+    g->planned_threads = n_threads;
+done:
+    free(last_use);
+    free(offs);
+    free(blocks);
+    return st;
+}
+
+gs_status gs_graph_mem(const gs_graph * g, size_t * compute_bytes, size_t * work_bytes) {
+    GS_CHECK_ARG(g, "gs_graph_mem: NULL graph");
+    if (!g->planned_threads) return gs_set_error(GS_ERR_STATE, "gs_graph_mem: graph is not planned");
+    if (compute_bytes) *compute_bytes = g->compute_bytes;
+    if (work_bytes) *work_bytes = g->work_bytes;
+    return GS_OK;
+}
+
+/* ---- running ------------------------------------------------------------ */
+typedef struct {
+    gs_graph * g;
+    gs_compute_state state;
+} compute_job;
+
+void gs_compute_fail(const gs_compute_params * p, gs_status status, const char * fmt, ...) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&p->state->error, &expected, (int) status)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(p->state->error_msg, sizeof(p->state->error_msg), fmt, ap);
+        va_end(ap);
+    }
+}
+
+static void compute_worker(void * arg, int ith, int nth) {
+    compute_job * job = arg;
+    gs_graph * g = job->g;
+    gs_compute_params p = {
+        .ith = ith, .nth = nth,
+        .wdata = g->buffer + g->compute_bytes, .wsize = g->work_bytes,
+        .state = &job->state,
+    };
+    for (int i = 0; i < g->n_nodes; i++) {
+        gs_tensor * node = g->nodes[i];
+        if (node->op == GS_OP_VIEW) continue;
+        gs_cpu_compute_node(&p, node);
+        gs_barrier(&p);
+        if (atomic_load_explicit(&job->state.error, memory_order_relaxed)) break;
+    }
+}
+
+gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp) {
+    GS_CHECK_ARG(g && tp, "gs_graph_compute: NULL argument");
+    if (!g->planned_threads) return gs_set_error(GS_ERR_STATE, "gs_graph_compute: call gs_graph_plan first");
+    if (gs_threadpool_n_threads(tp) > g->planned_threads) {
+        return gs_set_error(GS_ERR_STATE, "gs_graph_compute: pool has %d threads, graph planned for %d",
+                            gs_threadpool_n_threads(tp), g->planned_threads);
+    }
+    compute_job job = { .g = g };
+    gs_threadpool_run(tp, compute_worker, &job);
+    int err = atomic_load(&job.state.error);
+    if (err) return gs_set_error((gs_status) err, "%s", job.state.error_msg);
+    return GS_OK;
+}

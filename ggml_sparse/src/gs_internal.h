@@ -1,0 +1,197 @@
+/*
+ * gs_internal.h - structures shared by the library's sources (not public).
+ */
+#ifndef GS_INTERNAL_H
+#define GS_INTERNAL_H
+
+#include "ggml_sparse.h"
+#include "quants.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#define GS_MAX_DIMS 4
+#define GS_MAX_SRC 6
+#define GS_MAX_OP_PARAMS 16
+#define GS_MAX_NAME 64
+#define GS_ALIGN 64
+
+/* ---- errors ------------------------------------------------------------ */
+/* Record a message for gs_last_error() and return `status`. printf-style. */
+gs_status gs_set_error(gs_status status, const char * fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define GS_CHECK_ARG(cond, ...) \
+    do { if (!(cond)) return gs_set_error(GS_ERR_INVALID_ARG, __VA_ARGS__); } while (0)
+
+/* ---- half / bfloat16 ---------------------------------------------------- */
+float   gs_half_to_float(gs_half h);
+gs_half gs_float_to_half(float f);
+float   gs_bf16_to_float(gs_bf16 h);
+gs_bf16 gs_float_to_bf16(float f);
+/* Table of all 65536 half -> float values, filled by gs_init(). */
+extern float gs_half_table[1 << 16];
+#define GS_H2F(h) (gs_half_table[(uint16_t)(h)])
+
+/* One-time process initialisation (tables, CPU detection). Idempotent and
+ * thread-safe; every public entry point that needs it calls it. */
+void gs_init(void);
+
+/* ---- types ------------------------------------------------------------- */
+typedef void (*gs_to_float_fn)(const void * x, float * y, int64_t n);
+typedef void (*gs_from_float_fn)(const float * x, void * y, int64_t n);
+/* Dot of a weight row x (n elements) with an activation row y of the type's
+ * vec_dot_type. */
+typedef void (*gs_vec_dot_fn)(int n, float * s, const void * x, const void * y);
+
+typedef struct {
+    const char * name;
+    int64_t blck_size;
+    size_t type_size;
+    bool is_quantized;
+    gs_type vec_dot_type;
+    gs_to_float_fn to_float;          /* reference dequantization          */
+    gs_from_float_fn from_float_ref;  /* reference quantization (or NULL)  */
+} gs_type_traits;
+
+/* NULL-free lookup: returns NULL for ids that are not types we know. */
+const gs_type_traits * gs_get_type_traits(gs_type type);
+
+/* Per-type kernels of one SIMD level; NULL where that level has none (the
+ * dispatcher then falls back to the next lower level). */
+typedef struct {
+    gs_from_float_fn from_float;      /* activations -> vec_dot_type       */
+    gs_vec_dot_fn vec_dot;
+    gs_to_float_fn to_float;
+} gs_cpu_type_funcs;
+
+/* Tables for each level, indexed by gs_type. Defined in vec_*.c. */
+extern const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT];
+extern const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT];
+extern const gs_cpu_type_funcs gs_cpu_funcs_avx512[GS_TYPE_COUNT];
+
+/* The resolved table in use (after gs_init / gs_cpu_set_level). */
+const gs_cpu_type_funcs * gs_cpu_funcs(gs_type type);
+/* Resolved functions of a given level (falls back to lower levels). */
+gs_cpu_type_funcs gs_cpu_funcs_for(gs_type type, gs_impl level);
+
+/* ---- ops --------------------------------------------------------------- */
+typedef enum {
+    GS_OP_NONE = 0,     /* leaf: data provided by the caller            */
+    GS_OP_VIEW,         /* view/reshape/permute/transpose: no compute   */
+    GS_OP_CPY,          /* src0 -> dst (type conversion, any layout)    */
+    GS_OP_SET_ROWS,
+    GS_OP_GET_ROWS,
+    GS_OP_ADD,
+    GS_OP_MUL,
+    GS_OP_SCALE,
+    GS_OP_UNARY,
+    GS_OP_GLU,
+    GS_OP_RMS_NORM,
+    GS_OP_NORM,
+    GS_OP_ROPE,
+    GS_OP_SOFT_MAX,
+    GS_OP_MUL_MAT,
+    GS_OP_ATTENTION,
+    GS_OP_COUNT
+} gs_op;
+
+const char * gs_op_name(gs_op op);
+
+enum {
+    GS_FLAG_OUTPUT = 1,     /* planner never reuses its memory            */
+    GS_FLAG_ARENA = 2,      /* data lives in the context arena             */
+    GS_FLAG_IN_GRAPH = 4,   /* visited by gs_graph_build                   */
+};
+
+struct gs_tensor {
+    gs_type type;
+    int n_dims;
+    int64_t ne[GS_MAX_DIMS];        /* elements per dim                  */
+    size_t nb[GS_MAX_DIMS];         /* stride in bytes per dim           */
+    gs_op op;
+    int32_t op_params[GS_MAX_OP_PARAMS];
+    gs_tensor * src[GS_MAX_SRC];
+    gs_tensor * view_src;           /* for views: the tensor viewed      */
+    size_t view_offs;
+    void * data;
+    uint32_t flags;
+    char name[GS_MAX_NAME];
+};
+
+static inline int64_t gs_nelements(const gs_tensor * t) {
+    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+}
+static inline int64_t gs_nrows(const gs_tensor * t) {
+    return t->ne[1] * t->ne[2] * t->ne[3];
+}
+/* Bytes of one contiguous row of t's type. */
+size_t gs_type_row_size(gs_type type, int64_t n);
+bool gs_is_contiguous(const gs_tensor * t);
+bool gs_same_shape(const gs_tensor * a, const gs_tensor * b);
+/* The tensor that owns the memory a (possibly nested) view refers to. */
+gs_tensor * gs_view_base(gs_tensor * t);
+
+/* Create a tensor in ctx without data (op results, views). */
+gs_status gs_tensor_alloc_meta(gs_context * ctx, gs_type type, int n_dims,
+                               const int64_t * ne, gs_tensor ** out);
+/* Arena allocation of n bytes (GS_ALIGN-aligned), NULL when exhausted. */
+void * gs_context_alloc(gs_context * ctx, size_t n);
+
+/* ---- CPU compute ------------------------------------------------------- */
+typedef struct gs_compute_state {
+    atomic_int n_arrived;          /* barrier: threads waiting             */
+    atomic_int n_passed;           /* barrier: generations passed          */
+    atomic_int error;              /* first gs_status reported, 0 if none  */
+    char error_msg[512];
+} gs_compute_state;
+
+typedef struct {
+    int ith, nth;               /* this thread, thread count           */
+    void * wdata;               /* shared scratch buffer               */
+    size_t wsize;
+    gs_compute_state * state;   /* for gs_barrier / gs_compute_fail    */
+} gs_compute_params;
+
+/* Wait until all nth threads of the computation reach this point. */
+void gs_barrier(const gs_compute_params * p);
+/* Report a run-time error from inside a kernel (first one wins). */
+void gs_compute_fail(const gs_compute_params * p, gs_status status, const char * fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Rows [*r0, *r1) of nr handled by thread ith of nth. */
+static inline void gs_split_rows(int64_t nr, int ith, int nth, int64_t * r0, int64_t * r1) {
+    const int64_t per = (nr + nth - 1) / nth;
+    int64_t a = per * ith;
+    int64_t b = a + per;
+    *r0 = a < nr ? a : nr;
+    *r1 = b < nr ? b : nr;
+}
+
+/* Scratch bytes a node needs for n_threads (0 for most ops). */
+size_t gs_cpu_work_size(const gs_tensor * node, int n_threads);
+/* Compute one node with thread ith of nth (all threads call it). */
+void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node);
+
+/* Kernels by op family (cpu/ops_*.c, cpu/matmul.c). */
+void gs_cpu_op_cpy(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_set_rows(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_get_rows(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_binary(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_scale(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_unary(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_glu(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_rms_norm(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_norm(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_soft_max(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_attention_work_size(const gs_tensor * dst, int n_threads);
+
+/* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
+typedef void (*gs_pool_fn)(void * arg, int ith, int nth);
+void gs_threadpool_run(gs_threadpool * tp, gs_pool_fn fn, void * arg);
+
+#endif /* GS_INTERNAL_H */

@@ -1,0 +1,435 @@
+"""Layer 2 of the binding: owned ggml_sparse handles and numpy interop.
+
+Shapes follow ggml's convention (``ne``, innermost dimension first); a
+tensor with ``ne == (K, M)`` is seen from numpy as an array of shape
+``(M, K)``. Contexts, graphs and thread pools are freed by ``close()`` (or a
+``with`` block) and, as a safety net, when garbage-collected.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ._lib import GSStateError, check, ffi, lib
+
+__all__ = ["GGMLType", "TypeInfo", "type_info", "row_size", "dequantize", "quantize",
+           "quantize_activations", "vec_dot", "cpu_info", "set_simd_level", "Unary", "RopeMode",
+           "Context", "Tensor", "Graph", "ThreadPool"]
+
+
+class GGMLType(enum.IntEnum):
+    """Tensor types; values equal GGUF's (``gguf.GGMLQuantizationType``)."""
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    BF16 = 30
+
+
+class Unary(enum.IntEnum):
+    RELU = lib.GS_UNARY_RELU
+    SILU = lib.GS_UNARY_SILU
+    GELU = lib.GS_UNARY_GELU
+    SQR_RELU = lib.GS_UNARY_SQR_RELU
+
+
+class RopeMode(enum.IntEnum):
+    NORMAL = lib.GS_ROPE_NORMAL
+    NEOX = lib.GS_ROPE_NEOX
+
+
+_NUMPY_DTYPES = {
+    GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I8: np.int8,
+    GGMLType.I16: np.int16, GGMLType.I32: np.int32, GGMLType.BF16: np.uint16,
+}
+
+_IMPLS = {"auto": lib.GS_IMPL_AUTO, "scalar": lib.GS_IMPL_SCALAR, "avx2": lib.GS_IMPL_AVX2,
+          "avx512": lib.GS_IMPL_AVX512}
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    name: str
+    blck_size: int
+    type_size: int
+    is_quantized: bool
+    vec_dot_type: int
+
+
+def type_info(t: int) -> TypeInfo:
+    info = ffi.new("gs_type_info *")
+    check(lib.gs_type_get_info(int(t), info))
+    return TypeInfo(ffi.string(info.name).decode(), info.blck_size, info.type_size,
+                    bool(info.is_quantized), int(info.vec_dot_type))
+
+
+def row_size(t: int, n: int) -> int:
+    """Bytes of one row of `n` elements of type `t`."""
+    out = ffi.new("size_t *")
+    check(lib.gs_row_size(int(t), int(n), out))
+    return int(out[0])
+
+
+def _as_bytes(data) -> np.ndarray:
+    arr = np.ascontiguousarray(data)
+    return arr.view(np.uint8).reshape(-1)
+
+
+def dequantize(data, t: int, n: Optional[int] = None) -> np.ndarray:
+    """Decode `n` elements (default: all in `data`) of type `t` into float32."""
+    raw = _as_bytes(data)
+    info = type_info(t)
+    if n is None:
+        n = raw.nbytes // info.type_size * info.blck_size
+    if row_size(t, n) > raw.nbytes:
+        raise ValueError(f"{n} elements of {info.name} need {row_size(t, n)} bytes, got {raw.nbytes}")
+    out = np.empty(n, dtype=np.float32)
+    check(lib.gs_dequantize(int(t), ffi.from_buffer(raw), ffi.from_buffer("float[]", out), n))
+    return out
+
+
+def _quantize_with(fn, x, t: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 0:
+        raise ValueError("cannot quantize a scalar")
+    rows = x.reshape(-1, x.shape[-1])
+    rs = row_size(t, x.shape[-1])
+    out = np.empty((rows.shape[0], rs), dtype=np.uint8)
+    for i in range(rows.shape[0]):
+        check(fn(int(t), ffi.from_buffer("float[]", rows[i]), ffi.from_buffer(out[i]), rows.shape[1]))
+    return out.reshape(x.shape[:-1] + (rs,))
+
+
+def quantize(x, t: int) -> np.ndarray:
+    """Quantize float rows (last axis) with the reference quantizer -> uint8 rows."""
+    return _quantize_with(lambda ty, s, d, n: lib.gs_quantize(ty, s, d, n, ffi.NULL), x, t)
+
+
+def quantize_activations(x, t: int) -> np.ndarray:
+    """Quantize float rows into activation format `t` as the matmul does."""
+    return _quantize_with(lib.gs_quantize_activations, x, t)
+
+
+def vec_dot(t: int, x, y, n: int, impl: str = "auto") -> float:
+    """Dot of a weight row `x` (type `t`) with an activation row `y` (its vec_dot_type)."""
+    xb, yb = _as_bytes(x), _as_bytes(y)
+    info = type_info(t)
+    if row_size(t, n) > xb.nbytes or row_size(info.vec_dot_type, n) > yb.nbytes:
+        raise ValueError("vec_dot: buffers are smaller than n elements")
+    out = ffi.new("float *")
+    check(lib.gs_vec_dot(int(t), n, ffi.from_buffer(xb), ffi.from_buffer(yb), _IMPLS[impl], out))
+    return float(out[0])
+
+
+def cpu_info() -> dict:
+    info = ffi.new("gs_cpu_info *")
+    check(lib.gs_cpu_get_info(info))
+    fields = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16")
+    out = {f: bool(getattr(info, f)) for f in fields}
+    out["level"] = {v: k for k, v in _IMPLS.items()}[info.level]
+    return out
+
+
+def set_simd_level(level: str) -> None:
+    """Cap the SIMD level used by the kernels ('auto', 'scalar', 'avx2', 'avx512')."""
+    check(lib.gs_cpu_set_level(_IMPLS[level]))
+
+
+class Tensor:
+    """A tensor in a :class:`Context`; keeps the context alive."""
+
+    __slots__ = ("_ptr", "_ctx")
+
+    def __init__(self, ptr, ctx: "Context"):
+        self._ptr = ptr
+        self._ctx = ctx
+
+    @property
+    def ptr(self):
+        self._ctx._require_open()
+        return self._ptr
+
+    @property
+    def type(self) -> GGMLType:
+        return GGMLType(lib.gs_tensor_type(self.ptr))
+
+    @property
+    def ne(self) -> tuple:
+        ne = ffi.new("int64_t[4]")
+        check(lib.gs_tensor_shape(self.ptr, ne, ffi.NULL))
+        return tuple(ne[i] for i in range(lib.gs_tensor_n_dims(self._ptr)))
+
+    @property
+    def nb(self) -> tuple:
+        nb = ffi.new("size_t[4]")
+        check(lib.gs_tensor_shape(self.ptr, ffi.NULL, nb))
+        return tuple(nb[i] for i in range(4))
+
+    @property
+    def name(self) -> str:
+        return ffi.string(lib.gs_tensor_name(self.ptr)).decode()
+
+    @name.setter
+    def name(self, value: str) -> None:
+        check(lib.gs_tensor_set_name(self.ptr, value.encode()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(lib.gs_tensor_nbytes(self.ptr))
+
+    def set_output(self) -> "Tensor":
+        check(lib.gs_tensor_set_output(self.ptr))
+        return self
+
+    def set_data(self, buffer) -> None:
+        """Wrap external memory (zero copy). `buffer` must stay alive; the
+        context keeps a reference to it."""
+        if memoryview(buffer).nbytes < self.nbytes:
+            raise ValueError(f"buffer of {memoryview(buffer).nbytes} bytes is smaller than tensor "
+                             f"'{self.name}' ({self.nbytes} bytes)")
+        check(lib.gs_tensor_set_data(self.ptr, ffi.from_buffer(buffer)))
+        self._ctx._keepalive.append(buffer)
+
+    def _data_ptr(self):
+        p = ffi.new("void **")
+        check(lib.gs_tensor_get_data(self.ptr, p))
+        if p[0] == ffi.NULL:
+            raise GSStateError(lib.GS_ERR_STATE, f"tensor '{self.name}' has no data (plan the graph first)")
+        return p[0]
+
+    def raw(self) -> np.ndarray:
+        """The tensor's bytes as a flat zero-copy uint8 array."""
+        return np.frombuffer(ffi.buffer(self._data_ptr(), self.nbytes), dtype=np.uint8)
+
+    def numpy(self) -> np.ndarray:
+        """A zero-copy numpy view (shape = reversed ne). Quantized types are
+        viewed as uint8 rows of shape (ne3, ne2, ne1, row_bytes)."""
+        data = self._data_ptr()
+        ne, nb = self.ne + (1,) * (4 - len(self.ne)), self.nb
+        t = self.type
+        buf = ffi.buffer(data, self.nbytes)
+        if t in _NUMPY_DTYPES:
+            dtype = np.dtype(_NUMPY_DTYPES[t])
+            shape, strides = tuple(reversed(ne[:len(self.ne)])), tuple(reversed(nb[:len(self.ne)]))
+        else:
+            dtype = np.dtype(np.uint8)
+            shape = (ne[3], ne[2], ne[1], row_size(t, ne[0]))
+            strides = (nb[3], nb[2], nb[1], 1)
+        return np.ndarray(shape, dtype=dtype, buffer=buf, strides=strides)
+
+    def __repr__(self) -> str:
+        return f"Tensor('{self.name}', {self.type.name}, ne={self.ne})"
+
+
+def _ne_array(ne: Sequence[int]):
+    if not 1 <= len(ne) <= 4:
+        raise ValueError(f"tensors have 1 to 4 dimensions, got {len(ne)}")
+    return ffi.new("int64_t[4]", [int(x) for x in ne] + [1] * (4 - len(ne)))
+
+
+class Context:
+    """An arena for tensors (and the data of those made with new_tensor)."""
+
+    def __init__(self, mem_size: int = 16 << 20, no_alloc: bool = False):
+        params = ffi.new("gs_context_params *", {"mem_size": mem_size, "no_alloc": no_alloc})
+        out = ffi.new("gs_context **")
+        check(lib.gs_context_new(params, out))
+        self._ptr = ffi.gc(out[0], lib.gs_context_free, size=mem_size)
+        self._keepalive: list = []   # external buffers wrapped by tensors
+
+    def _require_open(self) -> None:
+        if self._ptr is None:
+            raise GSStateError(lib.GS_ERR_STATE, "the context is closed")
+
+    @property
+    def ptr(self):
+        self._require_open()
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+            self._keepalive.clear()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def mem(self) -> tuple:
+        used, total = ffi.new("size_t *"), ffi.new("size_t *")
+        check(lib.gs_context_mem(self.ptr, used, total))
+        return int(used[0]), int(total[0])
+
+    def _op(self, fn, *args) -> Tensor:
+        out = ffi.new("gs_tensor **")
+        check(fn(self.ptr, *args, out))
+        return Tensor(out[0], self)
+
+    # ---- tensors ----
+    def new_tensor(self, t: int, ne: Sequence[int], name: str = "") -> Tensor:
+        tensor = self._op(lib.gs_new_tensor, int(t), len(ne), _ne_array(ne))
+        if name:
+            tensor.name = name
+        return tensor
+
+    def from_numpy(self, arr: np.ndarray, name: str = "", t: Optional[int] = None) -> Tensor:
+        """A new tensor holding a copy of `arr` (float32/float16/int32...), or,
+        with a quantized `t`, the quantized rows of a float array."""
+        arr = np.asarray(arr)
+        if t is None:
+            rev = {np.dtype(v): k for k, v in _NUMPY_DTYPES.items() if k != GGMLType.BF16}
+            t = rev[arr.dtype]
+            tensor = self.new_tensor(t, arr.shape[::-1], name)
+            tensor.numpy()[...] = arr
+        else:
+            tensor = self.new_tensor(t, arr.shape[::-1], name)
+            tensor.raw()[:] = quantize(arr, t).reshape(-1)
+        return tensor
+
+    # ---- ops (see ggml_sparse.h for each contract) ----
+    def view(self, a: Tensor, ne: Sequence[int], nb: Sequence[int], offset: int = 0) -> Tensor:
+        nbs = ffi.new("size_t[4]", [int(x) for x in nb] + [0] * (4 - len(nb)))
+        return self._op(lib.gs_view, a.ptr, len(ne), _ne_array(ne), nbs, offset)
+
+    def reshape(self, a: Tensor, ne: Sequence[int]) -> Tensor:
+        return self._op(lib.gs_reshape, a.ptr, len(ne), _ne_array(ne))
+
+    def permute(self, a: Tensor, a0: int, a1: int, a2: int, a3: int) -> Tensor:
+        return self._op(lib.gs_permute, a.ptr, a0, a1, a2, a3)
+
+    def transpose(self, a: Tensor) -> Tensor:
+        return self._op(lib.gs_transpose, a.ptr)
+
+    def cast(self, a: Tensor, t: int) -> Tensor:
+        return self._op(lib.gs_cast, a.ptr, int(t))
+
+    def cpy(self, a: Tensor, dst: Tensor) -> Tensor:
+        return self._op(lib.gs_cpy, a.ptr, dst.ptr)
+
+    def set_rows(self, dst: Tensor, src: Tensor, idx: Tensor) -> Tensor:
+        return self._op(lib.gs_set_rows, dst.ptr, src.ptr, idx.ptr)
+
+    def get_rows(self, a: Tensor, idx: Tensor) -> Tensor:
+        return self._op(lib.gs_get_rows, a.ptr, idx.ptr)
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._op(lib.gs_add, a.ptr, b.ptr)
+
+    def mul(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._op(lib.gs_mul, a.ptr, b.ptr)
+
+    def scale(self, a: Tensor, s: float) -> Tensor:
+        return self._op(lib.gs_scale, a.ptr, s)
+
+    def unary(self, a: Tensor, op: Unary) -> Tensor:
+        return self._op(lib.gs_unary, a.ptr, int(op))
+
+    def glu(self, a: Tensor, b: Tensor, op: Unary, gate_b: bool = False) -> Tensor:
+        return self._op(lib.gs_glu, a.ptr, b.ptr, int(op), gate_b)
+
+    def rms_norm(self, a: Tensor, eps: float) -> Tensor:
+        return self._op(lib.gs_rms_norm, a.ptr, eps)
+
+    def norm(self, a: Tensor, eps: float) -> Tensor:
+        return self._op(lib.gs_norm, a.ptr, eps)
+
+    def rope(self, a: Tensor, pos: Tensor, n_dims: int, mode: RopeMode = RopeMode.NORMAL,
+             freq_base: float = 10000.0, freq_scale: float = 1.0) -> Tensor:
+        p = ffi.new("gs_rope_params *", {"n_dims": n_dims, "mode": int(mode), "freq_base": freq_base,
+                                         "freq_scale": freq_scale})
+        return self._op(lib.gs_rope, a.ptr, pos.ptr, p)
+
+    def soft_max(self, a: Tensor, mask: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
+        return self._op(lib.gs_soft_max, a.ptr, mask.ptr if mask is not None else ffi.NULL, scale)
+
+    def mul_mat(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._op(lib.gs_mul_mat, a.ptr, b.ptr)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float) -> Tensor:
+        return self._op(lib.gs_attention, q.ptr, k.ptr, v.ptr, pos.ptr, scale)
+
+
+class ThreadPool:
+    """A persistent pool of `n_threads` threads (the caller is one)."""
+
+    def __init__(self, n_threads: int):
+        out = ffi.new("gs_threadpool **")
+        check(lib.gs_threadpool_new(n_threads, out))
+        self._ptr = ffi.gc(out[0], lib.gs_threadpool_free)
+        self.n_threads = n_threads
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise GSStateError(lib.GS_ERR_STATE, "the thread pool is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "ThreadPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Graph:
+    """A compute graph owned by a context: build, plan once, compute many times."""
+
+    def __init__(self, ctx: Context, max_nodes: int = 4096):
+        out = ffi.new("gs_graph **")
+        check(lib.gs_graph_new(ctx.ptr, max_nodes, out))
+        self._ptr = out[0]
+        self._ctx = ctx
+
+    @property
+    def ptr(self):
+        self._ctx._require_open()
+        return self._ptr
+
+    def build(self, *outputs: Tensor) -> "Graph":
+        for t in outputs:
+            check(lib.gs_graph_build(self.ptr, t.ptr))
+        return self
+
+    def plan(self, n_threads: int) -> "Graph":
+        check(lib.gs_graph_plan(self.ptr, n_threads))
+        return self
+
+    def compute(self, pool: ThreadPool) -> None:
+        check(lib.gs_graph_compute(self.ptr, pool.ptr))
+
+    def mem(self) -> tuple:
+        """(bytes of intermediates after reuse, scratch bytes)."""
+        c, w = ffi.new("size_t *"), ffi.new("size_t *")
+        check(lib.gs_graph_mem(self.ptr, c, w))
+        return int(c[0]), int(w[0])
+
+    @property
+    def nodes(self) -> list:
+        out = ffi.new("gs_tensor **")
+        nodes = []
+        for i in range(lib.gs_graph_n_nodes(self.ptr)):
+            check(lib.gs_graph_node(self._ptr, i, out))
+            nodes.append(Tensor(out[0], self._ctx))
+        return nodes
