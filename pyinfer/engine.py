@@ -1,0 +1,123 @@
+"""The dense inference engine: a loaded model, its KV cache and forward graphs.
+
+``Engine.decode(tokens)`` appends tokens to the sequence, running the prompt
+in chunks of ``n_batch`` through the batched (GEMM) path and single tokens
+through a cached decode graph: one C call per forward, Python only writes
+token ids and positions.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .config import ContextSettings, ModelConfig
+from .gguf_model import GGUFFile
+from .model.llama import ForwardGraph, KVCache, LlamaWeights
+from .tensor import Context, GGMLType, ThreadPool
+
+MAX_CACHED_GRAPHS = 4
+
+
+def default_threads() -> int:
+    """One thread per core this process may run on (llama.cpp's default is similar)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Engine:
+    def __init__(self, path: str, settings: ContextSettings):
+        t0 = time.perf_counter()
+        self.file = GGUFFile(path)
+        self.cfg = ModelConfig.from_metadata(self.file.metadata, n_vocab=self._vocab_size())
+        self.settings = settings
+        n_ctx = settings.n_ctx or self.cfg.n_ctx_train
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, min(settings.n_batch, n_ctx))
+        self.n_threads = settings.n_threads or default_threads()
+        self.n_threads_batch = settings.n_threads_batch or self.n_threads
+        n_weights = len(self.file.tensors)
+        self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
+        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx)
+        self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
+        self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
+        self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
+        self.n_past = 0
+        self.load_time = time.perf_counter() - t0
+
+    def _vocab_size(self) -> int:
+        emb = self.file.get("token_embd.weight")
+        return emb.ne[1] if emb is not None else 0
+
+    # ---- graphs ----
+    def _graph(self, n_tokens: int, n_outputs: int, embeddings: bool = False) -> ForwardGraph:
+        key = (n_tokens, n_outputs, embeddings)
+        g = self._graphs.get(key)
+        if g is None:
+            n_threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
+            g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
+                             max(self.n_threads, self.n_threads_batch), embeddings)
+            g.threads = n_threads
+            self._graphs[key] = g
+            if len(self._graphs) > MAX_CACHED_GRAPHS:
+                _, old = self._graphs.popitem(last=False)
+                old.close()
+        else:
+            self._graphs.move_to_end(key)
+        return g
+
+    def forward(self, tokens: Sequence[int], n_outputs: int = 1, embeddings: bool = False) -> np.ndarray:
+        """Run `tokens` (at most n_batch) at positions n_past.. and return the
+        last `n_outputs` rows of logits (or hidden states). Advances n_past."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward: no tokens")
+        if self.n_past + n > self.n_ctx:
+            raise ValueError(f"Requested tokens ({self.n_past + n}) exceed context window of {self.n_ctx}")
+        g = self._graph(n, min(n_outputs, n), embeddings)
+        g.tokens[:] = tokens
+        g.pos[:] = np.arange(self.n_past, self.n_past + n, dtype=np.int32)
+        g.run(self.pool)
+        self.n_past += n
+        return g.out
+
+    def decode(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
+        """Append tokens in n_batch chunks; logits of the last token, or of all
+        tokens (n, n_vocab) with logits_all."""
+        tokens = list(tokens)
+        n_vocab = self.cfg.n_vocab
+        if logits_all:
+            out = np.empty((len(tokens), n_vocab), dtype=np.float32)
+        last = None
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            logits = self.forward(chunk, n_outputs=len(chunk) if logits_all else 1)
+            if logits_all:
+                out[i:i + len(chunk)] = logits
+            else:
+                last = logits[-1]
+        return out if logits_all else last.copy()
+
+    def truncate(self, n_past: int) -> None:
+        """Forget cached positions >= n_past (they are overwritten when reused)."""
+        if not 0 <= n_past <= self.n_past:
+            raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.n_past}")
+        self.n_past = n_past
+
+    def validate_tokens(self, tokens: Sequence[int]) -> None:
+        bad = [t for t in tokens if not 0 <= t < self.cfg.n_vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.cfg.n_vocab}")
+
+    def close(self) -> None:
+        for g in self._graphs.values():
+            g.close()
+        self._graphs.clear()
+        self.pool.close()
+        self.kv.close()
+        self._wctx.close()

@@ -1,0 +1,182 @@
+"""The llama-family forward pass (llama, qwen2) as a ggml_sparse graph.
+
+One graph is built per token count and re-run: token ids and positions are
+input tensors rewritten before each run, the KV cache is written at the
+positions given (set_rows) and read by the fused causal attention op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ..config import ModelConfig
+from ..gguf_model import GGUFFile, ModelLoadError
+from ..tensor import Context, GGMLType, Graph, RopeMode, Tensor, Unary
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: Tensor       # {n_embd}
+    wq: Tensor              # {n_embd, n_head*head_dim}
+    wk: Tensor              # {n_embd, n_head_kv*head_dim}
+    wv: Tensor              # {n_embd, n_head_kv*head_dim}
+    wo: Tensor              # {n_head*head_dim, n_embd}
+    ffn_norm: Tensor        # {n_embd}
+    w_gate: Tensor          # {n_embd, n_ff}
+    w_up: Tensor            # {n_embd, n_ff}
+    w_down: Tensor          # {n_ff, n_embd}
+    bq: Optional[Tensor] = None   # qwen2 attention biases
+    bk: Optional[Tensor] = None
+    bv: Optional[Tensor] = None
+
+
+@dataclass
+class LlamaWeights:
+    tok_embd: Tensor        # {n_embd, n_vocab}
+    layers: List[LayerWeights]
+    out_norm: Tensor        # {n_embd}
+    output: Tensor          # {n_embd, n_vocab} (tok_embd when tied)
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context) -> "LlamaWeights":
+        """Wrap the file's tensors (no copy) in ``ctx`` (a no_alloc context)."""
+        E, V, F = cfg.n_embd, cfg.n_vocab, cfg.n_ff
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+
+        def wrap(name, ne, optional=False):
+            if optional and f.get(name) is None:
+                return None
+            info = f.require(name, ne)
+            t = ctx.new_tensor(info.type, info.ne, name)
+            t.set_data(info.data)
+            return t
+
+        layers = []
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            layers.append(LayerWeights(
+                attn_norm=_f32(wrap(p + "attn_norm.weight", (E,)), p + "attn_norm.weight"),
+                wq=wrap(p + "attn_q.weight", (E, q_dim)),
+                wk=wrap(p + "attn_k.weight", (E, kv_dim)),
+                wv=wrap(p + "attn_v.weight", (E, kv_dim)),
+                wo=wrap(p + "attn_output.weight", (q_dim, E)),
+                ffn_norm=_f32(wrap(p + "ffn_norm.weight", (E,)), p + "ffn_norm.weight"),
+                w_gate=wrap(p + "ffn_gate.weight", (E, F)),
+                w_up=wrap(p + "ffn_up.weight", (E, F)),
+                w_down=wrap(p + "ffn_down.weight", (F, E)),
+                bq=wrap(p + "attn_q.bias", (q_dim,), optional=True),
+                bk=wrap(p + "attn_k.bias", (kv_dim,), optional=True),
+                bv=wrap(p + "attn_v.bias", (kv_dim,), optional=True),
+            ))
+        tok_embd = wrap("token_embd.weight", (E, V))
+        output = wrap("output.weight", (E, V), optional=True) or tok_embd
+        return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"), output)
+
+
+def _f32(t: Tensor, name: str) -> Tensor:
+    if t.type != GGMLType.F32:
+        raise ModelLoadError(f"tensor '{name}' must be F32, found {t.type.name}")
+    return t
+
+
+@dataclass
+class KVCache:
+    """Per-layer K and V caches: {n_head_kv*head_dim, n_ctx} rows indexed by position."""
+    k: List[Tensor]
+    v: List[Tensor]
+    n_ctx: int
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, n_ctx: int, kv_type: GGMLType = GGMLType.F16) -> "KVCache":
+        kv_dim = cfg.n_head_kv * cfg.head_dim
+        row_bytes = kv_dim * (2 if kv_type == GGMLType.F16 else 4)
+        ctx = Context(mem_size=2 * cfg.n_layer * (row_bytes * n_ctx + 1024) + 4096)
+        k = [ctx.new_tensor(kv_type, (kv_dim, n_ctx), f"cache_k_l{i}") for i in range(cfg.n_layer)]
+        v = [ctx.new_tensor(kv_type, (kv_dim, n_ctx), f"cache_v_l{i}") for i in range(cfg.n_layer)]
+        cache = cls(k, v, n_ctx)
+        cache._ctx = ctx
+        return cache
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
+
+    def close(self) -> None:
+        self._ctx.close()
+
+
+class ForwardGraph:
+    """A planned forward pass for exactly ``n_tokens`` tokens.
+
+    Inputs: ``tokens`` and ``pos`` (int32 numpy views, rewrite before run()).
+    Output: ``logits`` (float32 view, shape (n_outputs, n_vocab)) for the
+    last ``n_outputs`` tokens; or, with ``embeddings``, the final normed
+    hidden states (n_outputs, n_embd).
+    """
+
+    def __init__(self, cfg: ModelConfig, w: LlamaWeights, kv: KVCache, n_tokens: int,
+                 n_outputs: int, n_threads: int, embeddings: bool = False):
+        self.n_tokens = n_tokens
+        self.ctx = Context(mem_size=(4 << 20) + 64 * 1024 * cfg.n_layer)
+        ctx = self.ctx
+        tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
+        pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
+        hidden = build_llama(ctx, cfg, w, kv, tokens, pos)
+        E = cfg.n_embd
+        if n_outputs < n_tokens:  # only the last rows are needed
+            hidden = ctx.view(hidden, (E, n_outputs), (4, hidden.nb[1]), (n_tokens - n_outputs) * hidden.nb[1])
+        out = hidden if embeddings else ctx.mul_mat(w.output, hidden)
+        out.name = "embeddings" if embeddings else "logits"
+        self.graph = Graph(ctx, max_nodes=64 + 40 * cfg.n_layer).build(out).plan(n_threads)
+        self.tokens = tokens.numpy()
+        self.pos = pos.numpy()
+        self.out = out.numpy()
+
+    def run(self, pool) -> None:
+        self.graph.compute(pool)
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
+                tokens: Tensor, pos: Tensor) -> Tensor:
+    """Final normed hidden states {n_embd, n_tokens} for `tokens` at positions `pos`."""
+    x = ctx.get_rows(w.tok_embd, tokens)
+    for i, layer in enumerate(w.layers):
+        h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.attn_norm)
+        x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos))
+        h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
+        x = ctx.add(x, ffn_block(ctx, layer, h))
+    return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
+
+
+def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache: Tensor,
+                    v_cache: Tensor, h: Tensor, pos: Tensor) -> Tensor:
+    n = h.ne[1] if len(h.ne) > 1 else 1
+    hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+
+    def proj(wt, bias):
+        y = ctx.mul_mat(wt, h)
+        return ctx.add(y, bias) if bias is not None else y
+
+    q = ctx.reshape(proj(layer.wq, layer.bq), (hd, nh, n))
+    k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
+    v = proj(layer.wv, layer.bv)
+    mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
+    q = ctx.rope(q, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale)
+    k = ctx.rope(k, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale)
+    k_all = ctx.set_rows(k_cache, ctx.reshape(k, (hd * nkv, n)), pos)
+    v_all = ctx.set_rows(v_cache, v, pos)
+    n_ctx = k_cache.ne[1]
+    esz = k_cache.nb[0]
+    k_all = ctx.view(k_all, (hd, nkv, n_ctx), (esz, hd * esz, k_cache.nb[1]))
+    v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, v_cache.nb[1]))
+    attn = ctx.attention(q, k_all, v_all, pos, 1.0 / math.sqrt(hd))
+    return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
+
+
+def ffn_block(ctx: Context, layer: LayerWeights, h: Tensor) -> Tensor:
+    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), Unary.SILU)
+    return ctx.mul_mat(layer.w_down, act)

