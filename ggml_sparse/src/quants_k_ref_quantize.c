@@ -17,9 +17,10 @@
  * inputs near FLT_MAX or FLT_MIN neither overflow nor underflow; f16 scales
  * saturate at the largest finite half instead of becoming inf, and a
  * nonzero block never gets a zero scale.
- * A row dequantized from a K block quantizes back to that block (up to
- * rare sub-blocks of Q5_K/Q6_K), which is what step 2's choice of top code
- * and the shifted min candidates of step 3 are for.
+ * A row dequantized from K blocks quantizes back to (nearly always) the
+ * same values: step 2's choice of top code and step 3's shifted min
+ * candidates are for that. Measured on N(0, 1) rows: all values of rows
+ * from llama.cpp's quantizers, over 99% of those from ours.
  */
 #include "gs_internal.h"
 #include "quants_ref.h"
