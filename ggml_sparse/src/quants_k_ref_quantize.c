@@ -348,11 +348,10 @@ static float search_scale_sym(const float * x, const double * w, int n) {
 }
 
 /* Choose the int8 codes ls[j] of the 16 sub-block scales sc[j] for the
- * super-block scale d = sc[jmax] / -top: the scale of largest magnitude
- * (sub-block jmax) gets its nearest code (normally -top), the others try
- * their two nearest codes,
- * and the weight codes q[0..QK_K) in -32..31. Returns the total weighted
- * error. */
+ * super-block scale d = sc[jmax] / -top (the scale of largest magnitude,
+ * sub-block jmax, gets its nearest code, normally -top; the others try
+ * their two nearest codes) and the weight codes q[0..QK_K) in -32..31.
+ * Returns the total weighted error. */
 static double choose_codes_sym(const float * x, const double * w, const float * sc, int jmax,
                                float d, int top, int8_t * ls, int8_t * q) {
     double total = 0.0;
@@ -409,12 +408,12 @@ void gs_quantize_row_q6_K_ref(const float * x, void * vy, int64_t n) {
         }
         /* pack codes q + 32 (0..63) as the layout in quants.h */
         for (int h = 0; h < 2; h++) {
-            const int8_t * qh_src = q + 128 * h;
+            const int8_t * qs = q + 128 * h;
             uint8_t * ql = y[b].ql + 64 * h;
             uint8_t * qh = y[b].qh + 32 * h;
             for (int l = 0; l < 32; l++) {
-                const uint8_t q0 = (uint8_t) (qh_src[l] + 32), q1 = (uint8_t) (qh_src[l + 32] + 32);
-                const uint8_t q2 = (uint8_t) (qh_src[l + 64] + 32), q3 = (uint8_t) (qh_src[l + 96] + 32);
+                const uint8_t q0 = (uint8_t) (qs[l] + 32), q1 = (uint8_t) (qs[l + 32] + 32);
+                const uint8_t q2 = (uint8_t) (qs[l + 64] + 32), q3 = (uint8_t) (qs[l + 96] + 32);
                 ql[l] = (uint8_t) ((q0 & 0xF) | ((q2 & 0xF) << 4));
                 ql[l + 32] = (uint8_t) ((q1 & 0xF) | ((q3 & 0xF) << 4));
                 qh[l] = (uint8_t) ((q0 >> 4) | ((q1 >> 4) << 2) | ((q2 >> 4) << 4) | ((q3 >> 4) << 6));
