@@ -102,12 +102,12 @@ def dequantize(data, t: int, n: Optional[int] = None) -> np.ndarray:
     return out
 
 
-def _quantize_with(fn, x, t: int) -> np.ndarray:
+def _quantize_with(fn, x, t: int, out_type: int) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 0:
         raise ValueError("cannot quantize a scalar")
     rows = x.reshape(-1, x.shape[-1])
-    rs = row_size(t, x.shape[-1])
+    rs = row_size(out_type, x.shape[-1])
     out = np.empty((rows.shape[0], rs), dtype=np.uint8)
     for i in range(rows.shape[0]):
         check(fn(int(t), ffi.from_buffer("float[]", rows[i]), ffi.from_buffer(out[i]), rows.shape[1]))
@@ -116,12 +116,13 @@ def _quantize_with(fn, x, t: int) -> np.ndarray:
 
 def quantize(x, t: int) -> np.ndarray:
     """Quantize float rows (last axis) with the reference quantizer -> uint8 rows."""
-    return _quantize_with(lambda ty, s, d, n: lib.gs_quantize(ty, s, d, n, ffi.NULL), x, t)
+    return _quantize_with(lambda ty, s, d, n: lib.gs_quantize(ty, s, d, n, ffi.NULL), x, t, t)
 
 
 def quantize_activations(x, t: int) -> np.ndarray:
-    """Quantize float rows into activation format `t` as the matmul does."""
-    return _quantize_with(lib.gs_quantize_activations, x, t)
+    """Quantize float rows as the matmul does for weight type `t`, into its
+    vec_dot_type (an activation type such as Q8_0 is its own vec_dot_type)."""
+    return _quantize_with(lib.gs_quantize_activations, x, t, type_info(t).vec_dot_type)
 
 
 def vec_dot(t: int, x, y, n: int, impl: str = "auto") -> float:

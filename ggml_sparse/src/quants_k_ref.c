@@ -1,6 +1,7 @@
 /*
- * quants_k_ref.c - reference (de)quantization of the K types (256-element
- * super-blocks): Q4_K, Q5_K, Q6_K and the Q8_K activation type.
+ * quants_k_ref.c - reference dequantization of the K types (256-element
+ * super-blocks: Q4_K, Q5_K, Q6_K, Q8_K) and the Q8_K activation quantizer.
+ * The weight quantizers are in quants_k_ref_quantize.c.
  */
 #include "gs_internal.h"
 #include "quants_ref.h"
@@ -99,8 +100,3 @@ void gs_quantize_row_q8_K_ref(const float * x, void * vy, int64_t n) {
         y[b].d = 1.0f / iscale;
     }
 }
-
-/* PLACEHOLDER (to be replaced before commit): K weight quantizers. */
-void gs_quantize_row_q4_K_ref(const float * x, void * y, int64_t n) { (void) x; memset(y, 0, (size_t) (n / QK_K) * sizeof(block_q4_K)); }
-void gs_quantize_row_q5_K_ref(const float * x, void * y, int64_t n) { (void) x; memset(y, 0, (size_t) (n / QK_K) * sizeof(block_q5_K)); }
-void gs_quantize_row_q6_K_ref(const float * x, void * y, int64_t n) { (void) x; memset(y, 0, (size_t) (n / QK_K) * sizeof(block_q6_K)); }

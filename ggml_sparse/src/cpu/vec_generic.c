@@ -108,6 +108,92 @@ static void vec_dot_q8_0(int n, float * s, const void * vx, const void * vy) {
     *s = sum;
 }
 
+/* K types: the activation row is Q8_K (d, qs[256], bsums[16] = sums of 16
+ * consecutive qs). Integer sums per sub-block; the float scales are applied
+ * once per super-block. */
+
+/* sum_i (d sc_j q_i - dmin m_j) yd yq_i
+ *   = d yd sum_j sc_j (sum_{i in j} q_i yq_i) - dmin yd sum_j m_j (sum_{i in j} yq_i),
+ * the last inner sum being two bsums (sub-blocks of 32). */
+static void vec_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
+    const block_q4_K * x = vx;
+    const block_q8_K * y = vy;
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        int sum_q = 0, sum_m = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            gs_get_scale_min_k4(j, x[b].scales, &sc, &m);
+            /* sub-block j: nibble (j % 2) of qs[32 * (j / 2) .. + 31] */
+            const uint8_t * q = x[b].qs + 32 * (j / 2);
+            const int8_t * yq = y[b].qs + 32 * j;
+            const int shift = 4 * (j % 2);
+            int acc = 0;
+            for (int l = 0; l < 32; l++) acc += ((q[l] >> shift) & 0xF) * yq[l];
+            sum_q += sc * acc;
+            sum_m += m * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        }
+        sum += y[b].d * (GS_H2F(x[b].d) * sum_q - GS_H2F(x[b].dmin) * sum_m);
+    }
+    *s = sum;
+}
+
+/* As Q4_K, with the fifth bit of weight 32 j + l in bit j of qh[l]. */
+static void vec_dot_q5_K(int n, float * s, const void * vx, const void * vy) {
+    const block_q5_K * x = vx;
+    const block_q8_K * y = vy;
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        int sum_q = 0, sum_m = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            gs_get_scale_min_k4(j, x[b].scales, &sc, &m);
+            const uint8_t * q = x[b].qs + 32 * (j / 2);
+            const int8_t * yq = y[b].qs + 32 * j;
+            const int shift = 4 * (j % 2);
+            int acc = 0;
+            for (int l = 0; l < 32; l++) {
+                const int v = ((q[l] >> shift) & 0xF) | (((x[b].qh[l] >> j) & 1) << 4);
+                acc += v * yq[l];
+            }
+            sum_q += sc * acc;
+            sum_m += m * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        }
+        sum += y[b].d * (GS_H2F(x[b].d) * sum_q - GS_H2F(x[b].dmin) * sum_m);
+    }
+    *s = sum;
+}
+
+/* sum_i d sc_j (q_i - 32) yd yq_i over sub-blocks j of 16; q unpacked as
+ * the layout comment of block_q6_K says. */
+static void vec_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
+    const block_q6_K * x = vx;
+    const block_q8_K * y = vy;
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        int8_t q[QK_K];   /* codes - 32, in weight order */
+        for (int h = 0; h < 2; h++) {
+            const uint8_t * ql = x[b].ql + 64 * h;
+            const uint8_t * qh = x[b].qh + 32 * h;
+            int8_t * qo = q + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                qo[l] = (int8_t) (((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                qo[l + 32] = (int8_t) (((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                qo[l + 64] = (int8_t) (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                qo[l + 96] = (int8_t) (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+        }
+        int sum_q = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            int acc = 0;
+            for (int l = 0; l < 16; l++) acc += q[16 * j + l] * y[b].qs[16 * j + l];
+            sum_q += x[b].scales[j] * acc;
+        }
+        sum += GS_H2F(x[b].d) * y[b].d * sum_q;
+    }
+    *s = sum;
+}
+
 const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = { gs_quantize_row_f32_ref,  vec_dot_f32,  gs_dequantize_row_f32 },
     [GS_TYPE_F16]  = { gs_quantize_row_f32_ref,  vec_dot_f16,  gs_dequantize_row_f16 },
@@ -118,8 +204,8 @@ const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT] = {
     [GS_TYPE_Q5_1] = { gs_quantize_row_q8_1_ref, vec_dot_q5_1, gs_dequantize_row_q5_1 },
     [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_ref, vec_dot_q8_0, gs_dequantize_row_q8_0 },
     [GS_TYPE_Q8_1] = { gs_quantize_row_q8_1_ref, NULL,         gs_dequantize_row_q8_1 },
-    [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, NULL,         gs_dequantize_row_q4_K },
-    [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, NULL,         gs_dequantize_row_q5_K },
-    [GS_TYPE_Q6_K] = { gs_quantize_row_q8_K_ref, NULL,         gs_dequantize_row_q6_K },
+    [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, vec_dot_q4_K, gs_dequantize_row_q4_K },
+    [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, vec_dot_q5_K, gs_dequantize_row_q5_K },
+    [GS_TYPE_Q6_K] = { gs_quantize_row_q8_K_ref, vec_dot_q6_K, gs_dequantize_row_q6_K },
     [GS_TYPE_Q8_K] = { gs_quantize_row_q8_K_ref, NULL,         gs_dequantize_row_q8_K },
 };
