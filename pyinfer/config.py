@@ -99,4 +99,7 @@ class ContextSettings:
     logits_all: bool = False
     embedding: bool = False
     kv_type: str = "f16"
+    rope_freq_base: float = 0.0     # 0: the model's
+    rope_freq_scale: float = 0.0    # 0: the model's (positions are multiplied by it)
+    kv_overrides: Dict[str, Any] = field(default_factory=dict)  # GGUF metadata replacements
     extra: Dict[str, Any] = field(default_factory=dict)

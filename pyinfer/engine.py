@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -31,10 +31,16 @@ def default_threads() -> int:
 
 
 class Engine:
-    def __init__(self, path: str, settings: ContextSettings):
+    def __init__(self, path: Union[str, GGUFFile], settings: ContextSettings):
+        """`path`: a GGUF path, or a GGUFFile already opened (its metadata read once)."""
         t0 = time.perf_counter()
-        self.file = GGUFFile(path)
-        self.cfg = ModelConfig.from_metadata(self.file.metadata, n_vocab=self._vocab_size())
+        self.file = path if isinstance(path, GGUFFile) else GGUFFile(path)
+        md = {**self.file.metadata, **settings.kv_overrides}
+        self.cfg = ModelConfig.from_metadata(md, n_vocab=self._vocab_size())
+        if settings.rope_freq_base:
+            self.cfg.rope_freq_base = settings.rope_freq_base
+        if settings.rope_freq_scale:
+            self.cfg.rope_freq_scale = settings.rope_freq_scale
         self.settings = settings
         n_ctx = settings.n_ctx or self.cfg.n_ctx_train
         self.n_ctx = n_ctx

@@ -1,34 +1,75 @@
-"""Sampling as small pure functions over a logits vector, composed by a factory.
+"""Sampling as small pure functions over a logits vector, composed by a stateful chain.
 
-Each filter takes float32 logits (n_vocab,) and returns logits where
-excluded tokens are -inf. The chain and its order follow llama.cpp's default
-sampler as llama-cpp-python configures it: logit bias, penalties, top-k,
-typical-p, top-p, min-p, temperature, then a seeded draw (temperature 0 is
-greedy).
+The chain and its order follow llama.cpp's sampler as llama-cpp-python configures it:
+user logits processors, logit bias, repetition penalties, then
+
+    temperature < 0    draw from the softmax of the logits (no filtering)
+    temperature == 0   greedy
+    mirostat 1 / 2     the Mirostat samplers (they replace top-k ... temperature)
+    otherwise          top-k, typical-p, top-p, min-p, temperature, seeded draw.
+
+Candidate filters work on (ids, logits) pairs: token ids and float32 logits, in the order
+llama.cpp would hold them (top-k and top-p leave them sorted by logit, descending). The draw
+reproduces llama.cpp's: std::mt19937 seeded with the seed, one uniform double from libstdc++'s
+generate_canonical, a cumulative scan in candidate order. Given the same logits and seed the
+same token comes out as in llama.cpp.
 """
 from __future__ import annotations
 
+import math
+import secrets
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF     # llama.cpp's "pick a random seed"
+_F32 = np.float32
 
 
 @dataclass
 class SamplingSettings:
     temperature: float = 0.8
-    top_k: int = 40
+    top_k: int = 40                 # <= 0: no top-k
     top_p: float = 0.95
     min_p: float = 0.05
     typical_p: float = 1.0
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    penalty_last_n: int = 64
+    penalty_last_n: int = 64        # 0: no penalties; -1: the whole generation
+    mirostat_mode: int = 0          # 0 off, 1 Mirostat, 2 Mirostat 2.0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     logit_bias: Dict[int, float] = field(default_factory=dict)
-    seed: Optional[int] = None
+    seed: Optional[int] = None      # None or LLAMA_DEFAULT_SEED: a random seed
 
+
+# ---- logits processors and stopping criteria (llama-cpp-python's hooks) ----
+
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+StoppingCriteria = Callable[[np.ndarray, np.ndarray], bool]
+
+
+class LogitsProcessorList(List[LogitsProcessor]):
+    """Processors `f(input_ids, scores) -> scores` applied in order; input_ids are the
+    evaluated token ids (np.intc), scores the float32 logits of the next token."""
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(List[StoppingCriteria]):
+    """Criteria `f(input_ids, logits) -> bool`; generation stops when any is true."""
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        return any([criterion(input_ids, logits) for criterion in self])
+
+
+# ---- whole-vocabulary transforms -------------------------------------------
 
 def apply_logit_bias(logits: np.ndarray, bias: Dict[int, float]) -> np.ndarray:
     if not bias:
@@ -49,27 +90,31 @@ def apply_penalties(logits: np.ndarray, last_tokens: Sequence[int], repeat: floa
     toks, counts = np.unique(np.asarray(last_tokens, dtype=np.int64), return_counts=True)
     out = logits.copy()
     v = out[toks]
-    v = np.where(v > 0, v / repeat, v * repeat)
-    out[toks] = v - counts * frequency - presence
+    v = np.where(v > 0, v / _F32(repeat), v * _F32(repeat))
+    out[toks] = v - counts * _F32(frequency) - _F32(presence)
     return out
 
 
 # ---- filters over candidate sets ------------------------------------------
-# A candidate set is (ids, logits): token ids and their logits, any order.
-# Filters return a subset; they never return an empty set.
+# A candidate set is (ids, logits): token ids and their logits. Filters return
+# a subset; they never return an empty set.
 
 def top_k(ids: np.ndarray, logits: np.ndarray, k: int):
-    if k <= 0 or k >= logits.size:
+    """The k largest logits, sorted descending (ties by position). k <= 0: unchanged."""
+    if k <= 0:
         return ids, logits
-    keep = np.argpartition(-logits, k - 1)[:k]
+    k = min(k, logits.size)
+    keep = np.argpartition(-logits, k - 1)[:k] if k < logits.size else np.arange(logits.size)
+    keep = keep[np.lexsort((keep, -logits[keep]))]
     return ids[keep], logits[keep]
 
 
 def _sorted(ids: np.ndarray, logits: np.ndarray):
+    """Sort descending and compute llama.cpp's float32 softmax."""
     order = np.argsort(-logits, kind="stable")
     ids, logits = ids[order], logits[order]
-    p = np.exp(logits.astype(np.float64) - float(logits[0]))
-    return ids, logits, p / p.sum()
+    p = np.exp(logits - logits[0], dtype=_F32)
+    return ids, logits, p / np.cumsum(p, dtype=_F32)[-1]
 
 
 def top_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
@@ -77,15 +122,15 @@ def top_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
     if p >= 1.0:
         return ids, logits
     ids, logits, probs = _sorted(ids, logits)
-    n_keep = max(int(np.searchsorted(np.cumsum(probs), p)) + 1, min_keep)
+    n_keep = max(int(np.searchsorted(np.cumsum(probs, dtype=_F32), _F32(p))) + 1, min_keep)
     return ids[:n_keep], logits[:n_keep]
 
 
 def min_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
-    """Keep tokens whose probability is at least p times the top one's."""
+    """Keep tokens whose probability is at least p times the top one's (order kept)."""
     if p <= 0.0:
         return ids, logits
-    keep = logits >= logits.max() + np.float32(np.log(p))
+    keep = logits >= logits.max() + np.log(_F32(p))
     if keep.sum() < min_keep:
         return top_k(ids, logits, min_keep)
     return ids[keep], logits[keep]
@@ -111,21 +156,124 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-def make_sampler(s: SamplingSettings) -> Callable[[np.ndarray, Sequence[int]], int]:
-    """A function (logits, recent_tokens) -> token id applying `s`."""
-    rng = np.random.default_rng(s.seed)
+# ---- the seeded draw --------------------------------------------------------
 
-    def sample(logits: np.ndarray, recent: Sequence[int]) -> int:
-        x = apply_logit_bias(logits, s.logit_bias)
-        last = recent[-s.penalty_last_n:] if s.penalty_last_n > 0 else ()
-        x = apply_penalties(x, last, s.repeat_penalty, s.frequency_penalty, s.presence_penalty)
-        if s.temperature <= 0.0:
+def resolve_seed(seed: Optional[int]) -> int:
+    """A 32-bit seed as llama.cpp takes it (C uint32); None and LLAMA_DEFAULT_SEED (or -1)
+    pick a random one."""
+    if seed is not None:
+        seed = int(seed) & 0xFFFFFFFF
+    if seed is None or seed == LLAMA_DEFAULT_SEED:
+        seed = secrets.randbits(32)
+    return seed
+
+
+class CppRandom:
+    """std::mt19937 seeded with a 32-bit seed, and std::uniform_real_distribution<double>(0, 1)
+    as libstdc++ computes it (two 32-bit outputs, low word first)."""
+
+    def __init__(self, seed: Optional[int]):
+        self.seed = resolve_seed(seed)
+        self._bits = np.random.MT19937()
+        # RandomState's integer seeding is mt19937's init_genrand, as std::mt19937(seed)
+        self._bits.state = np.random.RandomState(self.seed).get_state(legacy=False)
+
+    def uniform(self) -> float:
+        lo, hi = (float(x) for x in self._bits.random_raw(2))
+        x = (lo + hi * 4294967296.0) / 18446744073709551616.0
+        return x if x < 1.0 else math.nextafter(1.0, 0.0)
+
+
+def draw(ids: np.ndarray, logits: np.ndarray, rng: CppRandom) -> int:
+    """Sample from the softmax of `logits`: the first candidate, in order, at which the
+    running sum of exp(logit - max) reaches uniform * total."""
+    if ids.size == 1:
+        return int(ids[0])
+    p = np.exp(logits - logits.max(), dtype=_F32)
+    cum = np.cumsum(p, dtype=np.float64)
+    target = cum[-1] * rng.uniform()
+    i = int(np.searchsorted(cum, target, side="left"))
+    return int(ids[min(i, ids.size - 1)])
+
+
+# ---- the chain ----------------------------------------------------------------
+
+class Sampler:
+    """One generation's sampler: settings plus state (recent tokens for the penalties,
+    Mirostat's mu, the RNG). `sample` picks a token, `accept` records it."""
+
+    def __init__(self, s: SamplingSettings, logits_processor: Optional[LogitsProcessor] = None):
+        self.settings = s
+        self.rng = CppRandom(s.seed)
+        n = s.penalty_last_n
+        self.recent: deque = deque(maxlen=None if n < 0 else n)
+        self.mu = 2.0 * s.mirostat_tau
+        self.logits_processor = logits_processor
+
+    def sample(self, logits: np.ndarray, input_ids: Optional[np.ndarray] = None) -> int:
+        """A token for float32 `logits` (n_vocab,); `input_ids` (the evaluated tokens) are
+        passed to the logits processors."""
+        s = self.settings
+        x = np.asarray(logits, dtype=_F32)
+        if self.logits_processor is not None:
+            ids_in = input_ids if input_ids is not None else np.zeros(0, dtype=np.intc)
+            x = np.asarray(self.logits_processor(ids_in, x.copy()), dtype=_F32)
+        x = apply_logit_bias(x, s.logit_bias)
+        if self.recent.maxlen != 0:
+            x = apply_penalties(x, list(self.recent), s.repeat_penalty, s.frequency_penalty,
+                                s.presence_penalty)
+        ids = np.arange(x.size)
+        if s.temperature < 0.0:
+            return draw(ids, x, self.rng)
+        if s.temperature == 0.0:
             return int(np.argmax(x))
-        ids, lg = top_k(np.arange(x.size), x, s.top_k)
-        ids, lg = typical_p(ids, lg, s.typical_p)
-        ids, lg = top_p(ids, lg, s.top_p)
-        ids, lg = min_p(ids, lg, s.min_p)
-        probs = softmax(lg / np.float32(s.temperature))
-        return int(ids[rng.choice(ids.size, p=probs)])
+        if s.mirostat_mode == 1:
+            return self._mirostat_v1(ids, x)
+        if s.mirostat_mode == 2:
+            return self._mirostat_v2(ids, x)
+        ids, x = top_k(ids, x, s.top_k)
+        ids, x = typical_p(ids, x, s.typical_p)
+        ids, x = top_p(ids, x, s.top_p)
+        ids, x = min_p(ids, x, s.min_p)
+        return draw(ids, x / _F32(s.temperature), self.rng)
 
-    return sample
+    def accept(self, token: int) -> None:
+        self.recent.append(int(token))
+
+    def _update_mu(self, prob: float) -> None:
+        surprise = -math.log2(prob)
+        self.mu -= self.settings.mirostat_eta * (surprise - self.settings.mirostat_tau)
+
+    def _mirostat_v2(self, ids: np.ndarray, logits: np.ndarray) -> int:
+        """Mirostat 2.0: drop tokens whose surprise exceeds mu, sample, move mu toward tau."""
+        ids, logits, p = _sorted(ids, logits)
+        over = np.nonzero(-np.log2(p) > self.mu)[0]
+        n = max(int(over[0]) if over.size else p.size, 1)
+        ids, logits = ids[:n], logits[:n]
+        tok = draw(ids, logits, self.rng)
+        self._update_mu(float(softmax(logits)[int(np.nonzero(ids == tok)[0][0])]))
+        return tok
+
+    def _mirostat_v1(self, ids: np.ndarray, logits: np.ndarray, m: int = 100) -> int:
+        """Mirostat: estimate the Zipf exponent from the top m tokens, pick k so that the
+        expected surprise is mu, sample from the top k, move mu toward tau."""
+        n_vocab = logits.size
+        ids, logits, p = _sorted(ids, logits)
+        n = min(m - 1, p.size - 1)
+        i = np.arange(n, dtype=np.float64)
+        t = np.log((i + 2) / (i + 1))
+        b = np.log(p[:n].astype(np.float64) / p[1:n + 1])
+        s_hat = float((t * b).sum() / (t * t).sum()) if n > 0 else 1.0
+        eps = s_hat - 1.0
+        k = ((eps * 2.0 ** self.mu) / (1.0 - n_vocab ** -eps)) ** (1.0 / s_hat) if eps else 1.0
+        k = max(int(k) if math.isfinite(k) else n_vocab, 1)
+        ids, logits = ids[:k], logits[:k]
+        tok = draw(ids, logits, self.rng)
+        self._update_mu(float(softmax(logits)[int(np.nonzero(ids == tok)[0][0])]))
+        return tok
+
+
+def make_sampler(s: SamplingSettings,
+                 logits_processor: Optional[LogitsProcessor] = None) -> Sampler:
+    """A fresh sampler chain for one generation."""
+    return Sampler(s, logits_processor)

@@ -1,0 +1,297 @@
+"""Chat completion: prompt templates, and chat responses built from text completions.
+
+A chat format turns messages into a prompt string (`ChatFormatterResponse`). The GGUF's own
+Jinja template (`tokenizer.chat_template`) is rendered as Hugging Face and llama-cpp-python
+render it: an immutable sandbox, trim_blocks/lstrip_blocks, `raise_exception`, `bos_token`,
+`eos_token`, `add_generation_prompt`, `tojson` without ASCII escaping, `strftime_now`; its
+prompt already holds the special tokens (no BOS added) and generation stops on the template's
+EOS. The formats llama-cpp-python registers under "chatml", "llama-2", "llama-3",
+"mistral-instruct" and "zephyr" are written as templates below that render the same text;
+their prompts get BOS when the vocabulary wants it.
+
+A chat handler (`chat_formatter_to_chat_completion_handler`) tokenizes the prompt, runs
+`llama.create_completion` and converts the result: a `chat.completion` dict, or with
+stream=True `chat.completion.chunk` dicts, the first carrying only the assistant role.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .sampling import StoppingCriteriaList
+
+ChatHandler = Callable[..., Any]
+
+
+@dataclass
+class ChatFormatterResponse:
+    """prompt: the rendered text; stop: strings that end the reply; stopping_criteria: an
+    extra criterion; added_special: the prompt already holds BOS (do not add one)."""
+    prompt: str
+    stop: Optional[Union[str, List[str]]] = None
+    stopping_criteria: Optional[StoppingCriteriaList] = None
+    added_special: bool = False
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """Hugging Face's `{% generation %}...{% endgeneration %}` (marks assistant text for
+    training masks): rendered as its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
+            separators: Optional[Tuple[str, str]] = None, sort_keys: bool = False) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _raise_exception(message: str):
+    raise ValueError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _template_env() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True,
+                                        lstrip_blocks=True,
+                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    return env
+
+
+class Jinja2ChatFormatter:
+    """Renders a chat template (a Jinja string, e.g. a GGUF's tokenizer.chat_template)."""
+
+    def __init__(self, template: str, eos_token: str, bos_token: str,
+                 add_generation_prompt: bool = True, stop_token_ids: Optional[List[int]] = None):
+        self.template = template
+        self.eos_token = eos_token
+        self.bos_token = bos_token
+        self.add_generation_prompt = add_generation_prompt
+        self.stop_token_ids = set(stop_token_ids) if stop_token_ids is not None else None
+        self._template = _template_env().from_string(template)
+
+    def __call__(self, *, messages: List[Dict[str, Any]], functions=None, function_call=None,
+                 tools=None, tool_choice=None, **kwargs: Any) -> ChatFormatterResponse:
+        prompt = self._template.render(
+            messages=messages, eos_token=self.eos_token, bos_token=self.bos_token,
+            raise_exception=_raise_exception, add_generation_prompt=self.add_generation_prompt,
+            functions=functions, function_call=function_call, tools=tools,
+            tool_choice=tool_choice, strftime_now=_strftime_now, **kwargs)
+        criteria = None
+        if self.stop_token_ids is not None:
+            ids = self.stop_token_ids
+
+            def last_token_is_stop(tokens, logits) -> bool:
+                return len(tokens) > 0 and int(tokens[-1]) in ids
+
+            criteria = StoppingCriteriaList([last_token_is_stop])
+        return ChatFormatterResponse(prompt=prompt, stop=[self.eos_token],
+                                     stopping_criteria=criteria, added_special=True)
+
+    def to_chat_handler(self) -> ChatHandler:
+        return chat_formatter_to_chat_completion_handler(self)
+
+
+# ---- llama-cpp-python's named formats, as templates ------------------------------------
+# Each renders exactly the text of the llama-cpp-python format of the same name: the first
+# system message only (where the format has one), user/assistant turns, an empty or
+# non-text content as a bare role marker, and the assistant prompt at the end.
+
+_SYSTEM = ("{% set ns = namespace(sys=none) %}{% for m in messages %}"
+           "{% if m['role'] == 'system' and ns.sys is none %}{% set ns.sys = m['content'] or '' %}"
+           "{% endif %}{% endfor %}{% set system = ns.sys or '' %}")
+_CONTENT = "{% set content = m['content'] if m['content'] is string else none %}"
+_TURNS = "{% for m in messages if m['role'] in ['user', 'assistant'] %}" + _CONTENT
+
+BUILTIN_FORMATS: Dict[str, Tuple[str, Optional[str]]] = {   # name -> (template, stop)
+    "chatml": (_SYSTEM + "<|im_start|>system\n{{ system }}<|im_end|>\n" + _TURNS
+               + "<|im_start|>{{ m['role'] }}\n{% if content %}{{ content }}<|im_end|>\n"
+               "{% endif %}{% endfor %}<|im_start|>assistant\n", "<|im_end|>"),
+    "zephyr": (_SYSTEM + "<|system|>\n{{ system }}</s>\n" + _TURNS
+               + "<|{{ m['role'] }}|>\n\n{% if content %}{{ content }}</s>\n{% endif %}"
+               "{% endfor %}<|assistant|>\n\n", "</s>"),
+    "llama-3": ("{% for m in messages if m['role'] in ['system', 'user', 'assistant'] %}"
+                + _CONTENT + "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                "{% if content %}{{ content }}<|eot_id|>{% endif %}{% endfor %}"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    "mistral-instruct": ("{% for m in messages %}"
+                         "{% if m['role'] == 'user' and m['content'] is string %}[INST] "
+                         "{{ m['content'] }}{% elif m['role'] == 'assistant' and "
+                         "m['content'] is string %} [/INST]{{ m['content'] }}</s>{% endif %}"
+                         "{% endfor %} [/INST]", "</s>"),
+    "llama-2": (_SYSTEM + "{% if system %}[INST] <<SYS>>\n{{ system }}\n<</SYS>>{% endif %} "
+                + _TURNS + "{% set sep = ' ' if loop.index0 % 2 == 0 else '</s>' %}"
+                "{% set tag = '<s>[INST]' if m['role'] == 'user' else '[/INST]' %}"
+                "{% if system and loop.first %}{{ content or '' }}{{ sep }}"
+                "{% elif content %}{{ tag }}{{ content }} {{ sep }}{% else %}{{ tag }} {% endif %}"
+                "{% endfor %}[/INST]", None),
+}
+
+
+class BuiltinChatFormatter:
+    """One of BUILTIN_FORMATS (rendered verbatim: no block trimming, trailing newline kept)."""
+
+    def __init__(self, name: str):
+        template, self.stop = BUILTIN_FORMATS[name]
+        env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), keep_trailing_newline=True)
+        self._template = env.from_string(template)
+
+    def __call__(self, *, messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
+        return ChatFormatterResponse(prompt=self._template.render(messages=messages),
+                                     stop=self.stop)
+
+
+def get_chat_completion_handler(name: str) -> ChatHandler:
+    if name not in BUILTIN_FORMATS:
+        raise ValueError(f"Invalid chat handler: {name} (pyinfer knows: "
+                         f"{', '.join(sorted(BUILTIN_FORMATS))}, and the model's own "
+                         "chat_template.* formats)")
+    return chat_formatter_to_chat_completion_handler(BuiltinChatFormatter(name))
+
+
+# Templates shipped by widely used models that llama-cpp-python maps to its named formats
+# instead of rendering them (it compares the GGUF template text for equality).
+_KNOWN_TEMPLATES = {
+    "chatml": ["{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+               "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+               "{{ '<|im_start|>assistant\n' }}{% endif %}"],
+    "mistral-instruct": [
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+        "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+        "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        + reply + "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+        "{% endif %}{% endfor %}"
+        for reply in ("{{ message['content'] + eos_token + ' ' }}",      # Mistral 7B Instruct
+                      "{{ message['content'] + eos_token}}")],           # Mixtral 8x7B Instruct
+    "llama-3": ["{% set loop_messages = messages %}{% for message in loop_messages %}"
+                "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+                "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+                "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+                "{% endif %}"],
+}
+
+
+def guess_chat_format_from_gguf_metadata(metadata: Dict[str, str]) -> Optional[str]:
+    template = metadata.get("tokenizer.chat_template")
+    for name, templates in _KNOWN_TEMPLATES.items():
+        if template in templates:
+            return name
+    return None
+
+
+def setup_chat(metadata: Dict[str, str], chat_format: Optional[str], chat_handler,
+               bos_token: str, eos_token: str, eos_id: int, verbose: bool):
+    """The chat format name Llama will use and the handlers of the GGUF's templates
+    ("chat_template.default" for tokenizer.chat_template, "chat_template.NAME" for
+    tokenizer.chat_template.NAME)."""
+    templates = {k[len("tokenizer."):]: v for k, v in metadata.items()
+                 if k.startswith("tokenizer.chat_template.")}
+    if "tokenizer.chat_template" in metadata:
+        templates["chat_template.default"] = metadata["tokenizer.chat_template"]
+    handlers = {name: Jinja2ChatFormatter(t, eos_token=eos_token, bos_token=bos_token,
+                                          stop_token_ids=[eos_id]).to_chat_handler()
+                for name, t in templates.items()}
+    if chat_format is None and chat_handler is None and "chat_template.default" in templates:
+        chat_format = guess_chat_format_from_gguf_metadata(metadata) or "chat_template.default"
+    if chat_format is None and chat_handler is None:
+        chat_format = "llama-2"
+    if verbose:
+        print(f"pyinfer: chat format {chat_format if chat_handler is None else 'custom handler'}",
+              file=sys.stderr)
+    return chat_format, handlers
+
+
+# ---- the handler -----------------------------------------------------------------------
+
+def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
+    def handler(*, llama, messages, functions=None, function_call=None, tools=None,
+                tool_choice=None, temperature=0.2, top_p=0.95, top_k=40, min_p=0.05,
+                typical_p=1.0, stream=False, stop=None, seed=None, response_format=None,
+                max_tokens=None, presence_penalty=0.0, frequency_penalty=0.0,
+                repeat_penalty=1.1, tfs_z=1.0, mirostat_mode=0, mirostat_tau=5.0,
+                mirostat_eta=0.1, model=None, logits_processor=None, grammar=None,
+                logit_bias=None, logprobs=None, top_logprobs=None, **kwargs):
+        if response_format is not None and response_format.get("type") == "json_object":
+            raise NotImplementedError("response_format json_object needs grammar-constrained "
+                                      "sampling, which pyinfer does not implement yet")
+        if isinstance(tool_choice, dict) or isinstance(function_call, dict):
+            raise NotImplementedError("forcing a tool or function call (tool_choice / "
+                                      "function_call naming one) needs grammar-constrained "
+                                      "sampling, which pyinfer does not implement yet")
+        result = formatter(messages=messages, functions=functions, function_call=function_call,
+                           tools=tools, tool_choice=tool_choice, **kwargs)
+        prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                special=True)
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+        if result.stop is not None:
+            stop += result.stop if isinstance(result.stop, list) else [result.stop]
+        completion = llama.create_completion(
+            prompt=prompt, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            typical_p=typical_p, logprobs=top_logprobs if logprobs else None, stream=stream,
+            stop=stop, seed=seed, max_tokens=max_tokens, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, repeat_penalty=repeat_penalty, tfs_z=tfs_z,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            model=model, logits_processor=logits_processor,
+            stopping_criteria=result.stopping_criteria, grammar=grammar, logit_bias=logit_bias)
+        return chat_chunks(completion) if stream else chat_response(completion)
+
+    return handler
+
+
+def chat_logprobs(logprobs: Optional[Dict[str, list]]) -> Optional[Dict[str, Any]]:
+    """Completion logprobs -> chat logprobs ({"content": [...], "refusal": None})."""
+    if logprobs is None:
+        return None
+    content = []
+    for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"],
+                                   logprobs["top_logprobs"]):
+        content.append({"token": token, "bytes": None, "logprob": logprob,
+                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": None}
+                                         for t, lp in (top or {}).items()]})
+    return {"content": content, "refusal": None}
+
+
+def chat_response(completion: Dict[str, Any]) -> Dict[str, Any]:
+    choice = completion["choices"][0]
+    return {
+        "id": "chat" + completion["id"], "object": "chat.completion",
+        "created": completion["created"], "model": completion["model"],
+        "choices": [{"index": 0,
+                     "message": {"role": "assistant", "content": choice["text"]},
+                     "logprobs": chat_logprobs(choice["logprobs"]),
+                     "finish_reason": choice["finish_reason"]}],
+        "usage": completion["usage"],
+    }
+
+
+def chat_chunks(chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """Completion chunks -> chat chunks: the role first, then content deltas, then an empty
+    delta with the finish_reason."""
+    for i, chunk in enumerate(chunks):
+        head = {"id": "chat" + chunk["id"], "model": chunk["model"],
+                "created": chunk["created"], "object": "chat.completion.chunk"}
+        if i == 0:
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                        "logprobs": None, "finish_reason": None}]}
+        choice = chunk["choices"][0]
+        finish = choice["finish_reason"]
+        yield {**head, "choices": [{"index": 0,
+                                    "delta": {"content": choice["text"]} if finish is None else {},
+                                    "logprobs": chat_logprobs(choice["logprobs"]),
+                                    "finish_reason": finish}]}

@@ -1,0 +1,504 @@
+"""`Llama`: a drop-in replacement for llama-cpp-python's `llama_cpp.Llama` (0.3.x).
+
+    from pyinfer import Llama
+    llm = Llama(model_path="model.gguf", n_ctx=2048, verbose=False)
+    out = llm("Q: Name the planets in the solar system? A: ", max_tokens=32, stop=["Q:", "\\n"])
+    print(out["choices"][0]["text"])
+
+Same constructor keywords, methods, return dicts, streaming chunks and error texts as
+llama-cpp-python; the keywords are resolved once by `LlamaOptions` (llama_options.py),
+completions live in completion.py, chat in chat.py. This module keeps the sequence state:
+`input_ids[:n_tokens]` are the tokens in the KV cache, `scores` their logits rows (every row
+with logits_all=True, as llama-cpp-python), and `generate` reuses the longest cached prefix
+of a new prompt.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import chat as chat_mod
+from .completion import CompletionRequest, create_completion, logits_to_logprobs
+from .engine import Engine
+from .gguf_model import GGUFFile
+from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
+                          restore_kv_state)
+from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_CLS,
+                            LLAMA_POOLING_TYPE_LAST, LLAMA_POOLING_TYPE_MEAN,
+                            LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED,
+                            LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, LLAMA_SPLIT_MODE_LAYER,
+                            LlamaOptions, load_report, metadata_strings)
+from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
+                       StoppingCriteriaList)
+from .tokenizer import Tokenizer
+
+
+class LlamaTokenizer:
+    """llama-cpp-python's tokenizer wrapper around a Llama (tokenize/detokenize/encode/decode)."""
+
+    def __init__(self, llama: "Llama"):
+        self._vocab = llama._vocab
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> List[int]:
+        return self._vocab.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: List[int], prev_tokens: Optional[List[int]] = None,
+                   special: bool = False) -> bytes:
+        return self._vocab.detokenize(tokens, special=special)
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = True) -> List[int]:
+        return self.tokenize(text.encode("utf-8", errors="ignore"), add_bos=add_bos, special=special)
+
+    def decode(self, tokens: List[int]) -> str:
+        return self.detokenize(tokens).decode("utf-8", errors="ignore")
+
+
+class Llama:
+    """High-level interface to a GGUF model (llama-cpp-python compatible)."""
+
+    def __init__(
+        self, model_path: str, *, n_gpu_layers: int = 0, split_mode: int = LLAMA_SPLIT_MODE_LAYER,
+        main_gpu: int = 0, tensor_split: Optional[List[float]] = None, vocab_only: bool = False,
+        use_mmap: bool = True, use_mlock: bool = False,
+        kv_overrides: Optional[Dict[str, Union[bool, int, float, str]]] = None,
+        seed: int = LLAMA_DEFAULT_SEED, n_ctx: int = 512, n_batch: int = 512, n_ubatch: int = 512,
+        n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
+        rope_scaling_type: Optional[int] = LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+        pooling_type: int = LLAMA_POOLING_TYPE_UNSPECIFIED,
+        attention_type: int = LLAMA_ATTENTION_TYPE_UNSPECIFIED,
+        rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, yarn_ext_factor: float = -1.0,
+        yarn_attn_factor: float = 1.0, yarn_beta_fast: float = 32.0, yarn_beta_slow: float = 1.0,
+        yarn_orig_ctx: int = 0, logits_all: bool = False, embedding: bool = False,
+        offload_kqv: bool = True, flash_attn: bool = False, op_offload: Optional[bool] = None,
+        swa_full: Optional[bool] = None, no_perf: bool = False, last_n_tokens_size: int = 64,
+        lora_base: Optional[str] = None, lora_scale: float = 1.0, lora_path: Optional[str] = None,
+        numa: Union[bool, int] = False, chat_format: Optional[str] = None, chat_handler=None,
+        draft_model=None, tokenizer=None, type_k: Optional[int] = None,
+        type_v: Optional[int] = None, spm_infill: bool = False, verbose: bool = True, **kwargs):
+        """Load `model_path`. Raises ValueError when it does not exist; options pyinfer
+        cannot honour raise UnsupportedOptionError (lora_path, YaRN, non-F16 KV types)."""
+        self._engine: Optional[Engine] = None
+        opts = LlamaOptions.from_keywords(dict(locals()), kwargs)
+        opts.check_supported()
+        self._opts = opts
+        self.verbose, self.model_path = verbose, model_path
+        self.numa, self.tensor_split, self.kv_overrides = numa, tensor_split, kv_overrides
+        self.lora_base, self.lora_scale, self.lora_path = lora_base, lora_scale, lora_path
+        self.spm_infill, self.draft_model = spm_infill, draft_model
+        self.last_n_tokens_size = last_n_tokens_size
+        self.cache: Optional[BaseLlamaCache] = None
+        self._seed = opts.seed_value
+
+        self._file = GGUFFile(model_path)
+        md = {**self._file.metadata, **opts.model_overrides()}
+        arch = md.get("general.architecture", "")
+        n_ctx_train = int(md.get(f"{arch}.context_length", 0) or 2048)
+        self.n_batch = opts.resolve_n_batch(n_ctx_train)
+        self.n_threads, self.n_threads_batch = opts.resolve_threads()
+        self._vocab = Tokenizer.from_gguf(self._file.reader)
+        opts.apply_tokenizer_overrides(self._vocab)
+        self._custom_tokenizer = tokenizer is not None
+        self.tokenizer_ = tokenizer or LlamaTokenizer(self)
+        if not vocab_only:
+            self._engine = Engine(self._file, opts.context_settings(n_ctx_train))
+            self._n_ctx = self._engine.n_ctx
+            if verbose:
+                print(load_report(model_path, self._engine, self.n_batch), file=sys.stderr)
+        else:
+            self._n_ctx = opts.resolve_n_ctx(n_ctx_train)
+        self._n_vocab = self._engine.cfg.n_vocab if self._engine else self._vocab.n_vocab
+        self._n_embd = int(md.get(f"{arch}.embedding_length", 0))
+        self._logits_all = opts.logits_all or draft_model is not None
+        self._embedding = embedding
+        self._pooling = pooling_type if pooling_type != LLAMA_POOLING_TYPE_UNSPECIFIED else \
+            int(md.get(f"{arch}.pooling_type", LLAMA_POOLING_TYPE_NONE))
+
+        self.n_tokens = 0
+        self._requires_eval = True
+        self.input_ids: np.ndarray = np.zeros((self._n_ctx,), dtype=np.intc)
+        self.scores: np.ndarray = np.zeros(
+            (self._n_ctx if self._logits_all else self.n_batch, self._n_vocab), dtype=np.single)
+        self._logits: Optional[np.ndarray] = None   # logits after the last evaluated token
+        self._sampler: Optional[Sampler] = None
+
+        self.metadata: Dict[str, str] = metadata_strings(self._file.metadata)
+        eos, bos = self._vocab.eos_id, self._vocab.bos_id
+        self.chat_handler = chat_handler
+        self.chat_format, self._chat_handlers = chat_mod.setup_chat(
+            self.metadata, chat_format, chat_handler,
+            bos_token=self._vocab.token_text(bos) if bos != -1 else "",
+            eos_token=self._vocab.token_text(eos) if eos != -1 else "", eos_id=eos,
+            verbose=verbose)
+
+    # ---- state views (as llama-cpp-python) ----------------------------------------------
+
+    @property
+    def _input_ids(self) -> np.ndarray:
+        return self.input_ids[:self.n_tokens]
+
+    @property
+    def _scores(self) -> np.ndarray:
+        return self.scores[:self.n_tokens, :]
+
+    @property
+    def eval_tokens(self) -> Deque[int]:
+        return deque(self.input_ids[:self.n_tokens].tolist(), maxlen=self._n_ctx)
+
+    @property
+    def eval_logits(self) -> Deque[List[float]]:
+        return deque(self.scores[:self.n_tokens, :].tolist(),
+                     maxlen=self._n_ctx if self._logits_all else 1)
+
+    def _require_engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("this Llama was loaded with vocab_only=True (or closed): it "
+                               "has no weights to evaluate")
+        return self._engine
+
+    # ---- tokens ------------------------------------------------------------------------
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> List[int]:
+        return self.tokenizer_.tokenize(text, add_bos, special)
+
+    def detokenize(self, tokens: List[int], prev_tokens: Optional[List[int]] = None,
+                   special: bool = False) -> bytes:
+        return self.tokenizer_.detokenize(tokens, prev_tokens=prev_tokens, special=special)
+
+    def set_cache(self, cache: Optional[BaseLlamaCache]) -> None:
+        self.cache = cache
+
+    def set_seed(self, seed: int) -> None:
+        self._seed = seed
+
+    def reset(self) -> None:
+        """Forget the evaluated tokens (the KV cache is overwritten from position 0)."""
+        self.n_tokens = 0
+        self._requires_eval = True
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Append `tokens` to the sequence in n_batch chunks, keeping their logits."""
+        eng = self._require_engine()
+        tokens = [int(t) for t in tokens]
+        if eng.n_past != self.n_tokens:
+            eng.truncate(min(self.n_tokens, eng.n_past))
+            if eng.n_past != self.n_tokens:
+                raise RuntimeError(f"the KV cache holds {eng.n_past} tokens, the sequence "
+                                   f"{self.n_tokens}: restore a saved state to continue")
+        if not tokens:
+            return
+        n_end = self.n_tokens + len(tokens)
+        if n_end > self._n_ctx:
+            raise ValueError(f"Requested tokens ({n_end}) exceed context window of {self._n_ctx}")
+        eng.validate_tokens(tokens)
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            n_past = self.n_tokens
+            out = eng.decode(chunk, logits_all=self._logits_all)
+            self.input_ids[n_past:n_past + len(chunk)] = chunk
+            if self._logits_all:
+                self.scores[n_past:n_past + len(chunk), :] = out
+                self._logits = self.scores[n_past + len(chunk) - 1]
+            else:
+                self._logits = out
+            self.n_tokens += len(chunk)
+            self._requires_eval = False
+
+    # ---- sampling --------------------------------------------------------------------------
+
+    def _logits_at(self, idx: Optional[int]) -> np.ndarray:
+        if idx is None or idx == self.n_tokens - 1:
+            if self._logits is None or self.n_tokens == 0:
+                raise RuntimeError("no logits to sample from: evaluate tokens first")
+            return self._logits
+        if self._logits_all and 0 <= idx < self.n_tokens:
+            return self.scores[idx]
+        raise ValueError(f"no logits kept for position {idx}: only the last evaluated token's "
+                         "are kept unless the model is created with logits_all=True")
+
+    def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+               typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
+               frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
+               mirostat_mode: int = 0, mirostat_eta: float = 0.1, mirostat_tau: float = 5.0,
+               penalize_nl: bool = True, logits_processor: Optional[LogitsProcessorList] = None,
+               grammar=None, idx: Optional[int] = None) -> int:
+        """Sample the next token from the logits at position idx (default: the last one).
+        Inside `generate` the generation's sampler is used and these arguments are ignored."""
+        _check_grammar(grammar)
+        sampler = self._sampler or Sampler(
+            self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
+                           frequency_penalty, presence_penalty, mirostat_mode, mirostat_tau,
+                           mirostat_eta), logits_processor)
+        token = sampler.sample(self._logits_at(idx), self._input_ids)
+        sampler.accept(token)
+        return token
+
+    def _settings(self, top_k, top_p, min_p, typical_p, temp, repeat_penalty, frequency_penalty,
+                  presence_penalty, mirostat_mode, mirostat_tau, mirostat_eta) -> SamplingSettings:
+        return SamplingSettings(
+            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, penalty_last_n=self.last_n_tokens_size,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            seed=self._seed)
+
+    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
+                 repeat_penalty: float = 1.0, reset: bool = True, frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
+                 mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, penalize_nl: bool = True,
+                 logits_processor: Optional[LogitsProcessorList] = None,
+                 stopping_criteria: Optional[StoppingCriteriaList] = None,
+                 grammar=None) -> Iterator[int]:
+        """Yield sampled tokens after `tokens`, forever (the caller stops). With reset=True the
+        longest prefix the KV cache shares with `tokens` is kept and only the rest evaluated;
+        `send(ids)` appends extra ids after the yielded token."""
+        _check_grammar(grammar)
+        settings = self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
+                                  frequency_penalty, presence_penalty, mirostat_mode,
+                                  mirostat_tau, mirostat_eta)
+        return self._generate(tokens, settings, logits_processor, stopping_criteria, reset)
+
+    def _generate(self, tokens: Sequence[int], settings: SamplingSettings,
+                  logits_processor=None, stopping_criteria=None, reset: bool = True):
+        self._sampler = Sampler(settings, logits_processor)
+        tokens = [int(t) for t in tokens]
+        if reset and self.n_tokens > 0:
+            prefix = longest_token_prefix(self._input_ids.tolist(), tokens)
+            consumed = prefix == len(tokens)
+            if consumed and self.n_tokens == len(tokens) and not self._requires_eval:
+                reset, tokens = False, []        # the whole prompt is cached with its logits
+            else:   # keep the shared prefix; re-evaluate one token if nothing else is left
+                reuse = prefix - 1 if consumed else prefix
+                if reuse > 0:
+                    reset, tokens = False, tokens[reuse:]
+                    self.n_tokens = reuse
+                    self._requires_eval = True
+                    if self.verbose:
+                        print(f"Llama.generate: {reuse} prefix-match hit, remaining "
+                              f"{len(tokens)} prompt tokens to eval", file=sys.stderr)
+        if reset:
+            self.reset()
+        sample_idx = self.n_tokens + len(tokens) - 1
+        try:
+            while True:
+                self.eval(tokens)
+                while sample_idx < self.n_tokens:
+                    logits = self._logits_at(sample_idx)
+                    token = self.sample(idx=sample_idx)
+                    sample_idx += 1
+                    if stopping_criteria is not None and stopping_criteria(self._input_ids, logits):
+                        return
+                    extra = yield token
+                    tokens = [token] + [int(t) for t in (extra or ())]
+        finally:
+            self._sampler = None
+
+    # ---- completions -------------------------------------------------------------------
+
+    def create_completion(
+        self, prompt: Union[str, List[int]], suffix: Optional[str] = None,
+        max_tokens: Optional[int] = 16, temperature: float = 0.8, top_p: float = 0.95,
+        min_p: float = 0.05, typical_p: float = 1.0, logprobs: Optional[int] = None,
+        echo: bool = False, stop: Optional[Union[str, List[str]]] = None,
+        frequency_penalty: float = 0.0, presence_penalty: float = 0.0, repeat_penalty: float = 1.0,
+        top_k: int = 40, stream: bool = False, seed: Optional[int] = None, tfs_z: float = 1.0,
+        mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+        model: Optional[str] = None, stopping_criteria: Optional[StoppingCriteriaList] = None,
+        logits_processor: Optional[LogitsProcessorList] = None, grammar=None,
+        logit_bias: Optional[Dict[int, float]] = None):
+        """Complete `prompt` (text, or token ids used as given). Returns a `text_completion`
+        dict, or with stream=True an iterator of chunks. max_tokens None or <= 0: until the
+        context is full."""
+        self._require_engine()
+        req = CompletionRequest.from_keywords(
+            prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p, logprobs, echo,
+            stop, frequency_penalty, presence_penalty, repeat_penalty, top_k, stream, seed,
+            mirostat_mode, mirostat_tau, mirostat_eta, model, stopping_criteria,
+            logits_processor, grammar, logit_bias, self.last_n_tokens_size)
+        return create_completion(self, req)
+
+    def __call__(self, prompt: str, suffix: Optional[str] = None, max_tokens: Optional[int] = 16,
+                 temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, logprobs: Optional[int] = None, echo: bool = False,
+                 stop: Optional[Union[str, List[str]]] = None, frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0, repeat_penalty: float = 1.0, top_k: int = 40,
+                 stream: bool = False, seed: Optional[int] = None, tfs_z: float = 1.0,
+                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+                 model: Optional[str] = None,
+                 stopping_criteria: Optional[StoppingCriteriaList] = None,
+                 logits_processor: Optional[LogitsProcessorList] = None, grammar=None,
+                 logit_bias: Optional[Dict[int, float]] = None):
+        """Same as create_completion."""
+        return self.create_completion(
+            prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p, logprobs, echo,
+            stop, frequency_penalty, presence_penalty, repeat_penalty, top_k, stream, seed,
+            tfs_z, mirostat_mode, mirostat_tau, mirostat_eta, model, stopping_criteria,
+            logits_processor, grammar, logit_bias)
+
+    def create_chat_completion(
+        self, messages: List[Dict[str, Any]], functions=None, function_call=None, tools=None,
+        tool_choice=None, temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
+        min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
+        stop: Optional[Union[str, List[str]]] = None, seed: Optional[int] = None,
+        response_format=None, max_tokens: Optional[int] = None, presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0, repeat_penalty: float = 1.0, tfs_z: float = 1.0,
+        mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+        model: Optional[str] = None, logits_processor: Optional[LogitsProcessorList] = None,
+        grammar=None, logit_bias: Optional[Dict[int, float]] = None,
+        logprobs: Optional[bool] = None, top_logprobs: Optional[int] = None):
+        """Reply to `messages` with the model's chat template (or chat_format / chat_handler).
+        Returns a `chat.completion` dict, or with stream=True an iterator of chunks."""
+        handler = (self.chat_handler or self._chat_handlers.get(self.chat_format)
+                   or chat_mod.get_chat_completion_handler(self.chat_format))
+        return handler(
+            llama=self, messages=messages, functions=functions, function_call=function_call,
+            tools=tools, tool_choice=tool_choice, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, typical_p=typical_p, logprobs=logprobs,
+            top_logprobs=top_logprobs, stream=stream, stop=stop, seed=seed,
+            response_format=response_format, max_tokens=max_tokens,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+            repeat_penalty=repeat_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
+            logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias)
+
+    # ---- embeddings ------------------------------------------------------------------------
+
+    def create_embedding(self, input: Union[str, List[str]], model: Optional[str] = None):
+        """OpenAI-style embedding list of `input` (one entry per string)."""
+        inputs = input if isinstance(input, list) else [input]
+        embeds, n_tokens = self.embed(inputs, return_count=True)
+        return {"object": "list",
+                "data": [{"object": "embedding", "embedding": e, "index": i}
+                         for i, e in enumerate(embeds)],
+                "model": model if model is not None else self.model_path,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+    def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False):
+        """Final normed hidden states of each input, pooled by the pooling type (NONE, the
+        default for llama models: one vector per token; MEAN; CLS: the first token; LAST).
+        normalize: L2-normalize each vector. Clears the sequence state, as llama-cpp-python."""
+        if not self._embedding:
+            raise RuntimeError("Llama model must be created with embedding=True to call this method")
+        eng = self._require_engine()
+        texts = [input] if isinstance(input, str) else input
+        data, total = [], 0
+        for text in texts:
+            tokens = self.tokenize(text.encode("utf-8"))
+            if truncate:
+                tokens = tokens[:self.n_batch]
+            if len(tokens) > self.n_batch:
+                raise ValueError(f"Requested tokens ({len(tokens)}) exceed batch size of {self.n_batch}")
+            if not tokens:
+                raise ValueError("cannot embed an input that has no tokens")
+            total += len(tokens)
+            eng.truncate(0)
+            rows = np.concatenate([eng.forward(tokens[i:i + eng.n_batch], len(tokens[i:i + eng.n_batch]),
+                                               embeddings=True).copy()
+                                   for i in range(0, len(tokens), eng.n_batch)])
+            data.append(self._pool(rows, normalize))
+        eng.truncate(0)
+        self.reset()
+        out = data[0] if isinstance(input, str) else data
+        return (out, total) if return_count else out
+
+    def _pool(self, rows: np.ndarray, normalize: bool):
+        def norm(v):
+            n = float(np.linalg.norm(v))
+            return (v / n if normalize and n != 0.0 else v).tolist()
+        if self._pooling == LLAMA_POOLING_TYPE_NONE:
+            return [norm(r) for r in rows]
+        pooled = {LLAMA_POOLING_TYPE_MEAN: lambda: rows.mean(axis=0, dtype=np.float32),
+                  LLAMA_POOLING_TYPE_CLS: lambda: rows[0],
+                  LLAMA_POOLING_TYPE_LAST: lambda: rows[-1]}[self._pooling]()
+        return norm(pooled)
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def save_state(self) -> LlamaState:
+        """The evaluated tokens, their logits and KV cache rows (restored by load_state)."""
+        eng = self._require_engine()
+        kv = kv_state_bytes(eng, self.n_tokens)
+        if self._logits_all:
+            scores = self._scores.copy()
+        else:
+            scores = (self._logits[None, :] if self._logits is not None and self.n_tokens
+                      else np.zeros((0, self._n_vocab), np.single)).copy()
+        if self.verbose:
+            print(f"Llama.save_state: saving {len(kv)} bytes of llama state", file=sys.stderr)
+        return LlamaState(input_ids=self.input_ids.copy(), scores=scores, n_tokens=self.n_tokens,
+                          llama_state=kv, llama_state_size=len(kv), seed=self._seed)
+
+    def load_state(self, state: LlamaState) -> None:
+        eng = self._require_engine()
+        n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]))
+        if n != state.n_tokens:
+            raise RuntimeError("Failed to set llama state data: token count mismatch")
+        self.input_ids[:] = 0
+        m = min(len(state.input_ids), self._n_ctx)
+        self.input_ids[:m] = state.input_ids[:m]
+        self.n_tokens = n
+        rows = np.asarray(state.scores, dtype=np.single)
+        if self._logits_all and len(rows) == n:
+            self.scores[:n] = rows
+            self.scores[n:] = 0.0
+        self._logits = (self.scores[n - 1] if self._logits_all else rows[-1].copy()) \
+            if n and len(rows) else None
+        self._seed = state.seed
+        self._requires_eval = True
+
+    # ---- model facts ------------------------------------------------------------------
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def n_embd(self) -> int:
+        return self._n_embd
+
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def tokenizer(self) -> LlamaTokenizer:
+        return LlamaTokenizer(self)
+
+    def token_eos(self) -> int:
+        return self._vocab.eos_id
+
+    def token_bos(self) -> int:
+        return self._vocab.bos_id
+
+    def token_nl(self) -> int:
+        return self._vocab.nl_id
+
+    def pooling_type(self) -> int:
+        return self._pooling
+
+    def close(self) -> None:
+        """Free the KV cache, graphs and threads (idempotent)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> "Llama":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    logits_to_logprobs = staticmethod(logits_to_logprobs)
+    longest_token_prefix = staticmethod(longest_token_prefix)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, *args, **kwargs):
+        raise NotImplementedError(
+            "Llama.from_pretrained downloads from the Hugging Face Hub, which pyinfer does not "
+            f"do: download {repo_id!r} yourself and pass the file to Llama(model_path=...)")
+
+
+def _check_grammar(grammar) -> None:
+    if grammar is not None:
+        raise NotImplementedError("grammar-constrained sampling (LlamaGrammar) is not "
+                                  "implemented in pyinfer yet")

@@ -1,0 +1,151 @@
+"""Saved sequence states (`Llama.save_state` / `load_state`) and a RAM cache of them.
+
+A state holds the evaluated token ids, the logits kept for them and the KV cache rows of
+those positions, serialized as:
+
+    header  "PYKV", version, n_layer, K row bytes, V row bytes, n_tokens   (6 x u32, LE)
+    then per layer: K rows [0, n_tokens) then V rows [0, n_tokens), raw F16.
+
+`LlamaRAMCache` maps token sequences to states as llama-cpp-python's does: a lookup returns
+the state whose key shares the longest prefix with the query, and the least recently used
+states are dropped beyond `capacity_bytes`.
+"""
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+_KV_MAGIC = b"PYKV"
+_KV_VERSION = 1
+_KV_HEADER = struct.Struct("<4sIIIII")
+
+
+class LlamaState:
+    """input_ids: (n_ctx,) intc, the evaluated ids in [:n_tokens]; scores: float32 logits
+    rows (all evaluated positions with logits_all, else the last one); llama_state: the KV
+    cache bytes (format above); seed: the sampling seed at save time."""
+
+    def __init__(self, input_ids: np.ndarray, scores: np.ndarray, n_tokens: int,
+                 llama_state: bytes, llama_state_size: int, seed: int):
+        self.input_ids = input_ids
+        self.scores = scores
+        self.n_tokens = n_tokens
+        self.llama_state = llama_state
+        self.llama_state_size = llama_state_size
+        self.seed = seed
+
+
+def _rows(t, n_tokens: int) -> np.ndarray:
+    """The first n_tokens rows of a KV cache tensor (ne {kv_dim, n_ctx}) as a (n, kv_dim) view."""
+    return t.numpy()[:n_tokens]
+
+
+def kv_state_bytes(engine, n_tokens: int) -> bytes:
+    """Serialize the KV cache rows of positions [0, n_tokens)."""
+    kv = engine.kv
+    head = _KV_HEADER.pack(_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1],
+                           n_tokens)
+    parts = [head]
+    for k, v in zip(kv.k, kv.v):
+        parts.append(_rows(k, n_tokens).tobytes())
+        parts.append(_rows(v, n_tokens).tobytes())
+    return b"".join(parts)
+
+
+def restore_kv_state(engine, data: bytes) -> int:
+    """Write serialized rows back into the engine's KV cache; returns their token count."""
+    kv = engine.kv
+    if len(data) < _KV_HEADER.size:
+        raise RuntimeError("Failed to set llama state data: the state is truncated")
+    magic, version, n_layer, k_row, v_row, n_tokens = _KV_HEADER.unpack_from(data)
+    expect = (_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1])
+    if (magic, version, n_layer, k_row, v_row) != expect:
+        raise RuntimeError("Failed to set llama state data: the state was saved from a "
+                           "different model or context")
+    if n_tokens > kv.n_ctx:
+        raise RuntimeError(f"Failed to set llama state data: {n_tokens} tokens do not fit a "
+                           f"context of {kv.n_ctx}")
+    if len(data) != _KV_HEADER.size + n_layer * n_tokens * (k_row + v_row):
+        raise RuntimeError("Failed to set llama state data: wrong size")
+    off = _KV_HEADER.size
+    for k, v in zip(kv.k, kv.v):
+        for t, row in ((k, k_row), (v, v_row)):
+            dst = _rows(t, n_tokens)
+            n = n_tokens * row
+            dst[...] = np.frombuffer(data, dtype=dst.dtype, count=dst.size, offset=off).reshape(dst.shape)
+            off += n
+    engine.n_past = n_tokens
+    return n_tokens
+
+
+class BaseLlamaCache:
+    """A token-sequence -> LlamaState map bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int = (2 << 30)):
+        self.capacity_bytes = capacity_bytes
+
+    @property
+    def cache_size(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, key: Sequence[int]) -> LlamaState:
+        raise NotImplementedError
+
+    def __contains__(self, key: Sequence[int]) -> bool:
+        raise NotImplementedError
+
+    def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
+        raise NotImplementedError
+
+
+class LlamaRAMCache(BaseLlamaCache):
+    """States kept in memory, least recently used dropped first."""
+
+    def __init__(self, capacity_bytes: int = (2 << 30)):
+        super().__init__(capacity_bytes)
+        self.cache_state: "OrderedDict[Tuple[int, ...], LlamaState]" = OrderedDict()
+
+    @property
+    def cache_size(self) -> int:
+        return sum(state.llama_state_size for state in self.cache_state.values())
+
+    def _find_longest_prefix_key(self, key: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
+        best, best_len = None, 0
+        for k in self.cache_state:
+            n = longest_token_prefix(k, key)
+            if n > best_len:
+                best, best_len = k, n
+        return best
+
+    def __getitem__(self, key: Sequence[int]) -> LlamaState:
+        k = self._find_longest_prefix_key(tuple(key))
+        if k is None:
+            raise KeyError("Key not found")
+        self.cache_state.move_to_end(k)
+        return self.cache_state[k]
+
+    def __contains__(self, key: Sequence[int]) -> bool:
+        return self._find_longest_prefix_key(tuple(key)) is not None
+
+    def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
+        key = tuple(key)
+        self.cache_state.pop(key, None)
+        self.cache_state[key] = value
+        while self.cache_size > self.capacity_bytes and len(self.cache_state) > 0:
+            self.cache_state.popitem(last=False)
+
+
+LlamaCache = LlamaRAMCache
+
+
+def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading positions where a and b hold the same token."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

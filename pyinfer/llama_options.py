@@ -1,0 +1,250 @@
+"""`Llama(...)` keywords, resolved once into what the engine and the API layer need.
+
+`LlamaOptions` records the keywords exactly as llama-cpp-python's `Llama` takes them (same
+names, same meaning, same enum values). `resolve()` applies llama-cpp-python's rules (n_ctx 0
+means the trained context, n_batch is capped by n_ctx, thread defaults from the CPU count)
+and says what cannot be honoured: options that would change results raise, options that only
+change where or how fast things run warn, and the rest is accepted as it does not matter
+on this engine (see the table in `check_supported`).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional
+
+from .config import ContextSettings
+from .sampling import LLAMA_DEFAULT_SEED
+
+# llama.cpp enum values, as llama-cpp-python passes them
+LLAMA_SPLIT_MODE_NONE, LLAMA_SPLIT_MODE_LAYER, LLAMA_SPLIT_MODE_ROW = 0, 1, 2
+LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED = -1
+LLAMA_ROPE_SCALING_TYPE_NONE = 0
+LLAMA_ROPE_SCALING_TYPE_LINEAR = 1
+LLAMA_ROPE_SCALING_TYPE_YARN = 2
+LLAMA_ROPE_SCALING_TYPE_LONGROPE = 3
+LLAMA_POOLING_TYPE_UNSPECIFIED = -1
+LLAMA_POOLING_TYPE_NONE = 0
+LLAMA_POOLING_TYPE_MEAN = 1
+LLAMA_POOLING_TYPE_CLS = 2
+LLAMA_POOLING_TYPE_LAST = 3
+LLAMA_POOLING_TYPE_RANK = 4
+LLAMA_ATTENTION_TYPE_UNSPECIFIED = -1
+LLAMA_ATTENTION_TYPE_CAUSAL = 0
+LLAMA_ATTENTION_TYPE_NON_CAUSAL = 1
+GGML_TYPE_F16 = 1
+
+N_CTX_PAD = 256             # llama.cpp rounds the context size up to a multiple of this
+KV_OVERRIDE_MAX_STR = 128   # llama.cpp's limit for string overrides, in bytes
+# tokenizer keys an override may change, and the Tokenizer attribute each one sets
+TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
+                       "tokenizer.ggml.add_eos_token": "add_eos",
+                       "tokenizer.ggml.add_space_prefix": "add_space_prefix"}
+
+
+class UnsupportedOptionError(NotImplementedError):
+    """A Llama(...) option that would change results and that pyinfer cannot honour."""
+
+
+@dataclass
+class LlamaOptions:
+    """The constructor keywords of llama_cpp.Llama (0.3.x), one field each."""
+    model_path: str
+    n_gpu_layers: int
+    split_mode: int
+    main_gpu: int
+    tensor_split: Optional[List[float]]
+    vocab_only: bool
+    use_mmap: bool
+    use_mlock: bool
+    kv_overrides: Optional[Dict[str, Any]]
+    seed: int
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: Optional[int]
+    n_threads_batch: Optional[int]
+    rope_scaling_type: Optional[int]
+    pooling_type: int
+    attention_type: int
+    rope_freq_base: float
+    rope_freq_scale: float
+    yarn_ext_factor: float
+    yarn_attn_factor: float
+    yarn_beta_fast: float
+    yarn_beta_slow: float
+    yarn_orig_ctx: int
+    logits_all: bool
+    embedding: bool
+    offload_kqv: bool
+    flash_attn: bool
+    op_offload: Optional[bool]
+    swa_full: Optional[bool]
+    no_perf: bool
+    last_n_tokens_size: int
+    lora_base: Optional[str]
+    lora_scale: float
+    lora_path: Optional[str]
+    numa: Any
+    chat_format: Optional[str]
+    chat_handler: Any
+    draft_model: Any
+    tokenizer: Any
+    type_k: Optional[int]
+    type_v: Optional[int]
+    spm_infill: bool
+    verbose: bool
+
+    @classmethod
+    def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
+        """`values`: the named keywords; `extra`: what **kwargs caught (warned about: a
+        misspelt option must not pass unnoticed, though llama-cpp-python ignores them)."""
+        if extra:
+            warn(f"Llama: ignoring unknown keyword argument(s): {', '.join(sorted(extra))}",
+                 verbose=bool(values.get("verbose")))
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def check_supported(self) -> None:
+        """Raise for options that would change results and cannot be honoured; warn for
+        those that change only placement or speed.
+
+        Accepted without effect (they do not change results here): split_mode, main_gpu,
+        tensor_split, use_mmap (weights are always memory-mapped), use_mlock, offload_kqv,
+        flash_attn, op_offload, swa_full, no_perf, numa, lora_base/lora_scale without
+        lora_path, yarn_beta_*/yarn_orig_ctx (only used by YaRN), spm_infill (only with a
+        suffix).
+        """
+        if not os.path.exists(self.model_path):
+            raise ValueError(f"Model path does not exist: {self.model_path}")
+        if self.lora_path:
+            raise UnsupportedOptionError(
+                f"LoRA adapters are not supported by pyinfer: cannot apply lora_path={self.lora_path!r}")
+        if self.rope_scaling_type in (LLAMA_ROPE_SCALING_TYPE_YARN, LLAMA_ROPE_SCALING_TYPE_LONGROPE):
+            raise UnsupportedOptionError(
+                f"rope_scaling_type={self.rope_scaling_type}: only none (0) and linear (1) RoPE "
+                "scaling are supported by pyinfer")
+        if self.yarn_ext_factor > 0.0 or self.yarn_attn_factor != 1.0:
+            raise UnsupportedOptionError(
+                "YaRN RoPE (yarn_ext_factor > 0 or yarn_attn_factor != 1) is not supported by pyinfer")
+        if self.pooling_type == LLAMA_POOLING_TYPE_RANK:
+            raise UnsupportedOptionError("pooling_type=RANK (reranking) is not supported by pyinfer")
+        if self.attention_type == LLAMA_ATTENTION_TYPE_NON_CAUSAL:
+            raise UnsupportedOptionError("attention_type=NON_CAUSAL is not supported by pyinfer")
+        for name in ("type_k", "type_v"):
+            t = getattr(self, name)
+            if t is not None and t != GGML_TYPE_F16:
+                raise UnsupportedOptionError(
+                    f"{name}={t}: pyinfer keeps the KV cache in F16 (GGML type {GGML_TYPE_F16})")
+        for k, v in (self.kv_overrides or {}).items():
+            if not isinstance(v, (bool, int, float, str)):
+                raise ValueError(f"Unknown value type for {k}: {v}")
+            if isinstance(v, str) and len(v.encode("utf-8")) > KV_OVERRIDE_MAX_STR:
+                raise ValueError(f"Value for {k} is too long: {v}")
+            if k.startswith("tokenizer.ggml.") and k not in TOKENIZER_OVERRIDES:
+                raise UnsupportedOptionError(
+                    f"kv_overrides: pyinfer cannot override '{k}' (tokenizer keys it can "
+                    f"override: {', '.join(TOKENIZER_OVERRIDES)})")
+        if self.n_gpu_layers != 0:
+            warn(f"n_gpu_layers={self.n_gpu_layers} was requested, but this pyinfer build has "
+                 "no GPU backend: every layer runs on the CPU", self.verbose)
+        if self.draft_model is not None:
+            warn("draft_model is not used: pyinfer decodes without speculation (same tokens, "
+                 "one forward per token)", self.verbose)
+
+    # ---- derived values -----------------------------------------------------------
+
+    @property
+    def seed_value(self) -> int:
+        return self.seed or LLAMA_DEFAULT_SEED
+
+    def resolve_n_ctx(self, n_ctx_train: int) -> int:
+        """The context size llama.cpp would use: the trained one for 0, rounded up to a
+        multiple of 256."""
+        n = self.n_ctx or n_ctx_train
+        return -(-n // N_CTX_PAD) * N_CTX_PAD
+
+    def resolve_n_batch(self, n_ctx_train: int) -> int:
+        """llama-cpp-python's logical batch: n_batch capped by the requested n_ctx."""
+        return max(1, min(self.n_ctx or n_ctx_train, self.n_batch))
+
+    def resolve_threads(self):
+        cpus = multiprocessing.cpu_count()
+        return self.n_threads or max(cpus // 2, 1), self.n_threads_batch or cpus
+
+    def rope_overrides(self):
+        """(freq_base, freq_scale) with 0.0 meaning the model's value; scaling type none
+        forces a scale of 1, as llama.cpp does."""
+        scale = self.rope_freq_scale
+        if self.rope_scaling_type == LLAMA_ROPE_SCALING_TYPE_NONE:
+            scale = 1.0
+        return self.rope_freq_base, scale
+
+    def model_overrides(self) -> Dict[str, Any]:
+        """kv_overrides that change model metadata (the tokenizer ones are applied apart)."""
+        return {k: v for k, v in (self.kv_overrides or {}).items() if k not in TOKENIZER_OVERRIDES}
+
+    def apply_tokenizer_overrides(self, tokenizer) -> None:
+        for key, attr in TOKENIZER_OVERRIDES.items():
+            if key in (self.kv_overrides or {}):
+                setattr(tokenizer, attr, bool(self.kv_overrides[key]))
+
+    def context_settings(self, n_ctx_train: int) -> ContextSettings:
+        n_threads, n_threads_batch = self.resolve_threads()
+        base, scale = self.rope_overrides()
+        n_batch = self.resolve_n_batch(n_ctx_train)
+        return ContextSettings(
+            n_ctx=self.resolve_n_ctx(n_ctx_train),
+            n_batch=max(1, min(n_batch, self.n_ubatch)),  # the engine's chunk is the physical batch
+            n_threads=n_threads, n_threads_batch=n_threads_batch,
+            logits_all=self.logits_all or self.draft_model is not None,
+            embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
+            kv_overrides=self.model_overrides())
+
+
+def warn(message: str, verbose: bool) -> None:
+    """A RuntimeWarning, echoed to stderr when verbose."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if verbose:
+        print(f"pyinfer: warning: {message}", file=sys.stderr)
+
+
+def metadata_strings(md: Dict[str, Any]) -> Dict[str, str]:
+    """GGUF metadata as llama.cpp reports it: arrays left out, numbers and booleans as
+    C++'s std::to_string writes them (floats with six decimals, "true"/"false")."""
+    out = {}
+    for k, v in md.items():
+        if isinstance(v, (list, tuple)) or hasattr(v, "shape"):
+            continue
+        if isinstance(v, bool):
+            out[k] = "true" if v else "false"
+        elif isinstance(v, float):
+            out[k] = "%f" % v
+        else:
+            out[k] = str(v)
+    return out
+
+
+def load_report(path: str, engine, n_batch: int) -> str:
+    """The short text `verbose=True` prints after loading."""
+    cfg, f = engine.cfg, engine.file
+    types: Dict[str, int] = {}
+    for t in f:
+        types[t.type.name] = types.get(t.type.name, 0) + 1
+    type_text = ", ".join(f"{n} {name}" for name, n in sorted(types.items(), key=lambda x: -x[1]))
+    mib = 1024.0 * 1024.0
+    lines = [
+        f"pyinfer: loaded {path}{' (PowerInfer GGUF)' if f.is_powerinfer else ''}",
+        f"pyinfer:   arch {cfg.arch} '{cfg.name}': {cfg.n_layer} layers, n_embd {cfg.n_embd}, "
+        f"n_ff {cfg.n_ff}, heads {cfg.n_head}/{cfg.n_head_kv} (q/kv), n_vocab {cfg.n_vocab}",
+        f"pyinfer:   tensors: {type_text}; weights {f.nbytes / mib:.1f} MiB (memory-mapped)",
+        f"pyinfer:   context {engine.n_ctx} (trained {cfg.n_ctx_train}), batch {n_batch} "
+        f"(physical {engine.n_batch}), KV cache F16 {engine.kv.nbytes / mib:.1f} MiB",
+        f"pyinfer:   rope base {cfg.rope_freq_base:g} scale {cfg.rope_freq_scale:g}; "
+        f"threads {engine.n_threads} (batch {engine.n_threads_batch}); backend CPU",
+        f"pyinfer:   load time {engine.load_time * 1000.0:.0f} ms",
+    ]
+    return "\n".join(lines)
