@@ -9,6 +9,7 @@ finish_reason. Stop strings end the text at their earliest occurrence.
 from __future__ import annotations
 
 import random
+import sys
 import time
 import uuid
 import warnings
@@ -155,11 +156,14 @@ class _Run:
         longest_stop = max((len(s) for s in req.stop), default=0)
         gen = llama._generate(self.prompt_tokens, settings, logits_processor=req.logits_processor,
                               stopping_criteria=req.stopping_criteria)
+        t_start = t_first = time.perf_counter()
         for token in gen:
+            if not self.tokens:
+                t_first = time.perf_counter()
             if llama._vocab.is_eog(token):
                 self.finish_reason = "stop"
                 break
-            if not self.req.prompt and not self.tokens:   # no space prefix before the text
+            if len(self.req.prompt) == 0 and not self.tokens:  # no space prefix before the text
                 piece = llama.detokenize([llama._vocab.bos_id, token])
             else:   # a tokenizer given to Llama(tokenizer=...) may need the context
                 prev = self.prompt_tokens + self.tokens if llama._custom_tokenizer else None
@@ -178,11 +182,20 @@ class _Run:
                 self.finish_reason = "length"
                 break
         gen.close()
+        if llama.verbose:
+            self._print_timings(t_start, t_first, time.perf_counter())
         crit = req.stopping_criteria
         if crit is not None and llama._logits is not None and crit(llama._input_ids, llama._logits):
             self.finish_reason = "stop"
         if llama.cache:
             llama.cache[self.prompt_tokens + self.tokens] = llama.save_state()
+
+    def _print_timings(self, t_start: float, t_first: float, t_end: float) -> None:
+        n = len(self.tokens)
+        rate = f" ({(n - 1) / (t_end - t_first):.1f} tokens/s)" if n > 1 and t_end > t_first else ""
+        print(f"pyinfer: prompt {len(self.prompt_tokens)} tokens, first token after "
+              f"{(t_first - t_start) * 1000:.0f} ms; {n} tokens in {(t_end - t_start) * 1000:.0f} "
+              f"ms{rate}", file=sys.stderr)
 
     def _load_cached_prefix(self) -> None:
         llama = self.llama

@@ -15,6 +15,7 @@ of a new prompt.
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -80,6 +81,7 @@ class Llama:
         type_v: Optional[int] = None, spm_infill: bool = False, verbose: bool = True, **kwargs):
         """Load `model_path`. Raises ValueError when it does not exist; options pyinfer
         cannot honour raise UnsupportedOptionError (lora_path, YaRN, non-F16 KV types)."""
+        t_load = time.perf_counter()
         self._engine: Optional[Engine] = None
         opts = LlamaOptions.from_keywords(dict(locals()), kwargs)
         opts.check_supported()
@@ -106,7 +108,8 @@ class Llama:
             self._engine = Engine(self._file, opts.context_settings(n_ctx_train))
             self._n_ctx = self._engine.n_ctx
             if verbose:
-                print(load_report(model_path, self._engine, self.n_batch), file=sys.stderr)
+                print(load_report(model_path, self._engine, self.n_batch,
+                                  time.perf_counter() - t_load), file=sys.stderr)
         else:
             self._n_ctx = opts.resolve_n_ctx(n_ctx_train)
         self._n_vocab = self._engine.cfg.n_vocab if self._engine else self._vocab.n_vocab
@@ -263,7 +266,9 @@ class Llama:
 
     def _generate(self, tokens: Sequence[int], settings: SamplingSettings,
                   logits_processor=None, stopping_criteria=None, reset: bool = True):
-        self._sampler = Sampler(settings, logits_processor)
+        sampler = self._sampler = Sampler(settings, logits_processor)
+        if stopping_criteria is not None and not callable(stopping_criteria):
+            stopping_criteria = StoppingCriteriaList(stopping_criteria)     # a plain list
         tokens = [int(t) for t in tokens]
         if reset and self.n_tokens > 0:
             prefix = longest_token_prefix(self._input_ids.tolist(), tokens)
@@ -287,14 +292,16 @@ class Llama:
                 self.eval(tokens)
                 while sample_idx < self.n_tokens:
                     logits = self._logits_at(sample_idx)
-                    token = self.sample(idx=sample_idx)
+                    token = sampler.sample(logits, self._input_ids)
+                    sampler.accept(token)
                     sample_idx += 1
                     if stopping_criteria is not None and stopping_criteria(self._input_ids, logits):
                         return
                     extra = yield token
                     tokens = [token] + [int(t) for t in (extra or ())]
         finally:
-            self._sampler = None
+            if self._sampler is sampler:
+                self._sampler = None
 
     # ---- completions -------------------------------------------------------------------
 
@@ -418,6 +425,17 @@ class Llama:
 
     # ---- state ----------------------------------------------------------------------------
 
+    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any):
+        """create_chat_completion, as the `openai` package's ChatCompletion(Chunk) objects."""
+        try:
+            from openai.types.chat import ChatCompletion, ChatCompletionChunk
+        except ImportError:
+            raise ImportError("To use create_chat_completion_openai_v1, you must install the "
+                              "openai package. You can install it with `pip install openai`.")
+        if kwargs.get("stream", False):
+            return (ChatCompletionChunk(**c) for c in self.create_chat_completion(*args, **kwargs))
+        return ChatCompletion(**self.create_chat_completion(*args, **kwargs))
+
     def save_state(self) -> LlamaState:
         """The evaluated tokens, their logits and KV cache rows (restored by load_state)."""
         eng = self._require_engine()
@@ -481,6 +499,13 @@ class Llama:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickling keeps the constructor keywords; unpickling loads the model again."""
+        return dict(self._opts.__dict__)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)
 
     def __enter__(self) -> "Llama":
         return self

@@ -228,8 +228,9 @@ def metadata_strings(md: Dict[str, Any]) -> Dict[str, str]:
     return out
 
 
-def load_report(path: str, engine, n_batch: int) -> str:
-    """The short text `verbose=True` prints after loading."""
+def load_report(path: str, engine, n_batch: int, load_time: float) -> str:
+    """The short text `verbose=True` prints after loading (load_time in seconds: file,
+    tokenizer and engine)."""
     cfg, f = engine.cfg, engine.file
     types: Dict[str, int] = {}
     for t in f:
@@ -245,6 +246,6 @@ def load_report(path: str, engine, n_batch: int) -> str:
         f"(physical {engine.n_batch}), KV cache F16 {engine.kv.nbytes / mib:.1f} MiB",
         f"pyinfer:   rope base {cfg.rope_freq_base:g} scale {cfg.rope_freq_scale:g}; "
         f"threads {engine.n_threads} (batch {engine.n_threads_batch}); backend CPU",
-        f"pyinfer:   load time {engine.load_time * 1000.0:.0f} ms",
+        f"pyinfer:   load time {load_time * 1000.0:.0f} ms",
     ]
     return "\n".join(lines)

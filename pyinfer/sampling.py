@@ -186,9 +186,8 @@ class CppRandom:
 
 def draw(ids: np.ndarray, logits: np.ndarray, rng: CppRandom) -> int:
     """Sample from the softmax of `logits`: the first candidate, in order, at which the
-    running sum of exp(logit - max) reaches uniform * total."""
-    if ids.size == 1:
-        return int(ids[0])
+    running sum of exp(logit - max) reaches uniform * total. A uniform is drawn even for a
+    single candidate, as llama.cpp does (it keeps the RNG stream in step)."""
     p = np.exp(logits - logits.max(), dtype=_F32)
     cum = np.cumsum(p, dtype=np.float64)
     target = cum[-1] * rng.uniform()
@@ -208,6 +207,8 @@ class Sampler:
         n = s.penalty_last_n
         self.recent: deque = deque(maxlen=None if n < 0 else n)
         self.mu = 2.0 * s.mirostat_tau
+        if logits_processor is not None and not callable(logits_processor):
+            logits_processor = LogitsProcessorList(logits_processor)    # a plain list
         self.logits_processor = logits_processor
 
     def sample(self, logits: np.ndarray, input_ids: Optional[np.ndarray] = None) -> int:
@@ -262,11 +263,12 @@ class Sampler:
         n = min(m - 1, p.size - 1)
         i = np.arange(n, dtype=np.float64)
         t = np.log((i + 2) / (i + 1))
-        b = np.log(p[:n].astype(np.float64) / p[1:n + 1])
-        s_hat = float((t * b).sum() / (t * t).sum()) if n > 0 else 1.0
-        eps = s_hat - 1.0
-        k = ((eps * 2.0 ** self.mu) / (1.0 - n_vocab ** -eps)) ** (1.0 / s_hat) if eps else 1.0
-        k = max(int(k) if math.isfinite(k) else n_vocab, 1)
+        with np.errstate(all="ignore"):     # flat or one-hot heads give 0 or inf: no cut
+            b = np.log(p[:n].astype(np.float64) / p[1:n + 1])
+            s_hat = np.float64((t * b).sum() / (t * t).sum()) if n > 0 else np.float64(1.0)
+            eps = s_hat - 1.0
+            k = float(((eps * 2.0 ** self.mu) / (1.0 - np.float64(n_vocab) ** -eps)) ** (1.0 / s_hat))
+        k = max(int(k), 1) if math.isfinite(k) else n_vocab
         ids, logits = ids[:k], logits[:k]
         tok = draw(ids, logits, self.rng)
         self._update_mu(float(softmax(logits)[int(np.nonzero(ids == tok)[0][0])]))

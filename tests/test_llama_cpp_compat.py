@@ -1,0 +1,134 @@
+"""pyinfer.Llama side by side with llama_cpp.Llama on SmolLM2 (opt in: --run-llama-cpp).
+
+Greedy completions and chats give the same texts and dicts of the same shape; the sampler,
+fed llama.cpp's own logits, picks the tokens llama.cpp picks for the same seed; the public
+signatures accept every llama-cpp-python keyword.
+"""
+import inspect
+
+import numpy as np
+import pytest
+
+import pyinfer
+from pyinfer.sampling import Sampler, SamplingSettings
+
+pytestmark = pytest.mark.llama_cpp
+
+COMPLETIONS = [
+    ("Q: Name the planets in the solar system? A: ", dict(max_tokens=32, stop=["Q:", "\n"], echo=True)),
+    ("The capital of France is", dict(max_tokens=24)),
+    ("In 1969, astronauts", dict(max_tokens=24, stop=". ")),
+    ("List three colors: red,", dict(max_tokens=16)),
+]
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Say hello."}],
+]
+IGNORED_VALUES = {"id", "created", "model"}
+
+
+@pytest.fixture(scope="module")
+def pair(smollm2):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
+    ours = pyinfer.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
+    yield ref, ours
+    ref.close()
+    ours.close()
+
+
+def shape(x):
+    """Keys and value types, recursively (values of id/created/model left out)."""
+    if isinstance(x, dict):
+        return {k: (type(v).__name__ if k in IGNORED_VALUES else shape(v)) for k, v in x.items()}
+    if isinstance(x, list):
+        return [shape(v) for v in x[:1]]
+    return type(x).__name__
+
+
+@pytest.mark.parametrize("prompt,kw", COMPLETIONS)
+def test_greedy_completion_same_text_and_shape(pair, prompt, kw):
+    ref, ours = pair
+    a = ref(prompt, temperature=0.0, **kw)
+    b = ours(prompt, temperature=0.0, **kw)
+    assert b["choices"][0]["text"] == a["choices"][0]["text"]
+    assert b["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
+    assert b["usage"] == a["usage"]
+    assert shape(b) == shape(a)
+    sa = list(ref(prompt, temperature=0.0, stream=True, **{**kw, "echo": False}))
+    sb = list(ours(prompt, temperature=0.0, stream=True, **{**kw, "echo": False}))
+    assert "".join(c["choices"][0]["text"] for c in sb) == "".join(c["choices"][0]["text"] for c in sa)
+    assert shape(sb[0]) == shape(sa[0]) and shape(sb[-1]) == shape(sa[-1])
+
+
+@pytest.mark.parametrize("messages", CHATS)
+def test_greedy_chat_same_text_and_shape(pair, messages):
+    ref, ours = pair
+    a = ref.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
+    b = ours.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
+    assert b["choices"][0]["message"] == a["choices"][0]["message"]
+    assert b["usage"] == a["usage"] and shape(b) == shape(a)
+    sa = list(ref.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8, stream=True))
+    sb = list(ours.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8, stream=True))
+    assert [shape(c) for c in (sb[0], sb[1], sb[-1])] == [shape(c) for c in (sa[0], sa[1], sa[-1])]
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(temp=0.8), dict(temp=1.3, top_k=0, top_p=1.0, min_p=0.0), dict(temp=-1.0),
+    dict(temp=1.0, top_k=100, top_p=0.9, min_p=0.02, typical_p=0.9),
+    dict(temp=1.0, repeat_penalty=1.5, frequency_penalty=0.3, presence_penalty=0.2),
+    dict(temp=1.0, mirostat_mode=1), dict(temp=1.0, mirostat_mode=2)])
+def test_sampler_on_llama_cpp_logits_picks_its_tokens(smollm2, cfg):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=256, n_threads=2, verbose=False, logits_all=True)
+    prompt = ref.tokenize(b"Once upon a time, in a small village,")
+    for seed in (1, 2, 3):
+        ref.set_seed(seed)
+        want = []
+        for t in ref.generate(prompt, **cfg):
+            want.append(t)
+            if len(want) == 12:
+                break
+        rows = ref.scores[len(prompt) - 1:len(prompt) - 1 + len(want)]
+        settings = SamplingSettings(
+            temperature=cfg["temp"], top_k=cfg.get("top_k", 40), top_p=cfg.get("top_p", 0.95),
+            min_p=cfg.get("min_p", 0.05), typical_p=cfg.get("typical_p", 1.0),
+            repeat_penalty=cfg.get("repeat_penalty", 1.0),
+            frequency_penalty=cfg.get("frequency_penalty", 0.0),
+            presence_penalty=cfg.get("presence_penalty", 0.0),
+            mirostat_mode=cfg.get("mirostat_mode", 0), seed=seed)
+        s = Sampler(settings)
+        got = []
+        for row in rows:
+            got.append(s.sample(np.array(row)))
+            s.accept(got[-1])
+        assert got == want, (cfg, seed)
+    ref.close()
+
+
+def test_signatures_accept_llama_cpp_keywords():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for name in ("__init__", "__call__", "create_completion", "create_chat_completion",
+                 "generate", "sample", "tokenize", "detokenize", "embed", "create_embedding",
+                 "eval", "save_state", "load_state", "reset", "set_seed", "set_cache"):
+        ref = inspect.signature(getattr(llama_cpp.Llama, name)).parameters
+        ours = inspect.signature(getattr(pyinfer.Llama, name)).parameters
+        missing = [p for p in ref if p not in ours and ref[p].kind != inspect.Parameter.VAR_KEYWORD]
+        assert not missing, (name, missing)
+        for p in ref:
+            if p in ours and ref[p].default is not inspect.Parameter.empty and p != "stop":
+                assert ours[p].default == ref[p].default, (name, p)
+
+
+def test_metadata_and_embeddings_agree(smollm2):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=256, verbose=False, embedding=True)
+    ours = pyinfer.Llama(str(smollm2), n_ctx=256, verbose=False, embedding=True)
+    assert ours.metadata == ref.metadata
+    a = np.array(ref.embed("Hello world, how are you?"))
+    b = np.array(ours.embed("Hello world, how are you?"))
+    assert a.shape == b.shape
+    cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99        # different kernels (quantized activations): close, not equal
+    ref.close()
+    ours.close()
