@@ -204,6 +204,14 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
             last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = i;
         }
     }
+    /* an output that views an intermediate (a reshape of the logits, say)
+     * keeps that intermediate's memory alive too */
+    for (int i = 0; i < n; i++) {
+        gs_tensor * base = gs_view_base(g->nodes[i]);
+        if ((g->nodes[i]->flags & GS_FLAG_OUTPUT) && base != g->nodes[i] && base->op != GS_OP_NONE) {
+            last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = n;
+        }
+    }
     allocator a = { blocks, 0, 0 };
     size_t work = 0;
     for (int i = 0; i < n; i++) {
