@@ -542,6 +542,40 @@ def test_attention_long_context_f16(pools, rng):
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
 
 
+def test_decode_steps_append_then_attend(pools, rng):
+    """Decode as a model runs it: set_rows appends this token's k and v at
+    slot `pos` of F16 caches, attention reads the caches through a reshape of
+    the set_rows results (which orders it after the writes), and the same
+    planned graph runs for 6 steps with new inputs. Budget as above."""
+    n_ctx, H, Hkv, D = 16, 4, 2, 32
+    scale = D ** -0.5
+    with Context(4 << 20) as ctx:
+        k_cache = ctx.new_tensor(GGMLType.F16, (D * Hkv, n_ctx))
+        v_cache = ctx.new_tensor(GGMLType.F16, (D * Hkv, n_ctx))
+        q = ctx.new_tensor(GGMLType.F32, (D, H, 1))
+        k_new = ctx.new_tensor(GGMLType.F32, (D * Hkv, 1))
+        v_new = ctx.new_tensor(GGMLType.F32, (D * Hkv, 1))
+        pos = ctx.new_tensor(GGMLType.I32, (1,))
+        k_all = ctx.reshape(ctx.set_rows(k_cache, k_new, pos), (D, Hkv, n_ctx))
+        v_all = ctx.reshape(ctx.set_rows(v_cache, v_new, pos), (D, Hkv, n_ctx))
+        out = ctx.attention(q, k_all, v_all, pos, scale)
+        g = Graph(ctx).build(out).plan(2)
+        keys, values = [], []
+        for step in range(6):
+            qv = rng.standard_normal((1, H, D)).astype(np.float32)
+            kv = rng.standard_normal((1, D * Hkv)).astype(np.float32)
+            vv = rng.standard_normal((1, D * Hkv)).astype(np.float32)
+            q.numpy()[...] = qv
+            k_new.numpy()[...] = kv
+            v_new.numpy()[...] = vv
+            pos.numpy()[0] = step
+            g.compute(pools[2 if step % 2 else 1])
+            keys.append(kv.astype(np.float16).reshape(Hkv, D))
+            values.append(vv.astype(np.float16).reshape(Hkv, D))
+            expected = attention_ref(qv, np.stack(keys), np.stack(values), [step], scale)
+            np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=2e-5)
+
+
 # ---------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------

@@ -22,8 +22,9 @@
  * head the arithmetic does not depend on how heads are grouped, so results
  * do not depend on the thread count.
  *
- * Scratch per thread (floats): GROUP * n_ctx scores, GROUP * D scaled
- * queries, GROUP * D accumulators, VBLOCK * D converted rows.
+ * Scratch per thread (floats): GROUP rows of n_ctx scores (padded, see
+ * score_stride), GROUP * D scaled queries, GROUP * D accumulators and
+ * VBLOCK * D converted rows, with GROUP capped at H.
  *
  * Kernels: a generic C version written so that compilers vectorise it at
  * the baseline ISA, and AVX2 / AVX-512 versions (target attributes, chosen
@@ -90,18 +91,20 @@ static void half_row_generic(const uint16_t * h, float * out, int64_t n) {
 __attribute__((target("avx2,fma,f16c")))
 static inline void half_row_f16c(const uint16_t * h, float * out, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (h + i))));
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (h + i))));
+    }
     for (; i < n; i++) out[i] = half_to_float(h[i]);
 }
 #endif
 
 /* e^x for x <= 0 (a score minus the row maximum), branch-free so loops
  * over it vectorise: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7
- * Taylor polynomial (relative error < 1e-7), 2^n written into the exponent
- * bits. Inputs below -87 are clamped (e^-87 ~ 1.6e-38, a negligible weight
- * next to the maximum's 1). */
+ * Taylor polynomial, 2^n written into the exponent bits; relative error
+ * under 2 ulp. Inputs below -87 are clamped (e^-87 ~ 1.6e-38, a negligible
+ * weight next to the maximum's 1). */
 static ALWAYS_INLINE float exp_nonpos(float x) {
-    x = x > -87.0f ? x : -87.0f;
+    x = x < -87.0f ? -87.0f : x;   /* NaN stays NaN */
     const float shifter = 12582912.0f;   /* 1.5 * 2^23: adding it rounds to an integer */
     const float nf = (x * 1.44269504f + shifter) - shifter;
     const float r = (x - nf * 0.693145752f) - nf * 1.42860677e-6f;   /* ln2 = hi + lo */
@@ -250,7 +253,9 @@ static inline void wsum_avx512(float * acc, const float * w, const float * const
     }
     for (; i + 16 <= D; i += 16) {
         __m512 a = _mm512_loadu_ps(acc + i);
-        for (int jj = 0; jj < nb; jj++) a = _mm512_fmadd_ps(_mm512_set1_ps(w[jj]), _mm512_loadu_ps(rows[jj] + i), a);
+        for (int jj = 0; jj < nb; jj++) {
+            a = _mm512_fmadd_ps(_mm512_set1_ps(w[jj]), _mm512_loadu_ps(rows[jj] + i), a);
+        }
         _mm512_storeu_ps(acc + i, a);
     }
     for (int jj = 0; jj < nb; jj++) {
@@ -325,7 +330,8 @@ static ALWAYS_INLINE void attend_run_body(const attn_run * R, half_row_fn half_r
         }
         for (int c = c0; c < c1; c++) {
             for (int jj = 0; jj < nb; jj++) {
-                rows[jj] = slot_row(block + jj * R->v_slot + c * R->v_head, R->v_f16, D, R->rows + jj * D, half_row);
+                const uint8_t * row = block + jj * R->v_slot + c * R->v_head;
+                rows[jj] = slot_row(row, R->v_f16, D, R->rows + jj * D, half_row);
             }
             int r0, r1;
             heads_of(R, c, &r0, &r1);
@@ -337,14 +343,20 @@ static ALWAYS_INLINE void attend_run_body(const attn_run * R, half_row_fn half_r
     }
 }
 
-static void attend_run_generic(const attn_run * R) { attend_run_body(R, half_row_generic, dot_generic, wsum_generic); }
+static void attend_run_generic(const attn_run * R) {
+    attend_run_body(R, half_row_generic, dot_generic, wsum_generic);
+}
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma,f16c")))
-static void attend_run_avx2(const attn_run * R) { attend_run_body(R, half_row_f16c, dot_avx2, wsum_avx2); }
+static void attend_run_avx2(const attn_run * R) {
+    attend_run_body(R, half_row_f16c, dot_avx2, wsum_avx2);
+}
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
-static void attend_run_avx512(const attn_run * R) { attend_run_body(R, half_row_f16c, dot_avx512, wsum_avx512); }
+static void attend_run_avx512(const attn_run * R) {
+    attend_run_body(R, half_row_f16c, dot_avx512, wsum_avx512);
+}
 #endif
 
 typedef void (*attend_run_fn)(const attn_run * R);

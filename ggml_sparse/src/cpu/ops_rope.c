@@ -89,7 +89,8 @@ void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
     /* elements past n_dims: copied */
     for (int64_t r = r0; r < r1 && n_dims < ne0; r++) {
         const int64_t i1 = r % ne1, i2 = (r / ne1) % ne2, i3 = r / (ne1 * ne2);
-        const float * x = (const float *) ((const uint8_t *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
+        const float * x =
+            (const float *) ((const uint8_t *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
         float * z = (float *) ((uint8_t *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
         for (int64_t e = n_dims; e < ne0; e++) z[e] = x[e * (int64_t) sa];
     }
