@@ -1,8 +1,10 @@
 """Graph building, the memory planner, re-running graphs and the thread pool."""
+import threading
+
 import numpy as np
 import pytest
 
-from pyinfer._lib import GSMemoryError, GSRuntimeError, GSStateError, GSValueError
+from pyinfer._lib import GSMemoryError, GSRuntimeError, GSStateError, GSValueError, lib
 from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, Unary
 
 N = 4096                 # floats per tensor in the chains below (16 KiB)
@@ -148,3 +150,27 @@ def test_pool_survives_failed_compute(pool2):
         idx.numpy()[1] = 3
         g.compute(pool2)
         np.testing.assert_array_equal(y.numpy(), np.eye(4, dtype=np.float32)[[1, 3]])
+
+
+
+def test_deep_graph_builds_on_a_small_stack():
+    """Building walks the graph without recursion: a 30000-node chain builds
+    and plans (into two buffers) on a thread with a 256 KiB stack."""
+    result = {}
+
+    def work():
+        with Context(16 << 20) as ctx:
+            y = ctx.from_numpy(np.ones(4, dtype=np.float32))
+            for _ in range(30000):
+                y = ctx.scale(y, 1.0)
+            g = Graph(ctx, max_nodes=30000).build(y).plan(1)
+            result["n"], result["mem"] = lib.gs_graph_n_nodes(g.ptr), g.mem()[0]
+
+    old = threading.stack_size(256 << 10)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(old)
+    assert result == {"n": 30000, "mem": 2 * 64}
