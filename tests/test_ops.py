@@ -467,7 +467,9 @@ def test_mul_mat_f32_broadcast(pools, rng):
 # attention
 # ---------------------------------------------------------------------------
 def attention_ref(q, k, v, pos, scale):
-    """q (T, H, D); k, v (n_ctx, Hkv, D); float64."""
+    """q (T, H, D); k, v (n_ctx, Hkv, D); float64. With F16 caches the op
+    follows llama.cpp's rounding: q is rounded to F16 before the K dot
+    products and the softmax weights are rounded to F16 before the V sum."""
     T, H, D = q.shape
     group = H // k.shape[1]
     out = np.zeros((T, H, D))
@@ -475,9 +477,13 @@ def attention_ref(q, k, v, pos, scale):
         for h in range(H):
             kk = k[: pos[t] + 1, h // group].astype(np.float64)
             vv = v[: pos[t] + 1, h // group].astype(np.float64)
-            s = kk @ q[t, h].astype(np.float64) * scale
+            qq = q[t, h].astype(np.float16) if k.dtype == np.float16 else q[t, h]
+            s = kk @ qq.astype(np.float64) * scale
             w = np.exp(s - s.max())
-            out[t, h] = (w / w.sum()) @ vv
+            w = w / w.sum()
+            if v.dtype == np.float16:
+                w = w.astype(np.float32).astype(np.float16).astype(np.float64)
+            out[t, h] = w @ vv
     return out
 
 

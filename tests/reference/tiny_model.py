@@ -36,7 +36,7 @@ def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_
         qkv_bias = arch == "qwen2"
 
     def mat(name, rows, cols, scale=None):
-        a = rng.standard_normal((rows, cols)).astype(np.float32) * (scale or 1.0 / np.sqrt(cols))
+        a = (rng.standard_normal((rows, cols)) * (scale or 1.0 / np.sqrt(cols))).astype(np.float32)
         if weight_type in (gguf.GGMLQuantizationType.F32,):
             w.add_tensor(name, a)
         elif weight_type == gguf.GGMLQuantizationType.F16:

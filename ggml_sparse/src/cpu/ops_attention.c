@@ -264,6 +264,11 @@ static inline void wsum_avx512(float * acc, const float * w, const float * const
 }
 #endif
 
+/* x rounded to the nearest F16 value (round half to even), as a float. */
+static ALWAYS_INLINE float round_to_half(float x) {
+    return GS_H2F(gs_float_to_half(x));
+}
+
 /* s[j] = e^(s[j] - max s) for j < n; returns the sum of the new values. */
 static ALWAYS_INLINE float exp_shifted(float * s, int64_t n) {
     float lane[LANES];
@@ -300,8 +305,14 @@ static ALWAYS_INLINE void attend_run_body(const attn_run * R, half_row_fn half_r
     const int g = R->g;
     const int c0 = R->h0 / R->per_kv, c1 = (R->h0 + g - 1) / R->per_kv + 1;   /* kv heads used */
     const size_t k_bytes = (size_t) D * (R->k_f16 ? 2 : 4), v_bytes = (size_t) D * (R->v_f16 ? 2 : 4);
+    /* With F16 caches the arithmetic follows llama.cpp's (non-flash) CPU
+     * attention, so both engines agree token for token: the query is
+     * rounded to F16 before the K dot products, scores are scaled after
+     * them, and the softmax weights are rounded to F16 before the V sum. */
     for (int r = 0; r < g; r++) {
-        for (int64_t i = 0; i < D; i++) R->qs[r * D + i] = R->q[r][i] * R->scale;
+        for (int64_t i = 0; i < D; i++) {
+            R->qs[r * D + i] = R->k_f16 ? round_to_half(R->q[r][i]) : R->q[r][i] * R->scale;
+        }
     }
     /* scores: one pass over the K slots */
     for (int64_t j = 0; j < n; j++) {
@@ -316,9 +327,21 @@ static ALWAYS_INLINE void attend_run_body(const attn_run * R, half_row_fn half_r
             for (int r = r0; r < r1; r++) R->scores[r * ss + j] = dot(R->qs + r * D, k, D);
         }
     }
+    if (R->k_f16) {
+        for (int r = 0; r < g; r++) {
+            for (int64_t j = 0; j < n; j++) R->scores[r * ss + j] *= R->scale;
+        }
+    }
     /* softmax per head (n >= 1 finite scores: no fully masked rows) */
     float inv_sum[GROUP];
-    for (int r = 0; r < g; r++) inv_sum[r] = 1.0f / exp_shifted(R->scores + r * ss, n);
+    for (int r = 0; r < g; r++) {
+        inv_sum[r] = 1.0f / exp_shifted(R->scores + r * ss, n);
+        if (R->v_f16) {
+            float * w = R->scores + r * ss;
+            for (int64_t j = 0; j < n; j++) w[j] = round_to_half(w[j] * inv_sum[r]);
+            inv_sum[r] = 1.0f;
+        }
+    }
     /* weighted sum: one pass over the V slots, VBLOCK slots at a time */
     memset(R->acc, 0, (size_t) (g * D) * sizeof(float));
     const float * rows[VBLOCK];

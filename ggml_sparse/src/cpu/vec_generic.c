@@ -55,7 +55,7 @@ static void vec_dot_q4_1(int n, float * s, const void * vx, const void * vy) {
             acc += (x[b].qs[j] >> 4) * y[b].qs[j + QK4_1 / 2];
         }
         /* sum_i (d q_i + m) yd yq_i = d yd acc + m * (yd sum yq) */
-        sum += acc * GS_H2F(x[b].d) * y[b].d + GS_H2F(x[b].m) * y[b].s;
+        sum += acc * GS_H2F(x[b].d) * GS_H2F(y[b].d) + GS_H2F(x[b].m) * GS_H2F(y[b].s);
     }
     *s = sum;
 }
@@ -91,7 +91,7 @@ static void vec_dot_q5_1(int n, float * s, const void * vx, const void * vy) {
             const int q1 = (x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
             acc += q0 * y[b].qs[j] + q1 * y[b].qs[j + QK5_1 / 2];
         }
-        sum += acc * GS_H2F(x[b].d) * y[b].d + GS_H2F(x[b].m) * y[b].s;
+        sum += acc * GS_H2F(x[b].d) * GS_H2F(y[b].d) + GS_H2F(x[b].m) * GS_H2F(y[b].s);
     }
     *s = sum;
 }
@@ -198,11 +198,11 @@ const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = { gs_quantize_row_f32_ref,  vec_dot_f32,  gs_dequantize_row_f32 },
     [GS_TYPE_F16]  = { gs_quantize_row_f32_ref,  vec_dot_f16,  gs_dequantize_row_f16 },
     [GS_TYPE_BF16] = { gs_quantize_row_f32_ref,  vec_dot_bf16, gs_dequantize_row_bf16 },
-    [GS_TYPE_Q4_0] = { gs_quantize_row_q8_0_ref, vec_dot_q4_0, gs_dequantize_row_q4_0 },
+    [GS_TYPE_Q4_0] = { gs_quantize_row_q8_0_act, vec_dot_q4_0, gs_dequantize_row_q4_0 },
     [GS_TYPE_Q4_1] = { gs_quantize_row_q8_1_ref, vec_dot_q4_1, gs_dequantize_row_q4_1 },
-    [GS_TYPE_Q5_0] = { gs_quantize_row_q8_0_ref, vec_dot_q5_0, gs_dequantize_row_q5_0 },
+    [GS_TYPE_Q5_0] = { gs_quantize_row_q8_0_act, vec_dot_q5_0, gs_dequantize_row_q5_0 },
     [GS_TYPE_Q5_1] = { gs_quantize_row_q8_1_ref, vec_dot_q5_1, gs_dequantize_row_q5_1 },
-    [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_ref, vec_dot_q8_0, gs_dequantize_row_q8_0 },
+    [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_act, vec_dot_q8_0, gs_dequantize_row_q8_0 },
     [GS_TYPE_Q8_1] = { gs_quantize_row_q8_1_ref, NULL,         gs_dequantize_row_q8_1 },
     [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, vec_dot_q4_K, gs_dequantize_row_q4_K },
     [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, vec_dot_q5_K, gs_dequantize_row_q5_K },
