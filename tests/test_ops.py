@@ -336,11 +336,18 @@ def test_rms_norm_and_norm(pools, rng):
 # rope
 # ---------------------------------------------------------------------------
 def rope_ref(x, pos, n_dims, mode, base, scale):
-    """x numpy (T, H, D) float64 reference."""
+    """x numpy (T, H, D) float64 reference. The angles follow llama.cpp's
+    float recipe, as the op does (theta_0 = pos, theta_{i+1} = theta_i *
+    base^(-2/n_dims) in float32, angle = freq_scale * theta_i)."""
     out = x.astype(np.float64).copy()
     half = n_dims // 2
-    inv = base ** (-2.0 * np.arange(half) / n_dims)
-    theta = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]          # (T, half)
+    theta_scale = np.float32(np.float64(base) ** (-2.0 / n_dims))
+    th = pos.astype(np.float32)
+    cols = []
+    for _ in range(half):
+        cols.append(np.float32(scale) * th)
+        th = (th * theta_scale).astype(np.float32)
+    theta = np.stack(cols, axis=1).astype(np.float64)                          # (T, half)
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     if mode == RopeMode.NORMAL:
         i0, i1 = np.arange(0, n_dims, 2), np.arange(1, n_dims, 2)

@@ -13,11 +13,12 @@
  *   (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
  * Elements n_dims..head_dim-1 are copied. dst is contiguous, a's shape.
  *
- * Threads split rows. For each chunk of PAIR_CHUNK pairs a thread computes
- * the pairs' frequencies once, then walks its rows token by token: the cos
- * and sin of a token's angles are computed once (in double precision, so
- * large positions keep their accuracy) and applied to all of that token's
- * heads the thread owns.
+ * The angles follow llama.cpp's float recipe exactly (theta_0 = pos,
+ * theta_{i+1} = theta_i * base^(-2/n_dims) in float, cosf/sinf of
+ * freq_scale * theta_i), so both engines rotate by bit-identical cos/sin.
+ * Threads split rows; a thread computes a token's cos/sin for a chunk of
+ * PAIR_CHUNK pairs once and applies them to all of that token's heads it
+ * owns.
  */
 #include "../gs_internal.h"
 
@@ -58,24 +59,23 @@ void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
     const size_t sa = a->nb[0] / sizeof(float);
     const pair_layout L = mode == GS_ROPE_NEOX ? (pair_layout) { 1, n_pairs }
                                                : (pair_layout) { 2, 1 };
-    /* log(base^(-2/n_dims)): theta_i = pos * freq_scale * exp(i * log_step) */
-    const double log_step = -2.0 * log((double) freq_base) / (double) n_dims;
+    const float theta_scale = powf(freq_base, -2.0f / (float) n_dims);
 
     int64_t r0, r1;
     gs_split_rows(gs_nrows(a), p->ith, p->nth, &r0, &r1);
-    double inv_freq[PAIR_CHUNK];
     float cs[PAIR_CHUNK], sn[PAIR_CHUNK];
     for (int64_t c0 = 0; c0 < n_pairs; c0 += PAIR_CHUNK) {
         const int64_t n = n_pairs - c0 < PAIR_CHUNK ? n_pairs - c0 : PAIR_CHUNK;
-        for (int64_t c = 0; c < n; c++) inv_freq[c] = exp((double) (c0 + c) * log_step);
         for (int64_t r = r0; r < r1;) {
             /* rows r .. r_end-1 are heads of one token (same i2, i3) */
             const int64_t i1 = r % ne1, i2 = (r / ne1) % ne2, i3 = r / (ne1 * ne2);
             const int64_t r_end = r + (ne1 - i1) < r1 ? r + (ne1 - i1) : r1;
-            const double tpos = (double) pos[i2] * (double) freq_scale;
+            float theta = (float) pos[i2];
+            for (int64_t c = 0; c < c0; c++) theta *= theta_scale;
             for (int64_t c = 0; c < n; c++) {
-                cs[c] = (float) cos(tpos * inv_freq[c]);
-                sn[c] = (float) sin(tpos * inv_freq[c]);
+                cs[c] = cosf(freq_scale * theta);
+                sn[c] = sinf(freq_scale * theta);
+                theta *= theta_scale;
             }
             const uint8_t * src_tok = (const uint8_t *) a->data + i2 * a->nb[2] + i3 * a->nb[3];
             float * dst_tok = (float *) ((uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3]);
