@@ -411,7 +411,9 @@ static int64_t score_stride(const gs_tensor * dst) {
 static size_t thread_floats(const gs_tensor * dst) {
     const int64_t D = dst->src[0]->ne[0];
     const int64_t g = group_size(dst);
-    const size_t n = (size_t) (g * score_stride(dst) + 2 * g * D + VBLOCK * D);
+    size_t n = (size_t) (g * score_stride(dst) + 2 * g * D + VBLOCK * D);
+    const size_t n_f16 = gs_cpu_attention_f16_scratch(dst) / sizeof(float);
+    if (n_f16 > n) n = n_f16;
     return (n + 15) / 16 * 16;
 }
 
@@ -444,6 +446,10 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
     const size_t per_thread = thread_floats(dst);
     assert(p->wsize >= (size_t) p->nth * per_thread * sizeof(float));
     float * scratch = (float *) p->wdata + (size_t) p->ith * per_thread;
+    if (k->type == GS_TYPE_F16 && v->type == GS_TYPE_F16) {
+        gs_cpu_attention_f16_compute(p, dst, scratch);
+        return;
+    }
     const int64_t gmax = group_size(dst), ss = score_stride(dst);
     attn_run R = {
         .D = D, .per_kv = (int) per_kv, .scale = 0.0f,
