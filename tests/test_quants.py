@@ -57,9 +57,27 @@ def max_ulp_diff(a, b):
 
 # ---- oracles where gguf has none --------------------------------------------
 def dequantize_q8_1_numpy(raw):
-    blocks = raw.reshape(-1, 40)
-    d = blocks[:, 0:4].copy().view(np.float32)
-    return (d * blocks[:, 8:].view(np.int8).astype(np.float32)).reshape(-1)
+    blocks = raw.reshape(-1, 36)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+    return (d * blocks[:, 4:].view(np.int8).astype(np.float32)).reshape(-1)
+
+
+def quantize_activations_numpy(x, vt):
+    """The matmul's activation rule for Q8_0/Q8_1 (llama.cpp's x86 run-time
+    rule): q = round_half_even(x * (127 / amax)), d = f16(amax / 127);
+    Q8_1 adds s = f16(d * sum(q))."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(blocks * iscale[:, None]).astype(np.int8)
+    d = (amax / np.float32(127)).astype(np.float32)
+    head = [d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    if vt == G.Q8_1:
+        s = (d * q.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float32)
+        head.append(s.astype(np.float16).view(np.uint8).reshape(-1, 2))
+    rows = np.concatenate(head + [q.view(np.uint8)], axis=1)
+    return rows.reshape(x.shape[:-1] + (-1,))
 
 
 def dequantize_q8_k_numpy(raw):
@@ -80,7 +98,7 @@ def oracle_dequantize(raw, t):
 # Byte offsets of each block's scale fields: ("f16" | "f32", offset).
 SCALE_FIELDS = {
     G.Q4_0: [("f16", 0)], G.Q4_1: [("f16", 0), ("f16", 2)], G.Q5_0: [("f16", 0)],
-    G.Q5_1: [("f16", 0), ("f16", 2)], G.Q8_0: [("f16", 0)], G.Q8_1: [("f32", 0), ("f32", 4)],
+    G.Q5_1: [("f16", 0), ("f16", 2)], G.Q8_0: [("f16", 0)], G.Q8_1: [("f16", 0), ("f16", 2)],
     G.Q4_K: [("f16", 0), ("f16", 2)], G.Q5_K: [("f16", 0), ("f16", 2)], G.Q6_K: [("f16", 208)],
     G.Q8_K: [("f32", 0)],
 }
@@ -300,7 +318,8 @@ def scalar_level():
 def test_scalar_activation_quantizer_is_reference(rng, scalar_level, t):
     x = rng.standard_normal((2, 1024)).astype(np.float32)
     vt = T.type_info(t).vec_dot_type
-    np.testing.assert_array_equal(T.quantize_activations(x, t), T.quantize(x, vt))
+    want = quantize_activations_numpy(x, vt) if vt in (G.Q8_0, G.Q8_1) else T.quantize(x, vt)
+    np.testing.assert_array_equal(T.quantize_activations(x, t), want)
 
 
 # |scalar vec_dot - float64 dot| <= DOT_BUDGET * sum |x_i y_i| (measured
@@ -322,7 +341,17 @@ def test_scalar_vec_dot(t):
         dx = T.dequantize(qx, t).astype(np.float64)
         dy = T.dequantize(qy, vt).astype(np.float64)
         got = T.vec_dot(t, qx, qy, n, impl="scalar")
-        assert abs(got - np.dot(dx, dy)) <= DOT_BUDGET * np.sum(np.abs(dx * dy)), seed
+        want = np.dot(dx, dy)
+        if vt == G.Q8_1:
+            # the min term uses the activation block's stored s = f16(d * sum q),
+            # not d * sum q: sum_b m_b * (s_b - d_b * sum q_b) is the difference
+            m = qx.reshape(-1, T.type_info(t).type_size)[:, 2:4].copy().view(np.float16).astype(np.float64)
+            yb = qy.reshape(-1, 36)
+            s_y = yb[:, 2:4].copy().view(np.float16).astype(np.float64)
+            d_y = yb[:, 0:2].copy().view(np.float16).astype(np.float64)
+            sum_q = yb[:, 4:].view(np.int8).astype(np.float64).sum(axis=1, keepdims=True)
+            want += float(np.sum(m * (s_y - d_y * sum_q)))
+        assert abs(got - want) <= DOT_BUDGET * np.sum(np.abs(dx * dy)), seed
 
 
 @pytest.mark.parametrize("t", K_WEIGHTS, ids=lambda t: t.name)

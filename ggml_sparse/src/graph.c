@@ -65,35 +65,75 @@ static bool visit(gs_graph * g, gs_tensor * t) {
     }
 }
 
-static gs_status build_rec(gs_graph * g, gs_tensor * t, int * n_seen) {
-    if (!visit(g, t)) return GS_OK;
-    if (++*n_seen >= g->visited_cap / 2) {
+/* Mark t visited; an error when the visited set is full. */
+static gs_status visit_new(gs_graph * g, gs_tensor * t, int * n_seen, bool * is_new) {
+    *is_new = visit(g, t);
+    if (*is_new && ++*n_seen >= g->visited_cap / 2) {
         return gs_set_error(GS_ERR_OOM, "graph holds more than %d tensors", g->visited_cap / 2);
     }
-    for (int i = 0; i < GS_MAX_SRC; i++) {
-        if (t->src[i]) {
-            gs_status st = build_rec(g, t->src[i], n_seen);
-            if (st) return st;
-        }
-    }
-    if (t->view_src) {
-        gs_status st = build_rec(g, t->view_src, n_seen);
-        if (st) return st;
-    }
-    if (t->op != GS_OP_NONE) {
-        if (g->n_nodes >= g->max_nodes) {
-            return gs_set_error(GS_ERR_OOM, "graph is full: more than %d nodes", g->max_nodes);
-        }
-        g->nodes[g->n_nodes++] = t;
-    }
     return GS_OK;
+}
+
+/* Depth-first walk from `root` with an explicit stack (graphs can be far
+ * deeper than the C stack allows): every unvisited source, then the viewed
+ * tensor, then the op node itself is appended, so nodes come in dependency
+ * order. */
+typedef struct {
+    gs_tensor * t;
+    int next;       /* next input to look at: src[0..GS_MAX_SRC-1], then view_src */
+} build_frame;
+
+static gs_status build_from(gs_graph * g, gs_tensor * root, int * n_seen) {
+    bool is_new;
+    gs_status st = visit_new(g, root, n_seen, &is_new);
+    if (st || !is_new) return st;
+    int cap = 64, depth = 0;
+    build_frame * stack = malloc((size_t) cap * sizeof(*stack));
+    if (!stack) return gs_set_error(GS_ERR_OOM, "gs_graph_build: out of memory");
+    stack[depth++] = (build_frame) { root, 0 };
+    while (depth > 0 && !st) {
+        build_frame * f = &stack[depth - 1];
+        gs_tensor * child = NULL;
+        while (!child && f->next <= GS_MAX_SRC && !st) {
+            gs_tensor * c = f->next < GS_MAX_SRC ? f->t->src[f->next] : f->t->view_src;
+            f->next++;
+            if (c) {
+                st = visit_new(g, c, n_seen, &is_new);
+                if (is_new) child = c;
+            }
+        }
+        if (st) break;
+        if (child) {
+            if (depth == cap) {
+                build_frame * grown = realloc(stack, (size_t) cap * 2 * sizeof(*stack));
+                if (!grown) {
+                    st = gs_set_error(GS_ERR_OOM, "gs_graph_build: out of memory");
+                    break;
+                }
+                stack = grown;
+                cap *= 2;
+            }
+            stack[depth++] = (build_frame) { child, 0 };
+            continue;
+        }
+        if (f->t->op != GS_OP_NONE) {
+            if (g->n_nodes >= g->max_nodes) {
+                st = gs_set_error(GS_ERR_OOM, "graph is full: more than %d nodes", g->max_nodes);
+                break;
+            }
+            g->nodes[g->n_nodes++] = f->t;
+        }
+        depth--;
+    }
+    free(stack);
+    return st;
 }
 
 gs_status gs_graph_build(gs_graph * g, gs_tensor * t) {
     GS_CHECK_ARG(g && t, "gs_graph_build: NULL argument");
     int n_seen = 0;
     for (int i = 0; i < g->visited_cap; i++) if (g->visited[i]) n_seen++;
-    gs_status st = build_rec(g, t, &n_seen);
+    gs_status st = build_from(g, t, &n_seen);
     if (st) return st;
     t->flags |= GS_FLAG_OUTPUT;
     g->planned_threads = 0;
@@ -202,6 +242,14 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
                 continue;
             }
             last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = i;
+        }
+    }
+    /* an output that views an intermediate (a reshape of the logits, say)
+     * keeps that intermediate's memory alive too */
+    for (int i = 0; i < n; i++) {
+        gs_tensor * base = gs_view_base(g->nodes[i]);
+        if ((g->nodes[i]->flags & GS_FLAG_OUTPUT) && base != g->nodes[i] && base->op != GS_OP_NONE) {
+            last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = n;
         }
     }
     allocator a = { blocks, 0, 0 };

@@ -189,6 +189,10 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_attention_work_size(const gs_tensor * dst, int n_threads);
+/* Attention over F16 caches with llama.cpp's arithmetic (ops_attention_f16.c):
+ * scratch bytes per thread, and the kernel (scratch: this thread's share). */
+size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst);
+void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);

@@ -50,6 +50,19 @@ static bool can_repeat(const gs_tensor * b, const gs_tensor * a) {
     return true;
 }
 
+/* Quantized tensors are read block by block along ne0. */
+static bool blocks_contiguous(const gs_tensor * t) {
+    const gs_type_traits * tt = gs_get_type_traits(t->type);
+    return !tt->is_quantized || t->nb[0] == tt->type_size;
+}
+
+/* Index and position inputs are contiguous I32 tensors. */
+static gs_status check_index(const char * op, const gs_tensor * idx) {
+    if (idx->type != GS_TYPE_I32) return type_error(op, idx, "i32");
+    if (!gs_is_contiguous(idx)) return gs_set_error(GS_ERR_SHAPE, "%s: index tensor '%s' must be contiguous", op, idx->name);
+    return GS_OK;
+}
+
 /* ---- views ------------------------------------------------------------- */
 gs_status gs_view(gs_context * ctx, gs_tensor * a, int n_dims, const int64_t * ne,
                   const size_t * nb, size_t offset, gs_tensor ** out) {
@@ -141,6 +154,7 @@ gs_status gs_cast(gs_context * ctx, gs_tensor * a, gs_type type, gs_tensor ** ou
     CHECK_T(a);
     if (!cpy_type_ok(a->type)) return type_error("gs_cast", a, "a float or weight type");
     if (!cpy_type_ok(type)) return gs_set_error(GS_ERR_TYPE, "gs_cast: cannot convert to type %d", (int) type);
+    if (!blocks_contiguous(a)) return gs_set_error(GS_ERR_SHAPE, "gs_cast: blocks of '%s' are not contiguous", a->name);
     gs_tensor * t;
     gs_status st = new_node(ctx, GS_OP_CPY, type, a->n_dims, a->ne, &t);
     if (st) return st;
@@ -160,6 +174,7 @@ gs_status gs_cpy(gs_context * ctx, gs_tensor * a, gs_tensor * dst, gs_tensor ** 
     if (gs_get_type_traits(a->type)->is_quantized && a->ne[0] != dst->ne[0]) {
         return shape_error("gs_cpy", a, dst, "quantized rows must keep their length");
     }
+    if (!blocks_contiguous(a)) return gs_set_error(GS_ERR_SHAPE, "gs_cpy: blocks of '%s' are not contiguous", a->name);
     gs_tensor * t;
     gs_status st = gs_tensor_alloc_meta(ctx, dst->type, dst->n_dims, dst->ne, &t);
     if (st) return st;
@@ -179,14 +194,19 @@ gs_status gs_set_rows(gs_context * ctx, gs_tensor * dst, gs_tensor * src, gs_ten
     CHECK_T(dst);
     CHECK_T(src);
     CHECK_T(idx);
-    if (idx->type != GS_TYPE_I32) return type_error("gs_set_rows", idx, "i32");
+    gs_status st = check_index("gs_set_rows", idx);
+    if (st) return st;
     if (src->type != GS_TYPE_F32) return type_error("gs_set_rows", src, "f32");
     if (!cpy_type_ok(dst->type)) return type_error("gs_set_rows", dst, "a float or weight type");
     if (src->ne[0] != dst->ne[0]) return shape_error("gs_set_rows", dst, src, "row lengths differ");
+    if (src->ne[2] != dst->ne[2] || src->ne[3] != dst->ne[3]) {
+        return shape_error("gs_set_rows", dst, src, "dims 2 and 3 of src and dst differ");
+    }
+    if (!blocks_contiguous(dst)) return gs_set_error(GS_ERR_SHAPE, "gs_set_rows: blocks of '%s' are not contiguous", dst->name);
     if (gs_nelements(idx) != gs_nrows(src)) return shape_error("gs_set_rows", idx, src, "one index per source row needed");
     if (src->nb[0] != sizeof(float)) return gs_set_error(GS_ERR_SHAPE, "gs_set_rows: source rows must be contiguous");
     gs_tensor * t;
-    gs_status st = gs_tensor_alloc_meta(ctx, dst->type, dst->n_dims, dst->ne, &t);
+    st = gs_tensor_alloc_meta(ctx, dst->type, dst->n_dims, dst->ne, &t);
     if (st) return st;
     memcpy(t->nb, dst->nb, sizeof(t->nb));
     t->op = GS_OP_SET_ROWS;
@@ -203,11 +223,13 @@ gs_status gs_get_rows(gs_context * ctx, gs_tensor * a, gs_tensor * idx, gs_tenso
     CHECK_OUT(ctx, out);
     CHECK_T(a);
     CHECK_T(idx);
-    if (idx->type != GS_TYPE_I32) return type_error("gs_get_rows", idx, "i32");
+    gs_status st = check_index("gs_get_rows", idx);
+    if (st) return st;
     if (!cpy_type_ok(a->type)) return type_error("gs_get_rows", a, "a float or weight type");
     if (a->ne[2] != 1 || a->ne[3] != 1) return shape_error("gs_get_rows", a, idx, "table must be 2-D");
+    if (!blocks_contiguous(a)) return gs_set_error(GS_ERR_SHAPE, "gs_get_rows: blocks of '%s' are not contiguous", a->name);
     const int64_t ne[2] = { a->ne[0], gs_nelements(idx) };
-    gs_status st = new_node(ctx, GS_OP_GET_ROWS, GS_TYPE_F32, 2, ne, out);
+    st = new_node(ctx, GS_OP_GET_ROWS, GS_TYPE_F32, 2, ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->src[1] = idx;
@@ -304,8 +326,10 @@ gs_rope_params gs_rope_default_params(int n_dims) {
 
 gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rope_params * p,
                   gs_tensor ** out) {
-    GS_CHECK_ARG(p && pos, "gs_rope: NULL params or positions");
-    if (pos->type != GS_TYPE_I32) return type_error("gs_rope", pos, "i32");
+    CHECK_OUT(ctx, out);
+    GS_CHECK_ARG(a && p && pos, "gs_rope: NULL tensor, params or positions");
+    gs_status st = check_index("gs_rope", pos);
+    if (st) return st;
     if (gs_nelements(pos) != a->ne[2]) return shape_error("gs_rope", a, pos, "need one position per token (a->ne[2])");
     if (p->n_dims <= 0 || p->n_dims > a->ne[0] || p->n_dims % 2) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: n_dims %d must be even and in 2..%lld", p->n_dims,
@@ -317,7 +341,7 @@ gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rop
     if (!(p->freq_base > 0.0f) || !(p->freq_scale > 0.0f)) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: freq_base and freq_scale must be > 0");
     }
-    gs_status st = unary_like(ctx, GS_OP_ROPE, "gs_rope", a, out);
+    st = unary_like(ctx, GS_OP_ROPE, "gs_rope", a, out);
     if (st) return st;
     gs_tensor * t = *out;
     t->src[1] = pos;
@@ -329,6 +353,8 @@ gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rop
 }
 
 gs_status gs_soft_max(gs_context * ctx, gs_tensor * a, gs_tensor * mask, float scale, gs_tensor ** out) {
+    CHECK_OUT(ctx, out);
+    CHECK_T(a);
     if (mask) {
         if (mask->type != GS_TYPE_F32) return type_error("gs_soft_max", mask, "f32");
         if (mask->ne[0] != a->ne[0] || mask->ne[1] < a->ne[1] || mask->ne[2] != 1 || mask->ne[3] != 1) {
@@ -352,6 +378,7 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
         return type_error("gs_mul_mat", a, "a weight type with a dot product kernel");
     }
     if (b->type != GS_TYPE_F32) return type_error("gs_mul_mat", b, "f32");
+    if (b->nb[0] != sizeof(float)) return gs_set_error(GS_ERR_SHAPE, "gs_mul_mat: rows of '%s' must be contiguous", b->name);
     if (a->ne[0] != b->ne[0]) return shape_error("gs_mul_mat", a, b, "inner dimensions (ne0) differ");
     if (b->ne[2] % a->ne[2] || b->ne[3] % a->ne[3]) return shape_error("gs_mul_mat", a, b, "a does not broadcast over b");
     if (a->nb[0] != ta->type_size) return gs_set_error(GS_ERR_SHAPE, "gs_mul_mat: rows of '%s' must be contiguous", a->name);
@@ -376,7 +403,9 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
     if (q->type != GS_TYPE_F32) return type_error("gs_attention", q, "f32");
     if (k->type != GS_TYPE_F32 && k->type != GS_TYPE_F16) return type_error("gs_attention", k, "f32 or f16");
     if (v->type != GS_TYPE_F32 && v->type != GS_TYPE_F16) return type_error("gs_attention", v, "f32 or f16");
-    if (pos->type != GS_TYPE_I32) return type_error("gs_attention", pos, "i32");
+    gs_status st = check_index("gs_attention", pos);
+    if (st) return st;
+    if (q->nb[0] != sizeof(float)) return gs_set_error(GS_ERR_SHAPE, "gs_attention: rows of '%s' must be contiguous", q->name);
     if (k->ne[0] != q->ne[0] || v->ne[0] != q->ne[0]) return shape_error("gs_attention", q, k, "head_dim differs");
     if (!gs_same_shape(k, v)) return shape_error("gs_attention", k, v, "k and v caches differ in shape");
     if (q->ne[1] % k->ne[1]) return shape_error("gs_attention", q, k, "n_head is not a multiple of n_head_kv");
@@ -385,7 +414,7 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
     if (k->nb[0] != gs_get_type_traits(k->type)->type_size || v->nb[0] != gs_get_type_traits(v->type)->type_size) {
         return gs_set_error(GS_ERR_SHAPE, "gs_attention: cache rows must be contiguous in head_dim");
     }
-    gs_status st = new_node(ctx, GS_OP_ATTENTION, GS_TYPE_F32, 3, q->ne, out);
+    st = new_node(ctx, GS_OP_ATTENTION, GS_TYPE_F32, 3, q->ne, out);
     if (st) return st;
     gs_tensor * t = *out;
     t->src[0] = q;

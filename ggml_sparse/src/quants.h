@@ -64,13 +64,14 @@ typedef struct {
 } block_q8_0;
 static_assert(sizeof(block_q8_0) == 34, "block_q8_0 size");
 
-/* Q8_1 (activations): x[i] ~= d * qs[i]; s = d * sum(qs). */
+/* Q8_1 (activations): x[i] ~= d * qs[i]; s = d * sum(qs) (both f16, as
+ * current ggml stores them; older docs describe f32 fields and 40 bytes). */
 typedef struct {
-    float  d;
-    float  s;
-    int8_t qs[QK8_1];
+    gs_half d;
+    gs_half s;
+    int8_t  qs[QK8_1];
 } block_q8_1;
-static_assert(sizeof(block_q8_1) == 40, "block_q8_1 size");
+static_assert(sizeof(block_q8_1) == 36, "block_q8_1 size");
 
 /* Q4_K: 256 weights in 8 sub-blocks of 32. Sub-block j has a 6-bit scale
  * sc[j] and 6-bit min m[j] packed in `scales` (see gs_get_scale_min_k4);

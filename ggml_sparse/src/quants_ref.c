@@ -218,26 +218,47 @@ void gs_dequantize_row_q8_0(const void * vx, float * y, int64_t n) {
     }
 }
 
+/* Activation quantization (what the matmul applies to its F32 input) uses
+ * the rule llama.cpp's x86 kernels use at run time, so that both engines
+ * see the same integers: scale by 127/amax and round half to even. The
+ * Q8_0 *weight* quantizer above keeps the file format's reference rule
+ * (multiply by 1/d, round half away from zero) that gguf.quants follows. */
+static inline float act_amax(const float * x) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+    return amax;
+}
+
+void gs_quantize_row_q8_0_act(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = vy;
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        const float amax = act_amax(x);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = gs_float_to_half(amax / 127.0f);
+        for (int j = 0; j < QK8_0; j++) y[b].qs[j] = (int8_t) nearbyintf(x[j] * id);
+    }
+}
+
 void gs_quantize_row_q8_1_ref(const float * x, void * vy, int64_t n) {
     block_q8_1 * y = vy;
     for (int64_t b = 0; b < n / QK8_1; b++, x += QK8_1) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK8_1; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float amax = act_amax(x);
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         int sum = 0;
         for (int j = 0; j < QK8_1; j++) {
-            y[b].qs[j] = (int8_t) roundf(x[j] * id);
+            y[b].qs[j] = (int8_t) nearbyintf(x[j] * id);
             sum += y[b].qs[j];
         }
-        y[b].d = d;
-        y[b].s = d * (float) sum;
+        y[b].d = gs_float_to_half(d);
+        y[b].s = gs_float_to_half(d * (float) sum);
     }
 }
 
 void gs_dequantize_row_q8_1(const void * vx, float * y, int64_t n) {
     const block_q8_1 * x = vx;
     for (int64_t b = 0; b < n / QK8_1; b++, y += QK8_1) {
-        for (int j = 0; j < QK8_1; j++) y[j] = x[b].qs[j] * x[b].d;
+        const float d = gs_half_to_float(x[b].d);
+        for (int j = 0; j < QK8_1; j++) y[j] = x[b].qs[j] * d;
     }
 }

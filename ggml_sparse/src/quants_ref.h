@@ -34,6 +34,8 @@ void gs_quantize_row_q5_0_ref(const float * x, void * y, int64_t n);
 void gs_quantize_row_q5_1_ref(const float * x, void * y, int64_t n);
 void gs_quantize_row_q8_0_ref(const float * x, void * y, int64_t n);
 void gs_quantize_row_q8_1_ref(const float * x, void * y, int64_t n);
+/* Q8_0 activations as the matmul quantizes them (see quants_ref.c). */
+void gs_quantize_row_q8_0_act(const float * x, void * y, int64_t n);
 void gs_quantize_row_q4_K_ref(const float * x, void * y, int64_t n);
 void gs_quantize_row_q5_K_ref(const float * x, void * y, int64_t n);
 void gs_quantize_row_q6_K_ref(const float * x, void * y, int64_t n);

@@ -118,7 +118,7 @@ void gs_cpu_op_rms_norm(const gs_compute_params * p, gs_tensor * dst) {
         const float * x = ROW_PTR(a, i1, i2, i3);
         float * z = ROW_PTR(dst, i1, i2, i3);
         double ss = 0.0;
-        for (int64_t i = 0; i < a->ne[0]; i++) ss += (double) x[i * sa] * x[i * sa];
+        for (int64_t i = 0; i < a->ne[0]; i++) ss += (double) (x[i * sa] * x[i * sa]);
         const float scale = 1.0f / sqrtf((float) (ss / (double) a->ne[0]) + eps);
         for (int64_t i = 0; i < a->ne[0]; i++) z[i] = x[i * sa] * scale;
     }

@@ -1,4 +1,97 @@
-/* ops_rope.c - PLACEHOLDER until the kernel lands (fails loudly at run time). */
+/*
+ * ops_rope.c - rotary position embedding (RoPE).
+ *
+ * a   F32 {head_dim, n_head, n_tokens, ne3}, any strides: one row per head.
+ * pos I32 {n_tokens}, contiguous: token i2 sits at position pos[i2] (the
+ *     same positions serve every i3).
+ * op_params: n_dims, mode, freq_base (float bits), freq_scale (float bits).
+ *
+ * The first n_dims elements of each row are rotated in n_dims/2 pairs; pair i
+ * turns by theta_i = pos * freq_scale * freq_base^(-2i / n_dims):
+ *   GS_ROPE_NORMAL pairs (x[2i], x[2i+1])         (llama)
+ *   GS_ROPE_NEOX   pairs (x[i],  x[i + n_dims/2])  (gpt-neox, qwen2)
+ *   (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
+ * Elements n_dims..head_dim-1 are copied. dst is contiguous, a's shape.
+ *
+ * The angles follow llama.cpp's float recipe exactly (theta_0 = pos,
+ * theta_{i+1} = theta_i * base^(-2/n_dims) in float, cosf/sinf of
+ * freq_scale * theta_i), so both engines rotate by bit-identical cos/sin.
+ * Threads split rows; a thread computes a token's cos/sin for a chunk of
+ * PAIR_CHUNK pairs once and applies them to all of that token's heads it
+ * owns.
+ */
 #include "../gs_internal.h"
 
-void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) { (void) dst; if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "rope: kernel not written yet"); }
+#include <math.h>
+
+#define PAIR_CHUNK 64
+
+typedef struct {
+    int64_t pair_step;  /* element distance between consecutive pairs       */
+    int64_t partner;    /* element distance from a pair's first to second   */
+} pair_layout;
+
+/* Rotate pairs [c0, c0 + n) of one row: src stride `sa` elements, dst
+ * contiguous. cs/sn hold cos/sin of those pairs. */
+static void rotate_chunk(const float * src, size_t sa, float * dst, pair_layout L, int64_t c0,
+                         int64_t n, const float * cs, const float * sn) {
+    for (int64_t c = 0; c < n; c++) {
+        const int64_t e0 = (c0 + c) * L.pair_step;
+        const int64_t e1 = e0 + L.partner;
+        const float x0 = src[e0 * (int64_t) sa];
+        const float x1 = src[e1 * (int64_t) sa];
+        dst[e0] = x0 * cs[c] - x1 * sn[c];
+        dst[e1] = x0 * sn[c] + x1 * cs[c];
+    }
+}
+
+void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
+    const gs_tensor * a = dst->src[0];
+    const int32_t * pos = (const int32_t *) dst->src[1]->data;
+    const int n_dims = dst->op_params[0];
+    const int mode = dst->op_params[1];
+    float freq_base, freq_scale;
+    memcpy(&freq_base, &dst->op_params[2], sizeof(float));
+    memcpy(&freq_scale, &dst->op_params[3], sizeof(float));
+
+    const int64_t ne0 = a->ne[0], ne1 = a->ne[1], ne2 = a->ne[2];
+    const int64_t n_pairs = n_dims / 2;
+    const size_t sa = a->nb[0] / sizeof(float);
+    const pair_layout L = mode == GS_ROPE_NEOX ? (pair_layout) { 1, n_pairs }
+                                               : (pair_layout) { 2, 1 };
+    const float theta_scale = powf(freq_base, -2.0f / (float) n_dims);
+
+    int64_t r0, r1;
+    gs_split_rows(gs_nrows(a), p->ith, p->nth, &r0, &r1);
+    float cs[PAIR_CHUNK], sn[PAIR_CHUNK];
+    for (int64_t c0 = 0; c0 < n_pairs; c0 += PAIR_CHUNK) {
+        const int64_t n = n_pairs - c0 < PAIR_CHUNK ? n_pairs - c0 : PAIR_CHUNK;
+        for (int64_t r = r0; r < r1;) {
+            /* rows r .. r_end-1 are heads of one token (same i2, i3) */
+            const int64_t i1 = r % ne1, i2 = (r / ne1) % ne2, i3 = r / (ne1 * ne2);
+            const int64_t r_end = r + (ne1 - i1) < r1 ? r + (ne1 - i1) : r1;
+            float theta = (float) pos[i2];
+            for (int64_t c = 0; c < c0; c++) theta *= theta_scale;
+            for (int64_t c = 0; c < n; c++) {
+                cs[c] = cosf(freq_scale * theta);
+                sn[c] = sinf(freq_scale * theta);
+                theta *= theta_scale;
+            }
+            const uint8_t * src_tok = (const uint8_t *) a->data + i2 * a->nb[2] + i3 * a->nb[3];
+            float * dst_tok = (float *) ((uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3]);
+            for (int64_t h = i1; h < i1 + (r_end - r); h++) {
+                const float * x = (const float *) (src_tok + h * a->nb[1]);
+                rotate_chunk(x, sa, dst_tok + h * ne0, L, c0, n, cs, sn);
+            }
+            r = r_end;
+        }
+    }
+    /* elements past n_dims: copied */
+    for (int64_t r = r0; r < r1 && n_dims < ne0; r++) {
+        const int64_t i1 = r % ne1, i2 = (r / ne1) % ne2, i3 = r / (ne1 * ne2);
+        const float * x =
+            (const float *) ((const uint8_t *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
+        float * z = (float *) ((uint8_t *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
+        for (int64_t e = n_dims; e < ne0; e++) z[e] = x[e * (int64_t) sa];
+    }
+}

@@ -83,9 +83,13 @@ gs_status gs_threadpool_new(int n_threads, gs_threadpool ** out) {
         return gs_set_error(GS_ERR_OOM, "gs_threadpool_new: out of memory");
     }
     for (int i = 1; i < n_threads; i++) {
+        /* fill the argument before the thread starts reading it */
         worker_arg * wa = malloc(sizeof(*wa));
+        if (wa) {
+            wa->tp = tp;
+            wa->ith = i;
+        }
         int rc = wa ? pthread_create(&tp->threads[i], NULL, worker_main, wa) : -1;
-        if (wa) { wa->tp = tp; wa->ith = i; }
         if (rc != 0) {
             free(wa);
             tp->n_threads = i;  /* only join the ones that started */

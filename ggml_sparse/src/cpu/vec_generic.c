@@ -6,6 +6,8 @@
 #include "../gs_internal.h"
 #include "../quants_ref.h"
 
+#include <math.h>
+
 static void vec_dot_f32(int n, float * s, const void * vx, const void * vy) {
     const float * x = vx, * y = vy;
     double sum = 0.0;
@@ -29,83 +31,95 @@ static void vec_dot_bf16(int n, float * s, const void * vx, const void * vy) {
     *s = (float) sum;
 }
 
+/* ---- 32-element block types ----------------------------------------------
+ * The accumulation order is part of the contract: it equals llama.cpp's x86
+ * kernels bit for bit, so both engines produce the same logits (a last-bit
+ * difference flips activation quantization downstream and, over a few
+ * dozen layers, can change the greedy token). Eight float lanes; lane l
+ * takes the integer sum of the products of elements 4l..4l+3 of each block,
+ * times d_x*d_y, with one fused multiply-add per block; the lanes are then
+ * summed as ((0+4)+(2+6)) + ((1+5)+(3+7)). Types with a min (Q4_1, Q5_1)
+ * add sum over blocks of m_x*s_y, accumulated separately in block order. */
+static inline void lanes_fma(float * acc, float d, const int8_t * qx, const int8_t * qy) {
+    for (int l = 0; l < 8; l++) {
+        const int isum = qx[4 * l] * qy[4 * l] + qx[4 * l + 1] * qy[4 * l + 1] +
+                         qx[4 * l + 2] * qy[4 * l + 2] + qx[4 * l + 3] * qy[4 * l + 3];
+        acc[l] = fmaf(d, (float) isum, acc[l]);
+    }
+}
+
+static inline float lanes_sum(const float * a) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* Element j < 16 is the low nibble of qs[j], element j + 16 the high one;
+ * bit j of qh (if any) is element j's fifth bit; `offset` is subtracted. */
+static inline void unpack_32(const uint8_t * qs, const uint8_t * qh, int offset, int8_t * q) {
+    uint32_t h = 0;
+    if (qh) memcpy(&h, qh, 4);
+    for (int j = 0; j < 16; j++) {
+        q[j] = (int8_t) (((qs[j] & 0xF) | (((h >> j) & 1) << 4)) - offset);
+        q[j + 16] = (int8_t) (((qs[j] >> 4) | (((h >> (j + 16)) & 1) << 4)) - offset);
+    }
+}
+
 static void vec_dot_q4_0(int n, float * s, const void * vx, const void * vy) {
     const block_q4_0 * x = vx;
     const block_q8_0 * y = vy;
-    float sum = 0.0f;
+    float acc[8] = { 0 };
+    int8_t q[32];
     for (int b = 0; b < n / QK4_0; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            acc += ((x[b].qs[j] & 0xF) - 8) * y[b].qs[j];
-            acc += ((x[b].qs[j] >> 4) - 8) * y[b].qs[j + QK4_0 / 2];
-        }
-        sum += acc * GS_H2F(x[b].d) * GS_H2F(y[b].d);
+        unpack_32(x[b].qs, NULL, 8, q);
+        lanes_fma(acc, GS_H2F(x[b].d) * GS_H2F(y[b].d), q, y[b].qs);
     }
-    *s = sum;
+    *s = lanes_sum(acc);
 }
 
 static void vec_dot_q4_1(int n, float * s, const void * vx, const void * vy) {
     const block_q4_1 * x = vx;
     const block_q8_1 * y = vy;
-    float sum = 0.0f;
+    float acc[8] = { 0 }, summs = 0.0f;
+    int8_t q[32];
     for (int b = 0; b < n / QK4_1; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK4_1 / 2; j++) {
-            acc += (x[b].qs[j] & 0xF) * y[b].qs[j];
-            acc += (x[b].qs[j] >> 4) * y[b].qs[j + QK4_1 / 2];
-        }
-        /* sum_i (d q_i + m) yd yq_i = d yd acc + m * (yd sum yq) */
-        sum += acc * GS_H2F(x[b].d) * y[b].d + GS_H2F(x[b].m) * y[b].s;
+        /* sum_i (d q_i + m) yd yq_i = d yd sum q_i yq_i + m * s_y */
+        summs += GS_H2F(x[b].m) * GS_H2F(y[b].s);
+        unpack_32(x[b].qs, NULL, 0, q);
+        lanes_fma(acc, GS_H2F(x[b].d) * GS_H2F(y[b].d), q, y[b].qs);
     }
-    *s = sum;
+    *s = lanes_sum(acc) + summs;
 }
 
 static void vec_dot_q5_0(int n, float * s, const void * vx, const void * vy) {
     const block_q5_0 * x = vx;
     const block_q8_0 * y = vy;
-    float sum = 0.0f;
+    float acc[8] = { 0 };
+    int8_t q[32];
     for (int b = 0; b < n / QK5_0; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, 4);
-        int acc = 0;
-        for (int j = 0; j < QK5_0 / 2; j++) {
-            const int q0 = ((x[b].qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - 16;
-            const int q1 = ((x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
-            acc += q0 * y[b].qs[j] + q1 * y[b].qs[j + QK5_0 / 2];
-        }
-        sum += acc * GS_H2F(x[b].d) * GS_H2F(y[b].d);
+        unpack_32(x[b].qs, x[b].qh, 16, q);
+        lanes_fma(acc, GS_H2F(x[b].d) * GS_H2F(y[b].d), q, y[b].qs);
     }
-    *s = sum;
+    *s = lanes_sum(acc);
 }
 
 static void vec_dot_q5_1(int n, float * s, const void * vx, const void * vy) {
     const block_q5_1 * x = vx;
     const block_q8_1 * y = vy;
-    float sum = 0.0f;
+    float acc[8] = { 0 }, summs = 0.0f;
+    int8_t q[32];
     for (int b = 0; b < n / QK5_1; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, 4);
-        int acc = 0;
-        for (int j = 0; j < QK5_1 / 2; j++) {
-            const int q0 = (x[b].qs[j] & 0xF) | (((qh >> j) & 1) << 4);
-            const int q1 = (x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            acc += q0 * y[b].qs[j] + q1 * y[b].qs[j + QK5_1 / 2];
-        }
-        sum += acc * GS_H2F(x[b].d) * y[b].d + GS_H2F(x[b].m) * y[b].s;
+        summs += GS_H2F(x[b].m) * GS_H2F(y[b].s);
+        unpack_32(x[b].qs, x[b].qh, 0, q);
+        lanes_fma(acc, GS_H2F(x[b].d) * GS_H2F(y[b].d), q, y[b].qs);
     }
-    *s = sum;
+    *s = lanes_sum(acc) + summs;
 }
 
 static void vec_dot_q8_0(int n, float * s, const void * vx, const void * vy) {
     const block_q8_0 * x = vx;
     const block_q8_0 * y = vy;
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK8_0; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK8_0; j++) acc += x[b].qs[j] * y[b].qs[j];
-        sum += acc * GS_H2F(x[b].d) * GS_H2F(y[b].d);
-    }
-    *s = sum;
+    float acc[8] = { 0 };
+    for (int b = 0; b < n / QK8_0; b++) lanes_fma(acc, GS_H2F(x[b].d) * GS_H2F(y[b].d), x[b].qs, y[b].qs);
+    *s = lanes_sum(acc);
 }
 
 /* K types: the activation row is Q8_K (d, qs[256], bsums[16] = sums of 16
@@ -198,11 +212,11 @@ const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = { gs_quantize_row_f32_ref,  vec_dot_f32,  gs_dequantize_row_f32 },
     [GS_TYPE_F16]  = { gs_quantize_row_f32_ref,  vec_dot_f16,  gs_dequantize_row_f16 },
     [GS_TYPE_BF16] = { gs_quantize_row_f32_ref,  vec_dot_bf16, gs_dequantize_row_bf16 },
-    [GS_TYPE_Q4_0] = { gs_quantize_row_q8_0_ref, vec_dot_q4_0, gs_dequantize_row_q4_0 },
+    [GS_TYPE_Q4_0] = { gs_quantize_row_q8_0_act, vec_dot_q4_0, gs_dequantize_row_q4_0 },
     [GS_TYPE_Q4_1] = { gs_quantize_row_q8_1_ref, vec_dot_q4_1, gs_dequantize_row_q4_1 },
-    [GS_TYPE_Q5_0] = { gs_quantize_row_q8_0_ref, vec_dot_q5_0, gs_dequantize_row_q5_0 },
+    [GS_TYPE_Q5_0] = { gs_quantize_row_q8_0_act, vec_dot_q5_0, gs_dequantize_row_q5_0 },
     [GS_TYPE_Q5_1] = { gs_quantize_row_q8_1_ref, vec_dot_q5_1, gs_dequantize_row_q5_1 },
-    [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_ref, vec_dot_q8_0, gs_dequantize_row_q8_0 },
+    [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_act, vec_dot_q8_0, gs_dequantize_row_q8_0 },
     [GS_TYPE_Q8_1] = { gs_quantize_row_q8_1_ref, NULL,         gs_dequantize_row_q8_1 },
     [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, vec_dot_q4_K, gs_dequantize_row_q4_K },
     [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, vec_dot_q5_K, gs_dequantize_row_q5_K },

@@ -1,0 +1,180 @@
+/*
+ * ops_attention_f16.c - attention over F16 KV caches with llama.cpp's
+ * arithmetic, so that both engines produce bit-identical results.
+ *
+ * Same contract as gs_attention (see ops_attention.c); used when both
+ * caches are F16. llama.cpp's CPU path (without flash attention) computes
+ *   kq  = k_f16 . f16(q)            one dot product per cache slot
+ *   p   = softmax(kq * scale + mask) over n_kv slots (masked: -inf)
+ *   out = v_f16 . f16(p)            one dot product per output element
+ * where n_kv is the number of cache slots in use rounded up to KV_PAD. Its
+ * F16 dot products keep 4 x 16 float lanes (element i of each 64-element
+ * chunk goes to lane i % 64, one fused multiply-add per element), fold them
+ * as ((a0 + a2) + (a1 + a3)), sum the 16 lanes as a tree (8 + 8, 4 + 4, then
+ * (0 + 2) + (1 + 3)), and add the elements past the last full chunk in
+ * double. Its softmax sums exp values 16 at a time with the same tree, in
+ * double, with its own exp (gs_expf_compat). This file follows those rules
+ * exactly.
+ *
+ * Work split: (token, head) pairs across threads. Scratch per thread:
+ * n_ctx scores, 64 x D lane accumulators, D for the query.
+ */
+#include "../gs_internal.h"
+
+#include <math.h>
+
+#include "vec_math.h"
+
+#define KV_PAD 256   /* llama.cpp pads the attended slot count to this */
+#define CHUNK 64     /* elements per step of an F16 dot product        */
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static ALWAYS_INLINE float round_to_half(float x) {
+    return GS_H2F(gs_float_to_half(x));
+}
+
+/* Sum of 16 lanes as a tree: (8 + 8), (4 + 4), then (0 + 2) + (1 + 3). */
+static ALWAYS_INLINE float tree16(const float * s) {
+    float t[8], u[4];
+    for (int i = 0; i < 8; i++) t[i] = s[8 + i] + s[i];
+    for (int i = 0; i < 4; i++) u[i] = t[4 + i] + t[i];
+    return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
+/* Fold 64 lane sums (lane a at stride `stride`) into one float. */
+static ALWAYS_INLINE float fold64(const float * acc, size_t stride) {
+    float s[16];
+    for (int l = 0; l < 16; l++) {
+        s[l] = (acc[l * stride] + acc[(32 + l) * stride]) + (acc[(16 + l) * stride] + acc[(48 + l) * stride]);
+    }
+    return tree16(s);
+}
+
+/* llama.cpp's F16 dot product of two rows already widened to float. */
+static ALWAYS_INLINE float dot_f16_order(const float * x, const float * y, int64_t n) {
+    const int64_t np = n & ~(int64_t) (CHUNK - 1);
+    float acc[CHUNK] = { 0 };
+    for (int64_t i = 0; i < np; i += CHUNK) {
+        for (int a = 0; a < CHUNK; a++) acc[a] = fmaf(x[i + a], y[i + a], acc[a]);
+    }
+    double sum = np ? fold64(acc, 1) : 0.0;
+    for (int64_t i = np; i < n; i++) sum += (double) (x[i] * y[i]);
+    return (float) sum;
+}
+
+typedef struct {
+    int64_t D, n_kv;
+    float scale;
+    float * scores;      /* n_ctx */
+    float * acc;         /* CHUNK * D */
+    float * row;         /* D: query, then a widened cache row */
+    float * q16;         /* D */
+} f16_scratch;
+
+static ALWAYS_INLINE void widen(const gs_half * h, float * out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = GS_H2F(h[i]);
+}
+
+static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, const uint8_t * k_rows,
+                                     size_t k_slot, const uint8_t * v_rows, size_t v_slot,
+                                     int64_t n, float * out) {
+    const int64_t D = S->D, n_kv = S->n_kv;
+    float * sc = S->scores;
+    for (int64_t i = 0; i < D; i++) S->q16[i] = round_to_half(q[i]);
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        widen((const gs_half *) (k_rows + j * k_slot), S->row, D);
+        sc[j] = dot_f16_order(S->row, S->q16, D) * S->scale;
+        max = sc[j] > max ? sc[j] : max;
+    }
+    /* softmax over n_kv slots; slots >= n are masked and contribute 0 */
+    for (int64_t j = 0; j < n; j++) sc[j] = gs_expf_compat(sc[j] - max);
+    for (int64_t j = n; j < n_kv; j++) sc[j] = 0.0f;
+    double sum = 0.0;
+    int64_t j = 0;
+    for (; j + 16 <= n_kv; j += 16) sum += (double) tree16(sc + j);
+    for (; j < n_kv; j++) sum += (double) sc[j];
+    const float inv = (float) (1.0 / sum);
+    for (j = 0; j < n; j++) sc[j] = round_to_half(sc[j] * inv);
+
+    /* out[d] = dot over slots of v[.][d] and p: lanes over slots, so each
+     * slot adds its whole row into lane accumulator (j % 64) */
+    const int64_t np = n_kv & ~(int64_t) (CHUNK - 1);
+    const int64_t n_lanes = n < np ? n : np;
+    for (int64_t a = 0; a < CHUNK && a < n_lanes; a++) memset(S->acc + a * D, 0, (size_t) D * sizeof(float));
+    for (j = 0; j < n_lanes; j++) {
+        float * acc = S->acc + (j % CHUNK) * D;
+        widen((const gs_half *) (v_rows + j * v_slot), S->row, D);
+        for (int64_t d = 0; d < D; d++) acc[d] = fmaf(S->row[d], sc[j], acc[d]);
+    }
+    /* lanes never touched (n_lanes < 64) are zero */
+    for (int64_t a = n_lanes; a < CHUNK && n_lanes < CHUNK; a++) memset(S->acc + a * D, 0, (size_t) D * sizeof(float));
+    for (int64_t d = 0; d < D; d++) out[d] = np ? fold64(S->acc + d, (size_t) D) : 0.0f;
+    if (n > np) {
+        for (int64_t d = 0; d < D; d++) {
+            double s = np ? (double) out[d] : 0.0;
+            for (j = np; j < n; j++) {
+                const float v = GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]);
+                s += (double) (v * sc[j]);
+            }
+            out[d] = (float) s;
+        }
+    }
+}
+
+size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst) {
+    const int64_t D = dst->src[0]->ne[0], n_ctx = dst->src[1]->ne[2];
+    return (size_t) (n_ctx + (CHUNK + 2) * D + 16) * sizeof(float);
+}
+
+static ALWAYS_INLINE void compute_body(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
+    const gs_tensor * q = dst->src[0];
+    const gs_tensor * k = dst->src[1];
+    const gs_tensor * v = dst->src[2];
+    const int32_t * pos = (const int32_t *) dst->src[3]->data;
+    const int64_t D = q->ne[0], H = q->ne[1], T = q->ne[2];
+    const int64_t n_ctx = k->ne[2], per_kv = H / k->ne[1];
+    int64_t n_used = 0;
+    for (int64_t t = 0; t < T; t++) n_used = pos[t] + 1 > n_used ? pos[t] + 1 : n_used;
+    int64_t n_kv = (n_used + KV_PAD - 1) / KV_PAD * KV_PAD;
+    if (n_kv > n_ctx) n_kv = n_ctx;
+    f16_scratch S = {
+        .D = D, .n_kv = n_kv, .scores = scratch, .acc = scratch + n_ctx,
+        .row = scratch + n_ctx + CHUNK * D, .q16 = scratch + n_ctx + (CHUNK + 1) * D,
+    };
+    memcpy(&S.scale, &dst->op_params[0], sizeof(float));
+    int64_t u0, u1;
+    gs_split_rows(T * H, p->ith, p->nth, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t t = u / H, h = u % H, c = h / per_kv;
+        const float * qr = (const float *) ((const uint8_t *) q->data + h * q->nb[1] + t * q->nb[2]);
+        float * out = (float *) ((uint8_t *) dst->data + h * dst->nb[1] + t * dst->nb[2]);
+        attend_one(&S, qr, (const uint8_t *) k->data + c * k->nb[1], k->nb[2],
+                   (const uint8_t *) v->data + c * v->nb[1], v->nb[2], (int64_t) pos[t] + 1, out);
+    }
+}
+
+static void compute_generic(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
+    compute_body(p, dst, scratch);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* the same code with FMA instructions (fmaf is exact either way) */
+__attribute__((target("avx2,fma,f16c")))
+static void compute_fma(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
+    compute_body(p, dst, scratch);
+}
+#endif
+
+void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
+#if defined(__x86_64__) || defined(__i386__)
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
+    if (info.fma && info.avx2 && info.f16c) {
+        compute_fma(p, dst, scratch);
+        return;
+    }
+#endif
+    compute_generic(p, dst, scratch);
+}
