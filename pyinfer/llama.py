@@ -27,11 +27,10 @@ from .engine import Engine
 from .gguf_model import GGUFFile
 from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
                           restore_kv_state)
-from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_CLS,
-                            LLAMA_POOLING_TYPE_LAST, LLAMA_POOLING_TYPE_MEAN,
-                            LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED,
-                            LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, LLAMA_SPLIT_MODE_LAYER,
-                            LlamaOptions, load_report, metadata_strings)
+from .embedding import embed_texts
+from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE,
+                            LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+                            LLAMA_SPLIT_MODE_LAYER, LlamaOptions, load_report, metadata_strings)
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
 from .tokenizer import Tokenizer
@@ -371,6 +370,17 @@ class Llama:
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
             logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias)
 
+    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any):
+        """create_chat_completion, as the `openai` package's ChatCompletion(Chunk) objects."""
+        try:
+            from openai.types.chat import ChatCompletion, ChatCompletionChunk
+        except ImportError:
+            raise ImportError("To use create_chat_completion_openai_v1, you must install the "
+                              "openai package. You can install it with `pip install openai`.")
+        if kwargs.get("stream", False):
+            return (ChatCompletionChunk(**c) for c in self.create_chat_completion(*args, **kwargs))
+        return ChatCompletion(**self.create_chat_completion(*args, **kwargs))
+
     # ---- embeddings ------------------------------------------------------------------------
 
     def create_embedding(self, input: Union[str, List[str]], model: Optional[str] = None):
@@ -390,51 +400,14 @@ class Llama:
         normalize: L2-normalize each vector. Clears the sequence state, as llama-cpp-python."""
         if not self._embedding:
             raise RuntimeError("Llama model must be created with embedding=True to call this method")
-        eng = self._require_engine()
-        texts = [input] if isinstance(input, str) else input
-        data, total = [], 0
-        for text in texts:
-            tokens = self.tokenize(text.encode("utf-8"))
-            if truncate:
-                tokens = tokens[:self.n_batch]
-            if len(tokens) > self.n_batch:
-                raise ValueError(f"Requested tokens ({len(tokens)}) exceed batch size of {self.n_batch}")
-            if not tokens:
-                raise ValueError("cannot embed an input that has no tokens")
-            total += len(tokens)
-            eng.truncate(0)
-            rows = np.concatenate([eng.forward(tokens[i:i + eng.n_batch], len(tokens[i:i + eng.n_batch]),
-                                               embeddings=True).copy()
-                                   for i in range(0, len(tokens), eng.n_batch)])
-            data.append(self._pool(rows, normalize))
-        eng.truncate(0)
+        self._require_engine()
+        data, total = embed_texts(self, [input] if isinstance(input, str) else input,
+                                  normalize, truncate)
         self.reset()
         out = data[0] if isinstance(input, str) else data
         return (out, total) if return_count else out
 
-    def _pool(self, rows: np.ndarray, normalize: bool):
-        def norm(v):
-            n = float(np.linalg.norm(v))
-            return (v / n if normalize and n != 0.0 else v).tolist()
-        if self._pooling == LLAMA_POOLING_TYPE_NONE:
-            return [norm(r) for r in rows]
-        pooled = {LLAMA_POOLING_TYPE_MEAN: lambda: rows.mean(axis=0, dtype=np.float32),
-                  LLAMA_POOLING_TYPE_CLS: lambda: rows[0],
-                  LLAMA_POOLING_TYPE_LAST: lambda: rows[-1]}[self._pooling]()
-        return norm(pooled)
-
     # ---- state ----------------------------------------------------------------------------
-
-    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any):
-        """create_chat_completion, as the `openai` package's ChatCompletion(Chunk) objects."""
-        try:
-            from openai.types.chat import ChatCompletion, ChatCompletionChunk
-        except ImportError:
-            raise ImportError("To use create_chat_completion_openai_v1, you must install the "
-                              "openai package. You can install it with `pip install openai`.")
-        if kwargs.get("stream", False):
-            return (ChatCompletionChunk(**c) for c in self.create_chat_completion(*args, **kwargs))
-        return ChatCompletion(**self.create_chat_completion(*args, **kwargs))
 
     def save_state(self) -> LlamaState:
         """The evaluated tokens, their logits and KV cache rows (restored by load_state)."""

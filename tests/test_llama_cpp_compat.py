@@ -25,12 +25,13 @@ CHATS = [
     [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Say hello."}],
 ]
 IGNORED_VALUES = {"id", "created", "model"}
+NEAR_TIE = 0.05     # logit margin under which two engines may legitimately pick differently
 
 
 @pytest.fixture(scope="module")
 def pair(smollm2):
     llama_cpp = pytest.importorskip("llama_cpp")
-    ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
     ours = pyinfer.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
     yield ref, ours
     ref.close()
@@ -46,15 +47,37 @@ def shape(x):
     return type(x).__name__
 
 
+def same_text_or_near_tie(ref, ours, a, b, n):
+    """Equal texts; or greedy paths that split where llama.cpp's own top two logits are
+    within NEAR_TIE (then the case is xfailed: numerics, not the API)."""
+    if a["choices"][0]["text"] == b["choices"][0]["text"]:
+        return
+    prompt = ref.input_ids[:a["usage"]["prompt_tokens"]].tolist()
+    paths = []
+    for llm in (ref, ours):
+        llm.reset()
+        toks = []
+        for t in llm.generate(prompt, temp=0.0):
+            toks.append(t)
+            if len(toks) == n:
+                break
+        paths.append(toks)
+    j = next(i for i, (x, y) in enumerate(zip(*paths)) if x != y)
+    row = np.sort(ref.scores[len(prompt) - 1 + j])[::-1]
+    margin = float(row[0] - row[1])
+    assert margin < NEAR_TIE, f"greedy paths split after {j} tokens at a logit margin of {margin}"
+    pytest.xfail(f"greedy paths split after {j} tokens at a near tie (llama.cpp margin {margin:.4f})")
+
+
 @pytest.mark.parametrize("prompt,kw", COMPLETIONS)
 def test_greedy_completion_same_text_and_shape(pair, prompt, kw):
     ref, ours = pair
     a = ref(prompt, temperature=0.0, **kw)
     b = ours(prompt, temperature=0.0, **kw)
-    assert b["choices"][0]["text"] == a["choices"][0]["text"]
+    assert shape(b) == shape(a)
+    same_text_or_near_tie(ref, ours, a, b, kw["max_tokens"])
     assert b["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
     assert b["usage"] == a["usage"]
-    assert shape(b) == shape(a)
     sa = list(ref(prompt, temperature=0.0, stream=True, **{**kw, "echo": False}))
     sb = list(ours(prompt, temperature=0.0, stream=True, **{**kw, "echo": False}))
     assert "".join(c["choices"][0]["text"] for c in sb) == "".join(c["choices"][0]["text"] for c in sa)
@@ -64,13 +87,17 @@ def test_greedy_completion_same_text_and_shape(pair, prompt, kw):
 @pytest.mark.parametrize("messages", CHATS)
 def test_greedy_chat_same_text_and_shape(pair, messages):
     ref, ours = pair
-    a = ref.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
-    b = ours.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
-    assert b["choices"][0]["message"] == a["choices"][0]["message"]
-    assert b["usage"] == a["usage"] and shape(b) == shape(a)
     sa = list(ref.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8, stream=True))
     sb = list(ours.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8, stream=True))
     assert [shape(c) for c in (sb[0], sb[1], sb[-1])] == [shape(c) for c in (sa[0], sa[1], sa[-1])]
+    a = ref.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
+    b = ours.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)
+    assert shape(b) == shape(a)
+    assert b["choices"][0]["message"]["role"] == a["choices"][0]["message"]["role"]
+    as_text = [{"choices": [{"text": r["choices"][0]["message"]["content"]}], "usage": r["usage"]}
+               for r in (a, b)]
+    same_text_or_near_tie(ref, ours, *as_text, 32)
+    assert b["usage"] == a["usage"]
 
 
 @pytest.mark.parametrize("cfg", [
