@@ -307,7 +307,7 @@ class _Run:
             for i in range(self.sent_tokens, len(self.tokens)):
                 if self.ends[i] > limit:
                     break
-                if _utf8_complete(bytes(self.buf[:self.ends[i]])):
+                if _utf8_complete(bytes(self.buf[max(0, self.ends[i] - 4):self.ends[i]])):
                     last = i + 1
             limit = self.ends[last - 1] if last > self.sent_tokens else self.sent_bytes
         if last <= self.sent_tokens:
