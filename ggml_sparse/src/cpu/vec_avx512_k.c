@@ -1,0 +1,129 @@
+/*
+ * vec_avx512_k.c - AVX-512 VNNI dot products of the K types (Q4_K, Q5_K,
+ * Q6_K) with Q8_K activations, one 256-weight super-block per step.
+ *
+ * Unsigned weights times signed activations go through vpmaddubsw (pairs
+ * summed into int16; no saturation: 63 * 128 * 2 < 32767) and vpdpwssd,
+ * which multiplies those pairs by the 16-bit sub-block scale and adds them
+ * into int32 lanes. Weight offsets (Q4_K/Q5_K mins, Q6_K's -32) are applied
+ * once per super-block through the activation sums bsums.
+ */
+#include "vec_avx512.h"
+
+/* The 6-bit scales (sc) and mins (m) of the 8 sub-blocks of a Q4_K/Q5_K
+ * super-block as bytes j = 0..7 of two uint64 (see gs_get_scale_min_k4). */
+static inline void unpack_scales_k4(const uint8_t * q, uint64_t * sc, uint64_t * m) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, lo2 = 0x03030303u;
+    *sc = (uint64_t) (u0 & lo6) | (uint64_t) ((u2 & lo4) | ((u0 >> 6) & lo2) << 4) << 32;
+    *m = (uint64_t) (u1 & lo6) | (uint64_t) (((u2 >> 4) & lo4) | ((u1 >> 6) & lo2) << 4) << 32;
+}
+
+/* int16 lanes 0..15 = scale 2k, lanes 16..31 = scale 2k + 1, from the
+ * scale bytes repeated in every 128-bit lane of scb. */
+static inline __m512i scale_pair(__m512i scb, int k) {
+    const __m512i ctrl = _mm512_inserti64x4(_mm512_set1_epi16((short) (0x8000 + 2 * k)),
+                                            _mm256_set1_epi16((short) (0x8001 + 2 * k)), 1);
+    return _mm512_shuffle_epi8(scb, ctrl);
+}
+
+/* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 8 int32 lanes: the Q4_K/Q5_K
+ * mins times the activation sums of their 32-element sub-blocks. */
+static inline __m256i mins_dot(uint64_t m, const int16_t * bsums) {
+    const __m128i m8 = _mm_cvtsi64_si128((long long) m);
+    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+}
+
+/* Bit 2k (weights 64k..64k+31) and 2k+1 (weights 64k+32..64k+63) of qh,
+ * given qhz = [qh, qh >> 1], moved to bit 4 of each byte (other bits junk). */
+static inline __m512i q5k_high_bits(__m512i qhz, int k) {
+    switch (k) {
+        case 0: return _mm512_slli_epi16(qhz, 4);
+        case 1: return _mm512_slli_epi16(qhz, 2);
+        case 2: return qhz;
+        default: return _mm512_srli_epi16(qhz, 2);
+    }
+}
+
+/* Q4_K (HIGH = 0) and Q5_K (HIGH = 1) share the body. */
+static inline void dot_k4(int n, float * s, const void * vx, const void * vy, const int high) {
+    const block_q8_K * y = vy;
+    const __m512i m0F = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
+    __m512 facc = _mm512_setzero_ps();
+    __m256 macc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++) {
+        const uint8_t * qs, * scales;
+        gs_half d16, dmin16;
+        __m512i qhz = _mm512_setzero_si512();
+        if (high) {
+            const block_q5_K * x = (const block_q5_K *) vx + b;
+            qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+            const __m256i qh = _mm256_loadu_si256((const __m256i *) x->qh);
+            qhz = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 1), 1);
+        } else {
+            const block_q4_K * x = (const block_q4_K *) vx + b;
+            qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+        }
+        uint64_t sc, m;
+        unpack_scales_k4(scales, &sc, &m);
+        const __m512i scb = _mm512_broadcast_i32x4(_mm_cvtsi64_si128((long long) sc));
+        __m512i acc = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *) (qs + 32 * k));
+            __m512i qz = _mm512_and_si512(
+                _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m0F);
+            if (high) qz = _mm512_ternarylogic_epi32(qz, q5k_high_bits(qhz, k), m10, 0xF8);
+            const __m512i v = _mm512_loadu_si512(y[b].qs + 64 * k);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qz, v), scale_pair(scb, k));
+        }
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(GS_H2F(d16) * y[b].d), facc);
+        macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins_dot(m, y[b].bsums)),
+                               _mm256_set1_ps(GS_H2F(dmin16) * y[b].d), macc);
+    }
+    *s = _mm512_reduce_add_ps(facc) - gs256_hsum(macc);
+}
+
+void gs_avx512_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
+    dot_k4(n, s, vx, vy, 0);
+}
+
+void gs_avx512_dot_q5_K(int n, float * s, const void * vx, const void * vy) {
+    dot_k4(n, s, vx, vy, 1);
+}
+
+void gs_avx512_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
+    const block_q6_K * x = vx;
+    const block_q8_K * y = vy;
+    const __m512i m0F = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* word lane w of the scale vector for weights 64g..64g+63 of a half: g*4 + w/8 */
+    const __m512i sidx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 facc = _mm512_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x[b].scales));
+        const __m512i scz = _mm512_castsi256_si512(sc16);
+        __m512i acc = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            const __m512i ql = _mm512_loadu_si512(x[b].ql + 64 * h);
+            const __m256i qh = _mm256_loadu_si256((const __m256i *) (x[b].qh + 32 * h));
+            const __m512i qhz = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+            const __m512i lo = _mm512_or_si512(_mm512_and_si512(ql, m0F),
+                                               _mm512_and_si512(_mm512_slli_epi16(qhz, 4), m30));
+            const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m0F),
+                                               _mm512_and_si512(qhz, m30));
+            const __m512i slo = _mm512_permutexvar_epi16(_mm512_add_epi16(sidx, _mm512_set1_epi16((short) (8 * h))), scz);
+            const __m512i shi = _mm512_permutexvar_epi16(_mm512_add_epi16(sidx, _mm512_set1_epi16((short) (8 * h + 4))), scz);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, _mm512_loadu_si512(y[b].qs + 128 * h)), slo);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, _mm512_loadu_si512(y[b].qs + 128 * h + 64)), shi);
+        }
+        /* q - 32: subtract 32 * sum_j scale_j * bsums_j */
+        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums), sc16);
+        acc = _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(GS_H2F(x[b].d) * y[b].d), facc);
+    }
+    *s = _mm512_reduce_add_ps(facc);
+}

@@ -1,0 +1,88 @@
+/*
+ * vec_avx512_quant.c - AVX-512 activation quantizers: F32 rows -> Q8_0,
+ * Q8_1, Q8_K blocks, bit-identical to the reference quantizers in
+ * quants_ref.c / quants_k_ref.c for finite inputs (same scale formula, same
+ * float products, same rounding: roundf for Q8_0/Q8_1, nearbyintf for Q8_K).
+ */
+#include "vec_avx512.h"
+
+/* roundf(t) for each lane (ties away from zero), as int32. trunc(t) plus
+ * trunc(2 * frac(t)), which is -1, 0 or 1; every step is exact. */
+static inline __m512i round_away(__m512 t) {
+    const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, r);
+    const __m512 c = _mm512_roundscale_ps(_mm512_add_ps(f, f), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    return _mm512_cvttps_epi32(_mm512_add_ps(r, c));
+}
+
+static inline gs_half to_half(float f) {
+    return (gs_half) _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+/* Quantize 32 floats with d = max|x| / 127 (shared by Q8_0 and Q8_1): writes
+ * the int8 values to qs, returns d, and their sum through *sum. */
+static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
+    const __m512 v0 = _mm512_loadu_ps(x);
+    const __m512 v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i q0 = round_away(_mm512_mul_ps(v0, vid));
+    const __m512i q1 = round_away(_mm512_mul_ps(v1, vid));
+    _mm_storeu_si128((__m128i *) qs, _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128((__m128i *) (qs + 16), _mm512_cvtsepi32_epi8(q1));
+    *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    return d;
+}
+
+void gs_avx512_quantize_q8_0(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = vy;
+    int sum;
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        y[b].d = to_half(quantize_32(x, y[b].qs, &sum));
+    }
+}
+
+void gs_avx512_quantize_q8_1(const float * x, void * vy, int64_t n) {
+    block_q8_1 * y = vy;
+    int sum;
+    for (int64_t b = 0; b < n / QK8_1; b++, x += QK8_1) {
+        const float d = quantize_32(x, y[b].qs, &sum);
+        y[b].d = d;
+        y[b].s = d * (float) sum;
+    }
+}
+
+void gs_avx512_quantize_q8_K(const float * x, void * vy, int64_t n) {
+    block_q8_K * y = vy;
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+        for (int i = 0; i < QK_K; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+        const float amax = _mm512_reduce_max_ps(m);
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof(y[b]));
+            continue;
+        }
+        /* the first element of largest magnitude fixes the sign of the scale */
+        float vmax = 0.0f;
+        for (int i = 0; i < QK_K; i += 16) {
+            const __mmask16 k = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + i)),
+                                                   _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (k) {
+                vmax = x[i + __builtin_ctz(k)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / vmax;
+        const __m512 vis = _mm512_set1_ps(iscale);
+        for (int i = 0; i < QK_K; i += 16) {
+            __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vis),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512i q = _mm512_cvttps_epi32(_mm512_min_ps(t, _mm512_set1_ps(127.0f)));
+            _mm_storeu_si128((__m128i *) (y[b].qs + i), _mm512_cvtsepi32_epi8(q));
+            y[b].bsums[i / 16] = (int16_t) _mm512_reduce_add_epi32(q);
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
