@@ -43,6 +43,12 @@ typedef void (*gs_from_float_fn)(const float * x, void * y, int64_t n);
 /* Dot of a weight row x (n elements) with an activation row y of the type's
  * vec_dot_type. */
 typedef void (*gs_vec_dot_fn)(int n, float * s, const void * x, const void * y);
+/* Dots of nr >= 1 weight rows with nc >= 1 activation rows (a GEMM tile):
+ * s[c * bs + r] = dot(x row r, y row c); weight rows are bx bytes apart,
+ * activation rows (of the vec_dot_type) by bytes apart. Results equal
+ * vec_dot's up to float rounding. */
+typedef void (*gs_vec_dot_tile_fn)(int n, float * s, size_t bs, const void * x, size_t bx,
+                                   const void * y, size_t by, int nr, int nc);
 
 typedef struct {
     const char * name;
@@ -63,6 +69,7 @@ typedef struct {
     gs_from_float_fn from_float;      /* activations -> vec_dot_type       */
     gs_vec_dot_fn vec_dot;
     gs_to_float_fn to_float;
+    gs_vec_dot_tile_fn vec_dot_tile;  /* optional: many rows per call    */
 } gs_cpu_type_funcs;
 
 /* Tables for each level, indexed by gs_type. Defined in vec_*.c. */

@@ -6,11 +6,15 @@
  * of b's rows into a's vec_dot_type in the scratch buffer. Phase 2: threads
  * split a's rows; each walks blocks of weight rows and, per block, all
  * activation rows, so a block of weights is read from memory once per call
- * and reused from cache for every token.
+ * and reused from cache for every token. Types with a tile kernel get
+ * ROW_BLOCK x COL_BLOCK tiles per call (kernels that reuse loads across
+ * rows and tokens), or, for a single token, all of the thread's rows in one
+ * call; the others one vec_dot per (row, token).
  */
 #include "../gs_internal.h"
 
 #define ROW_BLOCK 16
+#define COL_BLOCK 16
 
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
     (void) n_threads;
@@ -50,8 +54,25 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
             const uint8_t * a_plane = (const uint8_t *) a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
             const uint8_t * q_plane = wq + ((i3 * n2 + i2) * N) * q_row;
             uint8_t * d_plane = (uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3];
+            if (fa->vec_dot_tile && N == 1) {
+                /* GEMV: one call for all rows, read as one sequential stream */
+                if (r1 > r0) {
+                    fa->vec_dot_tile((int) K, (float *) d_plane + r0, 0, a_plane + r0 * a->nb[1], a->nb[1],
+                                     q_plane, q_row, (int) (r1 - r0), 1);
+                }
+                continue;
+            }
             for (int64_t m0 = r0; m0 < r1; m0 += ROW_BLOCK) {
                 const int64_t m1 = m0 + ROW_BLOCK < r1 ? m0 + ROW_BLOCK : r1;
+                if (fa->vec_dot_tile) {
+                    for (int64_t n0 = 0; n0 < N; n0 += COL_BLOCK) {
+                        const int64_t nc = N - n0 < COL_BLOCK ? N - n0 : COL_BLOCK;
+                        fa->vec_dot_tile((int) K, (float *) (d_plane + n0 * dst->nb[1]) + m0,
+                                         dst->nb[1] / sizeof(float), a_plane + m0 * a->nb[1], a->nb[1],
+                                         q_plane + n0 * q_row, q_row, (int) (m1 - m0), (int) nc);
+                    }
+                    continue;
+                }
                 for (int64_t n = 0; n < N; n++) {
                     float * d_row = (float *) (d_plane + n * dst->nb[1]);
                     const uint8_t * q = q_plane + n * q_row;

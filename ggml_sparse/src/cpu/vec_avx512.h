@@ -31,6 +31,19 @@ void gs_avx512_dot_q4_K(int n, float * s, const void * x, const void * y);
 void gs_avx512_dot_q5_K(int n, float * s, const void * x, const void * y);
 void gs_avx512_dot_q6_K(int n, float * s, const void * x, const void * y);
 
+/* vec_avx512_tile.c: tile kernels (gs_vec_dot_tile_fn) */
+void gs_avx512_tile_q4_0(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_tile_q4_1(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_tile_q8_0(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+
+/* vec_avx512_gemv.c: s[r] = dot(row r, y) for nr weight rows bx bytes apart */
+void gs_avx512_gemv_q4_0(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+void gs_avx512_gemv_q4_1(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+void gs_avx512_gemv_q8_0(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+
 /* 32 bytes at a in the low half, 32 bytes at b in the high half. */
 static inline __m512i gs512_load_2x32(const void * a, const void * b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) a)),

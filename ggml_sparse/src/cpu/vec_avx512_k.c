@@ -80,9 +80,12 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
             const __m512i v = _mm512_loadu_si512(y[b].qs + 64 * k);
             acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qz, v), scale_pair(scb, k));
         }
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(GS_H2F(d16) * y[b].d), facc);
+        /* [d, dmin] * d_y */
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d16 | (uint32_t) dmin16 << 16)),
+                                     _mm_set1_ps(y[b].d));
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_broadcastss_ps(dd), facc);
         macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins_dot(m, y[b].bsums)),
-                               _mm256_set1_ps(GS_H2F(dmin16) * y[b].d), macc);
+                               _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dd)), macc);
     }
     *s = _mm512_reduce_add_ps(facc) - gs256_hsum(macc);
 }
@@ -123,7 +126,7 @@ void gs_avx512_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
         /* q - 32: subtract 32 * sum_j scale_j * bsums_j */
         const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums), sc16);
         acc = _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(GS_H2F(x[b].d) * y[b].d), facc);
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(_cvtsh_ss(x[b].d) * y[b].d), facc);
     }
     *s = _mm512_reduce_add_ps(facc);
 }

@@ -35,9 +35,9 @@ static inline __m512i add_high_bits(__m512i q, const uint8_t * qh0, const uint8_
 }
 
 #define SCALE2(x0, x1, y0, y1) \
-    gs512_splat2(GS_H2F((x0)->d) * GS_H2F((y0)->d), GS_H2F((x1)->d) * GS_H2F((y1)->d))
+    gs512_splat2(_cvtsh_ss((x0)->d) * _cvtsh_ss((y0)->d), _cvtsh_ss((x1)->d) * _cvtsh_ss((y1)->d))
 #define SCALE2_Q8_1(x0, x1, y0, y1) \
-    gs512_splat2(GS_H2F((x0)->d) * (y0)->d, GS_H2F((x1)->d) * (y1)->d)
+    gs512_splat2(_cvtsh_ss((x0)->d) * (y0)->d, _cvtsh_ss((x1)->d) * (y1)->d)
 
 static inline __m512 pair_q4_0(const block_q4_0 * x0, const block_q4_0 * x1,
                                const block_q8_0 * y0, const block_q8_0 * y1, __m512 acc, float * ms) {
@@ -71,7 +71,7 @@ static inline __m512 pair_q4_1(const block_q4_1 * x0, const block_q4_1 * x1,
     const __m512i q = gs512_nibbles_2x16(x0->qs, x1->qs);
     const __m512i v = gs512_load_2x32(y0->qs, y1->qs);
     const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, v);
-    *ms += GS_H2F(x0->m) * y0->s + GS_H2F(x1->m) * y1->s;
+    *ms += _cvtsh_ss(x0->m) * y0->s + _cvtsh_ss(x1->m) * y1->s;
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), SCALE2_Q8_1(x0, x1, y0, y1), acc);
 }
 
@@ -80,7 +80,7 @@ static inline __m512 pair_q5_1(const block_q5_1 * x0, const block_q5_1 * x1,
     const __m512i q = add_high_bits(gs512_nibbles_2x16(x0->qs, x1->qs), x0->qh, x1->qh);
     const __m512i v = gs512_load_2x32(y0->qs, y1->qs);
     const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, v);
-    *ms += GS_H2F(x0->m) * y0->s + GS_H2F(x1->m) * y1->s;
+    *ms += _cvtsh_ss(x0->m) * y0->s + _cvtsh_ss(x1->m) * y1->s;
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), SCALE2_Q8_1(x0, x1, y0, y1), acc);
 }
 
