@@ -1,7 +1,168 @@
 /*
- * vec_avx2.c - AVX2 kernels (compiled with AVX2 target flags, called
- * only when the CPU has them; see dispatch.c).
+ * vec_avx2.c - the AVX2 kernel table, the float-weight dot products (F32,
+ * F16, BF16 weights with F32 activations) and the activation quantizers
+ * (F32 -> Q8_0, Q8_1, Q8_K, bit-identical to quants_ref.c for finite
+ * inputs). Compiled with AVX2/FMA/F16C target flags and only called when the
+ * CPU has them (see dispatch.c). Quantized dots: vec_avx2_{q,k}.c.
  */
-#include "../gs_internal.h"
+#include "vec_avx2.h"
 
-const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT] = { 0 };
+/* ---- float weights ------------------------------------------------------ */
+/* 32 elements per step into four accumulators, scalar tail. LOAD(p) yields 8
+ * floats of x, ONE(i) element i of x as float. */
+#define FLOAT_DOT_BODY(LOAD, ONE)                                              \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();             \
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();             \
+    int i = 0;                                                                 \
+    for (; i + 32 <= n; i += 32) {                                             \
+        acc0 = _mm256_fmadd_ps(LOAD(x + i), _mm256_loadu_ps(y + i), acc0);           \
+        acc1 = _mm256_fmadd_ps(LOAD(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);   \
+        acc2 = _mm256_fmadd_ps(LOAD(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2); \
+        acc3 = _mm256_fmadd_ps(LOAD(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3); \
+    }                                                                          \
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(LOAD(x + i), _mm256_loadu_ps(y + i), acc0); \
+    float sum = gs_avx2_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3))); \
+    for (; i < n; i++) sum += ONE(i) * y[i];                                  \
+    *s = sum
+
+#define LOAD_F32(p) _mm256_loadu_ps(p)
+#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (p)))
+#define LOAD_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (p))), 16))
+#define ONE_F32(i) x[i]
+#define ONE_F16(i) _cvtsh_ss(x[i])
+#define ONE_BF16(i) gs_bf16_to_float(x[i])
+
+static void dot_f32(int n, float * s, const void * vx, const void * vy) {
+    const float * x = vx, * y = vy;
+    FLOAT_DOT_BODY(LOAD_F32, ONE_F32);
+}
+
+static void dot_f16(int n, float * s, const void * vx, const void * vy) {
+    const gs_half * x = vx;
+    const float * y = vy;
+    FLOAT_DOT_BODY(LOAD_F16, ONE_F16);
+}
+
+static void dot_bf16(int n, float * s, const void * vx, const void * vy) {
+    const gs_bf16 * x = vx;
+    const float * y = vy;
+    FLOAT_DOT_BODY(LOAD_BF16, ONE_BF16);
+}
+
+/* ---- activation quantizers ---------------------------------------------- */
+static inline __m256 abs_ps(__m256 v) {
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+static inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* roundf(t) per lane (ties away from zero) as int32: trunc(t) + trunc(2 frac(t)) */
+static inline __m256i round_away(__m256 t) {
+    const __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(t, r);
+    const __m256 c = _mm256_round_ps(_mm256_add_ps(f, f), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    return _mm256_cvttps_epi32(_mm256_add_ps(r, c));
+}
+
+/* 32 int32 (4 registers, in order) -> 32 int8 with signed saturation */
+static inline void store_32_int8(int8_t * dst, __m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+    const __m256i q = _mm256_packs_epi16(ab, cd);  /* lane-interleaved dwords */
+    _mm256_storeu_si256((__m256i *) dst, _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+/* Quantize 32 floats with d = max|x| / 127 (Q8_0 and Q8_1): int8 values to
+ * qs, their sum to *sum; returns d. */
+static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(m, abs_ps(v[i]));
+    }
+    const float d = hmax_ps(m) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    __m256i q[4];
+    for (int i = 0; i < 4; i++) q[i] = round_away(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+    store_32_int8(qs, q[0], q[1], q[2], q[3]);
+    *sum = gs_avx2_hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    return d;
+}
+
+void gs_avx2_quantize_q8_0(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = vy;
+    int sum;
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        const float d = quantize_32(x, y[b].qs, &sum);
+        y[b].d = (gs_half) _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+}
+
+void gs_avx2_quantize_q8_1(const float * x, void * vy, int64_t n) {
+    block_q8_1 * y = vy;
+    int sum;
+    for (int64_t b = 0; b < n / QK8_1; b++, x += QK8_1) {
+        const float d = quantize_32(x, y[b].qs, &sum);
+        y[b].d = d;
+        y[b].s = d * (float) sum;
+    }
+}
+
+void gs_avx2_quantize_q8_K(const float * x, void * vy, int64_t n) {
+    block_q8_K * y = vy;
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(x + i)));
+        const float amax = hmax_ps(m);
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof(y[b]));
+            continue;
+        }
+        /* the first element of largest magnitude fixes the sign of the scale */
+        float vmax = 0.0f;
+        for (int i = 0; i < QK_K; i += 8) {
+            const int k = _mm256_movemask_ps(_mm256_cmp_ps(abs_ps(_mm256_loadu_ps(x + i)),
+                                                           _mm256_set1_ps(amax), _CMP_EQ_OQ));
+            if (k) {
+                vmax = x[i + __builtin_ctz((unsigned) k)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / vmax;
+        for (int i = 0; i < QK_K; i += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; j++) {
+                const __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), _mm256_set1_ps(iscale)),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                q[j] = _mm256_cvttps_epi32(_mm256_min_ps(t, _mm256_set1_ps(127.0f)));
+            }
+            store_32_int8(y[b].qs + i, q[0], q[1], q[2], q[3]);
+            y[b].bsums[i / 16] = (int16_t) gs_avx2_hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            y[b].bsums[i / 16 + 1] = (int16_t) gs_avx2_hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* from_float of a weight type quantizes activations to its vec_dot_type;
+ * F32 activations need no conversion (NULL: the scalar copy is used). */
+const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT] = {
+    [GS_TYPE_F32]  = { NULL, dot_f32,  NULL, NULL },
+    [GS_TYPE_F16]  = { NULL, dot_f16,  NULL, NULL },
+    [GS_TYPE_BF16] = { NULL, dot_bf16, NULL, NULL },
+    [GS_TYPE_Q4_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q4_0, NULL, NULL },
+    [GS_TYPE_Q4_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q4_1, NULL, NULL },
+    [GS_TYPE_Q5_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q5_0, NULL, NULL },
+    [GS_TYPE_Q5_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q5_1, NULL, NULL },
+    [GS_TYPE_Q8_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q8_0, NULL, NULL },
+    [GS_TYPE_Q8_1] = { gs_avx2_quantize_q8_1, NULL, NULL, NULL },
+    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL },
+    [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL },
+    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL },
+    [GS_TYPE_Q8_K] = { gs_avx2_quantize_q8_K, NULL, NULL, NULL },
+};

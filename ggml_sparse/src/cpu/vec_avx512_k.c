@@ -9,18 +9,7 @@
  * once per super-block through the activation sums bsums.
  */
 #include "vec_avx512.h"
-
-/* The 6-bit scales (sc) and mins (m) of the 8 sub-blocks of a Q4_K/Q5_K
- * super-block as bytes j = 0..7 of two uint64 (see gs_get_scale_min_k4). */
-static inline void unpack_scales_k4(const uint8_t * q, uint64_t * sc, uint64_t * m) {
-    uint32_t u0, u1, u2;
-    memcpy(&u0, q, 4);
-    memcpy(&u1, q + 4, 4);
-    memcpy(&u2, q + 8, 4);
-    const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, lo2 = 0x03030303u;
-    *sc = (uint64_t) (u0 & lo6) | (uint64_t) ((u2 & lo4) | ((u0 >> 6) & lo2) << 4) << 32;
-    *m = (uint64_t) (u1 & lo6) | (uint64_t) (((u2 >> 4) & lo4) | ((u1 >> 6) & lo2) << 4) << 32;
-}
+#include "vec_k_scales.h"
 
 /* int16 lanes 0..15 = scale 2k, lanes 16..31 = scale 2k + 1, from the
  * scale bytes repeated in every 128-bit lane of scb. */
@@ -69,7 +58,7 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
             qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
         }
         uint64_t sc, m;
-        unpack_scales_k4(scales, &sc, &m);
+        gs_unpack_scales_k4(scales, &sc, &m);
         const __m512i scb = _mm512_broadcast_i32x4(_mm_cvtsi64_si128((long long) sc));
         __m512i acc = _mm512_setzero_si512();
         for (int k = 0; k < 4; k++) {
