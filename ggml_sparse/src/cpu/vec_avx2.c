@@ -69,7 +69,14 @@ static inline __m256i round_away(__m256 t) {
     return _mm256_cvttps_epi32(_mm256_add_ps(r, c));
 }
 
-/* 32 int32 (4 registers, in order) -> 32 int8 with signed saturation */
+/* The int8 value C's (int8_t) cast gives each int32 lane (its low byte):
+ * the identity on -128..127; out-of-range conversions (cvtt's INT_MIN, from
+ * an infinite 1/d in the reference for subnormal blocks) become 0 there. */
+static inline __m256i wrap_int8(__m256i v) {
+    return _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24);
+}
+
+/* 32 int32 in -128..127 (4 registers, in order) -> 32 int8 */
 static inline void store_32_int8(int8_t * dst, __m256i a, __m256i b, __m256i c, __m256i d) {
     const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
     const __m256i q = _mm256_packs_epi16(ab, cd);  /* lane-interleaved dwords */
@@ -83,12 +90,12 @@ static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
     __m256 m = _mm256_setzero_ps();
     for (int i = 0; i < 4; i++) {
         v[i] = _mm256_loadu_ps(x + 8 * i);
-        m = _mm256_max_ps(m, abs_ps(v[i]));
+        m = _mm256_max_ps(abs_ps(v[i]), m);  /* skips NaNs, as fmaxf */
     }
     const float d = hmax_ps(m) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     __m256i q[4];
-    for (int i = 0; i < 4; i++) q[i] = round_away(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+    for (int i = 0; i < 4; i++) q[i] = wrap_int8(round_away(_mm256_mul_ps(v[i], _mm256_set1_ps(id))));
     store_32_int8(qs, q[0], q[1], q[2], q[3]);
     *sum = gs_avx2_hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     return d;
@@ -117,7 +124,7 @@ void gs_avx2_quantize_q8_K(const float * x, void * vy, int64_t n) {
     block_q8_K * y = vy;
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         __m256 m = _mm256_setzero_ps();
-        for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(x + i)));
+        for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(abs_ps(_mm256_loadu_ps(x + i)), m);
         const float amax = hmax_ps(m);
         if (amax == 0.0f) {
             memset(&y[b], 0, sizeof(y[b]));
@@ -139,7 +146,7 @@ void gs_avx2_quantize_q8_K(const float * x, void * vy, int64_t n) {
             for (int j = 0; j < 4; j++) {
                 const __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), _mm256_set1_ps(iscale)),
                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                q[j] = _mm256_cvttps_epi32(_mm256_min_ps(t, _mm256_set1_ps(127.0f)));
+                q[j] = wrap_int8(_mm256_min_epi32(_mm256_cvttps_epi32(t), _mm256_set1_epi32(127)));
             }
             store_32_int8(y[b].qs + i, q[0], q[1], q[2], q[3]);
             y[b].bsums[i / 16] = (int16_t) gs_avx2_hsum_epi32(_mm256_add_epi32(q[0], q[1]));

@@ -15,6 +15,13 @@ static inline __m512i round_away(__m512 t) {
     return _mm512_cvttps_epi32(_mm512_add_ps(r, c));
 }
 
+/* The int8 value C's (int8_t) cast gives each int32 lane (its low byte):
+ * the identity on -128..127; out-of-range conversions (cvtt's INT_MIN, from
+ * an infinite 1/d in the reference for subnormal blocks) become 0 there. */
+static inline __m512i wrap_int8(__m512i v) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);
+}
+
 static inline gs_half to_half(float f) {
     return (gs_half) _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
@@ -24,14 +31,16 @@ static inline gs_half to_half(float f) {
 static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
     const __m512 v0 = _mm512_loadu_ps(x);
     const __m512 v1 = _mm512_loadu_ps(x + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    /* max(a, b) returns b when a is NaN: NaNs are skipped, as fmaxf does */
+    const __m512 m1 = _mm512_max_ps(_mm512_abs_ps(v1), _mm512_setzero_ps());
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), m1));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const __m512 vid = _mm512_set1_ps(id);
-    const __m512i q0 = round_away(_mm512_mul_ps(v0, vid));
-    const __m512i q1 = round_away(_mm512_mul_ps(v1, vid));
-    _mm_storeu_si128((__m128i *) qs, _mm512_cvtsepi32_epi8(q0));
-    _mm_storeu_si128((__m128i *) (qs + 16), _mm512_cvtsepi32_epi8(q1));
+    const __m512i q0 = wrap_int8(round_away(_mm512_mul_ps(v0, vid)));
+    const __m512i q1 = wrap_int8(round_away(_mm512_mul_ps(v1, vid)));
+    _mm_storeu_si128((__m128i *) qs, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128((__m128i *) (qs + 16), _mm512_cvtepi32_epi8(q1));
     *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     return d;
 }
@@ -58,7 +67,7 @@ void gs_avx512_quantize_q8_K(const float * x, void * vy, int64_t n) {
     block_q8_K * y = vy;
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         __m512 m = _mm512_setzero_ps();
-        for (int i = 0; i < QK_K; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+        for (int i = 0; i < QK_K; i += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), m);
         const float amax = _mm512_reduce_max_ps(m);
         if (amax == 0.0f) {
             memset(&y[b], 0, sizeof(y[b]));
@@ -77,10 +86,10 @@ void gs_avx512_quantize_q8_K(const float * x, void * vy, int64_t n) {
         const float iscale = -127.0f / vmax;
         const __m512 vis = _mm512_set1_ps(iscale);
         for (int i = 0; i < QK_K; i += 16) {
-            __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vis),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            const __m512i q = _mm512_cvttps_epi32(_mm512_min_ps(t, _mm512_set1_ps(127.0f)));
-            _mm_storeu_si128((__m128i *) (y[b].qs + i), _mm512_cvtsepi32_epi8(q));
+            const __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vis),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512i q = wrap_int8(_mm512_min_epi32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(127)));
+            _mm_storeu_si128((__m128i *) (y[b].qs + i), _mm512_cvtepi32_epi8(q));
             y[b].bsums[i / 16] = (int16_t) _mm512_reduce_add_epi32(q);
         }
         y[b].d = 1.0f / iscale;

@@ -1,0 +1,287 @@
+"""SIMD kernels (AVX2, AVX-512) against independent oracles.
+
+* Dot products: every weight type at every SIMD level the CPU has, against
+  a float64 numpy dot of the dequantized weight row (``gguf.quants``) and
+  the dequantized activation row (decoded here from its block layout), and
+  against the scalar kernel where one exists. Error budgets are relative to
+  sum_i |w_i * y_i| (the scale of the rounding errors of any summation
+  order), one per type.
+* Activation quantizers (Q8_0, Q8_1, Q8_K): bit-identical to the scalar
+  reference quantizers, including rounding ties, zeros, extremes, subnormals
+  and equal-magnitude maxima of opposite sign.
+* mul_mat through a planned graph (GEMV and GEMM tile paths): 1 and 2
+  threads give identical results, and both match numpy.
+
+Random weight blocks are random bytes with sane scale fields, so every bit
+pattern of the quantized values (nibbles, high bits, 6-bit scales) occurs.
+"""
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, quants
+
+from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, quantize,
+                            quantize_activations, row_size, set_simd_level, type_info, vec_dot)
+
+T = GGMLType
+
+# Relative error budget per weight type: |simd - oracle| <= budget * sum|w y|.
+# The quantized dots are exact integer sums per block; the budget covers the
+# float accumulation over blocks (and F32/F16/BF16 float accumulation).
+BUDGET = {
+    T.F32: 2e-6, T.F16: 2e-6, T.BF16: 2e-6,
+    T.Q4_0: 2e-6, T.Q4_1: 2e-6, T.Q5_0: 2e-6, T.Q5_1: 2e-6, T.Q8_0: 2e-6,
+    T.Q4_K: 2e-6, T.Q5_K: 2e-6, T.Q6_K: 2e-6,
+}
+WEIGHT_TYPES = list(BUDGET)
+K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
+ACT_TYPES = (T.Q8_0, T.Q8_1, T.Q8_K)
+
+# f16 scale fields (byte offset, count) inside each weight block
+SCALE_FIELDS = {
+    T.Q4_0: (0, 1), T.Q5_0: (0, 1), T.Q8_0: (0, 1), T.Q4_1: (0, 2), T.Q5_1: (0, 2),
+    T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208, 1),
+}
+
+# Activation block layouts (the decoder of the oracle).
+ACT_DTYPE = {
+    T.Q8_0: np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
+    T.Q8_1: np.dtype([("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)]),
+    T.Q8_K: np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)]),
+}
+
+
+def _level_available(level: str) -> bool:
+    info = cpu_info()
+    if level == "avx2":
+        return info["avx2"] and info["fma"] and info["f16c"]
+    return all(info[f] for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def level(request):
+    if not _level_available(request.param):
+        needs = "AVX2+FMA+F16C" if request.param == "avx2" else "AVX-512 F/BW/VL/VNNI"
+        pytest.skip(f"this CPU lacks {needs}: {request.param} kernels cannot run here")
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def restore_auto_level():
+    yield
+    set_simd_level("auto")
+
+
+def row_lengths(t: GGMLType) -> list:
+    """One block, several blocks, 4096 and 11008 (and odd sizes for float types)."""
+    if t in (T.F32, T.F16, T.BF16):
+        return [1, 7, 32, 100, 4096, 11008]
+    if t in K_TYPES:
+        return [256, 768, 4096, 11008]
+    return [32, 96, 608, 4096, 11008]
+
+
+def vec_dot_type(t: GGMLType) -> GGMLType:
+    return GGMLType(type_info(t).vec_dot_type)
+
+
+# ---- data ---------------------------------------------------------------------
+def random_weights(t: GGMLType, n: int, rng, rows: int = 1) -> np.ndarray:
+    """`rows` rows of n weights of type t as bytes (rows, row_size)."""
+    if t == T.F32:
+        return rng.standard_normal((rows, n), dtype=np.float32).view(np.uint8)
+    if t == T.F16:
+        return rng.standard_normal((rows, n)).astype(np.float16).view(np.uint8)
+    if t == T.BF16:
+        bits = (rng.standard_normal((rows, n), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        return bits.view(np.uint8)
+    info = type_info(t)
+    raw = rng.integers(0, 256, size=(rows, row_size(t, n)), dtype=np.uint8)
+    blocks = raw.reshape(-1, info.type_size)
+    off, count = SCALE_FIELDS[t]
+    scales = (rng.uniform(-1, 1, size=(blocks.shape[0], count)) * 0.05).astype(np.float16)
+    blocks[:, off:off + 2 * count] = scales.view(np.uint8)
+    return raw
+
+
+def dequantize_weights(t: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
+    raw = raw.reshape(-1, raw.shape[-1])
+    if t == T.F32:
+        return raw.view(np.float32).astype(np.float64)
+    if t == T.F16:
+        return raw.view(np.float16).astype(np.float64)
+    if t == T.BF16:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return quants.dequantize(raw, GGMLQuantizationType(int(t))).astype(np.float64).reshape(raw.shape[0], n)
+
+
+def decode_activations(vt: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
+    """Activation bytes -> float64 values (and a check of the layout's sums)."""
+    if vt == T.F32:
+        return raw.reshape(-1).view(np.float32).astype(np.float64)
+    blocks = raw.reshape(-1).view(ACT_DTYPE[vt])
+    qs = blocks["qs"].astype(np.int64)
+    d = blocks["d"].astype(np.float64)[:, None]
+    if vt == T.Q8_1:
+        np.testing.assert_allclose(blocks["s"], (blocks["d"] * qs.sum(1)).astype(np.float32), rtol=1e-6)
+    if vt == T.Q8_K:
+        np.testing.assert_array_equal(blocks["bsums"], qs.reshape(-1, 16, 16).sum(2))
+    return (qs * d).reshape(-1)[:n]
+
+
+def activations(vt: GGMLType, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if vt == T.F32:
+        return x.view(np.uint8)
+    return quantize_activations(x, vt)
+
+
+def check_dot(t: GGMLType, w_raw: np.ndarray, y_raw: np.ndarray, n: int, level: str) -> None:
+    vt = vec_dot_type(t)
+    w = dequantize_weights(t, w_raw, n).reshape(-1)
+    y = decode_activations(vt, y_raw, n)
+    oracle = float(np.dot(w, y))
+    scale = float(np.abs(w * y).sum()) + 1e-30
+    got = vec_dot(t, w_raw, y_raw, n, impl=level)
+    err = abs(got - oracle) / scale
+    assert err <= BUDGET[t], f"{t.name} n={n} {level}: {got} vs {oracle} (rel. error {err:.2e})"
+    try:
+        ref = vec_dot(t, w_raw, y_raw, n, impl="scalar")
+    except TypeError:  # no scalar kernel for this type yet: numpy is the oracle
+        return
+    assert abs(got - ref) / scale <= 2 * BUDGET[t], f"{t.name} n={n}: {level} {got} vs scalar {ref}"
+
+
+# ---- dot products ---------------------------------------------------------------
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_vec_dot_random(t, level, rng):
+    vt = vec_dot_type(t)
+    for n in row_lengths(t):
+        w = random_weights(t, n, rng)
+        y = activations(vt, rng.standard_normal(n) * rng.uniform(0.1, 10))
+        check_dot(t, w, y, n, level)
+
+
+@pytest.mark.parametrize("t", [t for t in WEIGHT_TYPES if t not in (T.F32, T.F16, T.BF16)],
+                         ids=lambda t: t.name)
+def test_vec_dot_reference_quantized(t, level, rng):
+    """Weights from the reference quantizer (realistic value distributions)."""
+    if t in K_TYPES and not quantize(np.ones(256, np.float32), t).any():
+        pytest.skip(f"the reference {t.name} quantizer is not implemented yet")
+    vt = vec_dot_type(t)
+    n = 4096
+    w = quantize(rng.standard_normal(n).astype(np.float32), t)
+    check_dot(t, w, activations(vt, rng.standard_normal(n)), n, level)
+
+
+# Largest float weights of each plain type used by the adversarial test, and
+# activation magnitudes that keep n products of them within float range.
+FLOAT_EXTREMES = {T.F32: (1e19, 1e15), T.F16: (65504.0, 1e29), T.BF16: (3.3e38, 1e-5)}
+
+
+def extreme_weights(t: GGMLType, n: int, byte: int) -> np.ndarray:
+    """Every quantized byte set to `byte` (all nibbles / bits at one extreme),
+    scales 2.0; float types at their largest magnitude (byte != 0) or 0."""
+    if t in FLOAT_EXTREMES:
+        w = np.full(n, FLOAT_EXTREMES[t][0] if byte else 0.0, np.float32)
+        w[1::2] *= -1 if byte == 0x80 else 1
+        if t == T.F32:
+            return w.view(np.uint8)
+        if t == T.F16:
+            return w.astype(np.float16).view(np.uint8)
+        return (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    raw = np.full(row_size(t, n), byte, np.uint8)
+    blocks = raw.reshape(-1, type_info(t).type_size)
+    off, count = SCALE_FIELDS[t]
+    blocks[:, off:off + 2 * count] = np.array([2.0] * count, np.float16).view(np.uint8)
+    return raw
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_vec_dot_adversarial(t, level):
+    """Extreme bytes (0x00, 0xFF, 0x80, 0x7F) against activations at +-127,
+    all zero, and alternating signs: the saturating / offset paths."""
+    vt = vec_dot_type(t)
+    n = 4096 if t not in (T.F32, T.F16, T.BF16) else 4099
+    big = FLOAT_EXTREMES[t][1] if t in FLOAT_EXTREMES else 1.0
+    acts = [np.full(n, big), np.zeros(n), np.resize([big, -big], n), np.resize([-big, big, big], n)]
+    for byte in (0x00, 0xFF, 0x80, 0x7F, 0x88):
+        w = extreme_weights(t, n, byte)
+        for x in acts:
+            check_dot(t, w, activations(vt, x), n, level)
+
+
+# ---- activation quantizers -------------------------------------------------------
+def adversarial_rows(block: int, rng) -> list:
+    n = 8 * block
+    ties = (np.arange(n) % 255 - 127 + 0.5).astype(np.float32)   # x * id lands on .5
+    ties[::block] = 127.0                                          # amax = 127 -> d = 1
+    opposite = np.zeros(n, np.float32)
+    opposite[1::block], opposite[5::block] = 3.0, -3.0             # equal |max|, + first
+    opposite[block // 2::block] = -7.0                             # ... and - first
+    opposite[block // 2 + 3::block] = 7.0
+    return [
+        rng.standard_normal(n).astype(np.float32),
+        np.zeros(n, np.float32),
+        np.full(n, np.finfo(np.float32).max, np.float32),
+        np.resize(np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max], np.float32), n),
+        np.full(n, 1e-40, np.float32),                             # subnormal
+        (rng.standard_normal(n) * 1e-38).astype(np.float32),
+        ties, -ties, opposite,
+        np.where(rng.random(n) < 0.05, rng.standard_normal(n) * 1e4, rng.standard_normal(n) * 1e-3).astype(np.float32),
+    ]
+
+
+@pytest.mark.parametrize("vt", ACT_TYPES, ids=lambda t: t.name)
+def test_activation_quantizers_bit_identical(vt, level, rng):
+    block = type_info(vt).blck_size
+    for x in adversarial_rows(block, rng) + [rng.standard_normal(11008 // block * block).astype(np.float32)]:
+        set_simd_level("scalar")
+        ref = quantize_activations(x, vt)
+        set_simd_level(level)
+        got = quantize_activations(x, vt)
+        bad = np.flatnonzero(ref != got)
+        assert bad.size == 0, f"{vt.name} {level}: bytes differ from the reference at {bad[:8]}"
+
+
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_K, T.F16], ids=lambda t: t.name)
+def test_quantize_activations_rejects_weight_types(t):
+    """Only activation types (their own vec_dot_type) can be written: a weight
+    type's buffer would be too small for its activation blocks."""
+    with pytest.raises(TypeError, match="not an activation type"):
+        quantize_activations(np.ones(256, np.float32), t)
+
+
+# ---- mul_mat through the graph ------------------------------------------------------
+def mul_mat(t: GGMLType, w_raw: np.ndarray, x: np.ndarray, k: int, m: int, n_threads: int) -> np.ndarray:
+    with Context(1 << 20, no_alloc=True) as ctx:
+        w = ctx.new_tensor(t, (k, m), "w")
+        w.set_data(w_raw)
+        xt = ctx.new_tensor(T.F32, (k, x.shape[0]), "x")
+        xt.set_data(x)
+        out = ctx.mul_mat(w, xt).set_output()
+        graph = Graph(ctx, 8).build(out).plan(n_threads)
+        with ThreadPool(n_threads) as pool:
+            graph.compute(pool)
+        return out.numpy().copy()
+
+
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F16],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("k,m,n", [(608, 37, 1), (4096, 9, 1), (608, 37, 6), (256 * 3, 13, 4)],
+                         ids=["gemv", "gemv-4096", "gemm", "gemm-small"])
+def test_mul_mat_threads_identical(t, k, m, n, level, rng):
+    if t in K_TYPES and k % 256:
+        k = 256 * (k // 256 + 1)
+    w_raw = random_weights(t, k, rng, rows=m)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    set_simd_level(level)
+    one = mul_mat(t, w_raw, x, k, m, 1)
+    two = mul_mat(t, w_raw, x, k, m, 2)
+    np.testing.assert_array_equal(one, two)
+
+    w = dequantize_weights(t, w_raw, k)
+    xq = np.stack([decode_activations(vec_dot_type(t), activations(vec_dot_type(t), row), k) for row in x])
+    oracle = xq @ w.T                      # (n, m)
+    scale = np.abs(xq) @ np.abs(w).T + 1e-30
+    err = np.abs(one - oracle) / scale
+    assert err.max() <= BUDGET[t], f"{t.name} {level} mul_mat: rel. error {err.max():.2e}"
