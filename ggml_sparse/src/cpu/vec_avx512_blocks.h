@@ -37,10 +37,14 @@
 /* d of two registers' steps at words 4b + {0, 2} (first) and 4b + {1, 3}
  * (second source), both from bytes [0, 64) */
 #define Q4_0_D_(w) (((w) & 1) * 32 + 9 * SB_(w))
+/* d of block b replicated in words 4b..4b+3 (one source) */
+#define Q4_0_DR_(w) (9 * SB_(w))
 /* Q4_1, 20-byte blocks: qs from [0, 64) and [64, 80); d and m as Q4_0_D */
 #define Q4_1_QS_(w) (10 * BLK_(w) + 2 + WRD_(w))
 #define Q4_1_D_(w) (((w) & 1) * 32 + 10 * SB_(w))
 #define Q4_1_M_(w) (Q4_1_D_(w) + 1)
+#define Q4_1_DR_(w) (10 * SB_(w))
+#define Q4_1_MR_(w) (10 * SB_(w) + 1)
 /* block_q8_0, 34 bytes: lo from [0, 64) + [64, 128), hi from [16, 80) +
  * [72, 136), d of block b replicated in words 4b..4b+3 from [0, 128) */
 #define Q8_0_LO_(w) (17 * BLK_(w) + 1 + WRD_(w))
@@ -52,7 +56,10 @@
 
 static const int16_t gs_idx_q4_0_qs[32] __attribute__((aligned(64))) = R32_(Q4_0_QS_);
 static const int16_t gs_idx_q4_0_d[32] __attribute__((aligned(64))) = R32_(Q4_0_D_);
+static const int16_t gs_idx_q4_0_dr[32] __attribute__((aligned(64))) = R32_(Q4_0_DR_);
 static const int16_t gs_idx_q4_1_qs[32] __attribute__((aligned(64))) = R32_(Q4_1_QS_);
+static const int16_t gs_idx_q4_1_dr[32] __attribute__((aligned(64))) = R32_(Q4_1_DR_);
+static const int16_t gs_idx_q4_1_mr[32] __attribute__((aligned(64))) = R32_(Q4_1_MR_);
 static const int16_t gs_idx_q4_1_d[32] __attribute__((aligned(64))) = R32_(Q4_1_D_);
 static const int16_t gs_idx_q4_1_m[32] __attribute__((aligned(64))) = R32_(Q4_1_M_);
 static const int16_t gs_idx_q8_0_lo[32] __attribute__((aligned(64))) = R32_(Q8_0_LO_);

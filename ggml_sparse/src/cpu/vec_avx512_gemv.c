@@ -146,26 +146,78 @@ group_q4_1(const uint8_t * x, int avail, const act_group * g, __m512 acc) {
     return _mm512_fmadd_ps(mx, g->s, acc);
 }
 
-/* s[r] = dot(row r, y) for nr rows of n weights (rows bx bytes apart). */
-#define DEFINE_GEMV(name, GROUPFN, EXPAND, XB, YB)                                             \
+/* ---- one step (4 blocks) of one weight row, step j of group g: for the
+ * last 1 or 2 steps of a row, cheaper than a group. The 4 partial sums of
+ * each block are scaled by that block's d_x * d_y replicated over them
+ * (offsets: a quarter of the block's per lane) instead of being reduced. */
+#define REP(v, j) _mm512_permute_ps((v), (j) * 0x55)            /* lane 4b+j -> 4b..4b+3 */
+#define REPI(v, j) _mm512_shuffle_epi32((v), (_MM_PERM_ENUM) ((j) * 0x55))
+
+static inline __attribute__((always_inline)) __m512
+step_q4_0(const uint8_t * x, int avail, const act_group * g, int j, __m512 acc) {
+    const __m512i m0F = _mm512_set1_epi8(0x0F), z = _mm512_setzero_si512();
+    const __m512i x0 = gs_ld64(x, avail);
+    const __m512i q = GS_PERM(x0, GS_IDX(gs_idx_q4_0_qs), gs_ld16(x + 56, avail - 56));
+    __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_and_si512(q, m0F), g->lo[j]),
+                                    _mm512_and_si512(_mm512_srli_epi16(q, 4), m0F), g->hi[j]);
+    p = _mm512_sub_epi32(p, _mm512_slli_epi32(REPI(g->sum, j), 1));        /* 8 sum / 4 lanes */
+    const __m512 dx = gs_halves(GS_PERM(x0, GS_IDX(gs_idx_q4_0_dr), x0));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dx, REP(g->d, j)), acc);
+}
+
+static inline __attribute__((always_inline)) __m512
+step_q8_0(const uint8_t * x, int avail, const act_group * g, int j, __m512 acc) {
+    const __m512i c80 = _mm512_set1_epi8((char) 0x80), z = _mm512_setzero_si512();
+    __m512i lo, hi, dw;
+    gs_q8_0_step(x, avail, &lo, &hi, &dw);
+    __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_xor_si512(lo, c80), g->lo[j]),
+                                    _mm512_xor_si512(hi, c80), g->hi[j]);
+    p = _mm512_sub_epi32(p, _mm512_slli_epi32(REPI(g->sum, j), 5));        /* 128 sum / 4 lanes */
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(gs_halves(dw), REP(g->d, j)), acc);
+}
+
+static inline __attribute__((always_inline)) __m512
+step_q4_1(const uint8_t * x, int avail, const act_group * g, int j, __m512 acc) {
+    const __m512i m0F = _mm512_set1_epi8(0x0F), z = _mm512_setzero_si512();
+    const __m512i x0 = gs_ld64(x, avail);
+    const __m512i q = GS_PERM(x0, GS_IDX(gs_idx_q4_1_qs), gs_ld16(x + 64, avail - 64));
+    const __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_and_si512(q, m0F), g->lo[j]),
+                                          _mm512_and_si512(_mm512_srli_epi16(q, 4), m0F), g->hi[j]);
+    const __m512 dx = gs_halves(GS_PERM(x0, GS_IDX(gs_idx_q4_1_dr), x0));
+    const __m512 mx = gs_halves(GS_PERM(x0, GS_IDX(gs_idx_q4_1_mr), x0));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dx, REP(g->d, j)), acc);
+    return _mm512_mask3_fmadd_ps(mx, REP(g->s, j), acc, 0x1111);            /* m s once per block */
+}
+
+/* s[r] = dot(row r, y) for nr rows of n weights (rows bx bytes apart). A
+ * row is full groups, then its last 1..15 blocks: as a (masked) group when
+ * they span 3 or 4 steps, step by step otherwise. */
+#define DEFINE_GEMV(name, GROUPFN, STEPFN, EXPAND, XB, YB)                                     \
 void gs_avx512_gemv_##name(int n, float * s, const void * vx, size_t bx, const void * vy, int nr) { \
     act_group g[CHUNK_GROUPS];                                                                 \
     const int nb = n / 32;                                                                     \
     for (int b0 = 0; b0 < nb; b0 += CHUNK_GROUPS * GROUP) {                                    \
         const int cb = nb - b0 < CHUNK_GROUPS * GROUP ? nb - b0 : CHUNK_GROUPS * GROUP;        \
         const int full = cb / GROUP, ng = (cb + GROUP - 1) / GROUP;                            \
+        const int rest = cb - full * GROUP, rest_steps = (rest + 3) / 4;                       \
         EXPAND((const uint8_t *) vy + (size_t) b0 * (YB), cb, g, ng);                          \
         for (int r = 0; r < nr; r++) {                                                         \
             const uint8_t * x = (const uint8_t *) vx + (size_t) r * bx + (size_t) b0 * (XB);   \
             __m512 acc = _mm512_setzero_ps();                                                  \
             for (int i = 0; i < full; i++) acc = GROUPFN(x + (size_t) i * GROUP * (XB), GS_FULL, &g[i], acc); \
-            if (full < ng) acc = GROUPFN(x + (size_t) full * GROUP * (XB), (cb - full * GROUP) * (int) (XB), &g[full], acc); \
+            const uint8_t * xr = x + (size_t) full * GROUP * (XB);                             \
+            if (rest_steps >= 3) {                                                             \
+                acc = GROUPFN(xr, rest * (int) (XB), &g[full], acc);                           \
+            } else {                                                                           \
+                for (int j = 0; j < rest_steps; j++)                                           \
+                    acc = STEPFN(xr + 4 * j * (XB), (rest - 4 * j) * (int) (XB), &g[full], j, acc); \
+            }                                                                                  \
             const float v = _mm512_reduce_add_ps(acc);                                         \
             s[r] = b0 == 0 ? v : s[r] + v;                                                     \
         }                                                                                      \
     }                                                                                          \
 }
 
-DEFINE_GEMV(q4_0, group_q4_0, expand_q8_0, sizeof(block_q4_0), sizeof(block_q8_0))
-DEFINE_GEMV(q8_0, group_q8_0, expand_q8_0, sizeof(block_q8_0), sizeof(block_q8_0))
-DEFINE_GEMV(q4_1, group_q4_1, expand_q8_1, sizeof(block_q4_1), sizeof(block_q8_1))
+DEFINE_GEMV(q4_0, group_q4_0, step_q4_0, expand_q8_0, sizeof(block_q4_0), sizeof(block_q8_0))
+DEFINE_GEMV(q8_0, group_q8_0, step_q8_0, expand_q8_0, sizeof(block_q8_0), sizeof(block_q8_0))
+DEFINE_GEMV(q4_1, group_q4_1, step_q4_1, expand_q8_1, sizeof(block_q4_1), sizeof(block_q8_1))
