@@ -243,14 +243,6 @@ def test_activation_quantizers_bit_identical(vt, level, rng):
         assert bad.size == 0, f"{vt.name} {level}: bytes differ from the reference at {bad[:8]}"
 
 
-@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_K, T.F16], ids=lambda t: t.name)
-def test_quantize_activations_rejects_weight_types(t):
-    """Only activation types (their own vec_dot_type) can be written: a weight
-    type's buffer would be too small for its activation blocks."""
-    with pytest.raises(TypeError, match="not an activation type"):
-        quantize_activations(np.ones(256, np.float32), t)
-
-
 # ---- mul_mat through the graph ------------------------------------------------------
 def mul_mat(t: GGMLType, w_raw: np.ndarray, x: np.ndarray, k: int, m: int, n_threads: int) -> np.ndarray:
     with Context(1 << 20, no_alloc=True) as ctx:

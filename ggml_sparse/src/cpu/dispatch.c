@@ -89,9 +89,6 @@ gs_status gs_quantize_activations(gs_type type, const float * src, void * dst, i
     gs_init();
     const gs_type_traits * tt = gs_get_type_traits(type);
     if (!tt) return gs_set_error(GS_ERR_TYPE, "unknown type id %d", (int) type);
-    if (tt->vec_dot_type != type) {
-        return gs_set_error(GS_ERR_TYPE, "%s is not an activation type (F32, Q8_0, Q8_1, Q8_K)", tt->name);
-    }
     if (n % tt->blck_size) {
         return gs_set_error(GS_ERR_SHAPE, "%lld elements is not a multiple of the %s block size",
                             (long long) n, tt->name);

@@ -58,8 +58,8 @@ const gs_cpu_type_funcs gs_cpu_funcs_avx512[GS_TYPE_COUNT] = {
     [GS_TYPE_Q5_1] = { gs_avx512_quantize_q8_1, gs_avx512_dot_q5_1, NULL },
     [GS_TYPE_Q8_0] = { gs_avx512_quantize_q8_0, gs_avx512_dot_q8_0, NULL, gs_avx512_tile_q8_0 },
     [GS_TYPE_Q8_1] = { gs_avx512_quantize_q8_1, NULL, NULL },
-    [GS_TYPE_Q4_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q4_K, NULL },
-    [GS_TYPE_Q5_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q5_K, NULL },
-    [GS_TYPE_Q6_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q6_K, NULL },
+    [GS_TYPE_Q4_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q4_K, NULL, gs_avx512_tile_q4_K },
+    [GS_TYPE_Q5_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q5_K, NULL, gs_avx512_tile_q5_K },
+    [GS_TYPE_Q6_K] = { gs_avx512_quantize_q8_K, gs_avx512_dot_q6_K, NULL, gs_avx512_tile_q6_K },
     [GS_TYPE_Q8_K] = { gs_avx512_quantize_q8_K, NULL, NULL },
 };

@@ -38,6 +38,13 @@ void gs_avx512_tile_q4_1(int n, float * s, size_t bs, const void * x, size_t bx,
                          const void * y, size_t by, int nr, int nc);
 void gs_avx512_tile_q8_0(int n, float * s, size_t bs, const void * x, size_t bx,
                          const void * y, size_t by, int nr, int nc);
+/* vec_avx512_ktile.c */
+void gs_avx512_tile_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_tile_q5_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_tile_q6_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
 
 /* vec_avx512_gemv.c: s[r] = dot(row r, y) for nr weight rows bx bytes apart */
 void gs_avx512_gemv_q4_0(int n, float * s, const void * x, size_t bx, const void * y, int nr);
