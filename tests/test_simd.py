@@ -5,12 +5,15 @@
   the dequantized activation row (decoded here from its block layout), and
   against the scalar kernel where one exists. Error budgets are relative to
   sum_i |w_i * y_i| (the scale of the rounding errors of any summation
-  order), one per type.
+  order), one per type. The 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1,
+  Q8_0) must moreover equal the scalar kernel bit for bit: their order of
+  float operations is llama.cpp's (see vec_generic.c).
 * Activation quantizers (Q8_0, Q8_1, Q8_K): bit-identical to the scalar
   reference quantizers, including rounding ties, zeros, extremes, subnormals
   and equal-magnitude maxima of opposite sign.
 * mul_mat through a planned graph (GEMV and GEMM tile paths): 1 and 2
-  threads give identical results, and both match numpy.
+  threads give identical results, both match numpy, and the 32-element
+  block types equal the scalar level's mul_mat bit for bit.
 
 Random weight blocks are random bytes with sane scale fields, so every bit
 pattern of the quantized values (nibbles, high bits, 6-bit scales) occurs.
@@ -34,6 +37,7 @@ BUDGET = {
 }
 WEIGHT_TYPES = list(BUDGET)
 K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
+EXACT_TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)   # bit-identical to scalar
 ACT_TYPES = (T.Q8_0, T.Q8_1, T.Q8_K)
 
 # f16 scale fields (byte offset, count) inside each weight block
@@ -45,7 +49,7 @@ SCALE_FIELDS = {
 # Activation block layouts (the decoder of the oracle).
 ACT_DTYPE = {
     T.Q8_0: np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
-    T.Q8_1: np.dtype([("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)]),
+    T.Q8_1: np.dtype([("d", "<f2"), ("s", "<f2"), ("qs", "i1", 32)]),
     T.Q8_K: np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)]),
 }
 
@@ -121,11 +125,21 @@ def decode_activations(vt: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
     blocks = raw.reshape(-1).view(ACT_DTYPE[vt])
     qs = blocks["qs"].astype(np.int64)
     d = blocks["d"].astype(np.float64)[:, None]
-    if vt == T.Q8_1:
-        np.testing.assert_allclose(blocks["s"], (blocks["d"] * qs.sum(1)).astype(np.float32), rtol=1e-6)
+    if vt == T.Q8_1:   # s = f16(d * sum(q)) with d before its f16 rounding
+        s_want = blocks["d"].astype(np.float64) * qs.sum(1)
+        np.testing.assert_allclose(blocks["s"].astype(np.float64), s_want, rtol=2e-3, atol=1e-7)
     if vt == T.Q8_K:
         np.testing.assert_array_equal(blocks["bsums"], qs.reshape(-1, 16, 16).sum(2))
     return (qs * d).reshape(-1)[:n]
+
+
+def q8_1_s_correction(t: GGMLType, w_raw: np.ndarray, y_raw: np.ndarray) -> float:
+    """Q4_1/Q5_1 dots use the stored s = f16(d * sum(q)) for the min term:
+    sum over blocks of m * (s - d16 * sum(q)), what dot(w, y) lacks."""
+    m = w_raw.reshape(-1, type_info(t).type_size)[:, 2:4].copy().view("<f2")[:, 0].astype(np.float64)
+    blocks = y_raw.reshape(-1).view(ACT_DTYPE[T.Q8_1])
+    qsum = blocks["qs"].astype(np.int64).sum(1)
+    return float(np.dot(m, blocks["s"].astype(np.float64) - blocks["d"].astype(np.float64) * qsum))
 
 
 def activations(vt: GGMLType, x: np.ndarray) -> np.ndarray:
@@ -140,6 +154,8 @@ def check_dot(t: GGMLType, w_raw: np.ndarray, y_raw: np.ndarray, n: int, level: 
     w = dequantize_weights(t, w_raw, n).reshape(-1)
     y = decode_activations(vt, y_raw, n)
     oracle = float(np.dot(w, y))
+    if vt == T.Q8_1:
+        oracle += q8_1_s_correction(t, w_raw, y_raw)
     scale = float(np.abs(w * y).sum()) + 1e-30
     got = vec_dot(t, w_raw, y_raw, n, impl=level)
     err = abs(got - oracle) / scale
@@ -148,6 +164,9 @@ def check_dot(t: GGMLType, w_raw: np.ndarray, y_raw: np.ndarray, n: int, level: 
         ref = vec_dot(t, w_raw, y_raw, n, impl="scalar")
     except TypeError:  # no scalar kernel for this type yet: numpy is the oracle
         return
+    if t in EXACT_TYPES:
+        assert np.float32(got).tobytes() == np.float32(ref).tobytes(), \
+            f"{t.name} n={n}: {level} {got!r} is not bit-identical to scalar {ref!r}"
     assert abs(got - ref) / scale <= 2 * BUDGET[t], f"{t.name} n={n}: {level} {got} vs scalar {ref}"
 
 
@@ -257,7 +276,7 @@ def mul_mat(t: GGMLType, w_raw: np.ndarray, x: np.ndarray, k: int, m: int, n_thr
         return out.numpy().copy()
 
 
-@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F16],
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16],
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("k,m,n", [(608, 37, 1), (4096, 9, 1), (608, 37, 6), (256 * 3, 13, 4)],
                          ids=["gemv", "gemv-4096", "gemm", "gemm-small"])
@@ -270,10 +289,17 @@ def test_mul_mat_threads_identical(t, k, m, n, level, rng):
     one = mul_mat(t, w_raw, x, k, m, 1)
     two = mul_mat(t, w_raw, x, k, m, 2)
     np.testing.assert_array_equal(one, two)
+    if t in EXACT_TYPES:
+        set_simd_level("scalar")
+        np.testing.assert_array_equal(one, mul_mat(t, w_raw, x, k, m, 1))
 
     w = dequantize_weights(t, w_raw, k)
-    xq = np.stack([decode_activations(vec_dot_type(t), activations(vec_dot_type(t), row), k) for row in x])
+    vt = vec_dot_type(t)
+    x_raw = [activations(vt, row) for row in x]
+    xq = np.stack([decode_activations(vt, raw, k) for raw in x_raw])
     oracle = xq @ w.T                      # (n, m)
+    if vt == T.Q8_1:
+        oracle += np.array([[q8_1_s_correction(t, w_raw[i], raw) for i in range(m)] for raw in x_raw])
     scale = np.abs(xq) @ np.abs(w).T + 1e-30
     err = np.abs(one - oracle) / scale
     assert err.max() <= BUDGET[t], f"{t.name} {level} mul_mat: rel. error {err.max():.2e}"

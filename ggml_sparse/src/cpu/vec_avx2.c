@@ -1,8 +1,8 @@
 /*
  * vec_avx2.c - the AVX2 kernel table, the float-weight dot products (F32,
  * F16, BF16 weights with F32 activations) and the activation quantizers
- * (F32 -> Q8_0, Q8_1, Q8_K, bit-identical to quants_ref.c for finite
- * inputs). Compiled with AVX2/FMA/F16C target flags and only called when the
+ * (F32 -> Q8_0, Q8_1, Q8_K, bit-identical to the reference quantizers
+ * gs_quantize_row_q8_0_act, _q8_1_ref, _q8_K_ref). Compiled with AVX2/FMA/F16C target flags and only called when the
  * CPU has them (see dispatch.c). Quantized dots: vec_avx2_{q,k}.c.
  */
 #include "vec_avx2.h"
@@ -61,17 +61,9 @@ static inline float hmax_ps(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
-/* roundf(t) per lane (ties away from zero) as int32: trunc(t) + trunc(2 frac(t)) */
-static inline __m256i round_away(__m256 t) {
-    const __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m256 f = _mm256_sub_ps(t, r);
-    const __m256 c = _mm256_round_ps(_mm256_add_ps(f, f), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    return _mm256_cvttps_epi32(_mm256_add_ps(r, c));
-}
-
 /* The int8 value C's (int8_t) cast gives each int32 lane (its low byte):
  * the identity on -128..127; out-of-range conversions (cvtt's INT_MIN, from
- * an infinite 1/d in the reference for subnormal blocks) become 0 there. */
+ * an infinite 127/amax in the reference for subnormal blocks) become 0 there. */
 static inline __m256i wrap_int8(__m256i v) {
     return _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24);
 }
@@ -83,8 +75,9 @@ static inline void store_32_int8(int8_t * dst, __m256i a, __m256i b, __m256i c, 
     _mm256_storeu_si256((__m256i *) dst, _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
 }
 
-/* Quantize 32 floats with d = max|x| / 127 (Q8_0 and Q8_1): int8 values to
- * qs, their sum to *sum; returns d. */
+/* Quantize 32 floats as llama.cpp does at run time (Q8_0 and Q8_1
+ * activations): q = nearbyint(x * 127/amax), ties to even. Writes the int8
+ * values to qs, their sum to *sum; returns amax / 127. */
 static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
     __m256 v[4];
     __m256 m = _mm256_setzero_ps();
@@ -92,31 +85,36 @@ static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
         v[i] = _mm256_loadu_ps(x + 8 * i);
         m = _mm256_max_ps(abs_ps(v[i]), m);  /* skips NaNs, as fmaxf */
     }
-    const float d = hmax_ps(m) / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float amax = hmax_ps(m);
+    const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
     __m256i q[4];
-    for (int i = 0; i < 4; i++) q[i] = wrap_int8(round_away(_mm256_mul_ps(v[i], _mm256_set1_ps(id))));
+    for (int i = 0; i < 4; i++) {
+        const __m256 t = _mm256_round_ps(_mm256_mul_ps(v[i], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[i] = wrap_int8(_mm256_cvttps_epi32(t));
+    }
     store_32_int8(qs, q[0], q[1], q[2], q[3]);
     *sum = gs_avx2_hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-    return d;
+    return amax / 127.0f;
+}
+
+static inline gs_half to_half(float f) {
+    return (gs_half) _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 void gs_avx2_quantize_q8_0(const float * x, void * vy, int64_t n) {
     block_q8_0 * y = vy;
     int sum;
-    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
-        const float d = quantize_32(x, y[b].qs, &sum);
-        y[b].d = (gs_half) _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    }
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) y[b].d = to_half(quantize_32(x, y[b].qs, &sum));
 }
 
+/* Q8_1 stores d and s = d * sum(q) as halves */
 void gs_avx2_quantize_q8_1(const float * x, void * vy, int64_t n) {
     block_q8_1 * y = vy;
     int sum;
     for (int64_t b = 0; b < n / QK8_1; b++, x += QK8_1) {
         const float d = quantize_32(x, y[b].qs, &sum);
-        y[b].d = d;
-        y[b].s = d * (float) sum;
+        y[b].d = to_half(d);
+        y[b].s = to_half(d * (float) sum);
     }
 }
 

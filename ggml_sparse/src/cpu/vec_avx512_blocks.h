@@ -1,15 +1,9 @@
 /*
- * vec_avx512_blocks.h - the "4-block" register layout shared by the AVX-512
- * multi-row kernels (vec_avx512_gemv.c, vec_avx512_tile.c).
- *
- * A step covers 4 consecutive 32-weight blocks. Its weights (or int8
- * activations) are held in two 512-bit registers: "lo" = bytes of weights
- * 0..15 of each block, "hi" = weights 16..31, block k in the 128-bit lane k.
- * Both are cut out of the step's byte range with one vpermt2w each (every
- * block field sits at an even offset), so vpdpbusd leaves 4 partial int32
- * sums per block. reduce4() then transposes and adds 4 such registers (4
- * weight rows of one step, or 4 steps of one row) into one register of 16
- * block sums, which is scaled in float once for 16 blocks.
+ * vec_avx512_blocks.h - helpers of the AVX-512 kernels of the 32-weight
+ * block types (vec_avx512_q.c, vec_avx512_tile.c): per-block unpacking into
+ * weight order, and "window" loads that read 4 consecutive blocks of a row
+ * (a step) with 2 loads and cut fields out of them with vpermt2w (every
+ * block field sits at an even offset).
  *
  * Index tables give, for output word w, the source word (>= 32: second
  * source). Loads take `avail`, the bytes that may be read at p (>= the
@@ -26,52 +20,48 @@
 
 #define R8_(F, o) F(o), F(o + 1), F(o + 2), F(o + 3), F(o + 4), F(o + 5), F(o + 6), F(o + 7)
 #define R32_(F) { R8_(F, 0), R8_(F, 8), R8_(F, 16), R8_(F, 24) }
-/* word w of a lo/hi register: block w / 8, word w % 8 of its 16 bytes */
+/* word w of a raw register: block w / 8 of the step, word w % 8 of its 16
+ * nibble bytes (the block's qs in 128-bit lane w / 8) */
 #define BLK_(w) ((w) >> 3)
 #define WRD_(w) ((w) & 7)
-/* word 4b + r of a scale register: block b of the step, row (or step) r */
+/* word 4k + r of a scale register: block k of the step, row r */
 #define SB_(w) (((w) >> 2) & 3)
 
-/* Q4_0, 18-byte blocks: qs from bytes [0, 64) and [56, 72) of the step */
+/* Q4_0, 18-byte blocks, window = bytes [0, 64) + [56, 72) of the step */
 #define Q4_0_QS_(w) (9 * BLK_(w) + 1 + WRD_(w) < 32 ? 9 * BLK_(w) + 1 + WRD_(w) : 9 * BLK_(w) + 5 + WRD_(w))
-/* d of two registers' steps at words 4b + {0, 2} (first) and 4b + {1, 3}
- * (second source), both from bytes [0, 64) */
+/* d of rows 0/2 (first source) and 1/3 (second source) from bytes [0, 64) */
 #define Q4_0_D_(w) (((w) & 1) * 32 + 9 * SB_(w))
-/* d of block b replicated in words 4b..4b+3 (one source) */
-#define Q4_0_DR_(w) (9 * SB_(w))
-/* Q4_1, 20-byte blocks: qs from [0, 64) and [64, 80); d and m as Q4_0_D */
+/* Q4_1, 20-byte blocks, window = [0, 64) + [64, 80); d and m as Q4_0_D */
 #define Q4_1_QS_(w) (10 * BLK_(w) + 2 + WRD_(w))
 #define Q4_1_D_(w) (((w) & 1) * 32 + 10 * SB_(w))
 #define Q4_1_M_(w) (Q4_1_D_(w) + 1)
-#define Q4_1_DR_(w) (10 * SB_(w))
-#define Q4_1_MR_(w) (10 * SB_(w) + 1)
-/* block_q8_0, 34 bytes: lo from [0, 64) + [64, 128), hi from [16, 80) +
- * [72, 136), d of block b replicated in words 4b..4b+3 from [0, 128) */
-#define Q8_0_LO_(w) (17 * BLK_(w) + 1 + WRD_(w))
-#define Q8_0_HI_(w) (Q8_0_LO_(w) < 32 ? Q8_0_LO_(w) : Q8_0_LO_(w) + 4)
-#define Q8_0_D_(w) (17 * SB_(w))
-/* block_q8_1, 40 bytes: lo of blocks 0..2 from [8, 72) + [72, 136), hi from
- * [24, 88) + [88, 152); block 3 is inserted separately */
-#define Q8_1_QS_(w) (BLK_(w) < 3 ? 20 * BLK_(w) + WRD_(w) : 0)
+/* Q5_0, 22-byte blocks, window = [0, 64) + [56, 88); d of block k in words
+ * 4k..4k+3 (one row, both sources) */
+#define Q5_0_QS_(w) (11 * BLK_(w) + 3 + WRD_(w) < 32 ? 11 * BLK_(w) + 3 + WRD_(w) : 11 * BLK_(w) + 7 + WRD_(w))
+#define Q5_0_DR_(w) (11 * SB_(w) < 32 ? 11 * SB_(w) : 11 * SB_(w) + 4)
+/* Q5_1, 24-byte blocks, window = [0, 64) + [64, 96); d, m per block k */
+#define Q5_1_QS_(w) (12 * BLK_(w) + 4 + WRD_(w))
+#define Q5_1_DR_(w) (12 * SB_(w))
+#define Q5_1_MR_(w) (12 * SB_(w) + 1)
+/* block_q8_0, 34 bytes, window = [0, 64) + [64, 128): d of block k */
+#define Q8_0_DR_(w) (17 * SB_(w))
+/* block_q8_1, 36 bytes, window = [0, 64) + [64, 128): d and s of block k */
+#define Q8_1_DR_(w) (18 * SB_(w))
+#define Q8_1_SR_(w) (18 * SB_(w) + 1)
 
 static const int16_t gs_idx_q4_0_qs[32] __attribute__((aligned(64))) = R32_(Q4_0_QS_);
 static const int16_t gs_idx_q4_0_d[32] __attribute__((aligned(64))) = R32_(Q4_0_D_);
-static const int16_t gs_idx_q4_0_dr[32] __attribute__((aligned(64))) = R32_(Q4_0_DR_);
 static const int16_t gs_idx_q4_1_qs[32] __attribute__((aligned(64))) = R32_(Q4_1_QS_);
-static const int16_t gs_idx_q4_1_dr[32] __attribute__((aligned(64))) = R32_(Q4_1_DR_);
-static const int16_t gs_idx_q4_1_mr[32] __attribute__((aligned(64))) = R32_(Q4_1_MR_);
 static const int16_t gs_idx_q4_1_d[32] __attribute__((aligned(64))) = R32_(Q4_1_D_);
 static const int16_t gs_idx_q4_1_m[32] __attribute__((aligned(64))) = R32_(Q4_1_M_);
-static const int16_t gs_idx_q8_0_lo[32] __attribute__((aligned(64))) = R32_(Q8_0_LO_);
-static const int16_t gs_idx_q8_0_hi[32] __attribute__((aligned(64))) = R32_(Q8_0_HI_);
-static const int16_t gs_idx_q8_0_d[32] __attribute__((aligned(64))) = R32_(Q8_0_D_);
-static const int16_t gs_idx_q8_1_qs[32] __attribute__((aligned(64))) = R32_(Q8_1_QS_);
-/* block_q8_1 d (dword 10b) and s (dword 10b + 1), replicated in lanes
- * 4b..4b+3, from bytes [0, 128) */
-static const int32_t gs_idx_q8_1_d[16] __attribute__((aligned(64))) = {
-    0, 0, 0, 0, 10, 10, 10, 10, 20, 20, 20, 20, 30, 30, 30, 30 };
-static const int32_t gs_idx_q8_1_s[16] __attribute__((aligned(64))) = {
-    1, 1, 1, 1, 11, 11, 11, 11, 21, 21, 21, 21, 31, 31, 31, 31 };
+static const int16_t gs_idx_q5_0_qs[32] __attribute__((aligned(64))) = R32_(Q5_0_QS_);
+static const int16_t gs_idx_q5_0_dr[32] __attribute__((aligned(64))) = R32_(Q5_0_DR_);
+static const int16_t gs_idx_q5_1_qs[32] __attribute__((aligned(64))) = R32_(Q5_1_QS_);
+static const int16_t gs_idx_q5_1_dr[32] __attribute__((aligned(64))) = R32_(Q5_1_DR_);
+static const int16_t gs_idx_q5_1_mr[32] __attribute__((aligned(64))) = R32_(Q5_1_MR_);
+static const int16_t gs_idx_q8_0_dr[32] __attribute__((aligned(64))) = R32_(Q8_0_DR_);
+static const int16_t gs_idx_q8_1_dr[32] __attribute__((aligned(64))) = R32_(Q8_1_DR_);
+static const int16_t gs_idx_q8_1_sr[32] __attribute__((aligned(64))) = R32_(Q8_1_SR_);
 
 #define GS_IDX(t) _mm512_load_si512((const void *) (t))
 #define GS_PERM(a, idx, b) _mm512_permutex2var_epi16((a), (idx), (b))
@@ -84,17 +74,15 @@ static inline __m512i gs_ld64(const uint8_t * p, int avail) {
     return avail >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(gs_first_bytes(avail), p);
 }
 
-/* 16 bytes into the low lane (the other lanes undefined) */
+/* 32 / 16 bytes into the low lanes (the other lanes undefined) */
+static inline __m512i gs_ld32(const uint8_t * p, int avail) {
+    return _mm512_castsi256_si512(avail >= 32 ? _mm256_loadu_si256((const __m256i *) p)
+                                              : _mm256_maskz_loadu_epi8((__mmask32) gs_first_bytes(avail), p));
+}
+
 static inline __m512i gs_ld16(const uint8_t * p, int avail) {
     return _mm512_castsi128_si512(avail >= 16 ? _mm_loadu_si128((const __m128i *) p)
                                               : _mm_maskz_loadu_epi8((__mmask16) gs_first_bytes(avail), p));
-}
-
-/* lane 4b + r = sum of the 4 int32 of 128-bit lane b of p[r] */
-static inline __m512i gs_reduce4(const __m512i p[4]) {
-    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
-    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
-    return _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
 }
 
 /* words 0..15 (halves) -> floats */
@@ -102,13 +90,13 @@ static inline __m512 gs_halves(__m512i w) {
     return _mm512_cvtph_ps(_mm512_castsi512_si256(w));
 }
 
-/* Scale halves of 4 rows (or steps): t01 holds 0/1 at words 4b+0/4b+1,
- * t23 holds 2/3 at words 4b+2/4b+3. */
+/* Scale words of 4 rows: t01 holds rows 0/1 at words 4k+0/4k+1, t23 rows
+ * 2/3 at 4k+2/4k+3 -> floats, lane 4k + r. */
 static inline __m512 gs_scales4(__m512i t01, __m512i t23) {
     return gs_halves(_mm512_mask_blend_epi16(0xCCCCCCCCu, t01, t23));
 }
 
-/* Four registers with a value replicated in words 4b..4b+3 -> word 4b + r
+/* Four registers with block k's value in words 4k..4k+3 -> word 4k + r
  * from w[r]. */
 static inline __m512i gs_pick4_epi16(const __m512i w[4]) {
     const __m512i w01 = _mm512_mask_blend_epi16(0x22222222u, w[0], w[1]);
@@ -116,32 +104,35 @@ static inline __m512i gs_pick4_epi16(const __m512i w[4]) {
     return _mm512_mask_blend_epi16(0xCCCCCCCCu, w01, w23);
 }
 
-/* lo/hi bytes and d (replicated per block, words 4b..4b+3) of 4 block_q8_0 */
-static inline void gs_q8_0_step(const uint8_t * p, int avail, __m512i * lo, __m512i * hi, __m512i * dw) {
-    const __m512i a = gs_ld64(p, avail), b = gs_ld64(p + 64, avail - 64);
-    *lo = GS_PERM(a, GS_IDX(gs_idx_q8_0_lo), b);
-    *dw = GS_PERM(a, GS_IDX(gs_idx_q8_0_d), b);
-    *hi = GS_PERM(gs_ld64(p + 16, avail - 16), GS_IDX(gs_idx_q8_0_hi), gs_ld64(p + 72, avail - 72));
+/* Block k of two raw registers a, c (16 nibble bytes per block, block k in
+ * 128-bit lane k) as weights in order: [a low nibbles, a high, c low, c high]. */
+static inline __m512i gs_nibbles_pair(__m512i a, __m512i c, int k) {
+    const __m512i sel = _mm512_setr_epi64(2 * k, 2 * k + 1, 2 * k, 2 * k + 1,
+                                          8 + 2 * k, 9 + 2 * k, 8 + 2 * k, 9 + 2 * k);
+    const __m512i q = _mm512_permutex2var_epi64(a, sel, c);
+    return _mm512_and_si512(_mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)),
+                            _mm512_set1_epi8(0x0F));
 }
 
-/* lo/hi bytes, d and s (f32, replicated in lanes 4b..4b+3) of 4 block_q8_1 */
-static inline void gs_q8_1_step(const uint8_t * p, int avail, __m512i * lo, __m512i * hi,
-                                __m512 * d, __m512 * s) {
-    __m512i l = GS_PERM(gs_ld64(p + 8, avail - 8), GS_IDX(gs_idx_q8_1_qs), gs_ld64(p + 72, avail - 72));
-    __m512i h = GS_PERM(gs_ld64(p + 24, avail - 24), GS_IDX(gs_idx_q8_1_qs), gs_ld64(p + 88, avail - 88));
-    if (avail >= 4 * (int) sizeof(block_q8_1)) {
-        l = _mm512_inserti32x4(l, _mm_loadu_si128((const __m128i *) (p + 128)), 3);
-        h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *) (p + 144)), 3);
-    } else {  /* block 3 is missing: zero its lane */
-        l = _mm512_maskz_mov_epi32(0x0FFF, l);
-        h = _mm512_maskz_mov_epi32(0x0FFF, h);
-    }
-    const __m512 f0 = _mm512_castsi512_ps(gs_ld64(p, avail));
-    const __m512 f1 = _mm512_castsi512_ps(gs_ld64(p + 64, avail - 64));
-    *lo = l;
-    *hi = h;
-    *d = _mm512_permutex2var_ps(f0, GS_IDX(gs_idx_q8_1_d), f1);
-    *s = _mm512_permutex2var_ps(f0, GS_IDX(gs_idx_q8_1_s), f1);
+/* The 32 weights of one 16-byte nibble block in order: [low, high]. */
+static inline __m256i gs256_nibbles(const uint8_t * qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *) qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+}
+
+/* Add 16 to the weight bytes whose bit is set in the little-endian qh words
+ * (Q5 high bits): 32 bits per block. */
+static inline __m256i gs256_add_high(__m256i q, const uint8_t * qh) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    return _mm256_mask_add_epi8(q, _cvtu32_mask32(h), q, _mm256_set1_epi8(16));
+}
+
+static inline __m512i gs512_add_high(__m512i q, const uint8_t * qh_a, const uint8_t * qh_c) {
+    uint32_t a, c;
+    memcpy(&a, qh_a, 4);
+    memcpy(&c, qh_c, 4);
+    return _mm512_mask_add_epi8(q, _cvtu64_mask64((uint64_t) a | (uint64_t) c << 32), q, _mm512_set1_epi8(16));
 }
 
 #endif /* GS_VEC_AVX512_BLOCKS_H */

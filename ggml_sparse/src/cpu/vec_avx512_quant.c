@@ -1,23 +1,14 @@
 /*
  * vec_avx512_quant.c - AVX-512 activation quantizers: F32 rows -> Q8_0,
- * Q8_1, Q8_K blocks, bit-identical to the reference quantizers in
- * quants_ref.c / quants_k_ref.c for finite inputs (same scale formula, same
- * float products, same rounding: roundf for Q8_0/Q8_1, nearbyintf for Q8_K).
+ * Q8_1, Q8_K blocks, bit-identical to the reference quantizers
+ * (gs_quantize_row_q8_0_act, _q8_1_ref, _q8_K_ref): same scale formulas,
+ * same float products, same rounding (to nearest even).
  */
 #include "vec_avx512.h"
 
-/* roundf(t) for each lane (ties away from zero), as int32. trunc(t) plus
- * trunc(2 * frac(t)), which is -1, 0 or 1; every step is exact. */
-static inline __m512i round_away(__m512 t) {
-    const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, r);
-    const __m512 c = _mm512_roundscale_ps(_mm512_add_ps(f, f), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    return _mm512_cvttps_epi32(_mm512_add_ps(r, c));
-}
-
 /* The int8 value C's (int8_t) cast gives each int32 lane (its low byte):
- * the identity on -128..127; out-of-range conversions (cvtt's INT_MIN, from
- * an infinite 1/d in the reference for subnormal blocks) become 0 there. */
+ * the identity on -128..127; out-of-range conversions (cvt's INT_MIN, from
+ * an infinite 127/amax in the reference for subnormal blocks) become 0 there. */
 static inline __m512i wrap_int8(__m512i v) {
     return _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);
 }
@@ -26,23 +17,22 @@ static inline gs_half to_half(float f) {
     return (gs_half) _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-/* Quantize 32 floats with d = max|x| / 127 (shared by Q8_0 and Q8_1): writes
- * the int8 values to qs, returns d, and their sum through *sum. */
+/* Quantize 32 floats as llama.cpp does at run time (Q8_0 and Q8_1
+ * activations): q = nearbyint(x * 127/amax), ties to even. Writes the int8
+ * values to qs, their sum to *sum; returns amax / 127. */
 static inline float quantize_32(const float * x, int8_t * qs, int * sum) {
     const __m512 v0 = _mm512_loadu_ps(x);
     const __m512 v1 = _mm512_loadu_ps(x + 16);
     /* max(a, b) returns b when a is NaN: NaNs are skipped, as fmaxf does */
     const __m512 m1 = _mm512_max_ps(_mm512_abs_ps(v1), _mm512_setzero_ps());
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), m1));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const __m512 vid = _mm512_set1_ps(id);
-    const __m512i q0 = wrap_int8(round_away(_mm512_mul_ps(v0, vid)));
-    const __m512i q1 = wrap_int8(round_away(_mm512_mul_ps(v1, vid)));
+    const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    const __m512i q0 = wrap_int8(_mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512i q1 = wrap_int8(_mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm_storeu_si128((__m128i *) qs, _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128((__m128i *) (qs + 16), _mm512_cvtepi32_epi8(q1));
     *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    return d;
+    return amax / 127.0f;
 }
 
 void gs_avx512_quantize_q8_0(const float * x, void * vy, int64_t n) {
@@ -53,13 +43,14 @@ void gs_avx512_quantize_q8_0(const float * x, void * vy, int64_t n) {
     }
 }
 
+/* Q8_1 stores d and s = d * sum(q) as halves */
 void gs_avx512_quantize_q8_1(const float * x, void * vy, int64_t n) {
     block_q8_1 * y = vy;
     int sum;
     for (int64_t b = 0; b < n / QK8_1; b++, x += QK8_1) {
         const float d = quantize_32(x, y[b].qs, &sum);
-        y[b].d = d;
-        y[b].s = d * (float) sum;
+        y[b].d = to_half(d);
+        y[b].s = to_half(d * (float) sum);
     }
 }
 
