@@ -45,8 +45,9 @@ typedef void (*gs_from_float_fn)(const float * x, void * y, int64_t n);
 typedef void (*gs_vec_dot_fn)(int n, float * s, const void * x, const void * y);
 /* Dots of nr >= 1 weight rows with nc >= 1 activation rows (a GEMM tile):
  * s[c * bs + r] = dot(x row r, y row c); weight rows are bx bytes apart,
- * activation rows (of the vec_dot_type) by bytes apart. Results equal
- * vec_dot's up to float rounding. */
+ * activation rows (of the vec_dot_type) by bytes apart. Each result equals
+ * vec_dot's: bit for bit for the 32-element block types (whose order of
+ * float operations is fixed, see vec_generic.c), else up to rounding. */
 typedef void (*gs_vec_dot_tile_fn)(int n, float * s, size_t bs, const void * x, size_t bx,
                                    const void * y, size_t by, int nr, int nc);
 

@@ -55,7 +55,8 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
             const uint8_t * q_plane = wq + ((i3 * n2 + i2) * N) * q_row;
             uint8_t * d_plane = (uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3];
             if (fa->vec_dot_tile && N == 1) {
-                /* GEMV: one call for all rows, read as one sequential stream */
+                /* GEMV: one call for all of the thread's rows (the kernel picks
+                 * an order that streams well from memory) */
                 if (r1 > r0) {
                     fa->vec_dot_tile((int) K, (float *) d_plane + r0, 0, a_plane + r0 * a->nb[1], a->nb[1],
                                      q_plane, q_row, (int) (r1 - r0), 1);
