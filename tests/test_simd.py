@@ -303,3 +303,27 @@ def test_mul_mat_threads_identical(t, k, m, n, level, rng):
     scale = np.abs(xq) @ np.abs(w).T + 1e-30
     err = np.abs(one - oracle) / scale
     assert err.max() <= BUDGET[t], f"{t.name} {level} mul_mat: rel. error {err.max():.2e}"
+
+
+# ---- the real model -----------------------------------------------------------------
+def test_smollm2_logits_identical_across_levels(smollm2):
+    """SmolLM2 (Q4_1 + Q8_0 weights): prompt (GEMM tiles) and decode (GEMV)
+    logits at every SIMD level equal the scalar level's bit for bit."""
+    from pyinfer.config import ContextSettings
+    from pyinfer.engine import Engine
+
+    def run(level):
+        set_simd_level(level)
+        eng = Engine(str(smollm2), ContextSettings(n_ctx=64, n_batch=32, n_threads=2))
+        try:
+            logits = [eng.decode(list(range(200, 224)))]
+            for _ in range(3):
+                logits.append(eng.decode([int(np.argmax(logits[-1]))]))
+            return np.stack(logits)
+        finally:
+            eng.close()
+
+    want = run("scalar")
+    for level in ("avx2", "avx512"):
+        if _level_available(level):
+            np.testing.assert_array_equal(run(level).view(np.uint32), want.view(np.uint32), err_msg=level)
