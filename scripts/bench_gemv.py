@@ -7,7 +7,7 @@ tensor and multiplied through a planned graph, as the model does:
 * GEMV, N = 1: ne = (K, M) with K = 4096 and M a multiple of 11008 chosen so
   the weights are at least 3x the L3 cache (every run streams them from
   DRAM). Reported: ms per GEMV and GB/s of weight bytes read, beside the
-  machine's memory read bandwidth measured here with numpy.
+  machine's memory read bandwidth measured here with numpy just before.
 * GEMM, N = 32 and 128 activation rows on ne = (4096, 11008): GFLOP/s
   (2 * K * M * N flops; the activation quantization is included).
 
@@ -113,9 +113,8 @@ _REDUCERS = (
 )
 
 
-def read_bandwidth(n_threads: int, reps: int) -> float:
-    """Best GB/s of numpy reductions over 512 MiB split across n_threads threads."""
-    a = np.ones(512 << 20, dtype=np.uint8)
+def read_bandwidth(a: np.ndarray, n_threads: int, reps: int) -> float:
+    """Best GB/s of numpy reductions over `a` split across n_threads threads."""
     parts = np.array_split(a, n_threads)
     best = float("inf")
     for reduce in _REDUCERS:
@@ -155,13 +154,14 @@ def main() -> None:
     info = cpu_info()
     print(f"CPU SIMD: best level {info['level']}; "
           f"{', '.join(k for k, v in info.items() if v is True)}")
-    bw = {nt: read_bandwidth(nt, 3 if args.quick else 5) for nt in threads}
-    print("memory read bandwidth (best numpy reduction over 512 MiB): "
-          + ", ".join(f"{nt} thread{'s' if nt > 1 else ''} {bw[nt]:.1f} GB/s" for nt in threads))
+    buf = np.ones(512 << 20, dtype=np.uint8)
+    read_bandwidth(buf, max(threads), 1)   # warm-up: first passes read slower
+    print("memory read bandwidth ('bw'): best numpy reduction over 512 MiB, measured right "
+          "before each row\n(the host's bandwidth drifts over minutes on this shared machine)")
 
     print(f"\nGEMV (N = 1), K = {K}, weights >= 3x L3; median of {reps} runs")
     print(f"{'type':6} {'level':7} {'M':>6} {'MB':>7} " + " ".join(
-        f"{f'ms/{nt}T':>8} {f'GB/s {nt}T':>9} {'%bw':>4}" for nt in threads))
+        f"{f'ms/{nt}T':>8} {f'GB/s {nt}T':>9} {'bw':>5} {'%bw':>4}" for nt in threads))
     for level in levels:
         set_simd_level(level)
         lvl = cpu_info()["level"]
@@ -170,13 +170,15 @@ def main() -> None:
             w = random_weights(name, K, m, rng)
             cells = []
             for nt in threads:
+                bw = read_bandwidth(buf, nt, 2)
                 mm = MatMul(name, w, K, m, 1, nt, rng)
                 t = mm.time(reps)
                 mm.close()
                 gbs = w.nbytes / t / 1e9
-                cells.append(f"{t * 1e3:8.2f} {gbs:9.1f} {100 * gbs / bw[nt]:3.0f}%")
+                cells.append(f"{t * 1e3:8.2f} {gbs:9.1f} {bw:5.1f} {100 * gbs / bw:3.0f}%")
             print(f"{name:6} {lvl:7} {m:6d} {w.nbytes / 1e6:7.1f} " + " ".join(cells), flush=True)
             del w
+    del buf
     if not args.no_gemm:
         print(f"\nGEMM, ne = ({K}, {M_BASE}), GFLOP/s (2*K*M*N / time); median of {max(3, reps // 3)} runs")
         print(f"{'type':6} {'level':7} " + " ".join(f"{f'N={n} {nt}T':>10}" for n in gemm_ns for nt in threads))
