@@ -122,3 +122,51 @@ def test_unknown_pre_tokenizer_falls_back_with_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="convert"):
         v, _ = gguf_tokenizer(d, tmp_path)
     assert v.pre == "default" and "not recognised" in caplog.text
+
+
+def _spm_as_tokenizer_json(sp, path):
+    """A Llama-style tokenizer.json (byte-fallback BPE, U+2581 spaces) made from a SentencePiece
+    BPE model the way HF's converter does it: merges are the piece splits, ranked by piece id."""
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers
+    vocab = {sp.IdToPiece(i): i for i in range(sp.vocab_size())}
+    merges = []
+    for piece, pid in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if sp.IsByte(pid) or sp.IsControl(pid) or sp.IsUnknown(pid):
+            continue
+        for k in range(1, len(piece)):
+            if piece[:k] in vocab and piece[k:] in vocab:
+                merges.append((pid, vocab[piece[:k]], vocab[piece[k:]], (piece[:k], piece[k:])))
+    merges.sort(key=lambda m: (m[0], m[1], m[2]))
+    tk = HFTokenizer(models.BPE(vocab, [m[3] for m in merges], unk_token="<unk>", fuse_unk=True,
+                                byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tk.save(str(path))
+    return tk
+
+
+def test_sentencepiece_style_tokenizer_json_without_model_file(tmp_path):
+    """Only tokenizer.json (byte-fallback BPE): written as a 'llama' vocabulary whose scores
+    (-id) make llama.cpp's SentencePiece merging reproduce the source tokenization."""
+    spm = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([TEXT] * 20 + SAMPLES[:4] * 10))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    d = tmp_path / "hf"
+    d.mkdir()
+    hf = _spm_as_tokenizer_json(sp, d / "tokenizer.json")
+    (d / "config.json").write_text(json.dumps(dict(tiny_config("llama"), vocab_size=400)))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    v, tok = gguf_tokenizer(d, tmp_path)
+    assert v.model == "llama" and "SentencePiece-style" in v.note
+    assert v.types[1] == 3 and v.types[3] == 6          # <s> control, <0x00> byte
+    for text in [TEXT] + SAMPLES[:4]:
+        want = sp.encode(text)
+        assert hf.encode(text, add_special_tokens=False).ids == want     # the rebuilt json is faithful
+        assert tok.tokenize(text.encode(), add_bos=False) == want, text
