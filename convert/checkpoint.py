@@ -36,9 +36,32 @@ _ST_DTYPES: Dict[str, np.dtype] = {
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32 (exact: bf16 is the top half of an f32)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+_READ_CHUNK = 1 << 23     # elements per read: bounds the staging buffer of a conversion
+
+
+def read_raw(path: str, offset: int, dtype: str, n: int) -> np.ndarray:
+    """`n` elements of safetensors dtype `dtype` at byte `offset` of `path`: floats widened to
+    float32 (BF16 exactly: it is the top half of an f32), integers as stored. Read in chunks
+    straight into the result, so memory is the result plus one chunk."""
+    dt = _ST_DTYPES[dtype]
+    out = np.empty(n, dtype=np.float32 if dtype in _FLOAT_DTYPES else dt)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if out.dtype == dt:
+            got = f.readinto(memoryview(out).cast("B"))
+            if got != out.nbytes:
+                raise CheckpointError(f"{path}: file ends inside a tensor")
+            return out
+        widened = out.view(np.uint32) if dtype == "BF16" else out
+        for start in range(0, n, _READ_CHUNK):
+            m = min(_READ_CHUNK, n - start)
+            chunk = np.fromfile(f, dtype=dt, count=m)
+            if chunk.size != m:
+                raise CheckpointError(f"{path}: file ends inside a tensor")
+            widened[start:start + m] = chunk
+        if dtype == "BF16":
+            widened <<= 16
+    return out
 
 
 @dataclass(frozen=True)
@@ -162,21 +185,7 @@ def _safetensors_entries(path: str):
     offsets = {n: data_start + int(i["data_offsets"][0]) for n, i in header.items()}
 
     def load(e: TensorEntry) -> np.ndarray:
-        dt = _ST_DTYPES[e.dtype]
-        if e.n_elements == 0:
-            return np.zeros(e.shape, np.float32 if e.is_float else dt)
-        # a map of just this tensor, dropped on return: the pages leave the process with it
-        raw = np.memmap(path, dtype=dt, mode="r", offset=offsets[e.name], shape=(e.n_elements,))
-        try:
-            if e.dtype == "BF16":
-                out = bf16_to_f32(raw)
-            elif e.is_float:
-                out = raw.astype(np.float32)
-            else:
-                out = np.array(raw)
-        finally:
-            del raw
-        return out.reshape(e.shape)
+        return read_raw(path, offsets[e.name], e.dtype, e.n_elements).reshape(e.shape)
 
     return entries, load
 

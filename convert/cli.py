@@ -9,20 +9,18 @@ from typing import Optional, Sequence
 
 from .quant_types import OUTTYPES
 
-log = logging.getLogger("convert")
-
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.1f} GiB"
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
 
 
 def convert_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="convert.py",
         description="Convert a Hugging Face checkpoint (llama, mistral, qwen2, ReLU-llama/ProSparse, bamboo) "
                     "to GGUF, or to a PowerInfer GGUF (PWRI) when a predictor directory or --sparse is given.")
     ap.add_argument("model", help="Hugging Face model directory (config.json, *.safetensors or "
@@ -56,7 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     types = ", ".join(f"{n} {k}" for k, n in sorted(r.types.items()))
     print(f"wrote {r.path}: {'PowerInfer ' if r.powerinfer else ''}{r.arch}, {r.n_tensors} tensors ({types}), "
-          f"{_human(r.nbytes)} in {r.seconds:.1f} s; tokenizer: {r.vocab_note}")
+          f"{_human(r.nbytes)} from {_human(r.source_bytes)} of weights in {r.seconds:.1f} s; "
+          f"tokenizer: {r.vocab_note}")
     return 0
 
 

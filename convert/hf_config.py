@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .tensor_map import ARCH_SPECS, ArchSpec, UnsupportedArchitectureError, detect_arch
+from .tensor_map import ArchSpec, detect_arch
 
 
 class ConfigError(ValueError):
@@ -150,6 +150,3 @@ def llama3_rope_factors(p: HFParams) -> np.ndarray:
             out.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.asarray(out, dtype=np.float32)
 
-
-__all__ = ["HFParams", "ConfigError", "UnsupportedArchitectureError", "load_params",
-           "llama3_rope_factors", "ARCH_SPECS", "read_json"]

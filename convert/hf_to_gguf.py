@@ -18,9 +18,9 @@ from typing import List, Optional
 import numpy as np
 import gguf
 
-from .checkpoint import Checkpoint, CheckpointError, load_predictor_dir
-from .hf_config import ConfigError, HFParams, llama3_rope_factors, load_params
-from .quant_types import OUTTYPES, encode, outtype, tensor_type
+from .checkpoint import Checkpoint, load_predictor_dir
+from .hf_config import HFParams, llama3_rope_factors, load_params
+from .quant_types import encode, outtype, tensor_type
 from .tensor_map import PlannedTensor, gguf_name, layer_tensors, source_shape
 from .vocab import load_vocab, sampling_defaults
 from .writer import OutputFile
@@ -52,6 +52,7 @@ class ConvertReport:
     seconds: float
     vocab_note: str
     types: dict = field(default_factory=dict)     # GGUF type name -> tensor count
+    source_bytes: int = 0                         # size of the weights read
 
 
 def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -197,7 +198,7 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
     for ty in types:
         counts[ty.name] = counts.get(ty.name, 0) + 1
     return ConvertReport(out.path, p.arch.gguf_arch, powerinfer, len(planned), os.path.getsize(out.path),
-                         time.perf_counter() - t0, vocab.note, counts)
+                         time.perf_counter() - t0, vocab.note, counts, ckpt.nbytes)
 
 
 def _load(t: PlannedTensor, p: HFParams, ckpt: Checkpoint, pred: Optional[Checkpoint]) -> np.ndarray:
@@ -215,6 +216,3 @@ def _load(t: PlannedTensor, p: HFParams, ckpt: Checkpoint, pred: Optional[Checkp
         x = np.ascontiguousarray(x.T)
     return x
 
-
-__all__ = ["convert", "ConvertOptions", "ConvertReport", "ConvertError", "ConfigError",
-           "CheckpointError", "OUTTYPES", "permute_rope", "plan_tensors"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import gguf
@@ -47,7 +47,6 @@ class Vocab:
     scores: Optional[List[float]]
     special: gguf.SpecialVocab
     note: str = ""
-    extra: Dict[str, object] = field(default_factory=dict)   # key -> bool written as-is
 
     def add_to(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
@@ -57,8 +56,6 @@ class Vocab:
             w.add_token_scores(self.scores)
         w.add_token_types(self.types)
         self.special.add_to_gguf(w, quiet=True)
-        for key, value in self.extra.items():
-            w.add_bool(key, bool(value))
 
 
 def looks_special(text: str) -> bool:

@@ -76,12 +76,3 @@ class OutputFile:
         finally:
             if os.path.exists(self.tmp_path):
                 os.unlink(self.tmp_path)
-
-    def __enter__(self) -> "OutputFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()

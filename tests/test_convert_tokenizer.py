@@ -6,16 +6,14 @@ tokenizer metadata (written by llama.cpp's converter) for a tokenizer.json
 rebuilt from it.
 """
 import json
-import os
 
-import numpy as np
 import pytest
 
 from convert.hf_config import load_params
 from convert.vocab import load_vocab
 from pyinfer.gguf_model import GGUFFile
 from pyinfer.tokenizer import Tokenizer
-from reference.tiny_hf import TEXT, make_tiny_hf, tiny_config, write_tokenizer
+from reference.tiny_hf import TEXT, make_tiny_hf, tiny_config
 
 SAMPLES = [
     "Hello world! The quick brown fox.",

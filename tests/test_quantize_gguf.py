@@ -19,7 +19,12 @@ from convert.quantize import quantize_file
 from pyinfer.gguf_model import GGUFFile
 from reference.tiny_hf import make_tiny_hf, random_weights, tiny_config, write_safetensors, write_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import convert as convert_pkg
+import pyinfer
+
+# the subprocesses import the same packages as this test (source tree or installed)
+PKG_PATHS = os.pathsep.join(dict.fromkeys(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))
+                                          for m in (pyinfer, convert_pkg)))
 T = gguf.GGMLQuantizationType
 
 
@@ -85,22 +90,23 @@ def test_quantize_refuses_same_file_and_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["f32.gguf", "hf"]
 
 
-def _run(args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _run(args, cwd):
+    env = dict(os.environ, PYTHONPATH=PKG_PATHS + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_command_lines(tmp_path):
     make_tiny_hf(tmp_path / "hf", "qwen2", seed=14)
     out = tmp_path / "m.gguf"
-    r = _run(["convert.py", str(tmp_path / "hf"), "--outfile", str(out), "--outtype", "f16", "--no-progress"])
+    r = _run(["-m", "convert", str(tmp_path / "hf"), "--outfile", str(out), "--outtype", "f16", "--no-progress"],
+             tmp_path)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and out.exists()
     q = tmp_path / "m.q4_1.gguf"
-    r = _run(["-m", "pyinfer.quantize", str(out), str(q), "q4_1", "--no-progress"])
+    r = _run(["-m", "pyinfer.quantize", str(out), str(q), "q4_1", "--no-progress"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert GGUFFile(str(q)).tensors["blk.0.attn_q.weight"].type == T.Q4_1
-    r = _run(["convert.py", str(tmp_path / "nowhere"), "--outfile", str(tmp_path / "x.gguf")])
+    r = _run(["-m", "convert", str(tmp_path / "nowhere"), "--outfile", str(tmp_path / "x.gguf")], tmp_path)
     assert r.returncode == 1 and "error:" in r.stderr and "nowhere" in r.stderr
 
 
