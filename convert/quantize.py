@@ -10,6 +10,7 @@ file stays one, with the same tensors in the same order.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import time
 
@@ -58,6 +59,8 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
             out.add_tensor(t.name, t.ne, ty)
 
         def produce(i: int, name: str) -> np.ndarray:
+            if i > 0:
+                _release(f, infos[i - 1].data)     # written by now: let its pages leave the process
             t, ty = infos[i], types[i]
             if ty == t.type:
                 return t.data
@@ -76,3 +79,18 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
         counts[ty.name] = counts.get(ty.name, 0) + 1
     return ConvertReport(out.path, arch, f.is_powerinfer, len(infos), os.path.getsize(out.path),
                          time.perf_counter() - t0, "copied", counts)
+
+
+def _release(f: GGUFFile, data: np.ndarray) -> None:
+    """Drop the mapped pages of one input tensor from this process (the file map stays valid;
+    the pages come back from the page cache if touched again)."""
+    whole = f.reader.data
+    mm = getattr(whole, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
+        return
+    start = data.ctypes.data - whole.ctypes.data
+    page = mmap.PAGESIZE
+    lo = (start + page - 1) // page * page
+    hi = (start + data.nbytes) // page * page
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
