@@ -87,6 +87,15 @@ def test_dense_f32_runs_like_hf_math(tmp_path, arch):
     assert_logits_close(run_engine(out), forward(cfg, w, TOKENS))
 
 
+@pytest.mark.parametrize("arch", ["relu_llama", "bamboo"])
+def test_dense_relu_models_run_like_hf_math(tmp_path, arch):
+    """Dense ReLU-llama (pyinfer.ffn_activation = relu) and bamboo (relu on gate and up)."""
+    cfg, w = make_tiny_hf(tmp_path / "hf", arch, seed=5)
+    out = tmp_path / "m.gguf"
+    convert(str(tmp_path / "hf"), ConvertOptions(str(out), "f32", progress=False))
+    assert_logits_close(run_engine(out), forward(cfg, w, TOKENS))
+
+
 def test_without_permutation_the_logits_differ(tmp_path, monkeypatch):
     """The oracle sees the q/k permutation: converting without it misses the budget by far."""
     from convert import tensor_map
