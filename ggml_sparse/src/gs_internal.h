@@ -161,6 +161,16 @@ typedef struct {
     gs_compute_state * state;   /* for gs_barrier / gs_compute_fail    */
 } gs_compute_params;
 
+/* Thread ith's own part of the scratch buffer, for ops whose threads never
+ * share scratch: wsize / nth bytes (GS_ALIGN-aligned). Every such op uses
+ * this same split, so a thread can start one while another still works in
+ * its own part for an earlier op. Such ops size their scratch as n_threads
+ * times a multiple of GS_ALIGN. */
+static inline void * gs_thread_scratch(const gs_compute_params * p) {
+    const size_t per = p->wsize / (size_t) p->nth / GS_ALIGN * GS_ALIGN;
+    return (uint8_t *) p->wdata + (size_t) p->ith * per;
+}
+
 /* Wait until all nth threads of the computation reach this point. */
 void gs_barrier(const gs_compute_params * p);
 /* Report a run-time error from inside a kernel (first one wins). */
