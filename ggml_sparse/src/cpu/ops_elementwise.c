@@ -136,8 +136,10 @@ void gs_cpu_op_rms_norm(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     float eps;
     memcpy(&eps, &dst->op_params[0], sizeof(float));
-    int64_t r0, r1;
-    gs_split_rows(gs_nrows(a), p->ith, p->nth, &r0, &r1);
+    /* with fewer rows than threads, every thread sums the whole row (the
+     * same sum) and scales its share of the elements */
+    int64_t r0, r1, e0, e1;
+    split_work(gs_nrows(a), a->ne[0], p->ith, p->nth, &r0, &r1, &e0, &e1);
     const size_t sa = a->nb[0] / sizeof(float);
     for (int64_t r = r0; r < r1; r++) {
         int64_t i1, i2, i3;
@@ -147,7 +149,7 @@ void gs_cpu_op_rms_norm(const gs_compute_params * p, gs_tensor * dst) {
         double ss = 0.0;
         for (int64_t i = 0; i < a->ne[0]; i++) ss += (double) (x[i * sa] * x[i * sa]);
         const float scale = 1.0f / sqrtf((float) (ss / (double) a->ne[0]) + eps);
-        for (int64_t i = 0; i < a->ne[0]; i++) z[i] = x[i * sa] * scale;
+        for (int64_t i = e0; i < e1; i++) z[i] = x[i * sa] * scale;
     }
 }
 
