@@ -97,11 +97,22 @@ def _open_reader(path: str, powerinfer: bool):
 _READER_CLASS = None
 
 
+class _Bytes(bytes):
+    """A string part of a metadata array: bytes with the memoryview/ndarray
+    ``tobytes()`` that gguf's ``ReaderField.contents()`` calls."""
+    __slots__ = ()
+
+    def tobytes(self) -> bytes:
+        return bytes(self)
+
+
 def _make_reader_class():
     """gguf.GGUFReader with two changes: it accepts PowerInfer's PWRI magic
     (the rest of such a file is GGUF), and it parses metadata arrays in one
     pass instead of one numpy view per element (a 49k-token vocabulary takes
-    ~2 s the stock way, ~0.05 s this way). Fields keep the stock layout, so
+    ~2 s the stock way, ~0.05 s this way), each string as a small bytes copy
+    rather than a view (a view object costs ~180 bytes: 35 MB of peak memory
+    for a 49k vocabulary with 49k merges). Fields keep the stock layout, so
     ``field.contents()`` works unchanged."""
     global _READER_CLASS
     if _READER_CLASS is not None:
@@ -141,10 +152,11 @@ def _make_reader_class():
             raw = self._raw
             parts = [raw_itype, alen]
             idxs = []
+            length = _Bytes(b"\0" * 8)   # length parts are never read: one shared placeholder
             for _ in range(n):
                 slen = int.from_bytes(raw[offs:offs + 8], "little")
-                parts.append(raw[offs:offs + 8])
-                parts.append(raw[offs + 8:offs + 8 + slen])
+                parts.append(length)
+                parts.append(_Bytes(raw[offs + 8:offs + 8 + slen]))
                 idxs.append(len(parts) - 1)
                 offs += 8 + slen
             return offs - orig_offs, parts, idxs, [GGUFValueType.ARRAY, GGUFValueType.STRING]

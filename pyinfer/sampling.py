@@ -174,9 +174,15 @@ class CppRandom:
 
     def __init__(self, seed: Optional[int]):
         self.seed = resolve_seed(seed)
-        self._bits = np.random.MT19937()
-        # RandomState's integer seeding is mt19937's init_genrand, as std::mt19937(seed)
-        self._bits.state = np.random.RandomState(self.seed).get_state(legacy=False)
+        self._mt = None   # seeded on first use (~0.2 ms): greedy sampling never pays for it
+
+    @property
+    def _bits(self) -> np.random.MT19937:
+        if self._mt is None:
+            self._mt = np.random.MT19937()
+            # RandomState's integer seeding is mt19937's init_genrand, as std::mt19937(seed)
+            self._mt.state = np.random.RandomState(self.seed).get_state(legacy=False)
+        return self._mt
 
     def uniform(self) -> float:
         lo, hi = (float(x) for x in self._bits.random_raw(2))
@@ -223,11 +229,11 @@ class Sampler:
         if self.recent.maxlen != 0:
             x = apply_penalties(x, list(self.recent), s.repeat_penalty, s.frequency_penalty,
                                 s.presence_penalty)
+        if s.temperature == 0.0:
+            return int(np.argmax(x))
         ids = np.arange(x.size)
         if s.temperature < 0.0:
             return draw(ids, x, self.rng)
-        if s.temperature == 0.0:
-            return int(np.argmax(x))
         if s.mirostat_mode == 1:
             return self._mirostat_v1(ids, x)
         if s.mirostat_mode == 2:

@@ -24,7 +24,8 @@ const char * gs_last_error(void) {
 
 /* ---- contexts ---------------------------------------------------------- */
 struct gs_context {
-    uint8_t * mem;
+    void * raw;           /* calloc'd block holding the arena               */
+    uint8_t * mem;        /* arena: raw aligned up to GS_ALIGN, all zero    */
     size_t size;
     size_t used;
     bool no_alloc;
@@ -46,11 +47,14 @@ gs_status gs_context_new(const gs_context_params * params, gs_context ** out) {
     if (!ctx) return gs_set_error(GS_ERR_OOM, "gs_context_new: out of memory");
     size_t size = (params->mem_size + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
     if (size < GS_ALIGN) size = GS_ALIGN;
-    ctx->mem = aligned_alloc(GS_ALIGN, size);
-    if (!ctx->mem) {
+    /* calloc: the arena starts zeroed, and large blocks come as fresh pages
+     * the OS maps on first write (a KV cache costs memory as it fills) */
+    ctx->raw = calloc(1, size + GS_ALIGN);
+    if (!ctx->raw) {
         free(ctx);
         return gs_set_error(GS_ERR_OOM, "gs_context_new: cannot allocate %zu bytes", size);
     }
+    ctx->mem = (uint8_t *) (((uintptr_t) ctx->raw + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN);
     ctx->size = size;
     ctx->no_alloc = params->no_alloc;
     *out = ctx;
@@ -61,7 +65,7 @@ void gs_context_free(gs_context * ctx) {
     if (!ctx) return;
     for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
     free(ctx->owned);
-    free(ctx->mem);
+    free(ctx->raw);
     free(ctx);
 }
 
@@ -77,8 +81,7 @@ void * gs_context_alloc(gs_context * ctx, size_t n) {
     if (n_al > ctx->size - ctx->used) return NULL;
     void * p = ctx->mem + ctx->used;
     ctx->used += n_al;
-    memset(p, 0, n);
-    return p;
+    return p;     /* zero: the arena is never handed out twice */
 }
 
 /* Register heap memory to be freed with the context (used by graphs). */

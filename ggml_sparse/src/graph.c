@@ -7,9 +7,17 @@
  * reads it (directly or through views). Graph outputs are never released.
  * The result is one allocation for all intermediates plus the scratch
  * buffer; nothing is allocated while computing.
+ *
+ * Threads run the nodes in order and meet at a barrier only where a node
+ * needs it: before a node that reads memory an earlier node wrote since the
+ * last barrier, or writes memory such a node read or wrote (comparing the
+ * byte ranges the planned tensors span, scratch included when threads share
+ * it). Independent neighbours (the q, k, v projections of one input, two
+ * ropes, two cache writes) then run without waiting for each other.
  */
 #include "gs_internal.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +32,7 @@ struct gs_graph {
     gs_tensor ** nodes;       /* op nodes in execution order               */
     gs_tensor ** visited;     /* open-addressing set of visited tensors    */
     int visited_cap;
+    bool * sync;              /* sync[i]: barrier before node i            */
     uint8_t * buffer;         /* intermediates, then scratch               */
     size_t compute_bytes;
     size_t work_bytes;
@@ -38,8 +47,9 @@ gs_status gs_graph_new(gs_context * ctx, int max_nodes, gs_graph ** out) {
     while (cap < 4 * max_nodes) cap *= 2;
     gs_tensor ** nodes = calloc((size_t) max_nodes, sizeof(gs_tensor *));
     gs_tensor ** visited = calloc((size_t) cap, sizeof(gs_tensor *));
-    if (!g || !nodes || !visited || gs_context_own(ctx, g) || gs_context_own(ctx, nodes) ||
-        gs_context_own(ctx, visited)) {
+    bool * sync = calloc((size_t) max_nodes, sizeof(bool));
+    if (!g || !nodes || !visited || !sync || gs_context_own(ctx, g) || gs_context_own(ctx, nodes) ||
+        gs_context_own(ctx, visited) || gs_context_own(ctx, sync)) {
         /* anything registered is freed with ctx; free the rest now */
         return gs_set_error(GS_ERR_OOM, "gs_graph_new: out of memory");
     }
@@ -48,6 +58,7 @@ gs_status gs_graph_new(gs_context * ctx, int max_nodes, gs_graph ** out) {
     g->nodes = nodes;
     g->visited = visited;
     g->visited_cap = cap;
+    g->sync = sync;
     *out = g;
     return GS_OK;
 }
@@ -209,6 +220,72 @@ static bool owns_memory(const gs_tensor * t) {
 
 static size_t aligned(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
 
+/* ---- barriers ----------------------------------------------------------- */
+typedef struct { const uint8_t * lo, * hi; } span;
+
+static span tensor_span(const gs_tensor * t) {
+    const uint8_t * lo = t->data;
+    return (span) { lo, lo + gs_tensor_nbytes(t) };
+}
+
+static bool overlaps(span a, span b) {
+    return a.lo < b.hi && b.lo < a.hi;
+}
+
+enum { SCRATCH_NONE, SCRATCH_OWN, SCRATCH_SHARED };
+
+/* Memory a node touches: what it writes (its result), what it reads (its
+ * sources) and how it uses the scratch buffer: not at all, each thread in
+ * its own part (gs_thread_scratch), or shared by all threads. */
+typedef struct {
+    span w, r[GS_MAX_SRC];
+    int nr;
+    int scratch;
+} node_access;
+
+static node_access access_of(const gs_tensor * node, int n_threads) {
+    node_access a = { .w = tensor_span(node), .nr = 0, .scratch = SCRATCH_NONE };
+    if (gs_cpu_work_size(node, n_threads) > 0) a.scratch = gs_cpu_scratch_shared(node) ? SCRATCH_SHARED : SCRATCH_OWN;
+    for (int s = 0; s < GS_MAX_SRC; s++) {
+        if (node->src[s] && node->src[s]->data) a.r[a.nr++] = tensor_span(node->src[s]);
+    }
+    return a;
+}
+
+/* True when `later` may not start before every thread finished `earlier`. */
+static bool conflicts(const node_access * earlier, const node_access * later) {
+    if (earlier->scratch && later->scratch &&
+        (earlier->scratch == SCRATCH_SHARED || later->scratch == SCRATCH_SHARED)) {
+        return true;
+    }
+    if (overlaps(later->w, earlier->w)) return true;
+    for (int j = 0; j < earlier->nr; j++) if (overlaps(later->w, earlier->r[j])) return true;
+    for (int i = 0; i < later->nr; i++) if (overlaps(later->r[i], earlier->w)) return true;
+    return false;
+}
+
+static bool is_computed(const gs_tensor * node) {
+    return node->op != GS_OP_NONE && node->op != GS_OP_VIEW;
+}
+
+/* Fill g->sync from the planned data pointers. `epoch` holds the accesses
+ * of the nodes run since the last barrier (room for all nodes). */
+static void plan_barriers(gs_graph * g, int n_threads, node_access * epoch) {
+    int n_epoch = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        g->sync[i] = false;
+        if (!is_computed(g->nodes[i])) continue;
+        const node_access a = access_of(g->nodes[i], n_threads);
+        bool need = false;
+        for (int e = 0; e < n_epoch && !need; e++) need = conflicts(&epoch[e], &a);
+        if (need) {
+            g->sync[i] = true;
+            n_epoch = 0;
+        }
+        epoch[n_epoch++] = a;
+    }
+}
+
 gs_status gs_graph_plan(gs_graph * g, int n_threads) {
     GS_CHECK_ARG(g, "gs_graph_plan: NULL graph");
     GS_CHECK_ARG(n_threads >= 1, "gs_graph_plan: n_threads must be >= 1");
@@ -217,8 +294,9 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
     int * last_use = malloc((size_t) (n ? n : 1) * sizeof(int));
     size_t * offs = malloc((size_t) (n ? n : 1) * sizeof(size_t));
     block * blocks = malloc((size_t) (n + 1) * sizeof(block));
+    node_access * epoch = malloc((size_t) (n ? n : 1) * sizeof(node_access));
     gs_status st = GS_OK;
-    if (!last_use || !offs || !blocks) {
+    if (!last_use || !offs || !blocks || !epoch) {
         st = gs_set_error(GS_ERR_OOM, "gs_graph_plan: out of memory");
         goto done;
     }
@@ -297,11 +375,13 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
         else if (node->view_src) node->data = (uint8_t *) node->view_src->data + node->view_offs;
         node->op_params[GS_MAX_OP_PARAMS - 1] = 0;
     }
+    plan_barriers(g, n_threads, epoch);
     g->planned_threads = n_threads;
 done:
     free(last_use);
     free(offs);
     free(blocks);
+    free(epoch);
     return st;
 }
 
@@ -320,12 +400,13 @@ typedef struct {
 } compute_job;
 
 void gs_compute_fail(const gs_compute_params * p, gs_status status, const char * fmt, ...) {
-    int expected = 0;
-    if (atomic_compare_exchange_strong(&p->state->error, &expected, (int) status)) {
+    int expected = INT_MAX;
+    if (atomic_compare_exchange_strong(&p->state->error_node, &expected, p->node)) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(p->state->error_msg, sizeof(p->state->error_msg), fmt, ap);
         va_end(ap);
+        atomic_store(&p->state->error, (int) status);
     }
 }
 
@@ -339,10 +420,15 @@ static void compute_worker(void * arg, int ith, int nth) {
     };
     for (int i = 0; i < g->n_nodes; i++) {
         gs_tensor * node = g->nodes[i];
-        if (node->op == GS_OP_VIEW) continue;
+        if (!is_computed(node)) continue;
+        if (g->sync[i]) {
+            gs_barrier(&p);
+            /* stop where every thread stops: after a barrier that follows the
+             * failing node (a fast thread may already fail in a later node) */
+            if (atomic_load(&job->state.error_node) < i) break;
+        }
+        p.node = i;
         gs_cpu_compute_node(&p, node);
-        gs_barrier(&p);
-        if (atomic_load_explicit(&job->state.error, memory_order_relaxed)) break;
     }
 }
 
@@ -354,6 +440,7 @@ gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp) {
                             gs_threadpool_n_threads(tp), g->planned_threads);
     }
     compute_job job = { .g = g };
+    atomic_init(&job.state.error_node, INT_MAX);
     gs_threadpool_run(tp, compute_worker, &job);
     int err = atomic_load(&job.state.error);
     if (err) return gs_set_error((gs_status) err, "%s", job.state.error_msg);

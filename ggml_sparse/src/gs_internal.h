@@ -151,15 +151,28 @@ typedef struct gs_compute_state {
     atomic_int n_arrived;          /* barrier: threads waiting             */
     atomic_int n_passed;           /* barrier: generations passed          */
     atomic_int error;              /* first gs_status reported, 0 if none  */
+    atomic_int error_node;         /* graph node that reported it, or
+                                      INT_MAX while none has             */
     char error_msg[512];
 } gs_compute_state;
 
 typedef struct {
     int ith, nth;               /* this thread, thread count           */
+    int node;                   /* index of the graph node computed    */
     void * wdata;               /* shared scratch buffer               */
     size_t wsize;
     gs_compute_state * state;   /* for gs_barrier / gs_compute_fail    */
 } gs_compute_params;
+
+/* Thread ith's own part of the scratch buffer, for ops whose threads never
+ * share scratch: wsize / nth bytes (GS_ALIGN-aligned). Every such op uses
+ * this same split, so a thread can start one while another still works in
+ * its own part for an earlier op. Such ops size their scratch as n_threads
+ * times a multiple of GS_ALIGN. */
+static inline void * gs_thread_scratch(const gs_compute_params * p) {
+    const size_t per = p->wsize / (size_t) p->nth / GS_ALIGN * GS_ALIGN;
+    return (uint8_t *) p->wdata + (size_t) p->ith * per;
+}
 
 /* Wait until all nth threads of the computation reach this point. */
 void gs_barrier(const gs_compute_params * p);
@@ -178,6 +191,9 @@ static inline void gs_split_rows(int64_t nr, int ith, int nth, int64_t * r0, int
 
 /* Scratch bytes a node needs for n_threads (0 for most ops). */
 size_t gs_cpu_work_size(const gs_tensor * node, int n_threads);
+/* True when threads share the node's scratch (one thread reads what
+ * another wrote); false when each uses only its own part, or none. */
+bool gs_cpu_scratch_shared(const gs_tensor * node);
 /* Compute one node with thread ith of nth (all threads call it). */
 void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node);
 

@@ -11,6 +11,13 @@ size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
     }
 }
 
+bool gs_cpu_scratch_shared(const gs_tensor * node) {
+    /* mul_mat quantizes activations into a shared buffer unless there is a
+     * single row (each thread then keeps its own copy); attention gives
+     * each thread its own slice */
+    return node->op == GS_OP_MUL_MAT && gs_nrows(node->src[1]) > 1;
+}
+
 void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
     switch (node->op) {
         case GS_OP_NONE:

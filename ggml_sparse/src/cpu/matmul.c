@@ -3,7 +3,9 @@
  *
  * dst {M, N, n2, n3} = a {K, M, a2, a3} x b {K, N, n2, n3}:
  * dst[n][m] = dot(a row m, b row n). Phase 1: every thread converts a share
- * of b's rows into a's vec_dot_type in the scratch buffer. Phase 2: threads
+ * of b's rows into a's vec_dot_type in the scratch buffer (with a single
+ * row, as in decoding, every thread converts it into its own part of the
+ * scratch instead: no thread waits for another). Phase 2: threads
  * split a's rows; each walks blocks of weight rows and, per block, all
  * activation rows, so a block of weights is read from memory once per call
  * and reused from cache for every token. Types with a tile kernel get
@@ -16,12 +18,18 @@
 #define ROW_BLOCK 16
 #define COL_BLOCK 16
 
+/* Bytes of one thread's private copy of a single quantized activation row. */
+static size_t private_row_bytes(size_t q_row) {
+    return (q_row + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
+}
+
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
-    (void) n_threads;
     const gs_tensor * a = dst->src[0];
     const gs_tensor * b = dst->src[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
-    return gs_type_row_size(vt, b->ne[0]) * (size_t) gs_nrows(b);
+    const size_t q_row = gs_type_row_size(vt, b->ne[0]);
+    if (gs_nrows(b) == 1) return private_row_bytes(q_row) * (size_t) n_threads;
+    return q_row * (size_t) gs_nrows(b);
 }
 
 void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
@@ -38,13 +46,18 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
     /* phase 1: activations -> vec_dot_type, rows split across threads */
     const int64_t nr_b = N * n2 * n3;
     int64_t r0, r1;
-    gs_split_rows(nr_b, p->ith, p->nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t i1 = r % N, i2 = (r / N) % n2, i3 = r / (N * n2);
-        const float * src = (const float *) ((const uint8_t *) b->data + i1 * b->nb[1] + i2 * b->nb[2] + i3 * b->nb[3]);
-        quantize(src, wq + r * q_row, K);
+    if (nr_b == 1) {
+        wq = gs_thread_scratch(p);
+        quantize((const float *) b->data, wq, K);
+    } else {
+        gs_split_rows(nr_b, p->ith, p->nth, &r0, &r1);
+        for (int64_t r = r0; r < r1; r++) {
+            const int64_t i1 = r % N, i2 = (r / N) % n2, i3 = r / (N * n2);
+            const float * src = (const float *) ((const uint8_t *) b->data + i1 * b->nb[1] + i2 * b->nb[2] + i3 * b->nb[3]);
+            quantize(src, wq + r * q_row, K);
+        }
+        gs_barrier(p);
     }
-    gs_barrier(p);
 
     /* phase 2: weight rows split across threads, per plane */
     const int64_t r2 = n2 / a->ne[2], r3 = n3 / a->ne[3];

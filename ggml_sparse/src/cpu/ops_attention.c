@@ -443,9 +443,8 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
         }
     }
 
-    const size_t per_thread = thread_floats(dst);
-    assert(p->wsize >= (size_t) p->nth * per_thread * sizeof(float));
-    float * scratch = (float *) p->wdata + (size_t) p->ith * per_thread;
+    assert(p->wsize / (size_t) p->nth >= thread_floats(dst) * sizeof(float));
+    float * scratch = gs_thread_scratch(p);   /* thread_floats(dst) floats */
     if (k->type == GS_TYPE_F16 && v->type == GS_TYPE_F16) {
         gs_cpu_attention_f16_compute(p, dst, scratch);
         return;

@@ -7,8 +7,8 @@
  *   kq  = k_f16 . f16(q)            one dot product per cache slot
  *   p   = softmax(kq * scale + mask) over n_kv slots (masked: -inf)
  *   out = v_f16 . f16(p)            one dot product per output element
- * where n_kv is the number of cache slots in use rounded up to KV_PAD. For
- * one query token its F16 dot products keep 4 x 16 float lanes (element i of each 64-element
+ * where n_kv is the number of cache slots in use rounded up to KV_PAD. Its
+ * F16 dot products keep 4 x 16 float lanes (element i of each 64-element
  * chunk goes to lane i % 64, one fused multiply-add per element), fold them
  * as ((a0 + a2) + (a1 + a3)), sum the 16 lanes as a tree (8 + 8, 4 + 4, then
  * (0 + 2) + (1 + 3)), and add the elements past the last full chunk in
@@ -19,6 +19,10 @@
  * with its own exp (gs_expf_compat). This file follows those rules
  * exactly.
  *
+ * The kernel here (attend_one) is the reference; vec_avx2_attn.c and
+ * vec_avx512_attn.c compute the same values with SIMD registers and are
+ * used at those SIMD levels (gs_cpu_set_level).
+ *
  * Work split: (token, head) pairs across threads. Scratch per thread:
  * n_ctx scores, 64 x D lane accumulators, D for the query.
  */
@@ -26,10 +30,11 @@
 
 #include <math.h>
 
+#include "attention_f16.h"
 #include "vec_math.h"
 
-#define KV_PAD 256   /* llama.cpp pads the attended slot count to this */
-#define CHUNK 64     /* elements per step of an F16 dot product        */
+#define KV_PAD GS_ATTN_KV_PAD
+#define CHUNK GS_ATTN_CHUNK
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -75,15 +80,7 @@ static ALWAYS_INLINE float dot_batch_order(const float * x, const float * y, int
     return tree16(acc);
 }
 
-typedef struct {
-    int64_t D, n_kv;
-    bool batch;          /* several query tokens: the batched product order */
-    float scale;
-    float * scores;      /* n_ctx */
-    float * acc;         /* CHUNK * D */
-    float * row;         /* D: query, then a widened cache row */
-    float * q16;         /* D */
-} f16_scratch;
+typedef gs_attn_f16_scratch f16_scratch;
 
 static ALWAYS_INLINE void widen(const gs_half * h, float * out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = GS_H2F(h[i]);
@@ -157,7 +154,34 @@ size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst) {
     return (size_t) (n_ctx + (CHUNK + 2) * D + 16) * sizeof(float);
 }
 
-static ALWAYS_INLINE void compute_body(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
+static void attend_generic(const f16_scratch * S, const float * q, const uint8_t * k_rows, size_t k_slot,
+                           const uint8_t * v_rows, size_t v_slot, int64_t n, float * out) {
+    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, n, out);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* the same code with FMA instructions (fmaf is exact either way) */
+__attribute__((target("avx2,fma,f16c")))
+static void attend_fma(const f16_scratch * S, const float * q, const uint8_t * k_rows, size_t k_slot,
+                       const uint8_t * v_rows, size_t v_slot, int64_t n, float * out) {
+    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, n, out);
+}
+#endif
+
+/* The kernel for the active SIMD level and head size D (the SIMD kernels
+ * implement the single-token order only). */
+static gs_attend_f16_fn pick_kernel(int64_t D, bool batch) {
+#if defined(__x86_64__) || defined(__i386__)
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
+    if (!batch && info.level == GS_IMPL_AVX512 && D % 16 == 0) return gs_avx512_attend_f16;
+    if (!batch && info.level >= GS_IMPL_AVX2 && D % 8 == 0) return gs_avx2_attend_f16;
+    if (info.fma && info.avx2 && info.f16c) return attend_fma;
+#endif
+    return attend_generic;
+}
+
+void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
     const gs_tensor * q = dst->src[0];
     const gs_tensor * k = dst->src[1];
     const gs_tensor * v = dst->src[2];
@@ -173,37 +197,14 @@ static ALWAYS_INLINE void compute_body(const gs_compute_params * p, gs_tensor * 
         .row = scratch + n_ctx + CHUNK * D, .q16 = scratch + n_ctx + (CHUNK + 1) * D,
     };
     memcpy(&S.scale, &dst->op_params[0], sizeof(float));
+    const gs_attend_f16_fn attend = pick_kernel(D, S.batch);
     int64_t u0, u1;
     gs_split_rows(T * H, p->ith, p->nth, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
         const int64_t t = u / H, h = u % H, c = h / per_kv;
         const float * qr = (const float *) ((const uint8_t *) q->data + h * q->nb[1] + t * q->nb[2]);
         float * out = (float *) ((uint8_t *) dst->data + h * dst->nb[1] + t * dst->nb[2]);
-        attend_one(&S, qr, (const uint8_t *) k->data + c * k->nb[1], k->nb[2],
-                   (const uint8_t *) v->data + c * v->nb[1], v->nb[2], (int64_t) pos[t] + 1, out);
+        attend(&S, qr, (const uint8_t *) k->data + c * k->nb[1], k->nb[2],
+               (const uint8_t *) v->data + c * v->nb[1], v->nb[2], (int64_t) pos[t] + 1, out);
     }
-}
-
-static void compute_generic(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
-    compute_body(p, dst, scratch);
-}
-
-#if defined(__x86_64__) || defined(__i386__)
-/* the same code with FMA instructions (fmaf is exact either way) */
-__attribute__((target("avx2,fma,f16c")))
-static void compute_fma(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
-    compute_body(p, dst, scratch);
-}
-#endif
-
-void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
-#if defined(__x86_64__) || defined(__i386__)
-    gs_cpu_info info;
-    gs_cpu_get_info(&info);
-    if (info.fma && info.avx2 && info.f16c) {
-        compute_fma(p, dst, scratch);
-        return;
-    }
-#endif
-    compute_generic(p, dst, scratch);
 }

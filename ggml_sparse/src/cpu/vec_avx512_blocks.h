@@ -27,12 +27,10 @@
 /* word 4k + r of a scale register: block k of the step, row r */
 #define SB_(w) (((w) >> 2) & 3)
 
-/* Q4_0, 18-byte blocks, window = bytes [0, 64) + [56, 72) of the step */
-#define Q4_0_QS_(w) (9 * BLK_(w) + 1 + WRD_(w) < 32 ? 9 * BLK_(w) + 1 + WRD_(w) : 9 * BLK_(w) + 5 + WRD_(w))
-/* d of rows 0/2 (first source) and 1/3 (second source) from bytes [0, 64) */
+/* Q4_0, 18-byte blocks: d of rows 0/2 (first source) and 1/3 (second
+ * source) from bytes [0, 64) of the step (the nibbles are loaded per block) */
 #define Q4_0_D_(w) (((w) & 1) * 32 + 9 * SB_(w))
-/* Q4_1, 20-byte blocks, window = [0, 64) + [64, 80); d and m as Q4_0_D */
-#define Q4_1_QS_(w) (10 * BLK_(w) + 2 + WRD_(w))
+/* Q4_1, 20-byte blocks: d and m as Q4_0_D */
 #define Q4_1_D_(w) (((w) & 1) * 32 + 10 * SB_(w))
 #define Q4_1_M_(w) (Q4_1_D_(w) + 1)
 /* Q5_0, 22-byte blocks, window = [0, 64) + [56, 88); d of block k in words
@@ -49,9 +47,7 @@
 #define Q8_1_DR_(w) (18 * SB_(w))
 #define Q8_1_SR_(w) (18 * SB_(w) + 1)
 
-static const int16_t gs_idx_q4_0_qs[32] __attribute__((aligned(64))) = R32_(Q4_0_QS_);
 static const int16_t gs_idx_q4_0_d[32] __attribute__((aligned(64))) = R32_(Q4_0_D_);
-static const int16_t gs_idx_q4_1_qs[32] __attribute__((aligned(64))) = R32_(Q4_1_QS_);
 static const int16_t gs_idx_q4_1_d[32] __attribute__((aligned(64))) = R32_(Q4_1_D_);
 static const int16_t gs_idx_q4_1_m[32] __attribute__((aligned(64))) = R32_(Q4_1_M_);
 static const int16_t gs_idx_q5_0_qs[32] __attribute__((aligned(64))) = R32_(Q5_0_QS_);

@@ -9,10 +9,12 @@
  * 512-bit accumulator holds the 8 lanes of two weight rows (a "pair") for
  * one activation row, so 2 x NC independent chains run side by side. Per
  * step of 4 blocks:
- *  - the weight side is prepared once for all activation rows: each row's
- *    4 blocks are read with two loads and cut by vpermt2w (vec_avx512_
- *    blocks.h), then per block and pair one register holds both rows'
- *    weights in order; the scales d_x (and Q4_1/Q5_1 mins) of all 16
+ *  - the weight side is prepared once for all activation rows: per block
+ *    and pair one register holds both rows' weights in order (Q4_0/Q4_1:
+ *    two broadcast loads and one AND, the high nibbles left 16 x too large
+ *    and compensated exactly in their scales, see nibbles16_pair; the other
+ *    types: each row's 4 blocks read with two loads and cut by vpermt2w,
+ *    vec_avx512_blocks.h); the scales d_x (and Q4_1/Q5_1 mins) of all 16
  *    (block, row) pairs sit in one float register;
  *  - per activation row: d_y of the 4 blocks, d_x * d_y for all 16 pairs in
  *    one multiply, and per block one broadcast of its 32 activation bytes
@@ -36,28 +38,44 @@ typedef struct {
     __m512 dx, mx;
 } wstep;
 
+/* Q4_0 / Q4_1: the 16 nibble bytes at a and c (block k of the pair's two
+ * rows) as [a low nibbles, 16 x a high nibbles, c low, 16 x c high]: two
+ * broadcast loads, one insert and one AND, no shifts. The high half of each
+ * row's weights is 16 times too large; so are its integer dot products,
+ * which stay exact, and the scales of those lanes are divided by 16 (exact,
+ * see hi16_scale), so every fused multiply-add sees the same product. */
+static inline __m512i nibbles16_pair(const uint8_t * a, const uint8_t * c) {
+    const __m256i qa = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) a));
+    const __m256i qc = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) c));
+    const __m512i mask = _mm512_setr_epi32(0x0F0F0F0F, 0x0F0F0F0F, 0x0F0F0F0F, 0x0F0F0F0F,
+                                           (int) 0xF0F0F0F0, (int) 0xF0F0F0F0, (int) 0xF0F0F0F0, (int) 0xF0F0F0F0,
+                                           0x0F0F0F0F, 0x0F0F0F0F, 0x0F0F0F0F, 0x0F0F0F0F,
+                                           (int) 0xF0F0F0F0, (int) 0xF0F0F0F0, (int) 0xF0F0F0F0, (int) 0xF0F0F0F0);
+    return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(qa), qc, 1), mask);
+}
+
 static inline __attribute__((always_inline)) void
 w_q4_0(const uint8_t * const * xr, size_t xo, int avail, int kmax, wstep * w) {
-    __m512i x0[TR], raw[TR];
-    for (int r = 0; r < TR; r++) {
-        x0[r] = gs_ld64(xr[r] + xo, avail);
-        raw[r] = GS_PERM(x0[r], GS_IDX(gs_idx_q4_0_qs), gs_ld16(xr[r] + xo + 56, avail - 56));
-    }
+    __m512i x0[TR];
+    for (int r = 0; r < TR; r++) x0[r] = gs_ld64(xr[r] + xo, avail);
     for (int k = 0; k < kmax; k++) {
-        for (int p = 0; p < 2; p++) w->q[p][k] = gs_nibbles_pair(raw[2 * p], raw[2 * p + 1], k);
+        for (int p = 0; p < 2; p++) {
+            const size_t o = xo + sizeof(block_q4_0) * k + 2;
+            w->q[p][k] = nibbles16_pair(xr[2 * p] + o, xr[2 * p + 1] + o);
+        }
     }
     w->dx = gs_scales4(GS_PERM(x0[0], GS_IDX(gs_idx_q4_0_d), x0[1]), GS_PERM(x0[2], GS_IDX(gs_idx_q4_0_d), x0[3]));
 }
 
 static inline __attribute__((always_inline)) void
 w_q4_1(const uint8_t * const * xr, size_t xo, int avail, int kmax, wstep * w) {
-    __m512i x0[TR], raw[TR];
-    for (int r = 0; r < TR; r++) {
-        x0[r] = gs_ld64(xr[r] + xo, avail);
-        raw[r] = GS_PERM(x0[r], GS_IDX(gs_idx_q4_1_qs), gs_ld16(xr[r] + xo + 64, avail - 64));
-    }
+    __m512i x0[TR];
+    for (int r = 0; r < TR; r++) x0[r] = gs_ld64(xr[r] + xo, avail);
     for (int k = 0; k < kmax; k++) {
-        for (int p = 0; p < 2; p++) w->q[p][k] = gs_nibbles_pair(raw[2 * p], raw[2 * p + 1], k);
+        for (int p = 0; p < 2; p++) {
+            const size_t o = xo + sizeof(block_q4_1) * k + 4;
+            w->q[p][k] = nibbles16_pair(xr[2 * p] + o, xr[2 * p + 1] + o);
+        }
     }
     w->dx = gs_scales4(GS_PERM(x0[0], GS_IDX(gs_idx_q4_1_d), x0[1]), GS_PERM(x0[2], GS_IDX(gs_idx_q4_1_d), x0[3]));
     w->mx = gs_scales4(GS_PERM(x0[0], GS_IDX(gs_idx_q4_1_m), x0[1]), GS_PERM(x0[2], GS_IDX(gs_idx_q4_1_m), x0[3]));
@@ -113,6 +131,24 @@ static inline __m512 pair_scale(__m512 dxy, int k, int p) {
     return _mm512_permutexvar_ps(idx, dxy);
 }
 
+/* Scales for nibbles16_pair weights. dxy16 = dxy / 16 is exact (d_x * d_y
+ * of two nonzero halves is at least 2^-48, far from the subnormals), and
+ * (s / 16) * (16 n) == s * n exactly inside a fused multiply-add, so results
+ * equal the plain kernel's bit for bit. hi16_halves gathers blocks 0-1
+ * (half 0) or 2-3 (half 1): lanes 0..7 from dxy, 8..15 from dxy16. */
+static inline __m512 hi16_halves(__m512 dxy, __m512 dxy16, int half) {
+    return half ? _mm512_shuffle_f32x4(dxy, dxy16, 0xEE) : _mm512_shuffle_f32x4(dxy, dxy16, 0x44);
+}
+
+/* pair_scale for nibbles16_pair weights, from hi16_halves(.., k / 2): lanes
+ * 4..7 and 12..15 (the high nibbles, 16 x too large) take d_x * d_y / 16. */
+static inline __m512 hi16_scale(__m512 half, int k, int p) {
+    const int a = 4 * (k % 2) + 2 * p;
+    const __m512i idx = _mm512_setr_epi32(a, a, a, a, 8 + a, 8 + a, 8 + a, 8 + a,
+                                          a + 1, a + 1, a + 1, a + 1, 9 + a, 9 + a, 9 + a, 9 + a);
+    return _mm512_permutexvar_ps(idx, half);
+}
+
 /* 128-bit lane k (rows 0..3 of block k) */
 static inline __m128 lane128(__m512 v, int k) {
     switch (k) {
@@ -125,20 +161,27 @@ static inline __m128 lane128(__m512 v, int k) {
 
 /* Q8_0 activations: the weights' offset o (8, 16, 128 for Q8_0 + 128) is
  * removed per lane by starting the sums at -o * (sum of the lane's 4 y). */
+/* hi16: the weights come from nibbles16_pair (Q4_0), so the offset of the
+ * high-nibble lanes is 16 * off and their scales are hi16_scale's. */
 static inline __attribute__((always_inline)) void
 acts_q8_0(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, const int NC, int off,
-          __m512 acc[2][TC]) {
-    const __m512i z = _mm512_setzero_si512(), vo = _mm512_set1_epi8((char) off);
+          const int hi16, __m512 acc[2][TC]) {
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i vo = hi16 ? _mm512_mask_blend_epi32(0xF0F0, _mm512_set1_epi8((char) off), _mm512_set1_epi8((char) (16 * off)))
+                            : _mm512_set1_epi8((char) off);
     for (int c = 0; c < NC; c++) {
         const uint8_t * yc = y + (size_t) c * by;
         const __m512 dy = gs_halves(GS_PERM(gs_ld64(yc, avail), GS_IDX(gs_idx_q8_0_dr), gs_ld64(yc + 64, avail - 64)));
         const __m512 dxy = _mm512_mul_ps(w->dx, dy);
+        const __m512 dxy16 = _mm512_mul_ps(dxy, _mm512_set1_ps(0.0625f));
+        const __m512 h[2] = { hi16_halves(dxy, dxy16, 0), hi16_halves(dxy, dxy16, 1) };
         for (int k = 0; k < kmax; k++) {
             const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) (yc + sizeof(block_q8_0) * k + 2)));
             const __m512i neg = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, vo, v));
             for (int p = 0; p < 2; p++) {
                 const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, w->q[p][k], v));
-                acc[p][c] = _mm512_fmadd_ps(pair_scale(dxy, k, p), dot, acc[p][c]);
+                const __m512 sc = hi16 ? hi16_scale(h[k / 2], k, p) : pair_scale(dxy, k, p);
+                acc[p][c] = _mm512_fmadd_ps(sc, dot, acc[p][c]);
             }
         }
     }
@@ -148,23 +191,36 @@ acts_q8_0(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, co
  * m_x * s_y per block in block order. */
 static inline __attribute__((always_inline)) void
 acts_q8_1(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, const int NC,
-          __m512 acc[2][TC], __m128 ms[TC]) {
+          const int hi16, __m512 acc[2][TC], __m128 ms[TC]) {
     const __m512i z = _mm512_setzero_si512();
     for (int c = 0; c < NC; c++) {
         const uint8_t * yc = y + (size_t) c * by;
         const __m512i f0 = gs_ld64(yc, avail), f1 = gs_ld64(yc + 64, avail - 64);
         const __m512 dxy = _mm512_mul_ps(w->dx, gs_halves(GS_PERM(f0, GS_IDX(gs_idx_q8_1_dr), f1)));
+        const __m512 dxy16 = _mm512_mul_ps(dxy, _mm512_set1_ps(0.0625f));
+        const __m512 h[2] = { hi16_halves(dxy, dxy16, 0), hi16_halves(dxy, dxy16, 1) };
         const __m512 mxs = _mm512_mul_ps(w->mx, gs_halves(GS_PERM(f0, GS_IDX(gs_idx_q8_1_sr), f1)));
         for (int k = 0; k < kmax; k++) {
             ms[c] = _mm_add_ps(ms[c], lane128(mxs, k));
             const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) (yc + sizeof(block_q8_1) * k + 4)));
             for (int p = 0; p < 2; p++) {
                 const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(z, w->q[p][k], v));
-                acc[p][c] = _mm512_fmadd_ps(pair_scale(dxy, k, p), dot, acc[p][c]);
+                const __m512 sc = hi16 ? hi16_scale(h[k / 2], k, p) : pair_scale(dxy, k, p);
+                acc[p][c] = _mm512_fmadd_ps(sc, dot, acc[p][c]);
             }
         }
     }
 }
+
+#define ACTS_Q8_1(hi16) acts_q8_1_##hi16
+#define DEFINE_ACTS_Q8_1(hi16)                                                                 \
+static inline __attribute__((always_inline)) void                                             \
+acts_q8_1_##hi16(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, const int NC, \
+                 __m512 acc[2][TC], __m128 ms[TC]) {                                           \
+    acts_q8_1(w, y, by, avail, kmax, NC, hi16, acc, ms);                                       \
+}
+DEFINE_ACTS_Q8_1(0)
+DEFINE_ACTS_Q8_1(1)
 
 #define PARTIAL_STEP(WSTEP, ACTS, XB, YB, t)                                                   \
     do {                                                                                       \
@@ -204,17 +260,17 @@ micro_##name(int nb, const uint8_t * const * xr, const uint8_t * y, size_t by, c
 }
 
 /* Q8_0-activation types ignore ms (their results add 0.0f exactly) */
-#define ACTS_OFF(off) acts_q8_0_##off
-#define DEFINE_ACTS_OFF(off)                                                                   \
+#define ACTS_OFF(off, hi16) acts_q8_0_##off##_##hi16
+#define DEFINE_ACTS_OFF(off, hi16)                                                             \
 static inline __attribute__((always_inline)) void                                             \
-acts_q8_0_##off(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, const int NC, \
-                __m512 acc[2][TC], __m128 ms[TC]) {                                            \
+acts_q8_0_##off##_##hi16(const wstep * w, const uint8_t * y, size_t by, int avail, int kmax, const int NC, \
+                         __m512 acc[2][TC], __m128 ms[TC]) {                                   \
     (void) ms;                                                                                 \
-    acts_q8_0(w, y, by, avail, kmax, NC, off, acc);                                            \
+    acts_q8_0(w, y, by, avail, kmax, NC, off, hi16, acc);                                      \
 }
-DEFINE_ACTS_OFF(8)
-DEFINE_ACTS_OFF(16)
-DEFINE_ACTS_OFF(128)
+DEFINE_ACTS_OFF(8, 1)
+DEFINE_ACTS_OFF(16, 0)
+DEFINE_ACTS_OFF(128, 0)
 
 static inline __attribute__((always_inline)) void
 w_q5_0(const uint8_t * const * xr, size_t xo, int avail, int kmax, wstep * w) {
@@ -265,11 +321,11 @@ void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t 
     }                                                                                          \
 }
 
-DEFINE_MICRO(q4_0, w_q4_0, ACTS_OFF(8), sizeof(block_q4_0), sizeof(block_q8_0))
-DEFINE_MICRO(q5_0, w_q5_0, ACTS_OFF(16), sizeof(block_q5_0), sizeof(block_q8_0))
-DEFINE_MICRO(q8_0, w_q8_0, ACTS_OFF(128), sizeof(block_q8_0), sizeof(block_q8_0))
-DEFINE_MICRO(q4_1, w_q4_1, acts_q8_1, sizeof(block_q4_1), sizeof(block_q8_1))
-DEFINE_MICRO(q5_1, w_q5_1, acts_q8_1, sizeof(block_q5_1), sizeof(block_q8_1))
+DEFINE_MICRO(q4_0, w_q4_0, ACTS_OFF(8, 1), sizeof(block_q4_0), sizeof(block_q8_0))
+DEFINE_MICRO(q5_0, w_q5_0, ACTS_OFF(16, 0), sizeof(block_q5_0), sizeof(block_q8_0))
+DEFINE_MICRO(q8_0, w_q8_0, ACTS_OFF(128, 0), sizeof(block_q8_0), sizeof(block_q8_0))
+DEFINE_MICRO(q4_1, w_q4_1, ACTS_Q8_1(1), sizeof(block_q4_1), sizeof(block_q8_1))
+DEFINE_MICRO(q5_1, w_q5_1, ACTS_Q8_1(0), sizeof(block_q5_1), sizeof(block_q8_1))
 
 DEFINE_TILE(q4_0, sizeof(block_q4_0), sizeof(block_q8_0))
 DEFINE_TILE(q5_0, sizeof(block_q5_0), sizeof(block_q8_0))

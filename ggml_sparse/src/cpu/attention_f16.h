@@ -1,0 +1,46 @@
+/*
+ * attention_f16.h - the per-head kernel interface of the F16-cache attention
+ * (ops_attention_f16.c: scalar reference and dispatch; vec_avx2_attn.c,
+ * vec_avx512_attn.c: SIMD versions, bit-identical to the reference).
+ */
+#ifndef GS_ATTENTION_F16_H
+#define GS_ATTENTION_F16_H
+
+#include "../gs_internal.h"
+
+#define GS_ATTN_KV_PAD 256   /* llama.cpp pads the attended slot count to this */
+#define GS_ATTN_CHUNK 64     /* elements per step of an F16 dot product        */
+
+/* One thread's view of an attention call plus its scratch. */
+typedef struct {
+    int64_t D;           /* head size                                          */
+    int64_t n_kv;        /* slots the softmax spans: the used slot count
+                            rounded up to GS_ATTN_KV_PAD, at most n_ctx        */
+    float scale;
+    bool batch;          /* several query tokens: llama.cpp's batched product
+                            order (see ops_attention_f16.c); only the scalar
+                            kernel implements it                               */
+    float * scores;      /* n_ctx floats                                       */
+    float * acc;         /* GS_ATTN_CHUNK * D lane accumulators                */
+    float * row;         /* D: a widened cache row                             */
+    float * q16;         /* D: the query rounded to F16                        */
+} gs_attn_f16_scratch;
+
+/* Attention of one query row q (D floats) over slots 0..n-1 of one kv head:
+ * slot j's K row (D halves) is at k_rows + j * k_slot, its V row at
+ * v_rows + j * v_slot. Writes D floats to out. */
+typedef void (*gs_attend_f16_fn)(const gs_attn_f16_scratch * S, const float * q,
+                                 const uint8_t * k_rows, size_t k_slot,
+                                 const uint8_t * v_rows, size_t v_slot, int64_t n, float * out);
+
+/* SIMD versions (NULL-free: callers check the CPU level first). They need
+ * D to be a multiple of 16 (AVX-512) or 8 (AVX2); the dispatcher uses the
+ * scalar kernel otherwise. */
+void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
+                          size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                          float * out);
+void gs_avx2_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
+                        size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                        float * out);
+
+#endif /* GS_ATTENTION_F16_H */
