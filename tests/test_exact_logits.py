@@ -5,8 +5,8 @@ a single bit of the model's output: llama.cpp token-exactness rests on it.
 tests/data/smollm2_logits_sha256.json holds the SHA-256 of the float32
 logits of a few prompts (prompt path in n_batch chunks, then greedy decode
 steps crossing the 64-slot lane and 256-slot padding boundaries of the F16
-attention), recorded with the engine before those optimisations (commit
-d50fae8, whose attention and kernels reproduce llama.cpp's arithmetic).
+attention), recorded with the engine whose logits equal llama.cpp's bit for
+bit (tests/test_engine.py checks those against llama.cpp's own hashes).
 Regenerate only for a deliberate change of numerics:
     python tests/test_exact_logits.py --record
 """
