@@ -20,6 +20,14 @@ void gs_avx2_quantize_q8_0(const float * x, void * y, int64_t n);
 void gs_avx2_quantize_q8_1(const float * x, void * y, int64_t n);
 void gs_avx2_quantize_q8_K(const float * x, void * y, int64_t n);
 
+/* vec_avx2_float.c: F32, F16, BF16 weights and the F16 / BF16 activation
+ * conversions (round to nearest even, bit-identical to the scalar ones) */
+void gs_avx2_dot_f32(int n, float * s, const void * x, const void * y);
+void gs_avx2_dot_f16(int n, float * s, const void * x, const void * y);
+void gs_avx2_dot_bf16(int n, float * s, const void * x, const void * y);
+void gs_avx2_convert_f16(const float * x, void * y, int64_t n);
+void gs_avx2_convert_bf16(const float * x, void * y, int64_t n);
+
 /* vec_avx2_q.c: 32-element block types */
 void gs_avx2_dot_q4_0(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q4_1(int n, float * s, const void * x, const void * y);

@@ -1,6 +1,8 @@
 /*
  * vec_avx2_k.c - AVX2 dot products of the K types (Q4_K, Q5_K, Q6_K) with
- * Q8_K activations, one 256-weight super-block per step.
+ * Q8_K activations, one 256-weight super-block per step, bit-identical to
+ * vec_generic.c (8 int32 lanes per super-block, one fused multiply-add per
+ * lane and super-block).
  *
  * Unsigned weights times signed activations go through vpmaddubsw (pairs
  * into int16, no saturation: 63 * 128 * 2 < 32767) and vpmaddwd with the
@@ -9,6 +11,8 @@
  */
 #include "vec_avx2.h"
 #include "vec_k_scales.h"
+
+#include <math.h>
 
 /* int16 word j of each 128-bit lane of v, in all 8 words of that lane */
 static inline __m256i word_bcast(__m256i v, int j) {
@@ -20,18 +24,25 @@ static inline __m256i bit_to_4(__m256i v, int bit) {
     return bit <= 4 ? _mm256_slli_epi16(v, 4 - bit) : _mm256_srli_epi16(v, bit - 4);
 }
 
-/* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 8 int32 lanes */
-static inline __m256i mins_dot(uint64_t m, const int16_t * bsums) {
+/* The mins term of a super-block: lane i = m_2i (bsums_4i + bsums_4i+1) +
+ * m_2i+1 (bsums_4i+2 + bsums_4i+3), i < 4 (lane j of the madd is
+ * m_j (bsums_2j + bsums_2j+1)). */
+static inline __m128i mins_dot(uint64_t m, const int16_t * bsums) {
     const __m128i m8 = _mm_cvtsi64_si128((long long) m);
     const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    const __m256i p = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    return _mm_hadd_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
 }
 
-/* Q4_K (high = 0) and Q5_K (high = 1) share the body. */
+/* Q4_K (high = 0) and Q5_K (high = 1) share the body; the integer lanes
+ * of acc are those of vec_generic.c (dword l: bytes 4l..4l+3 of each 32).
+ * The mins term goes to 4 float lanes (Q4_K) or one float (Q5_K). */
 static inline void dot_k4(int n, float * s, const void * vx, const void * vy, const int high) {
     const block_q8_K * y = vy;
     const __m256i m0F = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
-    __m256 facc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    __m256 facc = _mm256_setzero_ps();
+    __m128 macc = _mm_setzero_ps();
+    float summs = 0.0f;
     for (int b = 0; b < n / QK_K; b++) {
         const uint8_t * qs, * scales;
         gs_half d16, dmin16;
@@ -61,14 +72,20 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, word_bcast(sc16, 2 * k)));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, word_bcast(sc16, 2 * k + 1)));
         }
-        /* [d, dmin] * d_y */
-        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d16 | (uint32_t) dmin16 << 16)),
-                                     _mm_set1_ps(y[b].d));
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_broadcastss_ps(dd), facc);
-        macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins_dot(m, y[b].bsums)),
-                               _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), macc);
+        const float d = y[b].d * _cvtsh_ss(d16), dmin = -y[b].d * _cvtsh_ss(dmin16);
+        const __m128i mins = mins_dot(m, y[b].bsums);
+        if (high) {
+            summs = fmaf(dmin, (float) gs_hsum4_epi32(mins), summs);
+        } else {
+            macc = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), macc);
+        }
+        facc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc), facc);
     }
-    *s = gs_avx2_hsum_ps(facc) - gs_avx2_hsum_ps(macc);
+    if (!high) {
+        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));   /* (0 + 2), (1 + 3) */
+        summs = _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
+    }
+    *s = gs_avx2_hsum_ps(facc) + summs;
 }
 
 void gs_avx2_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
