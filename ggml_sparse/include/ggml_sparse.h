@@ -222,9 +222,12 @@ gs_status gs_cast(gs_context * ctx, gs_tensor * a, gs_type type, gs_tensor ** ou
  * dst that orders the copy before later readers of the result. */
 gs_status gs_cpy(gs_context * ctx, gs_tensor * a, gs_tensor * dst, gs_tensor ** out);
 /* Row scatter: dst rows idx[i] = src row i (converted to dst's type).
- * dst {n, R, ...}, src {n, k}, idx I32 {k}, 0 <= idx[i] < R (checked at run
- * time: GS_ERR_RUNTIME). Used to append to a KV cache at positions given as
- * an input. Result: a view of all of dst, to order readers after the write. */
+ * dst {n, R, P2, P3}, src F32 {n, k, P2, P3} (each plane scatters into the
+ * matching plane of dst), idx contiguous I32 {k}, 0 <= idx[i] < R (checked
+ * at run time before anything is written: GS_ERR_RUNTIME). Duplicate
+ * indices write the same row from several threads: results are undefined.
+ * Used to append to a KV cache at positions given as an input. Result: a
+ * view of all of dst, to order readers after the write. */
 gs_status gs_set_rows(gs_context * ctx, gs_tensor * dst, gs_tensor * src,
                       gs_tensor * idx, gs_tensor ** out);
 /* Row gather: out row i = a row idx[i], dequantized to F32.

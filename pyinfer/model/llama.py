@@ -148,7 +148,7 @@ def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.attn_norm)
         x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos))
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
-        x = ctx.add(x, ffn_block(ctx, layer, h))
+        x = ctx.add(x, ffn_block(ctx, cfg, layer, h))
     return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
 
 
@@ -177,6 +177,7 @@ def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache
     return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
 
 
-def ffn_block(ctx: Context, layer: LayerWeights, h: Tensor) -> Tensor:
-    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), Unary.SILU)
+def ffn_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, h: Tensor) -> Tensor:
+    op = Unary.RELU if cfg.ffn_act == "relu" else Unary.SILU
+    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), op, cfg.ffn_gate_both)
     return ctx.mul_mat(layer.w_down, act)

@@ -7,13 +7,16 @@
  *   kq  = k_f16 . f16(q)            one dot product per cache slot
  *   p   = softmax(kq * scale + mask) over n_kv slots (masked: -inf)
  *   out = v_f16 . f16(p)            one dot product per output element
- * where n_kv is the number of cache slots in use rounded up to KV_PAD. Its
- * F16 dot products keep 4 x 16 float lanes (element i of each 64-element
+ * where n_kv is the number of cache slots in use rounded up to KV_PAD. For
+ * one query token its F16 dot products keep 4 x 16 float lanes (element i of each 64-element
  * chunk goes to lane i % 64, one fused multiply-add per element), fold them
  * as ((a0 + a2) + (a1 + a3)), sum the 16 lanes as a tree (8 + 8, 4 + 4, then
  * (0 + 2) + (1 + 3)), and add the elements past the last full chunk in
- * double. Its softmax sums exp values 16 at a time with the same tree, in
- * double, with its own exp (gs_expf_compat). This file follows those rules
+ * double. For several query tokens (a prompt batch) its matrix products
+ * take another path: one set of 16 lanes (element i to lane i % 16, one
+ * fused multiply-add each, in order), summed with the same 16-lane tree.
+ * Its softmax sums exp values 16 at a time with the same tree, in double,
+ * with its own exp (gs_expf_compat). This file follows those rules
  * exactly.
  *
  * Work split: (token, head) pairs across threads. Scratch per thread:
@@ -63,8 +66,18 @@ static ALWAYS_INLINE float dot_f16_order(const float * x, const float * y, int64
     return (float) sum;
 }
 
+/* The batched (several query tokens) product order: 16 lanes, in order. */
+static ALWAYS_INLINE float dot_batch_order(const float * x, const float * y, int64_t n) {
+    float acc[16] = { 0 };
+    for (int64_t i = 0; i < n; i += 16) {
+        for (int l = 0; l < 16; l++) acc[l] = fmaf(x[i + l], y[i + l], acc[l]);
+    }
+    return tree16(acc);
+}
+
 typedef struct {
     int64_t D, n_kv;
+    bool batch;          /* several query tokens: the batched product order */
     float scale;
     float * scores;      /* n_ctx */
     float * acc;         /* CHUNK * D */
@@ -85,7 +98,7 @@ static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, con
     float max = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
         widen((const gs_half *) (k_rows + j * k_slot), S->row, D);
-        sc[j] = dot_f16_order(S->row, S->q16, D) * S->scale;
+        sc[j] = (S->batch ? dot_batch_order(S->row, S->q16, D) : dot_f16_order(S->row, S->q16, D)) * S->scale;
         max = sc[j] > max ? sc[j] : max;
     }
     /* softmax over n_kv slots; slots >= n are masked and contribute 0 */
@@ -98,6 +111,22 @@ static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, con
     const float inv = (float) (1.0 / sum);
     for (j = 0; j < n; j++) sc[j] = round_to_half(sc[j] * inv);
 
+    if (S->batch) {
+        /* out[d] = dot over slots of v[.][d] and p, 16 lanes: slot j adds
+         * its row into lane accumulator j % 16 (slots >= n add zeros) */
+        memset(S->acc, 0, (size_t) (16 * D) * sizeof(float));
+        for (j = 0; j < n; j++) {
+            float * acc = S->acc + (j % 16) * D;
+            widen((const gs_half *) (v_rows + j * v_slot), S->row, D);
+            for (int64_t d = 0; d < D; d++) acc[d] = fmaf(S->row[d], sc[j], acc[d]);
+        }
+        float lanes[16];
+        for (int64_t d = 0; d < D; d++) {
+            for (int l = 0; l < 16; l++) lanes[l] = S->acc[l * D + d];
+            out[d] = tree16(lanes);
+        }
+        return;
+    }
     /* out[d] = dot over slots of v[.][d] and p: lanes over slots, so each
      * slot adds its whole row into lane accumulator (j % 64) */
     const int64_t np = n_kv & ~(int64_t) (CHUNK - 1);
@@ -140,7 +169,7 @@ static ALWAYS_INLINE void compute_body(const gs_compute_params * p, gs_tensor * 
     int64_t n_kv = (n_used + KV_PAD - 1) / KV_PAD * KV_PAD;
     if (n_kv > n_ctx) n_kv = n_ctx;
     f16_scratch S = {
-        .D = D, .n_kv = n_kv, .scores = scratch, .acc = scratch + n_ctx,
+        .D = D, .n_kv = n_kv, .batch = T > 1 && D % 16 == 0 && n_kv % 16 == 0, .scores = scratch, .acc = scratch + n_ctx,
         .row = scratch + n_ctx + CHUNK * D, .q16 = scratch + n_ctx + (CHUNK + 1) * D,
     };
     memcpy(&S.scale, &dst->op_params[0], sizeof(float));

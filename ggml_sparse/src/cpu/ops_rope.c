@@ -33,19 +33,21 @@ typedef struct {
 
 /* Rotate pairs [c0, c0 + n) of one row: src stride `sa` elements, dst
  * contiguous. cs/sn hold cos/sin of those pairs. */
-static void rotate_chunk(const float * src, size_t sa, float * dst, pair_layout L, int64_t c0,
+static inline __attribute__((always_inline)) void rotate_chunk(const float * src, size_t sa, float * dst, pair_layout L, int64_t c0,
                          int64_t n, const float * cs, const float * sn) {
     for (int64_t c = 0; c < n; c++) {
         const int64_t e0 = (c0 + c) * L.pair_step;
         const int64_t e1 = e0 + L.partner;
         const float x0 = src[e0 * (int64_t) sa];
         const float x1 = src[e1 * (int64_t) sa];
-        dst[e0] = x0 * cs[c] - x1 * sn[c];
-        dst[e1] = x0 * sn[c] + x1 * cs[c];
+        /* llama.cpp's compiled rotation fuses the first product of each
+         * line into an FMA; the same operations give the same bits */
+        dst[e0] = fmaf(x0, cs[c], -(x1 * sn[c]));
+        dst[e1] = fmaf(x0, sn[c], x1 * cs[c]);
     }
 }
 
-void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
+static inline __attribute__((always_inline)) void rope_body(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     const int32_t * pos = (const int32_t *) dst->src[1]->data;
     const int n_dims = dst->op_params[0];
@@ -94,4 +96,27 @@ void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
         float * z = (float *) ((uint8_t *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
         for (int64_t e = n_dims; e < ne0; e++) z[e] = x[e * (int64_t) sa];
     }
+}
+
+static void rope_generic(const gs_compute_params * p, gs_tensor * dst) {
+    rope_body(p, dst);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("fma")))
+static void rope_fma(const gs_compute_params * p, gs_tensor * dst) {
+    rope_body(p, dst);   /* fmaf becomes one instruction; results are identical */
+}
+#endif
+
+void gs_cpu_op_rope(const gs_compute_params * p, gs_tensor * dst) {
+#if defined(__x86_64__) || defined(__i386__)
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
+    if (info.fma) {
+        rope_fma(p, dst);
+        return;
+    }
+#endif
+    rope_generic(p, dst);
 }

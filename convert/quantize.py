@@ -1,0 +1,96 @@
+"""GGUF -> GGUF quantization (``python -m pyinfer.quantize IN OUT TYPE``).
+
+Matrix weights get the type llama.cpp's quantize tool would give them for
+TYPE (see ``quant_types``); 1-D tensors, norms and other non-weight tensors
+are copied unchanged, as is every tensor that already has its target type.
+Quantized inputs are dequantized first (re-quantizing loses precision).
+All metadata is copied, ``general.file_type`` updated; a PowerInfer (PWRI)
+file stays one, with the same tensors in the same order.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import time
+
+import numpy as np
+from gguf import GGUFValueType
+
+from pyinfer.gguf_model import GGUFFile
+from pyinfer.tensor import GGMLType, dequantize
+
+from .hf_to_gguf import ConvertReport
+from .quant_types import encode, is_quantizable, outtype, tensor_type
+from .writer import OutputFile
+
+log = logging.getLogger("convert")
+
+_REPLACED_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
+_FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+
+def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress: bool = True) -> ConvertReport:
+    t0 = time.perf_counter()
+    ot = outtype(type_name)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("input and output are the same file")
+    f = GGUFFile(src)
+    arch = str(f.metadata.get("general.architecture", "llama"))
+    n_layer = int(f.metadata.get(f"{arch}.block_count", 0))
+    has_output = "output.weight" in f.tensors
+    infos = list(f)
+    types = [tensor_type(t.name, t.ne, ot, n_layer, has_output, arch) if is_quantizable(t.name, t.ne)
+             else t.type for t in infos]
+
+    out = OutputFile(dst, arch, f.is_powerinfer)
+    try:
+        w = out.gguf
+        for name, field in f.reader.fields.items():
+            if name.startswith("GGUF.") or name in _REPLACED_KEYS:
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        w.add_file_type(ot.file_type)
+        if ot.base not in _FLOAT_TYPES:
+            w.add_quantization_version(2)
+        for t, ty in zip(infos, types):
+            out.add_tensor(t.name, t.ne, ty)
+
+        def produce(i: int, name: str) -> np.ndarray:
+            if i > 0:
+                _release(f, infos[i - 1].data)     # written by now: let its pages leave the process
+            t, ty = infos[i], types[i]
+            if ty == t.type:
+                return t.data
+            if progress:
+                log.info("[%d/%d] %-32s %s -> %s %s", i + 1, len(infos), name, t.type.name, ty.name, list(t.ne))
+            x = dequantize(t.data, t.type, int(np.prod(t.ne))).reshape(tuple(reversed(t.ne)))
+            return encode(x, ty, threads or None)
+
+        out.write(produce)
+    except BaseException:
+        out.discard()
+        raise
+    out.commit()
+    counts: dict = {}
+    for ty in types:
+        counts[ty.name] = counts.get(ty.name, 0) + 1
+    return ConvertReport(out.path, arch, f.is_powerinfer, len(infos), os.path.getsize(out.path),
+                         time.perf_counter() - t0, "copied", counts)
+
+
+def _release(f: GGUFFile, data: np.ndarray) -> None:
+    """Drop the mapped pages of one input tensor from this process (the file map stays valid;
+    the pages come back from the page cache if touched again)."""
+    whole = f.reader.data
+    mm = getattr(whole, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
+        return
+    start = data.ctypes.data - whole.ctypes.data
+    page = mmap.PAGESIZE
+    lo = (start + page - 1) // page * page
+    hi = (start + data.nbytes) // page * page
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
