@@ -30,6 +30,7 @@ gs_cpu_type_funcs gs_cpu_funcs_for(gs_type type, gs_impl level) {
         if (!f.vec_dot) f.vec_dot = t->vec_dot;
         if (!f.to_float) f.to_float = t->to_float;
         if (!f.vec_dot_tile) f.vec_dot_tile = t->vec_dot_tile;
+        if (!f.gemm_tile) f.gemm_tile = t->gemm_tile;
     }
     return f;
 }

@@ -114,17 +114,17 @@ void gs_avx2_quantize_q8_K(const float * x, void * vy, int64_t n) {
 /* from_float of a weight type converts activations to its vec_dot_type;
  * F32 activations need no conversion (NULL: the scalar copy is used). */
 const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT] = {
-    [GS_TYPE_F32]  = { NULL, gs_avx2_dot_f32, NULL, NULL },
-    [GS_TYPE_F16]  = { gs_avx2_convert_f16, gs_avx2_dot_f16, NULL, NULL },
-    [GS_TYPE_BF16] = { gs_avx2_convert_bf16, gs_avx2_dot_bf16, NULL, NULL },
+    [GS_TYPE_F32]  = { NULL, gs_avx2_dot_f32, NULL, NULL, gs_avx2_gemm_f32 },
+    [GS_TYPE_F16]  = { gs_avx2_convert_f16, gs_avx2_dot_f16, NULL, NULL, gs_avx2_gemm_f16 },
+    [GS_TYPE_BF16] = { gs_avx2_convert_bf16, gs_avx2_dot_bf16, NULL, NULL, gs_avx2_gemm_bf16 },
     [GS_TYPE_Q4_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q4_0, NULL, NULL },
     [GS_TYPE_Q4_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q4_1, NULL, NULL },
     [GS_TYPE_Q5_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q5_0, NULL, NULL },
     [GS_TYPE_Q5_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q5_1, NULL, NULL },
     [GS_TYPE_Q8_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q8_0, NULL, NULL },
     [GS_TYPE_Q8_1] = { gs_avx2_quantize_q8_1, NULL, NULL, NULL },
-    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL },
-    [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL },
-    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL },
+    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL, gs_avx2_gemm_q4_K },
+    [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL, gs_avx2_gemm_q5_K },
+    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL, gs_avx2_gemm_q6_K },
     [GS_TYPE_Q8_K] = { gs_avx2_quantize_q8_K, NULL, NULL, NULL },
 };

@@ -1,9 +1,10 @@
 /*
  * vec_avx2_float.c - AVX2 dots of the float weight types F32, F16, BF16
  * (each type is its own vec_dot_type) and the F16 / BF16 activation
- * conversions. Results are bit-identical to vec_generic.c: its 16-lane
- * accumulators are pairs of 8-lane registers here (lo = lanes 0..7), and
- * the AVX-512 BF16 pair dot is emulated.
+ * conversions, and their batched GEMM tiles (gemm_tile). Results are
+ * bit-identical to vec_generic.c: its 16-lane accumulators are pairs of
+ * 8-lane registers here (lo = lanes 0..7), and the AVX-512 BF16 pair dot is
+ * emulated.
  */
 #include "vec_avx2.h"
 #include "vec_float.h"
@@ -66,17 +67,23 @@ static inline __m256 flush_subnormal(__m256 v) {
     return _mm256_blendv_ps(v, sign_only(v), tiny);
 }
 
-static inline __m256 bf16_pair_dot(__m256 acc, __m256i xv, __m256i yv) {
-    const __m256i hi16 = _mm256_set1_epi32((int) 0xFFFF0000u);
-    const __m256 xo = zero_subnormal_inputs(_mm256_and_si256(xv, hi16));
-    const __m256 yo = zero_subnormal_inputs(_mm256_and_si256(yv, hi16));
-    const __m256 xe = zero_subnormal_inputs(_mm256_slli_epi32(xv, 16));
-    const __m256 ye = zero_subnormal_inputs(_mm256_slli_epi32(yv, 16));
-    acc = flush_subnormal(_mm256_add_ps(acc, _mm256_mul_ps(xo, yo)));
-    return flush_subnormal(_mm256_add_ps(acc, _mm256_mul_ps(xe, ye)));
+/* The odd and even elements of 16 bf16 (8 pairs) as floats, subnormals zeroed */
+typedef struct {
+    __m256 odd, even;
+} bf16_pairs;
+
+static inline bf16_pairs split_pairs(__m256i v) {
+    const bf16_pairs p = { zero_subnormal_inputs(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xFFFF0000u))),
+                           zero_subnormal_inputs(_mm256_slli_epi32(v, 16)) };
+    return p;
 }
 
-#define LOAD_PAIRS(p) _mm256_loadu_si256((const __m256i *) (p))
+static inline __m256 bf16_pair_dot(__m256 acc, bf16_pairs x, bf16_pairs y) {
+    acc = flush_subnormal(_mm256_add_ps(acc, _mm256_mul_ps(x.odd, y.odd)));
+    return flush_subnormal(_mm256_add_ps(acc, _mm256_mul_ps(x.even, y.even)));
+}
+
+#define LOAD_PAIRS(p) split_pairs(_mm256_loadu_si256((const __m256i *) (p)))
 
 void gs_avx2_dot_bf16(int n, float * s, const void * vx, const void * vy) {
     const gs_bf16 * x = vx, * y = vy;
@@ -94,6 +101,61 @@ void gs_avx2_dot_bf16(int n, float * s, const void * vx, const void * vy) {
     }
     *s = gs_bf16_tail(x, y, np, n, (double) sum16_ps(c[0][0], c[0][1]) + (double) sum16_ps(c[1][0], c[1][1]));
 }
+
+/* ---- batched order (gemm_tile, see matmul.c) -------------------------------
+ * One 16-lane accumulator per (row, column) (a lo/hi register pair here),
+ * as llama.cpp's tinyBLAS; 2 weight rows x 2 activation rows per
+ * micro-kernel. n is a multiple of 16 (BF16: 32). */
+#define GT 2
+
+/* acc[r][c][h] += step of 16 elements at i (F32 / F16) */
+#define GEMM_STEP_FMA(LOAD)                                                                    \
+    for (int h = 0; h < 2; h++) {                                                              \
+        const __m256 x0 = LOAD(xr[0] + i + 8 * h), x1 = LOAD(xr[1] + i + 8 * h);               \
+        const __m256 y0 = LOAD(yc[0] + i + 8 * h), y1 = LOAD(yc[1] + i + 8 * h);               \
+        acc[0][0][h] = _mm256_fmadd_ps(x0, y0, acc[0][0][h]);                                  \
+        acc[0][1][h] = _mm256_fmadd_ps(x0, y1, acc[0][1][h]);                                  \
+        acc[1][0][h] = _mm256_fmadd_ps(x1, y0, acc[1][0][h]);                                  \
+        acc[1][1][h] = _mm256_fmadd_ps(x1, y1, acc[1][1][h]);                                  \
+    }
+
+/* acc[r][c][h] += step of 32 elements at i (BF16 pairs) */
+#define GEMM_STEP_BF16(LOAD)                                                                   \
+    for (int h = 0; h < 2; h++) {                                                              \
+        const bf16_pairs y0 = LOAD(yc[0] + i + 16 * h), y1 = LOAD(yc[1] + i + 16 * h);         \
+        for (int r = 0; r < GT; r++) {                                                         \
+            const bf16_pairs xv = LOAD(xr[r] + i + 16 * h);                                    \
+            acc[r][0][h] = bf16_pair_dot(acc[r][0][h], xv, y0);                                \
+            acc[r][1][h] = bf16_pair_dot(acc[r][1][h], xv, y1);                                \
+        }                                                                                      \
+    }
+
+#define GEMM_TILE(name, T, STEP, STEP_OP, LOAD)                                                \
+void gs_avx2_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,              \
+                         const void * vy, size_t by, int nr, int nc) {                         \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    for (int r0 = 0; r0 < nr; r0 += GT) {                                                      \
+        const int rr = nr - r0 < GT ? nr - r0 : GT;                                            \
+        const T * xr[GT];                                                                      \
+        for (int r = 0; r < GT; r++) xr[r] = (const T *) (x + (size_t) (r0 + (r < rr ? r : rr - 1)) * bx); \
+        for (int c0 = 0; c0 < nc; c0 += GT) {                                                  \
+            const int cc = nc - c0 < GT ? nc - c0 : GT;                                        \
+            const T * yc[GT];                                                                  \
+            for (int c = 0; c < GT; c++) yc[c] = (const T *) (y + (size_t) (c0 + (c < cc ? c : cc - 1)) * by); \
+            __m256 acc[GT][GT][2];                                                             \
+            for (int r = 0; r < GT; r++)                                                       \
+                for (int c = 0; c < GT; c++) acc[r][c][0] = acc[r][c][1] = _mm256_setzero_ps(); \
+            for (int i = 0; i < n; i += (STEP)) { STEP_OP(LOAD) }                              \
+            for (int c = 0; c < cc; c++) {                                                     \
+                for (int r = 0; r < rr; r++) s[(size_t) (c0 + c) * bs + r0 + r] = sum16_ps(acc[r][c][0], acc[r][c][1]); \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+}
+
+GEMM_TILE(f32, float, 16, GEMM_STEP_FMA, LOAD_F32)
+GEMM_TILE(f16, gs_half, 16, GEMM_STEP_FMA, LOAD_F16)
+GEMM_TILE(bf16, gs_bf16, 32, GEMM_STEP_BF16, LOAD_PAIRS)
 
 /* ---- activation conversions -------------------------------------------------
  * F16: F16C round to nearest even (NaNs quieted, payload kept), as the

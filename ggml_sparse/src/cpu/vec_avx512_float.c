@@ -1,10 +1,11 @@
 /*
- * vec_avx512_float.c - AVX-512 dots and GEMM tiles of the float weight types
- * F32, F16, BF16 (activations F32, F16, BF16: each type is its own
- * vec_dot_type). Results are bit-identical to vec_generic.c, whose order of
- * float operations (llama.cpp's) they follow: F32/F16 in four 16-lane
- * accumulators over steps of 64 elements, BF16 with the AVX-512 BF16 pair
- * dot instruction in two accumulators. The BF16 kernels need AVX512_BF16;
+ * vec_avx512_float.c - AVX-512 dots and batched GEMM tiles of the float
+ * weight types F32, F16, BF16 (activations F32, F16, BF16: each type is its
+ * own vec_dot_type). Results are bit-identical to vec_generic.c, whose
+ * orders of float operations (llama.cpp's) they follow: dots of F32/F16 in
+ * four 16-lane accumulators over steps of 64 elements, of BF16 with the
+ * AVX-512 BF16 pair dot in two accumulators; batched products (gemm_tile)
+ * in one accumulator per output. The BF16 kernels need AVX512_BF16;
  * dispatch.c uses the AVX2 ones on CPUs without it.
  */
 #include "vec_avx512.h"
@@ -61,111 +62,39 @@ void gs_avx512_dot_bf16(int n, float * s, const void * vx, const void * vy) {
     *s = gs_bf16_tail(x, y, np, n, (double) sum16_ps(c0) + (double) sum16_ps(c1));
 }
 
-/* ---- tiles: 4 weight rows x 4 activation rows -----------------------------
- * Each (row, column) result needs its own 4 (F32/F16) or 2 (BF16) 16-lane
- * accumulators, too many registers for a 4 x 4 tile. The chains of the
- * different accumulators are independent, so the tile makes one pass per
- * accumulator: pass j covers elements 64 s + 16 j .. + 15 (BF16: 64 s +
- * 32 j .. + 31), with 16 registers (one per row, column) kept in memory
- * between passes. The passes run over chunks of KC elements, so that a
- * chunk of the 8 rows is read from memory once and then from L1. One
- * activation row (decode) goes row by row through the dots (a sequential
- * stream). */
+/* ---- batched order (gemm_tile, see matmul.c) -------------------------------
+ * One 16-lane accumulator per (row, column), as llama.cpp's tinyBLAS: 4
+ * weight rows x 4 activation rows per micro-kernel, 16 accumulators in
+ * registers; each step (16 elements; BF16: 32) loads 4 + 4 registers for
+ * 16 fused multiply-adds (BF16 pair dots). n is a multiple of the step. */
 #define TILE_R 4
 #define TILE_C 4
-#define KC 1024
 
 /* 16 named accumulators a<r><c> (GCC keeps an array of them in memory) */
 #define ACC_ROW(r, X) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
 #define ACC_ALL(X) ACC_ROW(0, X) ACC_ROW(1, X) ACC_ROW(2, X) ACC_ROW(3, X)
-#define ACC_LOAD(r, c) __m512 a##r##c = part[j][4 * (r) + (c)];
+#define ACC_DECL(r, c) __m512 a##r##c = _mm512_setzero_ps();
 #define ACC_FMA(r, c) a##r##c = _mm512_fmadd_ps(x##r, y##c, a##r##c);
 #define ACC_BF16(r, c) a##r##c = BF16_DOT(a##r##c, x##r, y##c);
-#define ACC_KEEP(r, c) part[j][4 * (r) + (c)] = a##r##c;
+#define ACC_SUM(r, c) res[r][c] = sum16_ps(a##r##c);
 
-/* pass j of a tile over the chunk at k0: elements at i = k0 + W j,
- * k0 + W j + 64, ... loaded by LOAD as registers of type VT, accumulated
- * by OP into part[j] */
-#define TILE_PASS(VT, LOAD, W, OP)                                                             \
-    do {                                                                                       \
-        ACC_ALL(ACC_LOAD)                                                                      \
-        const int k1 = k0 + KC < np ? k0 + KC : np;                                            \
-        for (int i = k0 + (W) * j; i < k1; i += 64) {                                          \
-            const VT x0 = LOAD(xr[0] + i), x1 = LOAD(xr[1] + i);                               \
-            const VT x2 = LOAD(xr[2] + i), x3 = LOAD(xr[3] + i);                               \
-            const VT y0 = LOAD(yc[0] + i), y1 = LOAD(yc[1] + i);                               \
-            const VT y2 = LOAD(yc[2] + i), y3 = LOAD(yc[3] + i);                               \
-            ACC_ALL(OP)                                                                        \
-        }                                                                                      \
-        ACC_ALL(ACC_KEEP)                                                                      \
-    } while (0)
-
-/* rows xr[0..3], columns yc[0..3] (repeats past nr / nc are not stored) */
-static inline __attribute__((always_inline)) void
-micro_f32(int n, float * s, size_t bs, const float * const * xr, int nr, const float * const * yc, int nc) {
-    const int np = n & ~63;
-    __m512 part[4][16];
-    for (int j = 0; j < 4; j++) {
-        for (int k = 0; k < 16; k++) part[j][k] = _mm512_setzero_ps();
-    }
-    for (int k0 = 0; k0 < np; k0 += KC) {
-        for (int j = 0; j < 4; j++) TILE_PASS(__m512, LOAD_F32, 16, ACC_FMA);
-    }
-    for (int c = 0; c < nc; c++) {
-        for (int r = 0; r < nr; r++) {
-            const int k = 4 * r + c;
-            const __m512 lanes = _mm512_add_ps(_mm512_add_ps(part[0][k], part[2][k]), _mm512_add_ps(part[1][k], part[3][k]));
-            s[(size_t) c * bs + r] = gs_f32_tail(xr[r], yc[c], np, n, sum16_ps(lanes));
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void
-micro_f16(int n, float * s, size_t bs, const gs_half * const * xr, int nr, const gs_half * const * yc, int nc) {
-    const int np = n & ~63;
-    __m512 part[4][16];
-    for (int j = 0; j < 4; j++) {
-        for (int k = 0; k < 16; k++) part[j][k] = _mm512_setzero_ps();
-    }
-    for (int k0 = 0; k0 < np; k0 += KC) {
-        for (int j = 0; j < 4; j++) TILE_PASS(__m512, LOAD_F16, 16, ACC_FMA);
-    }
-    for (int c = 0; c < nc; c++) {
-        for (int r = 0; r < nr; r++) {
-            const int k = 4 * r + c;
-            const __m512 lanes = _mm512_add_ps(_mm512_add_ps(part[0][k], part[2][k]), _mm512_add_ps(part[1][k], part[3][k]));
-            s[(size_t) c * bs + r] = gs_f16_tail(xr[r], yc[c], np, n, sum16_ps(lanes));
-        }
-    }
-}
-
-__attribute__((target("avx512bf16"))) static inline __attribute__((always_inline)) void
-micro_bf16(int n, float * s, size_t bs, const gs_bf16 * const * xr, int nr, const gs_bf16 * const * yc, int nc) {
-    const int np = n & ~63;
-    __m512 part[2][16];
-    for (int j = 0; j < 2; j++) {
-        for (int k = 0; k < 16; k++) part[j][k] = _mm512_setzero_ps();
-    }
-    for (int k0 = 0; k0 < np; k0 += KC) {
-        for (int j = 0; j < 2; j++) TILE_PASS(__m512i, LOAD_BF16, 32, ACC_BF16);
-    }
-    for (int c = 0; c < nc; c++) {
-        for (int r = 0; r < nr; r++) {
-            const int k = 4 * r + c;
-            s[(size_t) c * bs + r] = gs_bf16_tail(xr[r], yc[c], np, n,
-                                                  (double) sum16_ps(part[0][k]) + (double) sum16_ps(part[1][k]));
-        }
-    }
-}
-
-#define FLOAT_TILE(name, T, ATTR)                                                              \
-ATTR void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t bx,          \
-                             const void * vy, size_t by, int nr, int nc) {                     \
-    const uint8_t * x = vx, * y = vy;                                                          \
-    if (nc == 1) {                                                                             \
-        for (int r = 0; r < nr; r++) gs_avx512_dot_##name(n, &s[r], x + (size_t) r * bx, y);             \
-        return;                                                                                \
+/* res[r][c] = batched dot of rows xr[r], yc[c]; VT: register type of LOAD,
+ * STEP: elements per load, OP: the accumulation */
+#define GEMM_MICRO(name, T, VT, LOAD, STEP, OP, ATTR)                                          \
+ATTR static inline __attribute__((always_inline)) void                                         \
+micro_##name(int n, const T * const * xr, const T * const * yc, float res[TILE_R][TILE_C]) {   \
+    ACC_ALL(ACC_DECL)                                                                          \
+    for (int i = 0; i < n; i += (STEP)) {                                                      \
+        const VT x0 = LOAD(xr[0] + i), x1 = LOAD(xr[1] + i), x2 = LOAD(xr[2] + i), x3 = LOAD(xr[3] + i); \
+        const VT y0 = LOAD(yc[0] + i), y1 = LOAD(yc[1] + i), y2 = LOAD(yc[2] + i), y3 = LOAD(yc[3] + i); \
+        ACC_ALL(OP)                                                                            \
     }                                                                                          \
+    ACC_ALL(ACC_SUM)                                                                           \
+}                                                                                              \
+ATTR void gs_avx512_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,       \
+                                const void * vy, size_t by, int nr, int nc) {                  \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    float res[TILE_R][TILE_C];                                                                 \
     for (int r0 = 0; r0 < nr; r0 += TILE_R) {                                                  \
         const int rr = nr - r0 < TILE_R ? nr - r0 : TILE_R;                                    \
         const T * xr[TILE_R];                                                                  \
@@ -174,11 +103,14 @@ ATTR void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, si
             const int cc = nc - c0 < TILE_C ? nc - c0 : TILE_C;                                \
             const T * yc[TILE_C];                                                              \
             for (int c = 0; c < TILE_C; c++) yc[c] = (const T *) (y + (size_t) (c0 + (c < cc ? c : cc - 1)) * by); \
-            micro_##name(n, s + (size_t) c0 * bs + r0, bs, xr, rr, yc, cc);                    \
+            micro_##name(n, xr, yc, res);                                                      \
+            for (int c = 0; c < cc; c++) {                                                     \
+                for (int r = 0; r < rr; r++) s[(size_t) (c0 + c) * bs + r0 + r] = res[r][c];   \
+            }                                                                                  \
         }                                                                                      \
     }                                                                                          \
 }
 
-FLOAT_TILE(f32, float, )
-FLOAT_TILE(f16, gs_half, )
-FLOAT_TILE(bf16, gs_bf16, __attribute__((target("avx512bf16"))))
+GEMM_MICRO(f32, float, __m512, LOAD_F32, 16, ACC_FMA, )
+GEMM_MICRO(f16, gs_half, __m512, LOAD_F16, 16, ACC_FMA, )
+GEMM_MICRO(bf16, gs_bf16, __m512i, LOAD_BF16, 32, ACC_BF16, __attribute__((target("avx512bf16"))))

@@ -17,6 +17,9 @@
  *    the Q4_K mins in 4 float lanes per pair (one register per column),
  *    the Q5_K mins as one float per pair, lane 4r + c of one register,
  *    from a small integer matrix product (rowcol_dot).
+ * The gemm kernels (llama.cpp's batched order, gemm_tile) share the integer
+ * part; per super-block they reduce each accumulator to one integer
+ * (reduce16: lane 4r + c) and take the offsets from rowcol_dot.
  * Rows beyond nr and columns beyond nc repeat the last one and are not
  * stored.
  */
@@ -25,6 +28,24 @@
 
 #define TR 4
 #define TC 4
+
+/* lane 4g + i = sum of all lanes of a[4g + i] */
+static inline __m512i reduce16(const __m512i a[16]) {
+    __m512i v[4];
+    for (int g = 0; g < 4; g++) {
+        const __m512i * p = a + 4 * g;
+        const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+        const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+        /* lane 4l + i: 128-bit lane l of p[i], summed */
+        v[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    }
+    const __m512i w01 = _mm512_add_epi32(_mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i w23 = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2], v[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(v[2], v[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
 
 /* lane 4r + c = sum over q < 8 of the int16 pair products of dword q of
  * rows[r] and dword q of cols[c] (8 dwords each). */
@@ -46,12 +67,19 @@ static inline __m512i rowcol_dot(const __m256i rows[TR], const __m256i cols[TC])
     return acc;
 }
 
-/* lane 4r + c = rows[r] * cols[c] */
-static inline __m512 outer4(__m128 rows, __m128 cols) {
+/* lane 4r + c = rows[r], resp. cols[c], resp. rows[r] * cols[c] */
+static inline __m512 by_row(__m128 rows) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 r = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_castps128_ps512(rows));
-    const __m512 c = _mm512_permutexvar_ps(_mm512_and_si512(lane, _mm512_set1_epi32(3)), _mm512_castps128_ps512(cols));
-    return _mm512_mul_ps(r, c);
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_castps128_ps512(rows));
+}
+
+static inline __m512 by_col(__m128 cols) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_permutexvar_ps(_mm512_and_si512(lane, _mm512_set1_epi32(3)), _mm512_castps128_ps512(cols));
+}
+
+static inline __m512 outer4(__m128 rows, __m128 cols) {
+    return _mm512_mul_ps(by_row(rows), by_col(cols));
 }
 
 /* Lanes 0..7 = lane 2p of v, lanes 8..15 = lane 2p + 1 (pair p's factors). */
@@ -110,11 +138,14 @@ static inline __m512i k6_scales(__m512i sc16, int k) {
     return _mm512_permutexvar_epi16(idx, sc16);
 }
 
-/* kind: 0 = Q4_K, 1 = Q5_K, 2 = Q6_K. Pair p = (row p / 2, columns
- * 2 (p % 2) and 2 (p % 2) + 1), accumulator index 4r + c. */
+/* kind: 0 = Q4_K, 1 = Q5_K, 2 = Q6_K; batched: the float order of
+ * vec_generic.c's gemm_tile (per output: s1, s2 integers, then
+ * acc = fma(s1 d_x - dmin_x s2, d_y, acc); in lane 4r + c of gacc) instead
+ * of vec_dot's (pairs p = (row p / 2, columns 2 (p % 2) and 2 (p % 2) + 1)
+ * in facc[p]). Accumulator index 4r + c. */
 static inline __attribute__((always_inline)) void
 micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
-        const uint8_t * y, size_t by, int nc, const int kind) {
+        const uint8_t * y, size_t by, int nc, const int kind, const int batched) {
     const size_t xbs = kind == 0 ? sizeof(block_q4_K) : kind == 1 ? sizeof(block_q5_K) : sizeof(block_q6_K);
     const uint8_t * xr[TR];
     const block_q8_K * yc[TC];
@@ -122,6 +153,7 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
     for (int c = 0; c < TC; c++) yc[c] = (const block_q8_K *) (y + (size_t) (c < nc ? c : nc - 1) * by);
     __m512 facc[8], macc[TC];   /* macc: Q4_K mins, lane 4r + i of column c */
     __m512 summs = _mm512_setzero_ps();   /* Q5_K mins, lane 4r + c */
+    __m512 gacc = _mm512_setzero_ps();    /* batched: lane 4r + c */
     for (int p = 0; p < 8; p++) facc[p] = _mm512_setzero_ps();
     for (int c = 0; c < TC; c++) macc[c] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -134,7 +166,8 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
             const uint8_t * xb = xr[r] + b * xbs;
             if (kind == 2) {
                 const block_q6_K * q6 = (const block_q6_K *) xb;
-                sc16[r] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) q6->scales)));
+                rv[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) q6->scales));
+                sc16[r] = _mm512_castsi256_si512(rv[r]);
                 dr[r] = _cvtsh_ss(q6->d);
             } else {
                 const block_q4_K * q4 = (const block_q4_K *) xb;   /* same head as block_q5_K */
@@ -178,6 +211,15 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
             }
         }
         const __m128 vdy = _mm_loadu_ps(dy);
+        if (batched) {
+            __m512i s1 = reduce16(acc);
+            const __m512i s2 = rowcol_dot(rv, cv);
+            if (kind == 2) s1 = _mm512_sub_epi32(s1, _mm512_slli_epi32(s2, 5));   /* q - 32 */
+            __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), by_row(_mm_loadu_ps(dr)));
+            if (kind != 2) t = _mm512_fnmadd_ps(by_row(_mm_loadu_ps(mr)), _mm512_cvtepi32_ps(s2), t);
+            gacc = _mm512_fmadd_ps(t, by_col(vdy), gacc);
+            continue;
+        }
         const __m512 d = outer4(_mm_loadu_ps(dr), vdy);
         for (int p = 0; p < 8; p++) {
             const int r = p / 2, c = 2 * (p % 2);
@@ -209,6 +251,14 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
             }
         }
     }
+    if (batched) {
+        float g[16];
+        _mm512_storeu_ps(g, gacc);
+        for (int c = 0; c < nc; c++) {
+            for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = g[4 * r + c];
+        }
+        return;
+    }
     float fl[8][16], ml[TC][16], sm[16];
     for (int p = 0; p < 8; p++) _mm512_storeu_ps(fl[p], facc[p]);
     for (int c = 0; c < TC; c++) _mm512_storeu_ps(ml[c], macc[c]);
@@ -224,6 +274,16 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
     }
 }
 
+/* micro-kernels over the tile (TILE: vec_dot order, GEMM: batched order) */
+#define KTILE_LOOP(KIND, BATCHED)                                                              \
+    for (int r0 = 0; r0 < nr; r0 += TR) {                                                      \
+        for (int c0 = 0; c0 < nc; c0 += TC) {                                                  \
+            micro_k(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,         \
+                    nr - r0 < TR ? nr - r0 : TR, y + (size_t) c0 * by, by,                     \
+                    nc - c0 < TC ? nc - c0 : TC, KIND, BATCHED);                               \
+        }                                                                                      \
+    }
+
 #define DEFINE_KTILE(name, KIND, DOT)                                                          \
 void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t bx,            \
                            const void * vy, size_t by, int nr, int nc) {                       \
@@ -232,13 +292,12 @@ void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t 
         for (int r = 0; r < nr; r++) DOT(n, &s[r], x + (size_t) r * bx, y);                    \
         return;                                                                                \
     }                                                                                          \
-    for (int r0 = 0; r0 < nr; r0 += TR) {                                                      \
-        for (int c0 = 0; c0 < nc; c0 += TC) {                                                  \
-            micro_k(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,         \
-                    nr - r0 < TR ? nr - r0 : TR, y + (size_t) c0 * by, by,                     \
-                    nc - c0 < TC ? nc - c0 : TC, KIND);                                        \
-        }                                                                                      \
-    }                                                                                          \
+    KTILE_LOOP(KIND, 0)                                                                        \
+}                                                                                              \
+void gs_avx512_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,            \
+                           const void * vy, size_t by, int nr, int nc) {                       \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    KTILE_LOOP(KIND, 1)                                                                        \
 }
 
 DEFINE_KTILE(q4_K, 0, gs_avx512_dot_q4_K)

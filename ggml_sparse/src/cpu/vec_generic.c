@@ -72,18 +72,61 @@ static inline float flush_subnormal(float f) {
     return fabsf(f) < 0x1p-126f ? copysignf(0.0f, f) : f;
 }
 
+/* acc + odd product, then + even product, as the BF16 pair dot does */
+static inline float bf16_pair(float acc, const gs_bf16 * x, const gs_bf16 * y) {
+    const float odd = bf16_daz(x[1]) * bf16_daz(y[1]);
+    const float even = bf16_daz(x[0]) * bf16_daz(y[0]);
+    return flush_subnormal(flush_subnormal(acc + odd) + even);
+}
+
 static void vec_dot_bf16(int n, float * s, const void * vx, const void * vy) {
     const gs_bf16 * x = vx, * y = vy;
     const int np = n & ~63;
     float c[2][16] = { { 0 } };
     for (int i = 0; i < np; i += 2) {
         float * a = &c[(i / 32) % 2][(i % 32) / 2];
-        const float odd = bf16_daz(x[i + 1]) * bf16_daz(y[i + 1]);
-        const float even = bf16_daz(x[i]) * bf16_daz(y[i]);
-        *a = flush_subnormal(flush_subnormal(*a + odd) + even);
+        *a = bf16_pair(*a, x + i, y + i);
     }
     *s = gs_bf16_tail(x, y, np, n, (double) gs_sum16(c[0]) + (double) gs_sum16(c[1]));
 }
+
+/* ---- batched order of the float types (gemm_tile; when: matmul.c) ---------
+ * llama.cpp's tinyBLAS: one 16-lane accumulator per output; F32 / F16
+ * element i goes to lane i % 16 with a fused multiply-add, BF16 element
+ * pair (2j, 2j + 1) of each 32 to lane j as in vec_dot_bf16; the result is
+ * gs_sum16 of the lanes. n is a multiple of 16 (BF16: 32). */
+static float gemm_dot_f32(int n, const void * vx, const void * vy) {
+    const float * x = vx, * y = vy;
+    float acc[16] = { 0 };
+    for (int i = 0; i < n; i++) acc[i % 16] = fmaf(x[i], y[i], acc[i % 16]);
+    return gs_sum16(acc);
+}
+
+static float gemm_dot_f16(int n, const void * vx, const void * vy) {
+    const gs_half * x = vx, * y = vy;
+    float acc[16] = { 0 };
+    for (int i = 0; i < n; i++) acc[i % 16] = fmaf(GS_H2F(x[i]), GS_H2F(y[i]), acc[i % 16]);
+    return gs_sum16(acc);
+}
+
+static float gemm_dot_bf16(int n, const void * vx, const void * vy) {
+    const gs_bf16 * x = vx, * y = vy;
+    float acc[16] = { 0 };
+    for (int i = 0; i < n; i += 2) acc[(i % 32) / 2] = bf16_pair(acc[(i % 32) / 2], x + i, y + i);
+    return gs_sum16(acc);
+}
+
+#define GEMM_TILE(name)                                                                        \
+static void gemm_tile_##name(int n, float * s, size_t bs, const void * vx, size_t bx,          \
+                             const void * vy, size_t by, int nr, int nc) {                     \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    for (int c = 0; c < nc; c++) {                                                             \
+        for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = gemm_dot_##name(n, x + (size_t) r * bx, y + (size_t) c * by); \
+    }                                                                                          \
+}
+GEMM_TILE(f32)
+GEMM_TILE(f16)
+GEMM_TILE(bf16)
 
 /* Activations for F16 weights: round to nearest even, as the F16C
  * conversion llama.cpp uses (a NaN keeps its sign and top payload bits and
@@ -274,8 +317,23 @@ static void vec_dot_q5_K(int n, float * s, const void * vx, const void * vy) {
     *s = lanes_sum(acc) + summs;
 }
 
-/* sum_i d sc_j (q_i - 32) yd yq_i over sub-blocks j of 16, q unpacked as the
- * layout comment of block_q6_K says. Lane l takes the unsigned codes and
+/* The 256 unsigned 6-bit codes of a Q6_K super-block in weight order (the
+ * layout comment of block_q6_K). */
+static inline void unpack_q6_K(const block_q6_K * x, uint8_t * q) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t * ql = x->ql + 64 * h;
+        const uint8_t * qh = x->qh + 32 * h;
+        uint8_t * qo = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            qo[l] = (uint8_t) ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+            qo[l + 32] = (uint8_t) ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+            qo[l + 64] = (uint8_t) ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            qo[l + 96] = (uint8_t) ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    }
+}
+
+/* sum_i d sc_j (q_i - 32) yd yq_i over sub-blocks j of 16. Lane l takes the unsigned codes and
  * subtracts 32 (sc_2l bsums_2l + sc_2l+1 bsums_2l+1). */
 static void vec_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
     const block_q6_K * x = vx;
@@ -283,17 +341,7 @@ static void vec_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
     float acc[8] = { 0 };
     for (int b = 0; b < n / QK_K; b++) {
         uint8_t q[QK_K];
-        for (int h = 0; h < 2; h++) {
-            const uint8_t * ql = x[b].ql + 64 * h;
-            const uint8_t * qh = x[b].qh + 32 * h;
-            uint8_t * qo = q + 128 * h;
-            for (int l = 0; l < 32; l++) {
-                qo[l] = (uint8_t) ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
-                qo[l + 32] = (uint8_t) ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
-                qo[l + 64] = (uint8_t) ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-                qo[l + 96] = (uint8_t) ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-            }
-        }
+        unpack_q6_K(&x[b], q);
         int sc[16], lane[8];
         for (int j = 0; j < 16; j++) sc[j] = x[b].scales[j];
         k_lanes(q, sc, y[b].qs, lane);
@@ -305,18 +353,80 @@ static void vec_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
     *s = lanes_sum(acc);
 }
 
+/* ---- batched order of the K types (gemm_tile; when: matmul.c) -------------
+ * llama.cpp's tiled K-quant GEMM: per output and super-block, the exact
+ * integers s1 = sum_j sc_j (sum over sub-block j of q_i y_i) and (Q4_K,
+ * Q5_K) s2 = sum_j m_j (bsums of sub-block j); then, in float,
+ * t = s1 * d_x, t = t - dmin_x * s2 (one fused multiply-add) and
+ * acc = acc + t * d_y (one fused multiply-add), super-block after
+ * super-block. Q6_K's codes enter as q - 32. */
+static inline float tiled_step(float acc, int s1, int s2, float d, float dmin, float dy) {
+    float t = (float) s1 * d;
+    t = fmaf(-dmin, (float) s2, t);
+    return fmaf(t, dy, acc);
+}
+
+static float gemm_dot_k4(int n, const void * vx, const void * vy, const int five) {
+    const block_q8_K * y = vy;
+    float acc = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        const uint8_t * scales, * qs, * qh = NULL;
+        gs_half d, dmin;
+        if (five) {
+            const block_q5_K * x = (const block_q5_K *) vx + b;
+            scales = x->scales, qs = x->qs, qh = x->qh, d = x->d, dmin = x->dmin;
+        } else {
+            const block_q4_K * x = (const block_q4_K *) vx + b;
+            scales = x->scales, qs = x->qs, d = x->d, dmin = x->dmin;
+        }
+        uint8_t q[QK_K];
+        int sc[16], m[8], s1 = 0, s2 = 0;
+        unpack_k4(scales, qs, qh, q, sc, m);
+        for (int e = 0; e < QK_K; e++) s1 += sc[e / 16] * q[e] * y[b].qs[e];
+        for (int j = 0; j < 8; j++) s2 += m[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        acc = tiled_step(acc, s1, s2, GS_H2F(d), GS_H2F(dmin), y[b].d);
+    }
+    return acc;
+}
+
+static float gemm_dot_q4_K(int n, const void * vx, const void * vy) {
+    return gemm_dot_k4(n, vx, vy, 0);
+}
+
+static float gemm_dot_q5_K(int n, const void * vx, const void * vy) {
+    return gemm_dot_k4(n, vx, vy, 1);
+}
+
+static float gemm_dot_q6_K(int n, const void * vx, const void * vy) {
+    const block_q6_K * x = vx;
+    const block_q8_K * y = vy;
+    float acc = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        uint8_t q[QK_K];
+        unpack_q6_K(&x[b], q);
+        int s1 = 0;
+        for (int e = 0; e < QK_K; e++) s1 += x[b].scales[e / 16] * (q[e] - 32) * y[b].qs[e];
+        acc = tiled_step(acc, s1, 0, GS_H2F(x[b].d), 0.0f, y[b].d);
+    }
+    return acc;
+}
+
+GEMM_TILE(q4_K)
+GEMM_TILE(q5_K)
+GEMM_TILE(q6_K)
+
 const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT] = {
-    [GS_TYPE_F32]  = { gs_quantize_row_f32_ref,  vec_dot_f32,  gs_dequantize_row_f32 },
-    [GS_TYPE_F16]  = { quantize_row_f16_act,     vec_dot_f16,  gs_dequantize_row_f16 },
-    [GS_TYPE_BF16] = { gs_quantize_row_bf16_ref, vec_dot_bf16, gs_dequantize_row_bf16 },
+    [GS_TYPE_F32]  = { gs_quantize_row_f32_ref,  vec_dot_f32,  gs_dequantize_row_f32,  NULL, gemm_tile_f32 },
+    [GS_TYPE_F16]  = { quantize_row_f16_act,     vec_dot_f16,  gs_dequantize_row_f16,  NULL, gemm_tile_f16 },
+    [GS_TYPE_BF16] = { gs_quantize_row_bf16_ref, vec_dot_bf16, gs_dequantize_row_bf16, NULL, gemm_tile_bf16 },
     [GS_TYPE_Q4_0] = { gs_quantize_row_q8_0_act, vec_dot_q4_0, gs_dequantize_row_q4_0 },
     [GS_TYPE_Q4_1] = { gs_quantize_row_q8_1_ref, vec_dot_q4_1, gs_dequantize_row_q4_1 },
     [GS_TYPE_Q5_0] = { gs_quantize_row_q8_0_act, vec_dot_q5_0, gs_dequantize_row_q5_0 },
     [GS_TYPE_Q5_1] = { gs_quantize_row_q8_1_ref, vec_dot_q5_1, gs_dequantize_row_q5_1 },
     [GS_TYPE_Q8_0] = { gs_quantize_row_q8_0_act, vec_dot_q8_0, gs_dequantize_row_q8_0 },
     [GS_TYPE_Q8_1] = { gs_quantize_row_q8_1_ref, NULL,         gs_dequantize_row_q8_1 },
-    [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, vec_dot_q4_K, gs_dequantize_row_q4_K },
-    [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, vec_dot_q5_K, gs_dequantize_row_q5_K },
-    [GS_TYPE_Q6_K] = { gs_quantize_row_q8_K_ref, vec_dot_q6_K, gs_dequantize_row_q6_K },
+    [GS_TYPE_Q4_K] = { gs_quantize_row_q8_K_ref, vec_dot_q4_K, gs_dequantize_row_q4_K, NULL, gemm_tile_q4_K },
+    [GS_TYPE_Q5_K] = { gs_quantize_row_q8_K_ref, vec_dot_q5_K, gs_dequantize_row_q5_K, NULL, gemm_tile_q5_K },
+    [GS_TYPE_Q6_K] = { gs_quantize_row_q8_K_ref, vec_dot_q6_K, gs_dequantize_row_q6_K, NULL, gemm_tile_q6_K },
     [GS_TYPE_Q8_K] = { gs_quantize_row_q8_K_ref, NULL,         gs_dequantize_row_q8_K },
 };
