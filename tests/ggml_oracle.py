@@ -6,7 +6,10 @@ llama-cpp-python ships ggml's shared libraries; `libggml-cpu.so` exports
 the dot product its matmul uses for each weight type (on this machine: the
 build's own SIMD code), with
 `vec_dot(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc)`.
-Type ids and block layouts are GGUF's, which ours share.
+`mul_mat` runs a whole ggml_mul_mat through ggml's graph compute (weights in
+plain CPU memory, as llama.cpp keeps them without repacking), so batches
+take the kernels llama.cpp picks for them (tinyBLAS, the tiled K-quant
+GEMM). Type ids and block layouts are GGUF's, which ours share.
 """
 from __future__ import annotations
 
@@ -30,8 +33,12 @@ _VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), 
 F32 = 0
 
 
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
 class GGMLCpu:
-    """ggml's CPU type traits. Buffers are numpy arrays (bytes)."""
+    """ggml's CPU type traits and matmul. Buffers are numpy arrays (bytes)."""
 
     def __init__(self, libdir: Path):
         # libggml-cpu needs libggml-base's symbols global
@@ -39,6 +46,17 @@ class GGMLCpu:
         self._cpu = ctypes.CDLL(str(libdir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
         self._cpu.ggml_cpu_init()
         self._cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_Traits)
+        ptr = ctypes.c_void_p
+        base = self._base
+        base.ggml_init.restype, base.ggml_init.argtypes = ptr, [_InitParams]
+        base.ggml_new_tensor_2d.restype = ptr
+        base.ggml_new_tensor_2d.argtypes = [ptr, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = ptr, [ptr, ptr, ptr]
+        base.ggml_get_data.restype, base.ggml_get_data.argtypes = ptr, [ptr]
+        base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = ptr, [ptr]
+        base.ggml_build_forward_expand.argtypes = [ptr, ptr]
+        base.ggml_free.argtypes = [ptr]
+        self._cpu.ggml_graph_compute_with_ctx.argtypes = [ptr, ptr, ctypes.c_int]
 
     def _traits(self, t: int) -> _Traits:
         return self._cpu.ggml_get_type_traits_cpu(int(t)).contents
@@ -62,6 +80,30 @@ class GGMLCpu:
         s = ctypes.c_float()
         _VEC_DOT(self._traits(t).vec_dot)(n, ctypes.byref(s), 0, w.ctypes.data, 0, y.ctypes.data, 0, 1)
         return np.float32(s.value)
+
+
+    def mul_mat(self, t: int, w: np.ndarray, x: np.ndarray, n_threads: int = 2) -> np.ndarray:
+        """ggml_mul_mat of weights w (M rows of type t, K elements each, as
+        bytes (M, row bytes)) and float32 activations x (N, K): (N, M)."""
+        x = np.ascontiguousarray(x, np.float32)
+        w = np.ascontiguousarray(w)
+        (n, k), m = x.shape, w.shape[0]
+        base = self._base
+        mem = w.nbytes + 3 * x.nbytes + 4 * m * n + (16 << 20)
+        ctx = base.ggml_init(_InitParams(mem, None, False))
+        try:
+            a = base.ggml_new_tensor_2d(ctx, int(t), k, m)
+            b = base.ggml_new_tensor_2d(ctx, F32, k, n)
+            ctypes.memmove(base.ggml_get_data(a), w.ctypes.data, w.nbytes)
+            ctypes.memmove(base.ggml_get_data(b), x.ctypes.data, x.nbytes)
+            c = base.ggml_mul_mat(ctx, a, b)
+            graph = base.ggml_new_graph(ctx)
+            base.ggml_build_forward_expand(graph, c)
+            self._cpu.ggml_graph_compute_with_ctx(ctx, graph, n_threads)
+            out = (ctypes.c_float * (m * n)).from_address(base.ggml_get_data(c))
+            return np.ctypeslib.as_array(out).copy().reshape(n, m)
+        finally:
+            base.ggml_free(ctx)
 
 
 def load() -> GGMLCpu | None:

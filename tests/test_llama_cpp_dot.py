@@ -16,7 +16,10 @@ SIMD level this CPU has, for every weight type, on
   K = 1536).
 
 The activation conversions (Q8_0, Q8_1, Q8_K, F16, BF16) must give
-llama.cpp's bytes. These tests pin the accumulation order of llama.cpp's
+llama.cpp's bytes, and whole matrix products through our graph must equal
+ggml_mul_mat's for N = 1 (decode) and batches (where llama.cpp uses other
+kernels for some types: tinyBLAS for F32/F16/BF16, its tiled GEMM for the
+K types at N >= 8; ours follow them, see matmul.c). These tests pin the accumulation order of llama.cpp's
 build on the machine that runs them (x86 with AVX-512 here); on a machine
 whose llama.cpp build takes other SIMD paths they can fail, which is the
 point: the engines would then not agree bit for bit.
@@ -26,8 +29,8 @@ import numpy as np
 import pytest
 
 import ggml_oracle
-from pyinfer.tensor import (GGMLType, cpu_info, quantize, quantize_activations, row_size,
-                            set_simd_level, type_info, vec_dot)
+from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, quantize, quantize_activations,
+                            row_size, set_simd_level, type_info, vec_dot)
 
 pytestmark = pytest.mark.llama_cpp
 
@@ -195,3 +198,40 @@ def test_activation_conversion(ggml, vt, level):
         got = zero_scale_blocks_cleared(vt, quantize_activations(x, vt))
         bad = np.flatnonzero(got != want)
         assert bad.size == 0, f"{vt.name} row {i} {level}: bytes differ from llama.cpp's at {bad[:8]}"
+
+
+# ---- whole matrix products ----------------------------------------------------------
+def our_mul_mat(t, w_raw: np.ndarray, x: np.ndarray, n_threads: int = 2) -> np.ndarray:
+    (n, k), m = x.shape, w_raw.shape[0]
+    with Context(1 << 20, no_alloc=True) as ctx:
+        w = ctx.new_tensor(t, (k, m), "w")
+        w.set_data(w_raw)
+        xt = ctx.new_tensor(T.F32, (k, n), "x")
+        xt.set_data(x)
+        out = ctx.mul_mat(w, xt).set_output()
+        graph = Graph(ctx, 8).build(out).plan(n_threads)
+        with ThreadPool(n_threads) as pool:
+            graph.compute(pool)
+        return out.numpy().copy()
+
+
+def mul_mat_shapes(t) -> list:
+    """(K, M) pairs: M % 4 == 0 and not (tinyBLAS needs it), K multiples of
+    the block size, and for the float types K not a multiple of 16."""
+    if t in K_TYPES:
+        return [(1536, 64), (256, 36), (768, 17)]
+    if t in FLOAT_TYPES:
+        return [(576, 64), (1536, 36), (576, 38), (100, 64)]
+    return [(576, 64), (1536, 36), (576, 38)]
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_mul_mat_matches_llama_cpp(ggml, t, level):
+    rng = np.random.default_rng(int(t) + 200)
+    for k, m in mul_mat_shapes(t):
+        w = quantize((rng.standard_normal((m, k)) * 0.1).astype(np.float32), t).reshape(m, -1)
+        for n in (1, 2, 7, 8, 13, 32):
+            x = (rng.standard_normal((n, k)) * 10.0 ** rng.uniform(-1, 1)).astype(np.float32)
+            want, got = ggml.mul_mat(t, w, x), our_mul_mat(t, w, x)
+            bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+            assert bad.size == 0, f"{t.name} K={k} M={m} N={n} {level}: {bad.size} of {got.size} outputs differ"
