@@ -5,6 +5,12 @@ prompt, its prompt tokens and the first N greedy tokens, so the default test
 run can check token-exactness without llama-cpp-python installed.
 
     python scripts/record_llama_cpp.py [--model M.gguf] [--n 48] [--out tests/data/X.json]
+                                       [--n-hashes 8] [--no-repack]
+
+--no-repack loads the weights without llama.cpp's extra CPU buffer types
+(`use_extra_bufts = false`): no run-time repacking of Q4_0/Q8_0/K-type
+weights into interleaved layouts, so its matmuls use the plain per-row dot
+products (`vec_dot`) at decode.
 """
 import argparse
 import importlib.resources
@@ -53,8 +59,20 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--n-hashes", type=int, default=8,
                     help="record sha256 of the float32 logits after the prompt and this many steps")
+    ap.add_argument("--no-repack", action="store_true", help="load without llama.cpp's weight repacking")
     args = ap.parse_args()
     import llama_cpp
+
+    if args.no_repack:
+        # llama_cpp.Llama takes its model parameters from this function
+        default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params_without_repack():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_cpp.llama_model_default_params = params_without_repack
 
     model = args.model or default_model()
     llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, verbose=False, seed=0)
@@ -70,7 +88,7 @@ def main():
         records.append({"prompt": prompt, "prompt_tokens": toks, "greedy": out,
                         "logits_sha256": logits_hashes(llm, toks, out[:args.n_hashes])})
     result = {"model": os.path.basename(model), "llama_cpp_python": llama_cpp.__version__,
-              "n_ctx": 512, "records": records}
+              "n_ctx": 512, "repack": not args.no_repack, "records": records}
     out = args.out or os.path.join(os.path.dirname(__file__), "..", "tests", "data",
                                    os.path.basename(model).replace(".gguf", ".llama_cpp.json"))
     with open(out, "w") as f:

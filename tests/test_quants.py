@@ -322,6 +322,17 @@ def test_scalar_activation_quantizer_is_reference(rng, scalar_level, t):
     np.testing.assert_array_equal(T.quantize_activations(x, t), want)
 
 
+def test_float_weights_take_activations_of_their_type(rng, scalar_level):
+    """F16 and BF16 weights consume activations rounded to f16 / bf16 (to
+    nearest even, as gguf / numpy round), as llama.cpp's matmul does; F32
+    weights consume the floats unchanged."""
+    assert [T.type_info(t).vec_dot_type for t in (G.F32, G.F16, G.BF16)] == [G.F32, G.F16, G.BF16]
+    x = (rng.standard_normal(4099) * 10.0 ** rng.uniform(-8, 4, 4099)).astype(np.float32)
+    np.testing.assert_array_equal(T.quantize_activations(x, G.F16).view(np.float16), x.astype(np.float16))
+    np.testing.assert_array_equal(T.quantize_activations(x, G.BF16), gguf.quants.quantize(x, GQ.BF16).view(np.uint8))
+    np.testing.assert_array_equal(T.quantize_activations(x, G.F32).view(np.float32), x)
+
+
 # |scalar vec_dot - float64 dot| <= DOT_BUDGET * sum |x_i y_i| (measured
 # worst case over 40 random rows: 6e-8, from float accumulation per block).
 DOT_BUDGET = 1e-6

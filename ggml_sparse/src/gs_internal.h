@@ -45,9 +45,10 @@ typedef void (*gs_from_float_fn)(const float * x, void * y, int64_t n);
 typedef void (*gs_vec_dot_fn)(int n, float * s, const void * x, const void * y);
 /* Dots of nr >= 1 weight rows with nc >= 1 activation rows (a GEMM tile):
  * s[c * bs + r] = dot(x row r, y row c); weight rows are bx bytes apart,
- * activation rows (of the vec_dot_type) by bytes apart. Each result equals
- * vec_dot's: bit for bit for the 32-element block types (whose order of
- * float operations is fixed, see vec_generic.c), else up to rounding. */
+ * activation rows (of the vec_dot_type) by bytes apart. Each result of a
+ * vec_dot_tile equals vec_dot's bit for bit (the order of float operations
+ * is fixed, see vec_generic.c); a gemm_tile follows the batched order
+ * instead (see gs_cpu_type_funcs). */
 typedef void (*gs_vec_dot_tile_fn)(int n, float * s, size_t bs, const void * x, size_t bx,
                                    const void * y, size_t by, int nr, int nc);
 
@@ -71,7 +72,16 @@ typedef struct {
     gs_vec_dot_fn vec_dot;
     gs_to_float_fn to_float;
     gs_vec_dot_tile_fn vec_dot_tile;  /* optional: many rows per call    */
+    /* Optional: products in llama.cpp's order for batches (N >= 2
+     * activation rows) where it uses another kernel than its per-row dot;
+     * matmul.c decides when (gs_cpu_gemm_order), vec_generic.c has the
+     * scalar reference. */
+    gs_vec_dot_tile_fn gemm_tile;
 } gs_cpu_type_funcs;
+
+/* Whether a product of weights of `type` {K, M} with N contiguous (or not:
+ * b_contiguous) activation rows takes the gemm_tile order (matmul.c). */
+bool gs_cpu_gemm_order(gs_type type, int64_t K, int64_t M, int64_t N, bool b_contiguous);
 
 /* Tables for each level, indexed by gs_type. Defined in vec_*.c. */
 extern const gs_cpu_type_funcs gs_cpu_funcs_scalar[GS_TYPE_COUNT];

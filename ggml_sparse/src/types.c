@@ -77,9 +77,9 @@ gs_bf16 gs_float_to_bf16(float f) {
 static const gs_type_traits type_traits[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = { "f32",  1, 4, false, GS_TYPE_F32,
                        gs_dequantize_row_f32, gs_quantize_row_f32_ref },
-    [GS_TYPE_F16]  = { "f16",  1, 2, false, GS_TYPE_F32,
+    [GS_TYPE_F16]  = { "f16",  1, 2, false, GS_TYPE_F16,
                        gs_dequantize_row_f16, gs_quantize_row_f16_ref },
-    [GS_TYPE_BF16] = { "bf16", 1, 2, false, GS_TYPE_F32,
+    [GS_TYPE_BF16] = { "bf16", 1, 2, false, GS_TYPE_BF16,
                        gs_dequantize_row_bf16, gs_quantize_row_bf16_ref },
     [GS_TYPE_Q4_0] = { "q4_0", QK4_0, sizeof(block_q4_0), true, GS_TYPE_Q8_0,
                        gs_dequantize_row_q4_0, gs_quantize_row_q4_0_ref },

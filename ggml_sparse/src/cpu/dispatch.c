@@ -23,11 +23,14 @@ static const gs_cpu_type_funcs * level_table(gs_impl level) {
 gs_cpu_type_funcs gs_cpu_funcs_for(gs_type type, gs_impl level) {
     gs_cpu_type_funcs f = { 0 };
     for (int l = (int) level; l >= (int) GS_IMPL_SCALAR; l--) {
+        /* the AVX-512 BF16 kernels need AVX512_BF16 (vec_avx512_float.c) */
+        if (l == GS_IMPL_AVX512 && type == GS_TYPE_BF16 && !cpu_info.avx512bf16) continue;
         const gs_cpu_type_funcs * t = &level_table((gs_impl) l)[type];
         if (!f.from_float) f.from_float = t->from_float;
         if (!f.vec_dot) f.vec_dot = t->vec_dot;
         if (!f.to_float) f.to_float = t->to_float;
         if (!f.vec_dot_tile) f.vec_dot_tile = t->vec_dot_tile;
+        if (!f.gemm_tile) f.gemm_tile = t->gemm_tile;
     }
     return f;
 }

@@ -12,6 +12,15 @@
  * ROW_BLOCK x COL_BLOCK tiles per call (kernels that reuse loads across
  * rows and tokens), or, for a single token, all of the thread's rows in one
  * call; the others one vec_dot per (row, token).
+ *
+ * Batches of F32 / F16 / BF16 weights in llama.cpp's order: for N >= 2
+ * activation rows its CPU backend hands these types to tinyBLAS (llamafile's
+ * sgemm) instead of its per-row dot, when K is a multiple of tinyBLAS's step
+ * (16 elements; 32 for BF16, whose build uses the AVX-512 BF16 pair dot)
+ * and M a multiple of 4; for F32 weights the activations must moreover be
+ * contiguous (F16 / BF16 ones are converted into a contiguous buffer
+ * first). Each output then has one 16-lane accumulator: the gemm_tile
+ * kernels (vec_generic.c) reproduce it, and such products use them.
  */
 #include "../gs_internal.h"
 
@@ -21,6 +30,19 @@
 /* Bytes of one thread's private copy of a single quantized activation row. */
 static size_t private_row_bytes(size_t q_row) {
     return (q_row + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
+}
+
+bool gs_cpu_gemm_order(gs_type type, int64_t K, int64_t M, int64_t N, bool b_contiguous) {
+    if (N < 2) return false;
+    switch (type) {
+        case GS_TYPE_F32:  return b_contiguous && K % 16 == 0 && M % 4 == 0;
+        case GS_TYPE_F16:  return K % 16 == 0 && M % 4 == 0;
+        case GS_TYPE_BF16: return K % 32 == 0 && M % 4 == 0;
+        case GS_TYPE_Q4_K:
+        case GS_TYPE_Q5_K:
+        case GS_TYPE_Q6_K: return N >= 8;
+        default:           return false;
+    }
 }
 
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
@@ -41,6 +63,8 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
     const gs_cpu_type_funcs * fa = gs_cpu_funcs(a->type);
     const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
     const size_t q_row = gs_type_row_size(vt, K);
+    const gs_vec_dot_tile_fn tile = gs_cpu_gemm_order(a->type, K, M, N, gs_is_contiguous(b)) ? fa->gemm_tile
+                                                                                          : fa->vec_dot_tile;
     uint8_t * wq = p->wdata;
 
     /* phase 1: activations -> vec_dot_type, rows split across threads */
@@ -67,23 +91,23 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
             const uint8_t * a_plane = (const uint8_t *) a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
             const uint8_t * q_plane = wq + ((i3 * n2 + i2) * N) * q_row;
             uint8_t * d_plane = (uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3];
-            if (fa->vec_dot_tile && N == 1) {
+            if (tile && N == 1) {
                 /* GEMV: one call for all of the thread's rows (the kernel picks
                  * an order that streams well from memory) */
                 if (r1 > r0) {
-                    fa->vec_dot_tile((int) K, (float *) d_plane + r0, 0, a_plane + r0 * a->nb[1], a->nb[1],
-                                     q_plane, q_row, (int) (r1 - r0), 1);
+                    tile((int) K, (float *) d_plane + r0, 0, a_plane + r0 * a->nb[1], a->nb[1],
+                         q_plane, q_row, (int) (r1 - r0), 1);
                 }
                 continue;
             }
             for (int64_t m0 = r0; m0 < r1; m0 += ROW_BLOCK) {
                 const int64_t m1 = m0 + ROW_BLOCK < r1 ? m0 + ROW_BLOCK : r1;
-                if (fa->vec_dot_tile) {
+                if (tile) {
                     for (int64_t n0 = 0; n0 < N; n0 += COL_BLOCK) {
                         const int64_t nc = N - n0 < COL_BLOCK ? N - n0 : COL_BLOCK;
-                        fa->vec_dot_tile((int) K, (float *) (d_plane + n0 * dst->nb[1]) + m0,
-                                         dst->nb[1] / sizeof(float), a_plane + m0 * a->nb[1], a->nb[1],
-                                         q_plane + n0 * q_row, q_row, (int) (m1 - m0), (int) nc);
+                        tile((int) K, (float *) (d_plane + n0 * dst->nb[1]) + m0,
+                             dst->nb[1] / sizeof(float), a_plane + m0 * a->nb[1], a->nb[1],
+                             q_plane + n0 * q_row, q_row, (int) (m1 - m0), (int) nc);
                     }
                     continue;
                 }

@@ -1,54 +1,11 @@
 /*
- * vec_avx2.c - the AVX2 kernel table, the float-weight dot products (F32,
- * F16, BF16 weights with F32 activations) and the activation quantizers
- * (F32 -> Q8_0, Q8_1, Q8_K, bit-identical to the reference quantizers
- * gs_quantize_row_q8_0_act, _q8_1_ref, _q8_K_ref). Compiled with AVX2/FMA/F16C target flags and only called when the
- * CPU has them (see dispatch.c). Quantized dots: vec_avx2_{q,k}.c.
+ * vec_avx2.c - the AVX2 kernel table and the activation quantizers (F32 ->
+ * Q8_0, Q8_1, Q8_K, bit-identical to the reference quantizers
+ * gs_quantize_row_q8_0_act, _q8_1_ref, _q8_K_ref). Compiled with
+ * AVX2/FMA/F16C target flags and only called when the CPU has them (see
+ * dispatch.c). Dots: vec_avx2_{float,q,k}.c.
  */
 #include "vec_avx2.h"
-
-/* ---- float weights ------------------------------------------------------ */
-/* 32 elements per step into four accumulators, scalar tail. LOAD(p) yields 8
- * floats of x, ONE(i) element i of x as float. */
-#define FLOAT_DOT_BODY(LOAD, ONE)                                              \
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();             \
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();             \
-    int i = 0;                                                                 \
-    for (; i + 32 <= n; i += 32) {                                             \
-        acc0 = _mm256_fmadd_ps(LOAD(x + i), _mm256_loadu_ps(y + i), acc0);           \
-        acc1 = _mm256_fmadd_ps(LOAD(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);   \
-        acc2 = _mm256_fmadd_ps(LOAD(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2); \
-        acc3 = _mm256_fmadd_ps(LOAD(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3); \
-    }                                                                          \
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(LOAD(x + i), _mm256_loadu_ps(y + i), acc0); \
-    float sum = gs_avx2_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3))); \
-    for (; i < n; i++) sum += ONE(i) * y[i];                                  \
-    *s = sum
-
-#define LOAD_F32(p) _mm256_loadu_ps(p)
-#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (p)))
-#define LOAD_BF16(p) \
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (p))), 16))
-#define ONE_F32(i) x[i]
-#define ONE_F16(i) _cvtsh_ss(x[i])
-#define ONE_BF16(i) gs_bf16_to_float(x[i])
-
-static void dot_f32(int n, float * s, const void * vx, const void * vy) {
-    const float * x = vx, * y = vy;
-    FLOAT_DOT_BODY(LOAD_F32, ONE_F32);
-}
-
-static void dot_f16(int n, float * s, const void * vx, const void * vy) {
-    const gs_half * x = vx;
-    const float * y = vy;
-    FLOAT_DOT_BODY(LOAD_F16, ONE_F16);
-}
-
-static void dot_bf16(int n, float * s, const void * vx, const void * vy) {
-    const gs_bf16 * x = vx;
-    const float * y = vy;
-    FLOAT_DOT_BODY(LOAD_BF16, ONE_BF16);
-}
 
 /* ---- activation quantizers ---------------------------------------------- */
 static inline __m256 abs_ps(__m256 v) {
@@ -154,20 +111,20 @@ void gs_avx2_quantize_q8_K(const float * x, void * vy, int64_t n) {
     }
 }
 
-/* from_float of a weight type quantizes activations to its vec_dot_type;
+/* from_float of a weight type converts activations to its vec_dot_type;
  * F32 activations need no conversion (NULL: the scalar copy is used). */
 const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT] = {
-    [GS_TYPE_F32]  = { NULL, dot_f32,  NULL, NULL },
-    [GS_TYPE_F16]  = { NULL, dot_f16,  NULL, NULL },
-    [GS_TYPE_BF16] = { NULL, dot_bf16, NULL, NULL },
+    [GS_TYPE_F32]  = { NULL, gs_avx2_dot_f32, NULL, NULL, gs_avx2_gemm_f32 },
+    [GS_TYPE_F16]  = { gs_avx2_convert_f16, gs_avx2_dot_f16, NULL, NULL, gs_avx2_gemm_f16 },
+    [GS_TYPE_BF16] = { gs_avx2_convert_bf16, gs_avx2_dot_bf16, NULL, NULL, gs_avx2_gemm_bf16 },
     [GS_TYPE_Q4_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q4_0, NULL, NULL },
     [GS_TYPE_Q4_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q4_1, NULL, NULL },
     [GS_TYPE_Q5_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q5_0, NULL, NULL },
     [GS_TYPE_Q5_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q5_1, NULL, NULL },
     [GS_TYPE_Q8_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q8_0, NULL, NULL },
     [GS_TYPE_Q8_1] = { gs_avx2_quantize_q8_1, NULL, NULL, NULL },
-    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL },
-    [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL },
-    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL },
+    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL, gs_avx2_gemm_q4_K },
+    [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL, gs_avx2_gemm_q5_K },
+    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL, gs_avx2_gemm_q6_K },
     [GS_TYPE_Q8_K] = { gs_avx2_quantize_q8_K, NULL, NULL, NULL },
 };

@@ -20,6 +20,21 @@ void gs_avx2_quantize_q8_0(const float * x, void * y, int64_t n);
 void gs_avx2_quantize_q8_1(const float * x, void * y, int64_t n);
 void gs_avx2_quantize_q8_K(const float * x, void * y, int64_t n);
 
+/* vec_avx2_float.c: F32, F16, BF16 weights (dots, batched GEMM tiles) and
+ * the F16 / BF16 activation conversions (round to nearest even,
+ * bit-identical to the scalar ones) */
+void gs_avx2_dot_f32(int n, float * s, const void * x, const void * y);
+void gs_avx2_dot_f16(int n, float * s, const void * x, const void * y);
+void gs_avx2_dot_bf16(int n, float * s, const void * x, const void * y);
+void gs_avx2_gemm_f32(int n, float * s, size_t bs, const void * x, size_t bx,
+                      const void * y, size_t by, int nr, int nc);
+void gs_avx2_gemm_f16(int n, float * s, size_t bs, const void * x, size_t bx,
+                      const void * y, size_t by, int nr, int nc);
+void gs_avx2_gemm_bf16(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
+void gs_avx2_convert_f16(const float * x, void * y, int64_t n);
+void gs_avx2_convert_bf16(const float * x, void * y, int64_t n);
+
 /* vec_avx2_q.c: 32-element block types */
 void gs_avx2_dot_q4_0(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q4_1(int n, float * s, const void * x, const void * y);
@@ -31,6 +46,13 @@ void gs_avx2_dot_q8_0(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q4_K(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q5_K(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q6_K(int n, float * s, const void * x, const void * y);
+/* ... and their batched order (gemm_tile, vec_generic.c) */
+void gs_avx2_gemm_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
+void gs_avx2_gemm_q5_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
+void gs_avx2_gemm_q6_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
 
 static inline float gs_avx2_hsum_ps(__m256 v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -1,6 +1,8 @@
 /*
  * vec_avx2_k.c - AVX2 dot products of the K types (Q4_K, Q5_K, Q6_K) with
- * Q8_K activations, one 256-weight super-block per step.
+ * Q8_K activations, one 256-weight super-block per step, bit-identical to
+ * vec_generic.c (8 int32 lanes per super-block, one fused multiply-add per
+ * lane and super-block).
  *
  * Unsigned weights times signed activations go through vpmaddubsw (pairs
  * into int16, no saturation: 63 * 128 * 2 < 32767) and vpmaddwd with the
@@ -9,6 +11,8 @@
  */
 #include "vec_avx2.h"
 #include "vec_k_scales.h"
+
+#include <math.h>
 
 /* int16 word j of each 128-bit lane of v, in all 8 words of that lane */
 static inline __m256i word_bcast(__m256i v, int j) {
@@ -20,55 +24,81 @@ static inline __m256i bit_to_4(__m256i v, int bit) {
     return bit <= 4 ? _mm256_slli_epi16(v, 4 - bit) : _mm256_srli_epi16(v, bit - 4);
 }
 
-/* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 8 int32 lanes */
-static inline __m256i mins_dot(uint64_t m, const int16_t * bsums) {
+/* The mins term of a super-block: lane i = m_2i (bsums_4i + bsums_4i+1) +
+ * m_2i+1 (bsums_4i+2 + bsums_4i+3), i < 4 (lane j of the madd is
+ * m_j (bsums_2j + bsums_2j+1)). */
+static inline __m128i mins_dot(uint64_t m, const int16_t * bsums) {
     const __m128i m8 = _mm_cvtsi64_si128((long long) m);
     const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    const __m256i p = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    return _mm_hadd_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
 }
 
-/* Q4_K (high = 0) and Q5_K (high = 1) share the body. */
+/* One Q4_K (high = 0) / Q5_K (high = 1) super-block b against y: returns
+ * the integer lanes of vec_generic.c (dword l: bytes 4l..4l+3 of each 32),
+ * sets *mins to the mins term's 4 lanes and *d, *dmin to the block's
+ * scales as floats. */
+static inline __m256i k4_block(const void * vx, int b, const block_q8_K * y, const int high,
+                               __m128i * mins, float * d, float * dmin) {
+    const __m256i m0F = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
+    const uint8_t * qs, * scales;
+    gs_half d16, dmin16;
+    __m256i qh = _mm256_setzero_si256();
+    if (high) {
+        const block_q5_K * x = (const block_q5_K *) vx + b;
+        qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+        qh = _mm256_loadu_si256((const __m256i *) x->qh);
+    } else {
+        const block_q4_K * x = (const block_q4_K *) vx + b;
+        qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+    }
+    uint64_t sc, m;
+    gs_unpack_scales_k4(scales, &sc, &m);
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long) sc)));
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *) (qs + 32 * k));
+        __m256i lo = _mm256_and_si256(q, m0F);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0F);
+        if (high) {
+            lo = _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * k), m10));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(bit_to_4(qh, 2 * k + 1), m10));
+        }
+        const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *) (y->qs + 64 * k)));
+        const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *) (y->qs + 64 * k + 32)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, word_bcast(sc16, 2 * k)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, word_bcast(sc16, 2 * k + 1)));
+    }
+    *mins = mins_dot(m, y->bsums);
+    *d = _cvtsh_ss(d16);
+    *dmin = _cvtsh_ss(dmin16);
+    return acc;
+}
+
+/* vec_dot order: the mins term goes to 4 float lanes (Q4_K) or one float
+ * (Q5_K). */
 static inline void dot_k4(int n, float * s, const void * vx, const void * vy, const int high) {
     const block_q8_K * y = vy;
-    const __m256i m0F = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
-    __m256 facc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    __m256 facc = _mm256_setzero_ps();
+    __m128 macc = _mm_setzero_ps();
+    float summs = 0.0f;
     for (int b = 0; b < n / QK_K; b++) {
-        const uint8_t * qs, * scales;
-        gs_half d16, dmin16;
-        __m256i qh = _mm256_setzero_si256();
+        __m128i mins;
+        float dx, dminx;
+        const __m256i acc = k4_block(vx, b, &y[b], high, &mins, &dx, &dminx);
+        const float d = y[b].d * dx, dmin = -y[b].d * dminx;
         if (high) {
-            const block_q5_K * x = (const block_q5_K *) vx + b;
-            qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
-            qh = _mm256_loadu_si256((const __m256i *) x->qh);
+            summs = fmaf(dmin, (float) gs_hsum4_epi32(mins), summs);
         } else {
-            const block_q4_K * x = (const block_q4_K *) vx + b;
-            qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+            macc = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), macc);
         }
-        uint64_t sc, m;
-        gs_unpack_scales_k4(scales, &sc, &m);
-        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long) sc)));
-        __m256i acc = _mm256_setzero_si256();
-        for (int k = 0; k < 4; k++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *) (qs + 32 * k));
-            __m256i lo = _mm256_and_si256(q, m0F);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0F);
-            if (high) {
-                lo = _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * k), m10));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(bit_to_4(qh, 2 * k + 1), m10));
-            }
-            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k)));
-            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k + 32)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, word_bcast(sc16, 2 * k)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, word_bcast(sc16, 2 * k + 1)));
-        }
-        /* [d, dmin] * d_y */
-        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d16 | (uint32_t) dmin16 << 16)),
-                                     _mm_set1_ps(y[b].d));
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_broadcastss_ps(dd), facc);
-        macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins_dot(m, y[b].bsums)),
-                               _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), macc);
+        facc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc), facc);
     }
-    *s = gs_avx2_hsum_ps(facc) - gs_avx2_hsum_ps(macc);
+    if (!high) {
+        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));   /* (0 + 2), (1 + 3) */
+        summs = _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
+    }
+    *s = gs_avx2_hsum_ps(facc) + summs;
 }
 
 void gs_avx2_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
@@ -79,40 +109,92 @@ void gs_avx2_dot_q5_K(int n, float * s, const void * vx, const void * vy) {
     dot_k4(n, s, vx, vy, 1);
 }
 
+/* One Q6_K super-block against y: vec_generic.c's integer lanes, the -32
+ * included (lane l subtracts 32 (sc_2l bsums_2l + sc_2l+1 bsums_2l+1)). */
+static inline __m256i q6_block(const block_q6_K * x, const block_q8_K * y) {
+    const __m256i m0F = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        /* the 8 scales of this half, as int16, in both 128-bit lanes */
+        const __m256i sc = _mm256_broadcastsi128_si256(
+            _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *) (x->scales + 8 * h))));
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (x->ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (x->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *) (x->qh + 32 * h));
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0F), _mm256_and_si256(qh, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0F),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        for (int i = 0; i < 4; i++) {
+            /* weights 32i..32i+31 of the half: sub-blocks 2i (low lane), 2i+1 (high lane) */
+            const __m256i scv = _mm256_shuffle_epi8(sc, _mm256_set_m128i(
+                _mm_set1_epi16((short) ((4 * i + 3) << 8 | (4 * i + 2))),
+                _mm_set1_epi16((short) ((4 * i + 1) << 8 | (4 * i)))));
+            const __m256i v = _mm256_loadu_si256((const __m256i *) (y->qs + 128 * h + 32 * i));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], v), scv));
+        }
+    }
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x->scales));
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y->bsums), sc16);
+    return _mm256_sub_epi32(acc, _mm256_slli_epi32(corr, 5));
+}
+
 void gs_avx2_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
     const block_q6_K * x = vx;
     const block_q8_K * y = vy;
-    const __m256i m0F = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256 facc = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_K; b++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            /* the 8 scales of this half, as int16, in both 128-bit lanes */
-            const __m256i sc = _mm256_broadcastsi128_si256(
-                _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *) (x[b].scales + 8 * h))));
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (x[b].ql + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (x[b].ql + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *) (x[b].qh + 32 * h));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0F), _mm256_and_si256(qh, m30));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0F),
-                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-            for (int i = 0; i < 4; i++) {
-                /* weights 32i..32i+31 of the half: sub-blocks 2i (low lane), 2i+1 (high lane) */
-                const __m256i scv = _mm256_shuffle_epi8(sc, _mm256_set_m128i(
-                    _mm_set1_epi16((short) ((4 * i + 3) << 8 | (4 * i + 2))),
-                    _mm_set1_epi16((short) ((4 * i + 1) << 8 | (4 * i)))));
-                const __m256i v = _mm256_loadu_si256((const __m256i *) (y[b].qs + 128 * h + 32 * i));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], v), scv));
-            }
-        }
-        /* q - 32: subtract 32 * sum_j scale_j * bsums_j */
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x[b].scales));
-        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums), sc16);
-        acc = _mm256_sub_epi32(acc, _mm256_slli_epi32(corr, 5));
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d), facc);
+        const __m256i acc = q6_block(&x[b], &y[b]);
+        facc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * _cvtsh_ss(x[b].d)), _mm256_cvtepi32_ps(acc), facc);
     }
     *s = gs_avx2_hsum_ps(facc);
 }
+
+/* ---- batched order (gemm_tile; vec_generic.c): per super-block the integer
+ * totals s1 (all lanes) and s2 (the mins), then
+ * acc = fma(fma(-dmin_x, s2, s1 d_x), d_y, acc). */
+static float gemm_k4(int n, const void * vx, const void * vy, const int high) {
+    const block_q8_K * y = vy;
+    float acc = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        __m128i mins;
+        float dx, dminx;
+        const int s1 = gs_avx2_hsum_epi32(k4_block(vx, b, &y[b], high, &mins, &dx, &dminx));
+        const float t = fmaf(-dminx, (float) gs_hsum4_epi32(mins), (float) s1 * dx);
+        acc = fmaf(t, y[b].d, acc);
+    }
+    return acc;
+}
+
+static float gemm_q4_K(int n, const void * vx, const void * vy) {
+    return gemm_k4(n, vx, vy, 0);
+}
+
+static float gemm_q5_K(int n, const void * vx, const void * vy) {
+    return gemm_k4(n, vx, vy, 1);
+}
+
+static float gemm_q6_K(int n, const void * vx, const void * vy) {
+    const block_q6_K * x = vx;
+    const block_q8_K * y = vy;
+    float acc = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        const int s1 = gs_avx2_hsum_epi32(q6_block(&x[b], &y[b]));
+        acc = fmaf((float) s1 * _cvtsh_ss(x[b].d), y[b].d, acc);
+    }
+    return acc;
+}
+
+#define GEMM_TILE(name)                                                                        \
+void gs_avx2_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,              \
+                         const void * vy, size_t by, int nr, int nc) {                         \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    for (int c = 0; c < nc; c++) {                                                             \
+        for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = gemm_##name(n, x + (size_t) r * bx, y + (size_t) c * by); \
+    }                                                                                          \
+}
+GEMM_TILE(q4_K)
+GEMM_TILE(q5_K)
+GEMM_TILE(q6_K)

@@ -19,6 +19,18 @@ void gs_avx512_quantize_q8_0(const float * x, void * y, int64_t n);
 void gs_avx512_quantize_q8_1(const float * x, void * y, int64_t n);
 void gs_avx512_quantize_q8_K(const float * x, void * y, int64_t n);
 
+/* vec_avx512_float.c: F32, F16, BF16 weights (the BF16 kernels need
+ * AVX512_BF16) */
+void gs_avx512_dot_f32(int n, float * s, const void * x, const void * y);
+void gs_avx512_dot_f16(int n, float * s, const void * x, const void * y);
+void gs_avx512_dot_bf16(int n, float * s, const void * x, const void * y);
+void gs_avx512_gemm_f32(int n, float * s, size_t bs, const void * x, size_t bx,
+                        const void * y, size_t by, int nr, int nc);
+void gs_avx512_gemm_f16(int n, float * s, size_t bs, const void * x, size_t bx,
+                        const void * y, size_t by, int nr, int nc);
+void gs_avx512_gemm_bf16(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+
 /* vec_avx512_q.c: 32-element block types */
 void gs_avx512_dot_q4_0(int n, float * s, const void * x, const void * y);
 void gs_avx512_dot_q4_1(int n, float * s, const void * x, const void * y);
@@ -48,6 +60,12 @@ void gs_avx512_tile_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
 void gs_avx512_tile_q5_K(int n, float * s, size_t bs, const void * x, size_t bx,
                          const void * y, size_t by, int nr, int nc);
 void gs_avx512_tile_q6_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_gemm_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_gemm_q5_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                         const void * y, size_t by, int nr, int nc);
+void gs_avx512_gemm_q6_K(int n, float * s, size_t bs, const void * x, size_t bx,
                          const void * y, size_t by, int nr, int nc);
 
 /* Horizontal sum of 8 floats as ((0+4)+(2+6)) + ((1+5)+(3+7)): the order of

@@ -1,6 +1,8 @@
 /*
  * vec_avx512_k.c - AVX-512 VNNI dot products of the K types (Q4_K, Q5_K,
- * Q6_K) with Q8_K activations, one 256-weight super-block per step.
+ * Q6_K) with Q8_K activations, one 256-weight super-block per step,
+ * bit-identical to vec_generic.c (8 int32 lanes per super-block, one fused
+ * multiply-add per lane and super-block).
  *
  * Unsigned weights times signed activations go through vpmaddubsw (pairs
  * summed into int16; no saturation: 63 * 128 * 2 < 32767) and vpdpwssd,
@@ -11,6 +13,8 @@
 #include "vec_avx512.h"
 #include "vec_k_scales.h"
 
+#include <math.h>
+
 /* int16 lanes 0..15 = scale 2k, lanes 16..31 = scale 2k + 1, from the
  * scale bytes repeated in every 128-bit lane of scb. */
 static inline __m512i scale_pair(__m512i scb, int k) {
@@ -19,12 +23,20 @@ static inline __m512i scale_pair(__m512i scb, int k) {
     return _mm512_shuffle_epi8(scb, ctrl);
 }
 
-/* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 8 int32 lanes: the Q4_K/Q5_K
- * mins times the activation sums of their 32-element sub-blocks. */
-static inline __m256i mins_dot(uint64_t m, const int16_t * bsums) {
+/* The Q4_K/Q5_K mins term of a super-block: lane i = m_2i (bsums_4i +
+ * bsums_4i+1) + m_2i+1 (bsums_4i+2 + bsums_4i+3), i < 4 (lane j of the
+ * madd is m_j (bsums_2j + bsums_2j+1)). */
+static inline __m128i mins_dot(uint64_t m, const int16_t * bsums) {
     const __m128i m8 = _mm_cvtsi64_si128((long long) m);
     const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    const __m256i p = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    return _mm_hadd_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+}
+
+/* vec_generic.c's 8 integer lanes from 16 dword lanes: dword l and l + 8
+ * hold bytes 4l..4l+3 of the first and second 32 of each 64 weights */
+static inline __m256 k_lanes(__m512i acc) {
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)));
 }
 
 /* Bit 2k (weights 64k..64k+31) and 2k+1 (weights 64k+32..64k+63) of qh,
@@ -38,12 +50,14 @@ static inline __m512i q5k_high_bits(__m512i qhz, int k) {
     }
 }
 
-/* Q4_K (HIGH = 0) and Q5_K (HIGH = 1) share the body. */
+/* Q4_K (high = 0) and Q5_K (high = 1) share the body. The mins term goes
+ * to 4 float lanes (Q4_K) or one float (Q5_K). */
 static inline void dot_k4(int n, float * s, const void * vx, const void * vy, const int high) {
     const block_q8_K * y = vy;
     const __m512i m0F = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
-    __m512 facc = _mm512_setzero_ps();
-    __m256 macc = _mm256_setzero_ps();
+    __m256 facc = _mm256_setzero_ps();
+    __m128 macc = _mm_setzero_ps();
+    float summs = 0.0f;
     for (int b = 0; b < n / QK_K; b++) {
         const uint8_t * qs, * scales;
         gs_half d16, dmin16;
@@ -69,14 +83,20 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
             const __m512i v = _mm512_loadu_si512(y[b].qs + 64 * k);
             acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qz, v), scale_pair(scb, k));
         }
-        /* [d, dmin] * d_y */
-        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d16 | (uint32_t) dmin16 << 16)),
-                                     _mm_set1_ps(y[b].d));
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_broadcastss_ps(dd), facc);
-        macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins_dot(m, y[b].bsums)),
-                               _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dd)), macc);
+        const float d = y[b].d * _cvtsh_ss(d16), dmin = -y[b].d * _cvtsh_ss(dmin16);
+        const __m128i mins = mins_dot(m, y[b].bsums);
+        if (high) {
+            summs = fmaf(dmin, (float) gs_hsum4_epi32(mins), summs);
+        } else {
+            macc = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), macc);
+        }
+        facc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes(acc), facc);
     }
-    *s = _mm512_reduce_add_ps(facc) - gs256_hsum(macc);
+    if (!high) {
+        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));   /* (0 + 2), (1 + 3) */
+        summs = _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
+    }
+    *s = gs256_hsum(facc) + summs;
 }
 
 void gs_avx512_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
@@ -94,7 +114,7 @@ void gs_avx512_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
     /* word lane w of the scale vector for weights 64g..64g+63 of a half: g*4 + w/8 */
     const __m512i sidx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
                                           1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m512 facc = _mm512_setzero_ps();
+    __m256 facc = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_K; b++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x[b].scales));
         const __m512i scz = _mm512_castsi256_si512(sc16);
@@ -112,10 +132,10 @@ void gs_avx512_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
             acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, _mm512_loadu_si512(y[b].qs + 128 * h)), slo);
             acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, _mm512_loadu_si512(y[b].qs + 128 * h + 64)), shi);
         }
-        /* q - 32: subtract 32 * sum_j scale_j * bsums_j */
+        /* q - 32: lane l subtracts 32 (sc_2l bsums_2l + sc_2l+1 bsums_2l+1) */
         const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums), sc16);
         acc = _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(_cvtsh_ss(x[b].d) * y[b].d), facc);
+        facc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * _cvtsh_ss(x[b].d)), k_lanes(acc), facc);
     }
-    *s = _mm512_reduce_add_ps(facc);
+    *s = gs256_hsum(facc);
 }

@@ -1,6 +1,7 @@
 /*
  * vec_avx512_ktile.c - AVX-512 VNNI tile kernels (gs_vec_dot_tile_fn) of
- * the K types Q4_K, Q5_K, Q6_K (Q8_K activations).
+ * the K types Q4_K, Q5_K, Q6_K (Q8_K activations), bit-identical to the
+ * single-row kernels and vec_generic.c.
  *
  * A single activation row (decode) goes row by row through the single-row
  * kernels (one sequential stream). Several (prompt processing) go through a
@@ -9,12 +10,16 @@
  *    unpacked once and each activation row's bytes loaded once; 16 int32
  *    accumulators (one per row, column pair) collect vpmaddubsw/vpdpwssd
  *    products scaled by the 16-bit sub-block scales;
- *  - reduce16 adds each accumulator's lanes into lane 4r + c of one
- *    register, scaled once per super-block by d_r * d_y,c;
- *  - the per-row x per-column offset terms (Q4_K/Q5_K mins, Q6_K's -32)
- *    are a small integer matrix product: lane 4r + c = sum_q R_r[q] . C_c[q]
- *    over 8 dwords of int16 pairs, with R from the row's mins or scales and
- *    C the column's bsums (rowcol_dot).
+ *  - per super-block, each accumulator folds into vec_generic.c's 8
+ *    integer lanes, two (row, column) pairs per register, which go to 8
+ *    float lanes per pair with one fused multiply-add by d_r * d_y,c;
+ *  - the weight offsets: Q6_K's -32 per lane (madd of bsums and scales);
+ *    the Q4_K mins in 4 float lanes per pair (one register per column),
+ *    the Q5_K mins as one float per pair, lane 4r + c of one register,
+ *    from a small integer matrix product (rowcol_dot).
+ * The gemm kernels (llama.cpp's batched order, gemm_tile) share the integer
+ * part; per super-block they reduce each accumulator to one integer
+ * (reduce16: lane 4r + c) and take the offsets from rowcol_dot.
  * Rows beyond nr and columns beyond nc repeat the last one and are not
  * stored.
  */
@@ -62,12 +67,32 @@ static inline __m512i rowcol_dot(const __m256i rows[TR], const __m256i cols[TC])
     return acc;
 }
 
-/* lane 4r + c = rows[r] * cols[c] */
-static inline __m512 outer4(__m128 rows, __m128 cols) {
+/* lane 4r + c = rows[r], resp. cols[c], resp. rows[r] * cols[c] */
+static inline __m512 by_row(__m128 rows) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 r = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_castps128_ps512(rows));
-    const __m512 c = _mm512_permutexvar_ps(_mm512_and_si512(lane, _mm512_set1_epi32(3)), _mm512_castps128_ps512(cols));
-    return _mm512_mul_ps(r, c);
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_castps128_ps512(rows));
+}
+
+static inline __m512 by_col(__m128 cols) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_permutexvar_ps(_mm512_and_si512(lane, _mm512_set1_epi32(3)), _mm512_castps128_ps512(cols));
+}
+
+static inline __m512 outer4(__m128 rows, __m128 cols) {
+    return _mm512_mul_ps(by_row(rows), by_col(cols));
+}
+
+/* Lanes 0..7 = lane 2p of v, lanes 8..15 = lane 2p + 1 (pair p's factors). */
+static inline __m512 pair_bcast(__m512 v, int p) {
+    const __m512i idx = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * p), _mm512_set1_epi32(2 * p + 1));
+    return _mm512_permutexvar_ps(idx, v);
+}
+
+/* The 8 integer lanes of vec_generic.c for accumulators a (lanes 0..7) and
+ * b (lanes 8..15): dword l + dword l + 8 of each. */
+static inline __m512i fold_pair(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
 /* int16 lanes 0..15 = scale 2k, lanes 16..31 = scale 2k + 1 (Q4_K/Q5_K) */
@@ -113,45 +138,44 @@ static inline __m512i k6_scales(__m512i sc16, int k) {
     return _mm512_permutexvar_epi16(idx, sc16);
 }
 
-/* Store lane 4r + c of v to s[c * bs + r] for r < nr, c < nc. */
-static inline void store_tile(__m512 v, float * s, size_t bs, int nr, int nc) {
-    float t[16];
-    _mm512_storeu_ps(t, v);
-    for (int c = 0; c < nc; c++) {
-        for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = t[4 * r + c];
-    }
-}
-
-/* kind: 0 = Q4_K, 1 = Q5_K, 2 = Q6_K */
+/* kind: 0 = Q4_K, 1 = Q5_K, 2 = Q6_K; batched: the float order of
+ * vec_generic.c's gemm_tile (per output: s1, s2 integers, then
+ * acc = fma(s1 d_x - dmin_x s2, d_y, acc); in lane 4r + c of gacc) instead
+ * of vec_dot's (pairs p = (row p / 2, columns 2 (p % 2) and 2 (p % 2) + 1)
+ * in facc[p]). Accumulator index 4r + c. */
 static inline __attribute__((always_inline)) void
 micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
-        const uint8_t * y, size_t by, int nc, const int kind) {
+        const uint8_t * y, size_t by, int nc, const int kind, const int batched) {
     const size_t xbs = kind == 0 ? sizeof(block_q4_K) : kind == 1 ? sizeof(block_q5_K) : sizeof(block_q6_K);
     const uint8_t * xr[TR];
     const block_q8_K * yc[TC];
     for (int r = 0; r < TR; r++) xr[r] = x + (size_t) (r < nr ? r : nr - 1) * bx;
     for (int c = 0; c < TC; c++) yc[c] = (const block_q8_K *) (y + (size_t) (c < nc ? c : nc - 1) * by);
-    __m512 facc = _mm512_setzero_ps();
+    __m512 facc[8], macc[TC];   /* macc: Q4_K mins, lane 4r + i of column c */
+    __m512 summs = _mm512_setzero_ps();   /* Q5_K mins, lane 4r + c */
+    __m512 gacc = _mm512_setzero_ps();    /* batched: lane 4r + c */
+    for (int p = 0; p < 8; p++) facc[p] = _mm512_setzero_ps();
+    for (int c = 0; c < TC; c++) macc[c] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         uint64_t sc[TR];
         __m256i rv[TR], cv[TC];
+        __m128i m16[TR];
         __m512i qhz[TR], sc16[TR];
         float dr[TR], mr[TR], dy[TC];
         for (int r = 0; r < TR; r++) {
             const uint8_t * xb = xr[r] + b * xbs;
             if (kind == 2) {
                 const block_q6_K * q6 = (const block_q6_K *) xb;
-                const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) q6->scales));
-                sc16[r] = _mm512_castsi256_si512(s16);
-                rv[r] = s16;   /* scale pairs for the -32 * sum(scale * bsum) term */
+                rv[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) q6->scales));
+                sc16[r] = _mm512_castsi256_si512(rv[r]);
                 dr[r] = _cvtsh_ss(q6->d);
-                mr[r] = 0.0f;
             } else {
                 const block_q4_K * q4 = (const block_q4_K *) xb;   /* same head as block_q5_K */
                 uint64_t m;
                 gs_unpack_scales_k4(q4->scales, &sc[r], &m);
                 const __m128i m8 = _mm_cvtsi64_si128((long long) m);
                 rv[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));   /* (m_q, m_q) pairs */
+                m16[r] = _mm_cvtepu8_epi16(m8);
                 dr[r] = _cvtsh_ss(q4->d);
                 mr[r] = _cvtsh_ss(q4->dmin);
                 if (kind == 1) {
@@ -186,20 +210,79 @@ micro_k(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
                 }
             }
         }
-        __m512i dot = reduce16(acc);
-        const __m512i off = rowcol_dot(rv, cv);
-        const __m128 vdy = _mm_loadu_ps(dy), vdr = _mm_loadu_ps(dr);
-        if (kind == 2) {
-            /* q - 32: subtract 32 * sum_j scale_j * bsums_j */
-            dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(off, 5));
-            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), outer4(vdr, vdy), facc);
-        } else {
-            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), outer4(vdr, vdy), facc);
-            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(off), outer4(_mm_loadu_ps(mr), vdy), facc);
+        const __m128 vdy = _mm_loadu_ps(dy);
+        if (batched) {
+            __m512i s1 = reduce16(acc);
+            const __m512i s2 = rowcol_dot(rv, cv);
+            if (kind == 2) s1 = _mm512_sub_epi32(s1, _mm512_slli_epi32(s2, 5));   /* q - 32 */
+            __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), by_row(_mm_loadu_ps(dr)));
+            if (kind != 2) t = _mm512_fnmadd_ps(by_row(_mm_loadu_ps(mr)), _mm512_cvtepi32_ps(s2), t);
+            gacc = _mm512_fmadd_ps(t, by_col(vdy), gacc);
+            continue;
+        }
+        const __m512 d = outer4(_mm_loadu_ps(dr), vdy);
+        for (int p = 0; p < 8; p++) {
+            const int r = p / 2, c = 2 * (p % 2);
+            __m512i lanes = fold_pair(acc[4 * r + c], acc[4 * r + c + 1]);
+            if (kind == 2) {
+                /* q - 32: lane l subtracts 32 (sc_2l bsums_2l + sc_2l+1 bsums_2l+1) */
+                const __m512i bsp = _mm512_inserti64x4(_mm512_castsi256_si512(cv[c]), cv[c + 1], 1);
+                const __m512i scp = _mm512_inserti64x4(sc16[r], _mm512_castsi512_si256(sc16[r]), 1);
+                lanes = _mm512_sub_epi32(lanes, _mm512_slli_epi32(_mm512_madd_epi16(bsp, scp), 5));
+            }
+            facc[p] = _mm512_fmadd_ps(pair_bcast(d, p), _mm512_cvtepi32_ps(lanes), facc[p]);
+        }
+        if (kind != 2) {
+            const __m512 dmin = outer4(_mm_loadu_ps(mr), vdy);   /* subtracted */
+            if (kind == 1) {
+                summs = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(rowcol_dot(rv, cv)), summs);
+            } else {
+                const __m512i mrows = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(m16[0]), m16[1], 1)),
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(m16[2]), m16[3], 1), 1);
+                const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+                for (int c = 0; c < TC; c++) {
+                    /* lane 4r + i: m_r,2i (bs_4i + bs_4i+1) + m_r,2i+1 (bs_4i+2 + bs_4i+3) */
+                    const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(cv[c]), _mm256_extracti128_si256(cv[c], 1));
+                    const __m512i prod = _mm512_madd_epi16(mrows, _mm512_broadcast_i32x4(q8s));
+                    const __m512i idx = _mm512_or_si512(_mm512_andnot_si512(_mm512_set1_epi32(3), lane), _mm512_set1_epi32(c));
+                    macc[c] = _mm512_fnmadd_ps(_mm512_permutexvar_ps(idx, dmin), _mm512_cvtepi32_ps(prod), macc[c]);
+                }
+            }
         }
     }
-    store_tile(facc, s, bs, nr, nc);
+    if (batched) {
+        float g[16];
+        _mm512_storeu_ps(g, gacc);
+        for (int c = 0; c < nc; c++) {
+            for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = g[4 * r + c];
+        }
+        return;
+    }
+    float fl[8][16], ml[TC][16], sm[16];
+    for (int p = 0; p < 8; p++) _mm512_storeu_ps(fl[p], facc[p]);
+    for (int c = 0; c < TC; c++) _mm512_storeu_ps(ml[c], macc[c]);
+    _mm512_storeu_ps(sm, summs);
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr; r++) {
+            const float * l8 = &fl[2 * r + c / 2][8 * (c % 2)];
+            const float * m4 = &ml[c][4 * r];
+            const float mins = kind == 0 ? (m4[0] + m4[2]) + (m4[1] + m4[3]) : kind == 1 ? sm[4 * r + c] : 0.0f;
+            const float sum = gs256_hsum(_mm256_loadu_ps(l8));
+            s[(size_t) c * bs + r] = kind == 2 ? sum : sum + mins;
+        }
+    }
 }
+
+/* micro-kernels over the tile (TILE: vec_dot order, GEMM: batched order) */
+#define KTILE_LOOP(KIND, BATCHED)                                                              \
+    for (int r0 = 0; r0 < nr; r0 += TR) {                                                      \
+        for (int c0 = 0; c0 < nc; c0 += TC) {                                                  \
+            micro_k(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,         \
+                    nr - r0 < TR ? nr - r0 : TR, y + (size_t) c0 * by, by,                     \
+                    nc - c0 < TC ? nc - c0 : TC, KIND, BATCHED);                               \
+        }                                                                                      \
+    }
 
 #define DEFINE_KTILE(name, KIND, DOT)                                                          \
 void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t bx,            \
@@ -209,13 +292,12 @@ void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t 
         for (int r = 0; r < nr; r++) DOT(n, &s[r], x + (size_t) r * bx, y);                    \
         return;                                                                                \
     }                                                                                          \
-    for (int r0 = 0; r0 < nr; r0 += TR) {                                                      \
-        for (int c0 = 0; c0 < nc; c0 += TC) {                                                  \
-            micro_k(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,         \
-                    nr - r0 < TR ? nr - r0 : TR, y + (size_t) c0 * by, by,                     \
-                    nc - c0 < TC ? nc - c0 : TC, KIND);                                        \
-        }                                                                                      \
-    }                                                                                          \
+    KTILE_LOOP(KIND, 0)                                                                        \
+}                                                                                              \
+void gs_avx512_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,            \
+                           const void * vy, size_t by, int nr, int nc) {                       \
+    const uint8_t * x = vx, * y = vy;                                                          \
+    KTILE_LOOP(KIND, 1)                                                                        \
 }
 
 DEFINE_KTILE(q4_K, 0, gs_avx512_dot_q4_K)
