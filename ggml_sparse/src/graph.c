@@ -245,7 +245,7 @@ typedef struct {
 
 static node_access access_of(const gs_tensor * node, int n_threads) {
     node_access a = { .w = tensor_span(node), .nr = 0, .scratch = SCRATCH_NONE };
-    if (gs_cpu_work_size(node, n_threads) > 0) a.scratch = gs_cpu_scratch_shared(node) ? SCRATCH_SHARED : SCRATCH_OWN;
+    if (gs_cpu_work_size(node, n_threads) > 0) a.scratch = gs_cpu_scratch_private(node) ? SCRATCH_OWN : SCRATCH_SHARED;
     for (int s = 0; s < GS_MAX_SRC; s++) {
         if (node->src[s] && node->src[s]->data) a.r[a.nr++] = tensor_span(node->src[s]);
     }

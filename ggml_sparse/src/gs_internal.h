@@ -201,9 +201,11 @@ static inline void gs_split_rows(int64_t nr, int ith, int nth, int64_t * r0, int
 
 /* Scratch bytes a node needs for n_threads (0 for most ops). */
 size_t gs_cpu_work_size(const gs_tensor * node, int n_threads);
-/* True when threads share the node's scratch (one thread reads what
- * another wrote); false when each uses only its own part, or none. */
-bool gs_cpu_scratch_shared(const gs_tensor * node);
+/* True when each thread uses only its own part of the node's scratch
+ * (gs_thread_scratch); false when threads may share it (one reads what
+ * another wrote). The graph's barrier planning relies on it: list an op
+ * here only if its kernel uses gs_thread_scratch. */
+bool gs_cpu_scratch_private(const gs_tensor * node);
 /* Compute one node with thread ith of nth (all threads call it). */
 void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node);
 

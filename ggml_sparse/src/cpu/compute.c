@@ -11,11 +11,16 @@ size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
     }
 }
 
-bool gs_cpu_scratch_shared(const gs_tensor * node) {
-    /* mul_mat quantizes activations into a shared buffer unless there is a
-     * single row (each thread then keeps its own copy); attention gives
-     * each thread its own slice */
-    return node->op == GS_OP_MUL_MAT && gs_nrows(node->src[1]) > 1;
+bool gs_cpu_scratch_private(const gs_tensor * node) {
+    /* attention, and mul_mat of a single activation row (each thread
+     * quantizes it for itself), use gs_thread_scratch; mul_mat of several
+     * rows shares its quantized activations (and any op not listed here is
+     * taken to share) */
+    switch (node->op) {
+        case GS_OP_ATTENTION: return true;
+        case GS_OP_MUL_MAT:   return gs_nrows(node->src[1]) == 1;
+        default:              return false;
+    }
 }
 
 void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
