@@ -122,10 +122,7 @@ class ForwardGraph:
         ctx = self.ctx
         tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
         pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
-        hidden = build_llama(ctx, cfg, w, kv, tokens, pos)
-        E = cfg.n_embd
-        if n_outputs < n_tokens:  # only the last rows are needed
-            hidden = ctx.view(hidden, (E, n_outputs), (4, hidden.nb[1]), (n_tokens - n_outputs) * hidden.nb[1])
+        hidden = build_llama(ctx, cfg, w, kv, tokens, pos, n_outputs)
         out = hidden if embeddings else ctx.mul_mat(w.output, hidden)
         out.name = "embeddings" if embeddings else "logits"
         self.graph = Graph(ctx, max_nodes=64 + 40 * cfg.n_layer).build(out).plan(n_threads)
@@ -141,12 +138,17 @@ class ForwardGraph:
 
 
 def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
-                tokens: Tensor, pos: Tensor) -> Tensor:
-    """Final normed hidden states {n_embd, n_tokens} for `tokens` at positions `pos`."""
+                tokens: Tensor, pos: Tensor, n_outputs: Optional[int] = None) -> Tensor:
+    """Final normed hidden states {n_embd, n_outputs} of the last n_outputs (default: all)
+    of `tokens` at positions `pos`. As llama.cpp, the last layer's FFN runs on those rows
+    only (which also makes its matmuls the same single-row or batched kernels)."""
     x = ctx.get_rows(w.tok_embd, tokens)
+    n_tokens = tokens.ne[0]
     for i, layer in enumerate(w.layers):
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.attn_norm)
         x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos))
+        if i == len(w.layers) - 1 and n_outputs is not None and n_outputs < n_tokens:
+            x = ctx.view(x, (cfg.n_embd, n_outputs), (4, x.nb[1]), (n_tokens - n_outputs) * x.nb[1])
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
         x = ctx.add(x, ffn_block(ctx, cfg, layer, h))
     return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
