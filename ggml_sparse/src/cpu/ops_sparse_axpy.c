@@ -1,0 +1,79 @@
+/*
+ * ops_sparse_axpy.c - the down projection of a sparse FFN as an axpy over
+ * rows of ffn_down_t: out[t] += act[t][m] * (row m) for each visited neuron m.
+ *
+ * Threads split the output columns (whole blocks of the weight type), not
+ * the neurons: each thread walks every visited neuron and reads its slice
+ * of the row. Every output element is then summed by one thread in
+ * ascending neuron order, so the result does not depend on the thread
+ * count, and no partial sums need reducing. A row slice is added with the
+ * type's SIMD axpy kernel where the active level has one, else dequantized
+ * with the type's to_float and added.
+ */
+#include "sparse.h"
+
+static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
+
+size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads) {
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * act = dst->src[1];
+    return gs_sparse_plan_scratch(a->ne[1], act->ne[1], n_threads, dst->src[2] != NULL) +
+           (size_t) n_threads * align_up((size_t) a->ne[0] * sizeof(float));
+}
+
+static gs_axpy_row_fn simd_axpy(gs_type type) {
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
+    if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[type]) return gs_axpy_rows_avx512[type];
+    if (info.level >= GS_IMPL_AVX2 && gs_axpy_rows_avx2[type]) return gs_axpy_rows_avx2[type];
+    return NULL;
+}
+
+typedef struct {
+    gs_axpy_row_fn simd;      /* NULL: dequantize into tmp, then add     */
+    gs_to_float_fn to_float;
+    float * tmp;
+    int n;                    /* elements of this thread's slice          */
+} axpy_args;
+
+static inline void axpy_slice(const axpy_args * g, float a, const void * x, float * y) {
+    if (g->simd) {
+        g->simd(g->n, a, x, y);
+        return;
+    }
+    g->to_float(x, g->tmp, g->n);
+    for (int i = 0; i < g->n; i++) y[i] += a * g->tmp[i];
+}
+
+void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst) {
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * act = dst->src[1];
+    const int64_t E = a->ne[0], M = a->ne[1], N = act->ne[1];
+    const size_t plan_bytes = gs_sparse_plan_scratch(M, N, p->nth, dst->src[2] != NULL);
+    gs_sparse_plan_t plan;
+    if (!gs_sparse_plan(p, dst->src[2], dst->src[3], M, N, p->wdata, &plan)) return;
+
+    const gs_type_traits * tt = gs_get_type_traits(a->type);
+    int64_t b0, b1;
+    gs_split_rows(E / tt->blck_size, p->ith, p->nth, &b0, &b1);
+    if (b1 <= b0) return;
+    const int64_t c0 = b0 * tt->blck_size;
+    const axpy_args g = {
+        .simd = simd_axpy(a->type), .to_float = tt->to_float,
+        .tmp = (float *) ((uint8_t *) p->wdata + plan_bytes + (size_t) p->ith * align_up((size_t) E * sizeof(float))),
+        .n = (int) ((b1 - b0) * tt->blck_size),
+    };
+    const uint8_t * x0 = (const uint8_t *) a->data + (size_t) b0 * tt->type_size;
+    for (int64_t t = 0; t < N; t++) memset((float *) ((uint8_t *) dst->data + t * dst->nb[1]) + c0, 0, (size_t) g.n * sizeof(float));
+    for (int64_t e = 0; e < plan.n; e++) {
+        const int64_t m = gs_sparse_plan_id(&plan, e);
+        if (gs_sparse_plan_skips(&plan, m)) continue;
+        const uint8_t * x = x0 + m * a->nb[1];
+        const uint64_t * tokens = plan.tokens ? plan.tokens + m * plan.words : NULL;
+        for (int64_t t = 0; t < N; t++) {
+            if (tokens && !(tokens[t / 64] >> (t % 64) & 1)) continue;
+            const float at = ((const float *) ((const uint8_t *) act->data + t * act->nb[1]))[m];
+            axpy_slice(&g, at, x, (float *) ((uint8_t *) dst->data + t * dst->nb[1]) + c0);
+        }
+    }
+}
