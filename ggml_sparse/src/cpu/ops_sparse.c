@@ -17,6 +17,7 @@
 #define ROW_BLOCK 16      /* GEMM tile of a dense batch, as matmul.c        */
 #define COL_BLOCK 16
 #define MIN_TILE_RUN 4    /* shorter runs of single-token rows: vec_dot     */
+#define PREFETCH_AHEAD 4  /* rows requested this many visited neurons ahead */
 
 static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
 
@@ -274,8 +275,10 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
     gs_split_rows(plan.n, p->ith, p->nth, &e0, &e1);
     const int64_t lo = p->ith == 0 ? 0 : (e0 < plan.n ? gs_sparse_plan_id(&plan, e0) : M);
     const int64_t hi = p->ith == p->nth - 1 ? M : (e1 < plan.n ? gs_sparse_plan_id(&plan, e1) : M);
+    const size_t a_bytes = gs_type_row_size(a->type, K);
     int64_t prev = lo;
     for (int64_t e = e0; e < e1;) {
+        if (e + PREFETCH_AHEAD < e1) gs_prefetch(g.a + gs_sparse_plan_id(&plan, e + PREFETCH_AHEAD) * g.a_row, a_bytes);
         const int64_t m = gs_sparse_plan_id(&plan, e++);
         zero_neurons(&g, prev, m);
         prev = m + 1;
@@ -288,6 +291,7 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
             int64_t end = m + 1;
             while (e < e1 && gs_sparse_plan_id(&plan, e) == end && !gs_sparse_plan_skips(&plan, end) &&
                    all_tokens(&plan, end, N)) {
+                if (e + PREFETCH_AHEAD < e1) gs_prefetch(g.a + gs_sparse_plan_id(&plan, e + PREFETCH_AHEAD) * g.a_row, a_bytes);
                 e++;
                 end++;
             }

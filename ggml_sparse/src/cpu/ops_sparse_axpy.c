@@ -6,11 +6,15 @@
  * the neurons: each thread walks every visited neuron and reads its slice
  * of the row. Every output element is then summed by one thread in
  * ascending neuron order, so the result does not depend on the thread
- * count, and no partial sums need reducing. A row slice is added with the
- * type's SIMD axpy kernel where the active level has one, else dequantized
- * with the type's to_float and added.
+ * count, and no partial sums need reducing. Rows are added a few at a time
+ * (one pass over the output slice for ROWS rows) with the type's SIMD axpy
+ * kernel where the active level has one, else dequantized with the type's
+ * to_float and added.
  */
 #include "sparse.h"
+
+#define PREFETCH_AHEAD 4  /* rows requested this many visited neurons ahead */
+#define ROWS 4            /* rows added per pass over the output slice      */
 
 static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
 
@@ -21,7 +25,7 @@ size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads) {
            (size_t) n_threads * align_up((size_t) a->ne[0] * sizeof(float));
 }
 
-static gs_axpy_row_fn simd_axpy(gs_type type) {
+static gs_axpy_rows_fn simd_axpy(gs_type type) {
     gs_cpu_info info;
     gs_cpu_get_info(&info);
     if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[type]) return gs_axpy_rows_avx512[type];
@@ -30,19 +34,22 @@ static gs_axpy_row_fn simd_axpy(gs_type type) {
 }
 
 typedef struct {
-    gs_axpy_row_fn simd;      /* NULL: dequantize into tmp, then add     */
+    gs_axpy_rows_fn simd;     /* NULL: dequantize into tmp, then add     */
     gs_to_float_fn to_float;
     float * tmp;
     int n;                    /* elements of this thread's slice          */
 } axpy_args;
 
-static inline void axpy_slice(const axpy_args * g, float a, const void * x, float * y) {
+/* y += a[r] * x[r] for r = 0..nr-1, in that order */
+static void add_rows(const axpy_args * g, int nr, const float * a, const uint8_t * const * x, float * y) {
     if (g->simd) {
-        g->simd(g->n, a, x, y);
+        g->simd(g->n, nr, a, x, y);
         return;
     }
-    g->to_float(x, g->tmp, g->n);
-    for (int i = 0; i < g->n; i++) y[i] += a * g->tmp[i];
+    for (int r = 0; r < nr; r++) {
+        g->to_float(x[r], g->tmp, g->n);
+        for (int i = 0; i < g->n; i++) y[i] += a[r] * g->tmp[i];
+    }
 }
 
 void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst) {
@@ -64,16 +71,28 @@ void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst) {
         .n = (int) ((b1 - b0) * tt->blck_size),
     };
     const uint8_t * x0 = (const uint8_t *) a->data + (size_t) b0 * tt->type_size;
+    const size_t slice_bytes = gs_type_row_size(a->type, g.n);
     for (int64_t t = 0; t < N; t++) memset((float *) ((uint8_t *) dst->data + t * dst->nb[1]) + c0, 0, (size_t) g.n * sizeof(float));
-    for (int64_t e = 0; e < plan.n; e++) {
-        const int64_t m = gs_sparse_plan_id(&plan, e);
-        if (gs_sparse_plan_skips(&plan, m)) continue;
-        const uint8_t * x = x0 + m * a->nb[1];
-        const uint64_t * tokens = plan.tokens ? plan.tokens + m * plan.words : NULL;
+    for (int64_t e = 0; e < plan.n;) {
+        /* the next (up to) ROWS visited neurons that are not skipped */
+        int64_t ms[ROWS];
+        int nr = 0;
+        while (e < plan.n && nr < ROWS) {
+            if (e + PREFETCH_AHEAD < plan.n) gs_prefetch(x0 + gs_sparse_plan_id(&plan, e + PREFETCH_AHEAD) * a->nb[1], slice_bytes);
+            const int64_t m = gs_sparse_plan_id(&plan, e++);
+            if (!gs_sparse_plan_skips(&plan, m)) ms[nr++] = m;
+        }
         for (int64_t t = 0; t < N; t++) {
-            if (tokens && !(tokens[t / 64] >> (t % 64) & 1)) continue;
-            const float at = ((const float *) ((const uint8_t *) act->data + t * act->nb[1]))[m];
-            axpy_slice(&g, at, x, (float *) ((uint8_t *) dst->data + t * dst->nb[1]) + c0);
+            const float * at = (const float *) ((const uint8_t *) act->data + t * act->nb[1]);
+            float av[ROWS];
+            const uint8_t * xs[ROWS];
+            int k = 0;
+            for (int i = 0; i < nr; i++) {
+                if (plan.tokens && !(plan.tokens[ms[i] * plan.words + t / 64] >> (t % 64) & 1)) continue;
+                av[k] = at[ms[i]];
+                xs[k++] = x0 + ms[i] * a->nb[1];
+            }
+            if (k) add_rows(&g, k, av, xs, (float *) ((uint8_t *) dst->data + t * dst->nb[1]) + c0);
         }
     }
 }

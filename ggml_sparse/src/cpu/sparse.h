@@ -40,13 +40,21 @@ static inline bool gs_sparse_plan_skips(const gs_sparse_plan_t * plan, int64_t m
     return plan->skip && plan->skip[m] != 0;
 }
 
-/* y[0..n) += a * x[0..n) for a row slice x of n elements of one type,
- * starting at a block boundary (n a multiple of the block size). */
-typedef void (*gs_axpy_row_fn)(int n, float a, const void * x, float * y);
+/* Ask for `bytes` at p to be brought into the caches: rows of an index are
+ * scattered, so the hardware prefetcher cannot guess the next one. */
+static inline void gs_prefetch(const void * p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const uint8_t *) p + o, 0, 3);
+}
+
+/* y[0..n) += a[r] * x[r][0..n) for the rows r = 0..nr-1 of one weight type,
+ * added one after the other (so per element in row order); each x[r] is a
+ * slice of a row starting at a block boundary, n a multiple of the block
+ * size. */
+typedef void (*gs_axpy_rows_fn)(int n, int nr, const float * a, const uint8_t * const * x, float * y);
 
 /* Per-type row axpy kernels of the SIMD levels, NULL where a level has none
  * (vec_avx2_axpy.c, vec_avx512_axpy.c). */
-extern const gs_axpy_row_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
-extern const gs_axpy_row_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
+extern const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
+extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
 
 #endif /* GS_CPU_SPARSE_H */

@@ -1,56 +1,58 @@
 /*
  * vec_avx2_axpy.c - AVX2 row axpy kernels of the sparse down projection
- * (gs_axpy_row_fn): y[0..n) += a * x[0..n), x a slice of a weight row of
- * one type, dequantized in registers; per block (a * d) * q with fused
- * multiply-adds over 8 weights (Q4_1/Q5_1: y + a * m first).
+ * (gs_axpy_rows_fn): y[0..n) += a[r] * x[r][0..n) for nr rows x[r] of one
+ * weight type, dequantized in registers; a block of y stays in registers
+ * while the rows are added one after the other, each with fused
+ * multiply-adds of (a * d) * q over 8 weights (Q4_1/Q5_1: a * m first).
  */
 #include "sparse.h"
 
 #include <immintrin.h>
 #include <math.h>
 
-static void axpy_f32(int n, float a, const void * vx, float * y) {
-    const float * x = vx;
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+/* ---- float rows: 8 at a time, the tail one by one ---------------------------- */
+static inline __m256 ld_f32(const uint8_t * x, int i) {
+    return _mm256_loadu_ps((const float *) x + i);
 }
 
-static void axpy_f16(int n, float a, const void * vx, float * y) {
-    const uint16_t * x = vx;
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (x + i)));
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, w, _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; i++) y[i] = fmaf(a, GS_H2F(x[i]), y[i]);
+static inline __m256 ld_f16(const uint8_t * x, int i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) ((const uint16_t *) x + i)));
 }
 
-static void axpy_bf16(int n, float a, const void * vx, float * y) {
-    const uint16_t * x = vx;
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (x + i)));
-        const __m256 w = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, w, _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; i++) y[i] = fmaf(a, gs_bf16_to_float(x[i]), y[i]);
+static inline __m256 ld_bf16(const uint8_t * x, int i) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) ((const uint16_t *) x + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
 
-/* y[0..32) = s * q + y, q[k] the block's integer weights 8k..8k+7 */
-static inline void fma_block(float * y, __m256 s, const __m256i q[4]) {
-    for (int k = 0; k < 4; k++) {
-        _mm256_storeu_ps(y + 8 * k, _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(q[k]), _mm256_loadu_ps(y + 8 * k)));
-    }
+static inline float one_f32(const uint8_t * x, int i) { return ((const float *) x)[i]; }
+static inline float one_f16(const uint8_t * x, int i) { return GS_H2F(((const uint16_t *) x)[i]); }
+static inline float one_bf16(const uint8_t * x, int i) { return gs_bf16_to_float(((const uint16_t *) x)[i]); }
+
+#define FLOAT_AXPY(name)                                                                       \
+static void axpy_##name(int n, int nr, const float * a, const uint8_t * const * x, float * y) { \
+    int i = 0;                                                                                 \
+    for (; i + 8 <= n; i += 8) {                                                               \
+        __m256 acc = _mm256_loadu_ps(y + i);                                                   \
+        for (int r = 0; r < nr; r++) acc = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), ld_##name(x[r], i), acc); \
+        _mm256_storeu_ps(y + i, acc);                                                          \
+    }                                                                                          \
+    for (; i < n; i++) {                                                                       \
+        for (int r = 0; r < nr; r++) y[i] = fmaf(a[r], one_##name(x[r], i), y[i]);             \
+    }                                                                                          \
 }
 
-static inline void add_offset(float * y, __m256 m) {
-    for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_loadu_ps(y + 8 * k), m));
+FLOAT_AXPY(f32)
+FLOAT_AXPY(f16)
+FLOAT_AXPY(bf16)
+
+/* ---- 32-weight blocks ------------------------------------------------------ */
+/* q[k]: integer weights 8k..8k+7 of the block */
+static inline void fma_block(__m256 acc[4], __m256 s, const __m256i q[4]) {
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(q[k]), acc[k]);
+}
+
+static inline void add_offset(__m256 acc[4], __m256 m) {
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_add_ps(acc[k], m);
 }
 
 /* the 32 nibbles of qs: low nibbles are weights 0..15, high ones 16..31 */
@@ -81,58 +83,66 @@ static inline void offset_q(__m256i q[4], int off) {
     for (int k = 0; k < 4; k++) q[k] = _mm256_sub_epi32(q[k], o);
 }
 
-static void axpy_q4_0(int n, float a, const void * vx, float * y) {
-    const block_q4_0 * x = vx;
-    for (int b = 0; b < n / QK4_0; b++, y += QK4_0) {
+#define BLOCK_LOOP(...)                                                                       \
+    for (int b = 0; b < n / 32; b++, y += 32) {                                                \
+        __m256 acc[4];                                                                         \
+        for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + 8 * k);                       \
+        for (int r = 0; r < nr; r++) { __VA_ARGS__ }                                                  \
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, acc[k]);                        \
+    }
+
+static void axpy_q4_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q4_0 * xb = (const block_q4_0 *) x[r] + b;
         __m256i q[4];
-        nibbles(x[b].qs, q);
+        nibbles(xb->qs, q);
         offset_q(q, 8);
-        fma_block(y, _mm256_set1_ps(a * GS_H2F(x[b].d)), q);
-    }
+        fma_block(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->d)), q);
+    )
 }
 
-static void axpy_q4_1(int n, float a, const void * vx, float * y) {
-    const block_q4_1 * x = vx;
-    for (int b = 0; b < n / QK4_1; b++, y += QK4_1) {
+static void axpy_q4_1(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q4_1 * xb = (const block_q4_1 *) x[r] + b;
         __m256i q[4];
-        nibbles(x[b].qs, q);
-        add_offset(y, _mm256_set1_ps(a * GS_H2F(x[b].m)));
-        fma_block(y, _mm256_set1_ps(a * GS_H2F(x[b].d)), q);
-    }
+        nibbles(xb->qs, q);
+        add_offset(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->m)));
+        fma_block(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->d)), q);
+    )
 }
 
-static void axpy_q5_0(int n, float a, const void * vx, float * y) {
-    const block_q5_0 * x = vx;
-    for (int b = 0; b < n / QK5_0; b++, y += QK5_0) {
+static void axpy_q5_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q5_0 * xb = (const block_q5_0 *) x[r] + b;
         __m256i q[4];
-        nibbles(x[b].qs, q);
-        high_bits(x[b].qh, q);
+        nibbles(xb->qs, q);
+        high_bits(xb->qh, q);
         offset_q(q, 16);
-        fma_block(y, _mm256_set1_ps(a * GS_H2F(x[b].d)), q);
-    }
+        fma_block(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->d)), q);
+    )
 }
 
-static void axpy_q5_1(int n, float a, const void * vx, float * y) {
-    const block_q5_1 * x = vx;
-    for (int b = 0; b < n / QK5_1; b++, y += QK5_1) {
+static void axpy_q5_1(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q5_1 * xb = (const block_q5_1 *) x[r] + b;
         __m256i q[4];
-        nibbles(x[b].qs, q);
-        high_bits(x[b].qh, q);
-        add_offset(y, _mm256_set1_ps(a * GS_H2F(x[b].m)));
-        fma_block(y, _mm256_set1_ps(a * GS_H2F(x[b].d)), q);
-    }
+        nibbles(xb->qs, q);
+        high_bits(xb->qh, q);
+        add_offset(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->m)));
+        fma_block(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->d)), q);
+    )
 }
 
-static void axpy_q8_0(int n, float a, const void * vx, float * y) {
-    const block_q8_0 * x = vx;
-    for (int b = 0; b < n / QK8_0; b++, y += QK8_0) {
+static void axpy_q8_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q8_0 * xb = (const block_q8_0 *) x[r] + b;
         __m256i q[4];
-        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *) (x[b].qs + 8 * k)));
-        fma_block(y, _mm256_set1_ps(a * GS_H2F(x[b].d)), q);
-    }
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *) (xb->qs + 8 * k)));
+        fma_block(acc, _mm256_set1_ps(a[r] * GS_H2F(xb->d)), q);
+    )
 }
 
-const gs_axpy_row_fn gs_axpy_rows_avx2[GS_TYPE_COUNT] = {
+const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = axpy_f32,
     [GS_TYPE_F16]  = axpy_f16,
     [GS_TYPE_BF16] = axpy_bf16,

@@ -1,10 +1,13 @@
 /*
  * vec_avx512_axpy.c - AVX-512 row axpy kernels of the sparse down
- * projection (gs_axpy_row_fn): y[0..n) += a * x[0..n) with x a slice of a
- * weight row of one type, dequantized in registers. For a block with scale d
- * the kernels add (a * d) * q with one fused multiply-add per 16 weights
- * (Q4_1/Q5_1: y + a * m first), so results differ from the reference path
- * (dequantize, multiply, add) by rounding only.
+ * projection (gs_axpy_rows_fn): y[0..n) += a[r] * x[r][0..n) for nr rows x[r]
+ * of one weight type, dequantized in registers. A block of y stays in
+ * registers while the rows are added to it one after the other. For a block
+ * with scale d a row adds (a * d) * q with one fused multiply-add per 16
+ * weights (Q4_1/Q5_1: the a * m term first), so results differ from the
+ * reference path (dequantize, multiply, add) by rounding only. Integer
+ * weights become floats through a table (vpermps) where they take at most
+ * 32 values.
  */
 #include "sparse.h"
 
@@ -14,66 +17,37 @@ static inline __mmask16 tail_mask(int r) {
     return (__mmask16) ((1u << r) - 1u);
 }
 
-static void axpy_f32(int n, float a, const void * vx, float * y) {
-    const float * x = vx;
-    const __m512 va = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    }
-    if (i < n) {
-        const __mmask16 k = tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
-    }
+/* ---- float rows -------------------------------------------------------------- */
+static inline __m512 ld_f32(const uint8_t * x, int i, __mmask16 k) {
+    return _mm512_maskz_loadu_ps(k, (const float *) x + i);
 }
 
-static void axpy_f16(int n, float a, const void * vx, float * y) {
-    const uint16_t * x = vx;
-    const __m512 va = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (x + i)));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, w, _mm512_loadu_ps(y + i)));
-    }
-    if (i < n) {
-        const __mmask16 k = tail_mask(n - i);
-        const __m512 w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, x + i));
-        _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, w, _mm512_maskz_loadu_ps(k, y + i)));
-    }
+static inline __m512 ld_f16(const uint8_t * x, int i, __mmask16 k) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const uint16_t *) x + i));
 }
 
-static inline __m512 bf16x16(__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+static inline __m512 ld_bf16(const uint8_t * x, int i, __mmask16 k) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *) x + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 
-static void axpy_bf16(int n, float a, const void * vx, float * y) {
-    const uint16_t * x = vx;
-    const __m512 va = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 w = bf16x16(_mm256_loadu_si256((const __m256i *) (x + i)));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, w, _mm512_loadu_ps(y + i)));
-    }
-    if (i < n) {
-        const __mmask16 k = tail_mask(n - i);
-        const __m512 w = bf16x16(_mm256_maskz_loadu_epi16(k, x + i));
-        _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, w, _mm512_maskz_loadu_ps(k, y + i)));
-    }
+#define FLOAT_AXPY(name, LOAD)                                                                 \
+static void axpy_##name(int n, int nr, const float * a, const uint8_t * const * x, float * y) { \
+    for (int i = 0; i < n; i += 16) {                                                          \
+        const __mmask16 k = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);               \
+        __m512 acc = _mm512_maskz_loadu_ps(k, y + i);                                          \
+        for (int r = 0; r < nr; r++) acc = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), LOAD(x[r], i, k), acc); \
+        _mm512_mask_storeu_ps(y + i, k, acc);                                                  \
+    }                                                                                          \
 }
 
-/* y[0..32) = s * q + y with q the block's 32 integer weights (two halves) */
-static inline void fma_block(float * y, __m512 s, __m512i q_lo, __m512i q_hi) {
-    _mm512_storeu_ps(y, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q_lo), _mm512_loadu_ps(y)));
-    _mm512_storeu_ps(y + 16, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q_hi), _mm512_loadu_ps(y + 16)));
-}
+FLOAT_AXPY(f32, ld_f32)
+FLOAT_AXPY(f16, ld_f16)
+FLOAT_AXPY(bf16, ld_bf16)
 
-/* y[0..32) += m (the Q4_1/Q5_1 offset times a) */
-static inline void add_offset(float * y, __m512 m) {
-    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), m));
-    _mm512_storeu_ps(y + 16, _mm512_add_ps(_mm512_loadu_ps(y + 16), m));
-}
-
-/* the 32 nibbles of qs: low nibbles are weights 0..15, high ones 16..31 */
+/* ---- 32-weight blocks ------------------------------------------------------ */
+/* the 32 nibbles of qs as int32 lanes: low nibbles are weights 0..15, high
+ * ones 16..31 */
 static inline void nibbles(const uint8_t * qs, __m512i * lo, __m512i * hi) {
     const __m128i v = _mm_loadu_si128((const __m128i *) qs);
     const __m128i m4 = _mm_set1_epi8(0x0F);
@@ -90,58 +64,82 @@ static inline void high_bits(const uint8_t * qh, __m512i * lo, __m512i * hi) {
     *hi = _mm512_mask_add_epi32(*hi, (__mmask16) (h >> 16), *hi, sixteen);
 }
 
-static void axpy_q4_0(int n, float a, const void * vx, float * y) {
-    const block_q4_0 * x = vx;
-    const __m512i eight = _mm512_set1_epi32(8);
-    for (int b = 0; b < n / QK4_0; b++, y += QK4_0) {
+/* float value of each integer weight, q - offset, for q < 16 / q < 32 */
+static inline __m512 lut16(int offset) {
+    return _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_ps((float) offset));
+}
+
+#define BLOCK_LOOP(...)                                                                       \
+    for (int b = 0; b < n / 32; b++, y += 32) {                                                \
+        __m512 y0 = _mm512_loadu_ps(y), y1 = _mm512_loadu_ps(y + 16);                          \
+        for (int r = 0; r < nr; r++) { __VA_ARGS__ }                                                  \
+        _mm512_storeu_ps(y, y0);                                                               \
+        _mm512_storeu_ps(y + 16, y1);                                                          \
+    }
+
+static void axpy_q4_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut = lut16(8);
+    BLOCK_LOOP(
+        const block_q4_0 * xb = (const block_q4_0 *) x[r] + b;
         __m512i lo, hi;
-        nibbles(x[b].qs, &lo, &hi);
-        fma_block(y, _mm512_set1_ps(a * GS_H2F(x[b].d)), _mm512_sub_epi32(lo, eight), _mm512_sub_epi32(hi, eight));
-    }
+        nibbles(xb->qs, &lo, &hi);
+        const __m512 s = _mm512_set1_ps(a[r] * GS_H2F(xb->d));
+        y0 = _mm512_fmadd_ps(s, _mm512_permutexvar_ps(lo, lut), y0);
+        y1 = _mm512_fmadd_ps(s, _mm512_permutexvar_ps(hi, lut), y1);
+    )
 }
 
-static void axpy_q4_1(int n, float a, const void * vx, float * y) {
-    const block_q4_1 * x = vx;
-    for (int b = 0; b < n / QK4_1; b++, y += QK4_1) {
+static void axpy_q4_1(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut = lut16(0);
+    BLOCK_LOOP(
+        const block_q4_1 * xb = (const block_q4_1 *) x[r] + b;
         __m512i lo, hi;
-        nibbles(x[b].qs, &lo, &hi);
-        add_offset(y, _mm512_set1_ps(a * GS_H2F(x[b].m)));
-        fma_block(y, _mm512_set1_ps(a * GS_H2F(x[b].d)), lo, hi);
-    }
+        nibbles(xb->qs, &lo, &hi);
+        const __m512 s = _mm512_set1_ps(a[r] * GS_H2F(xb->d)), m = _mm512_set1_ps(a[r] * GS_H2F(xb->m));
+        y0 = _mm512_fmadd_ps(s, _mm512_permutexvar_ps(lo, lut), _mm512_add_ps(y0, m));
+        y1 = _mm512_fmadd_ps(s, _mm512_permutexvar_ps(hi, lut), _mm512_add_ps(y1, m));
+    )
 }
 
-static void axpy_q5_0(int n, float a, const void * vx, float * y) {
-    const block_q5_0 * x = vx;
-    const __m512i sixteen = _mm512_set1_epi32(16);
-    for (int b = 0; b < n / QK5_0; b++, y += QK5_0) {
+static void axpy_q5_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut_lo = lut16(16), lut_hi = lut16(0);   /* q - 16 for q in 0..31 */
+    BLOCK_LOOP(
+        const block_q5_0 * xb = (const block_q5_0 *) x[r] + b;
         __m512i lo, hi;
-        nibbles(x[b].qs, &lo, &hi);
-        high_bits(x[b].qh, &lo, &hi);
-        fma_block(y, _mm512_set1_ps(a * GS_H2F(x[b].d)), _mm512_sub_epi32(lo, sixteen), _mm512_sub_epi32(hi, sixteen));
-    }
+        nibbles(xb->qs, &lo, &hi);
+        high_bits(xb->qh, &lo, &hi);
+        const __m512 s = _mm512_set1_ps(a[r] * GS_H2F(xb->d));
+        y0 = _mm512_fmadd_ps(s, _mm512_permutex2var_ps(lut_lo, lo, lut_hi), y0);
+        y1 = _mm512_fmadd_ps(s, _mm512_permutex2var_ps(lut_lo, hi, lut_hi), y1);
+    )
 }
 
-static void axpy_q5_1(int n, float a, const void * vx, float * y) {
-    const block_q5_1 * x = vx;
-    for (int b = 0; b < n / QK5_1; b++, y += QK5_1) {
+static void axpy_q5_1(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut_lo = lut16(0), lut_hi = lut16(-16);   /* q for q in 0..31 */
+    BLOCK_LOOP(
+        const block_q5_1 * xb = (const block_q5_1 *) x[r] + b;
         __m512i lo, hi;
-        nibbles(x[b].qs, &lo, &hi);
-        high_bits(x[b].qh, &lo, &hi);
-        add_offset(y, _mm512_set1_ps(a * GS_H2F(x[b].m)));
-        fma_block(y, _mm512_set1_ps(a * GS_H2F(x[b].d)), lo, hi);
-    }
+        nibbles(xb->qs, &lo, &hi);
+        high_bits(xb->qh, &lo, &hi);
+        const __m512 s = _mm512_set1_ps(a[r] * GS_H2F(xb->d)), m = _mm512_set1_ps(a[r] * GS_H2F(xb->m));
+        y0 = _mm512_fmadd_ps(s, _mm512_permutex2var_ps(lut_lo, lo, lut_hi), _mm512_add_ps(y0, m));
+        y1 = _mm512_fmadd_ps(s, _mm512_permutex2var_ps(lut_lo, hi, lut_hi), _mm512_add_ps(y1, m));
+    )
 }
 
-static void axpy_q8_0(int n, float a, const void * vx, float * y) {
-    const block_q8_0 * x = vx;
-    for (int b = 0; b < n / QK8_0; b++, y += QK8_0) {
-        const __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) x[b].qs));
-        const __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) (x[b].qs + 16)));
-        fma_block(y, _mm512_set1_ps(a * GS_H2F(x[b].d)), lo, hi);
-    }
+static void axpy_q8_0(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    BLOCK_LOOP(
+        const block_q8_0 * xb = (const block_q8_0 *) x[r] + b;
+        const __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) xb->qs));
+        const __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) (xb->qs + 16)));
+        const __m512 s = _mm512_set1_ps(a[r] * GS_H2F(xb->d));
+        y0 = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(lo), y0);
+        y1 = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(hi), y1);
+    )
 }
 
-const gs_axpy_row_fn gs_axpy_rows_avx512[GS_TYPE_COUNT] = {
+const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = axpy_f32,
     [GS_TYPE_F16]  = axpy_f16,
     [GS_TYPE_BF16] = axpy_bf16,
