@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
@@ -25,10 +25,13 @@ class LayerWeights:
     ffn_norm: Tensor        # {n_embd}
     w_gate: Tensor          # {n_embd, n_ff}
     w_up: Tensor            # {n_embd, n_ff}
-    w_down: Tensor          # {n_ff, n_embd}
+    w_down: Optional[Tensor]      # {n_ff, n_embd}; None in PowerInfer files, which have:
     bq: Optional[Tensor] = None   # qwen2 attention biases
     bk: Optional[Tensor] = None
     bv: Optional[Tensor] = None
+    w_down_t: Optional[Tensor] = None   # {n_embd, n_ff}: ffn_down_t, row i = neuron i's output
+    fc1: Optional[Tensor] = None        # {n_embd, H}: activation predictor, first layer
+    fc2: Optional[Tensor] = None        # {H, n_ff}: activation predictor, second layer
 
 
 @dataclass
@@ -52,9 +55,18 @@ class LlamaWeights:
             t.set_data(info.data)
             return t
 
+        def wrap_any(name):   # a tensor whose shape the file decides (checked by the ops)
+            info = f.get(name)
+            if info is None:
+                return None
+            t = ctx.new_tensor(info.type, info.ne, name)
+            t.set_data(info.data)
+            return t
+
         layers = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
+            down_t = wrap(p + "ffn_down_t.weight", (E, F), optional=True)
             layers.append(LayerWeights(
                 attn_norm=_f32(wrap(p + "attn_norm.weight", (E,)), p + "attn_norm.weight"),
                 wq=wrap(p + "attn_q.weight", (E, q_dim)),
@@ -64,10 +76,11 @@ class LlamaWeights:
                 ffn_norm=_f32(wrap(p + "ffn_norm.weight", (E,)), p + "ffn_norm.weight"),
                 w_gate=wrap(p + "ffn_gate.weight", (E, F)),
                 w_up=wrap(p + "ffn_up.weight", (E, F)),
-                w_down=wrap(p + "ffn_down.weight", (F, E)),
+                w_down=wrap(p + "ffn_down.weight", (F, E), optional=down_t is not None),
                 bq=wrap(p + "attn_q.bias", (q_dim,), optional=True),
                 bk=wrap(p + "attn_k.bias", (kv_dim,), optional=True),
                 bv=wrap(p + "attn_v.bias", (kv_dim,), optional=True),
+                w_down_t=down_t, fc1=wrap_any(p + "fc1.weight"), fc2=wrap_any(p + "fc2.weight"),
             ))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
@@ -116,13 +129,14 @@ class ForwardGraph:
     """
 
     def __init__(self, cfg: ModelConfig, w: LlamaWeights, kv: KVCache, n_tokens: int,
-                 n_outputs: int, n_threads: int, embeddings: bool = False):
+                 n_outputs: int, n_threads: int, embeddings: bool = False,
+                 ffn: Optional["FFN"] = None):
         self.n_tokens = n_tokens
         self.ctx = Context(mem_size=(4 << 20) + 64 * 1024 * cfg.n_layer)
         ctx = self.ctx
         tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
         pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
-        hidden = build_llama(ctx, cfg, w, kv, tokens, pos)
+        hidden = build_llama(ctx, cfg, w, kv, tokens, pos, ffn or ffn_block)
         E = cfg.n_embd
         if n_outputs < n_tokens:  # only the last rows are needed
             hidden = ctx.view(hidden, (E, n_outputs), (4, hidden.nb[1]), (n_tokens - n_outputs) * hidden.nb[1])
@@ -140,15 +154,22 @@ class ForwardGraph:
         self.ctx.close()
 
 
+# An FFN graph builder: (ctx, layer, x, h) -> the FFN's output, where x is the
+# residual stream entering the FFN and h = ffn_norm(x) (PowerInfer's predictor
+# reads x). ffn_block below is the dense SwiGLU; model/sparse.py has the
+# ReLU-family FFNs of PowerInfer files.
+FFN = Callable[[Context, LayerWeights, Tensor, Tensor], Tensor]
+
+
 def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
-                tokens: Tensor, pos: Tensor) -> Tensor:
+                tokens: Tensor, pos: Tensor, ffn: FFN) -> Tensor:
     """Final normed hidden states {n_embd, n_tokens} for `tokens` at positions `pos`."""
     x = ctx.get_rows(w.tok_embd, tokens)
     for i, layer in enumerate(w.layers):
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.attn_norm)
         x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos))
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
-        x = ctx.add(x, ffn_block(ctx, layer, h))
+        x = ctx.add(x, ffn(ctx, layer, x, h))
     return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
 
 
@@ -177,6 +198,6 @@ def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache
     return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
 
 
-def ffn_block(ctx: Context, layer: LayerWeights, h: Tensor) -> Tensor:
+def ffn_block(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor) -> Tensor:
     act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), Unary.SILU)
     return ctx.mul_mat(layer.w_down, act)
