@@ -18,6 +18,8 @@
 #define COL_BLOCK 16
 #define MIN_TILE_RUN 4    /* shorter runs of single-token rows: vec_dot     */
 #define PREFETCH_AHEAD 4  /* rows requested this many visited neurons ahead */
+#define DOTS_ROWS 4       /* rows per call of a gs_sparse_dots_fn          */
+#define LONG_RUN 16       /* with such a kernel, shorter runs use it too    */
 
 static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
 
@@ -196,7 +198,29 @@ typedef struct {
     uint8_t * d;              /* output rows (one per token)              */
     size_t d_row;
     const gs_cpu_type_funcs * f;
+    gs_sparse_dots_fn dots;   /* scattered rows, one token (or NULL)    */
 } mm_args;
+
+/* Single-token rows waiting to be computed together by mm_args.dots. */
+typedef struct {
+    const uint8_t * x[DOTS_ROWS];
+    int64_t m[DOTS_ROWS];
+    int n;
+} row_group;
+
+static void group_flush(const mm_args * g, row_group * rg) {
+    if (rg->n == 0) return;
+    float s[DOTS_ROWS];
+    g->dots(g->K, rg->n, s, rg->x, g->q);
+    for (int i = 0; i < rg->n; i++) ((float *) g->d)[rg->m[i]] = s[i];
+    rg->n = 0;
+}
+
+static void group_add(const mm_args * g, row_group * rg, int64_t m) {
+    rg->x[rg->n] = g->a + m * g->a_row;
+    rg->m[rg->n++] = m;
+    if (rg->n == DOTS_ROWS) group_flush(g, rg);
+}
 
 static inline float * out_row(const mm_args * g, int64_t t) {
     return (float *) (g->d + t * g->d_row);
@@ -209,8 +233,12 @@ static void zero_neurons(const mm_args * g, int64_t m0, int64_t m1) {
 }
 
 /* Dots of weight rows [m0, m1) with every token. */
-static void dots_all_tokens(const mm_args * g, int64_t m0, int64_t m1) {
+static void dots_all_tokens(const mm_args * g, row_group * rg, int64_t m0, int64_t m1) {
     const gs_cpu_type_funcs * f = g->f;
+    if (g->dots && g->N == 1 && m1 - m0 < LONG_RUN) {
+        for (int64_t m = m0; m < m1; m++) group_add(g, rg, m);
+        return;
+    }
     if (f->vec_dot_tile && g->N == 1 && m1 - m0 >= MIN_TILE_RUN) {
         f->vec_dot_tile(g->K, out_row(g, 0) + m0, 0, g->a + m0 * g->a_row, g->a_row, g->q, g->q_row,
                         (int) (m1 - m0), 1);
@@ -266,10 +294,14 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
     gs_sparse_plan_t plan;
     if (!gs_sparse_plan(p, dst->src[2], dst->src[3], M, N, wq + align_up(q_row * (size_t) N), &plan)) return;
 
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
     const mm_args g = {
         .K = (int) K, .N = N, .a = a->data, .a_row = a->nb[1], .q = wq, .q_row = q_row,
         .d = dst->data, .d_row = dst->nb[1], .f = gs_cpu_funcs(a->type),
+        .dots = N == 1 && info.level >= GS_IMPL_AVX512 ? gs_sparse_dots_avx512[a->type] : NULL,
     };
+    row_group rg = { .n = 0 };
     /* this thread: visited neurons [e0, e1), output entries of neurons [lo, hi) */
     int64_t e0, e1;
     gs_split_rows(plan.n, p->ith, p->nth, &e0, &e1);
@@ -295,9 +327,10 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
                 e++;
                 end++;
             }
-            dots_all_tokens(&g, m, end);
+            dots_all_tokens(&g, &rg, m, end);
             prev = end;
         }
     }
+    group_flush(&g, &rg);
     zero_neurons(&g, prev, hi);
 }

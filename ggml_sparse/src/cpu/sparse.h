@@ -40,10 +40,12 @@ static inline bool gs_sparse_plan_skips(const gs_sparse_plan_t * plan, int64_t m
     return plan->skip && plan->skip[m] != 0;
 }
 
-/* Ask for `bytes` at p to be brought into the caches: rows of an index are
- * scattered, so the hardware prefetcher cannot guess the next one. */
+/* Ask for `bytes` at p to be brought into the L2 cache: rows of an index
+ * are scattered, so the hardware prefetcher cannot guess the next one.
+ * (Measured: requests into L1 stall on its few fill buffers and help far
+ * less than requests into L2.) */
 static inline void gs_prefetch(const void * p, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const uint8_t *) p + o, 0, 3);
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const uint8_t *) p + o, 0, 2);
 }
 
 /* y[0..n) += a[r] * x[r][0..n) for the rows r = 0..nr-1 of one weight type,
@@ -56,5 +58,11 @@ typedef void (*gs_axpy_rows_fn)(int n, int nr, const float * a, const uint8_t * 
  * (vec_avx2_axpy.c, vec_avx512_axpy.c). */
 extern const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
 extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
+
+/* s[r] = dot(weight row x[r], activation row y) for r = 0..nr-1, 1 <= nr <= 4:
+ * scattered rows of one type, each result bit-identical to the type's
+ * vec_dot (vec_avx512_sparse.c; NULL for types without one). */
+typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
+extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
 
 #endif /* GS_CPU_SPARSE_H */
