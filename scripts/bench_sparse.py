@@ -15,10 +15,9 @@ ffn: one FFN layer of Llama-2-7B shape (n_embd 4096, n_ff 11008), predictor
   synthetic models plant them) at each sparsity; each repetition uses other
   draws. Times per layer: the best of many interleaved repetitions (the
   machine is shared; the best run is the one least disturbed).
-batch: prompt processing of n_tokens tokens at 90% sparsity: the sparse ops on
-  the batch (each weight row read once for the union of the tokens' neurons,
-  each token computing only its own), against the same ops run token by
-  token, and against the dense GEMMs.
+batch: prompt processing of n_tokens tokens at 90% sparsity: the sparse ops
+  given the whole batch (one op call each; inside, token after token), against
+  one op call per token (separate graph nodes), and against the dense GEMMs.
 decode: tokens/s of greedy decoding with pyinfer on the PowerInfer file
   (sparse, and dense=True), and with pyinfer and llama.cpp (llama-cpp-python)
   on the dense twin, side by side in one run, plus the share of FFN neurons
@@ -144,7 +143,7 @@ def bench_batch(args, rng) -> None:
     sparsity = 0.9
     print(f"Prompt processing, one FFN layer ({args.type}, 7B shape) at {100 * sparsity:.0f}% sparsity, "
           f"{args.threads} thread(s); ms per layer, best of {max(3, args.reps // 3)}; predictor not included")
-    print("| tokens | union of their neurons | dense GEMMs ms | sparse, batch (union visit) ms | sparse, token by token ms | batch vs dense | batch vs token by token |")
+    print("| tokens | union of their neurons | dense GEMMs ms | sparse, batch ops ms | sparse, one op per token ms | batch vs dense | batch vs op per token |")
     print("|---|---|---|---|---|---|---|")
     for n in args.tokens:
         ctx = Context(256 << 20)

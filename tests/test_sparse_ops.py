@@ -233,8 +233,8 @@ def test_axpy_sparse_all_active_equals_no_index(pools, rng, t):
 
 
 def test_axpy_batch_equals_one_token_at_a_time(pools, rng):
-    """A batch visits the union of its tokens' neurons: each token's result must
-    equal what it gets alone (same neurons, same order of additions)."""
+    """Each token of a batch gets what it gets alone (same neurons, same order
+    of additions)."""
     e, m, n = 256, 200, 5
     w_t = rng.standard_normal((m, e)).astype(np.float32)
     act = rng.standard_normal((n, m)).astype(np.float32)

@@ -313,8 +313,8 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
  * layout of PowerInfer's gpu_idx): these ops treat it as inactive.
  *
  * Batches (n_tokens > 1) keep per-token sparsity: each token gets exactly
- * the neurons of its own column. The kernels visit the union of the columns
- * once, reading a weight row once for all tokens that need it.
+ * the neurons of its own column (processed token after token: rows shared
+ * with earlier tokens come from cache).
  * ------------------------------------------------------------------------- */
 
 /* Index from predictor scores: score F32 {M, n_tokens} (rows contiguous) ->

@@ -7,37 +7,22 @@
 
 #include "../gs_internal.h"
 
-/* The neurons a sparse op visits, in ascending id order, and which tokens
- * need each of them. Built by gs_sparse_plan from the op's index and skip
- * mask (see ggml_sparse.h for their format). */
+/* One token's active neurons: ids[0..n), ascending; ids NULL: every neuron
+ * 0..n-1 (an op without an index). */
 typedef struct {
-    const int32_t * ids;     /* visited neuron ids, ascending; NULL: 0..n-1     */
-    int64_t n;               /* number of visited neurons                       */
-    const int32_t * skip;    /* skip mask still to apply to ids (or NULL)        */
-    const uint64_t * tokens; /* NULL: every token needs every visited neuron;
-                                else `words` words per neuron id, bit t of
-                                tokens[m * words + t / 64] set = token t needs m */
-    int64_t words;
-} gs_sparse_plan_t;
+    const int32_t * ids;
+    int64_t n;
+} gs_sparse_list;
 
-/* Scratch bytes gs_sparse_plan needs for M neurons, n_tokens tokens and
- * n_threads threads (0 when one token or no index). */
-size_t gs_sparse_plan_scratch(int64_t M, int64_t n_tokens, int n_threads, bool has_idx);
+/* Called by all threads of an op: checks every column of idx {M + 1, N}
+ * (NULL: nothing to check). A bad column is reported (gs_compute_fail) and
+ * every thread gets false. */
+bool gs_sparse_check_index(const gs_compute_params * p, const gs_tensor * idx, int64_t M);
+/* Token t's list (idx NULL: all M neurons). */
+gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t);
 
-/* Called by all threads of an op: checks the index (reporting a bad one with
- * gs_compute_fail) and fills *plan. idx: I32 {M + 1, n_tokens} or NULL;
- * skip: I32 {M} or NULL. With several tokens it builds their union in
- * `scratch` (gs_sparse_plan_scratch bytes, shared) and synchronises the
- * threads. Returns false, on every thread, when the index is bad. */
-bool gs_sparse_plan(const gs_compute_params * p, const gs_tensor * idx, const gs_tensor * skip,
-                    int64_t M, int64_t n_tokens, void * scratch, gs_sparse_plan_t * plan);
-
-static inline int64_t gs_sparse_plan_id(const gs_sparse_plan_t * plan, int64_t e) {
-    return plan->ids ? plan->ids[e] : e;
-}
-
-static inline bool gs_sparse_plan_skips(const gs_sparse_plan_t * plan, int64_t m) {
-    return plan->skip && plan->skip[m] != 0;
+static inline int64_t gs_sparse_id(const gs_sparse_list * l, int64_t e) {
+    return l->ids ? l->ids[e] : e;
 }
 
 /* Ask for `bytes` at p to be brought into the L2 cache: rows of an index
@@ -59,9 +44,10 @@ typedef void (*gs_axpy_rows_fn)(int n, int nr, const float * a, const uint8_t * 
 extern const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
 extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
 
-/* s[r] = dot(weight row x[r], activation row y) for r = 0..nr-1, 1 <= nr <= 4:
- * scattered rows of one type, each result bit-identical to the type's
- * vec_dot (vec_avx512_sparse.c; NULL for types without one). */
+/* s[i] = dot(weight row x[i], activation row y) for i = 0..nr-1,
+ * 1 <= nr <= 4, scattered rows of one type with activations in its
+ * vec_dot_type; each bit-identical to the type's vec_dot
+ * (vec_avx512_sparse.c; NULL for types without such a kernel). */
 typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
 extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
 
