@@ -228,7 +228,8 @@ def decode_llama_cpp(path: str, threads: int, n: int):
     pp = len(prompt) / (time.perf_counter() - t0)
     times = []
     for i in range(n + 3):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        tok = int(np.argmax(logits))
         t0 = time.perf_counter()
         llm.eval([tok])
         if i >= 3:

@@ -48,9 +48,10 @@ import gguf  # noqa: E402
 from pyinfer.gguf_model import GGUFFile  # noqa: E402
 from pyinfer.tensor import GGMLType, quantize  # noqa: E402
 
-SHAPES = {  # n_embd, n_ff, n_head (Llama-2)
+SHAPES = {  # n_embd, n_ff, n_head: Llama-2's, and a tiny one for tests
     "7b": (4096, 11008, 32),
     "13b": (5120, 13824, 40),
+    "tiny": (256, 1024, 4),
 }
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"]
 ATTN_OUT_SCALE = 0.1   # attention and FFN outputs stay small next to the embeddings
@@ -208,7 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="PowerInfer file to write")
     ap.add_argument("--dense-out", default=None, help="dense twin to write (default: see above)")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b", help="Llama-2 layer shape")
+    ap.add_argument("--shape", choices=list(SHAPES), default="7b", help="layer shape")
     ap.add_argument("--layers", type=int, default=4, help="number of layers (the real models: 32 / 40)")
     ap.add_argument("--type", choices=TYPES, default="q4_0", help="type of the weight matrices")
     ap.add_argument("--pred-type", choices=TYPES, default=None, help="type of fc1/fc2 (default: --type)")

@@ -8,6 +8,9 @@ test_engine.py). Sparse with every neuron active is bit-identical to the dense
 run of the same file: both use the same kernels for every neuron.
 """
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -145,3 +148,27 @@ def test_sparse_options_on_a_dense_model_warn(tmp_path):
     path = write_tiny_llama(tmp_path / "m.gguf")
     with pytest.warns(RuntimeWarning, match="only apply to PowerInfer models"):
         _engine(path, sparse_threshold=0.5).close()
+
+
+def test_synthetic_model_plants_its_sparsity(tmp_path):
+    """scripts/make_synthetic_sparse.py: the PowerInfer file runs at the planted
+    sparsity (as the numpy reference's predictor decides) and its dense twin
+    is a plain GGUF with the same weights."""
+    out = tmp_path / "syn.powerinfer.gguf"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic_sparse.py"
+    subprocess.run([sys.executable, str(script), "--shape", "tiny", "--layers", "2", "--vocab", "tiny",
+                    "--type", "q8_0", "--sparsity", "0.8", "--pred-hidden", "64", "--out", str(out)],
+                   check=True, capture_output=True)
+    dense = tmp_path / "syn.dense.gguf"
+    assert out.read_bytes()[:4] == b"PWRI" and dense.read_bytes()[:4] == b"GGUF"
+    eng = _engine(out)
+    ref = NumpyPowerInfer(str(out), eng.cfg, 0.0)
+    tokens = list(range(3, 40))
+    ref.forward(tokens)
+    assert abs(np.mean(ref.active_fraction) - 0.2) < 0.05
+    # Q8_0 weights and activations; an activation rounding may flip a decision at the threshold
+    np.testing.assert_array_less(_rel_err(eng.decode(tokens, logits_all=True), ref.forward(tokens)), 5e-2)
+    eng.close()
+    twin = _engine(dense)
+    assert twin.ffn is None and twin.weights.layers[0].w_down is not None
+    twin.close()

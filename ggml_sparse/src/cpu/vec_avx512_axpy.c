@@ -5,11 +5,13 @@
  * registers while the rows are added to it one after the other. For a block
  * with scale d a row adds (a * d) * q with one fused multiply-add per 16
  * weights (Q4_1/Q5_1: the a * m term first), so results differ from the
- * reference path (dequantize, multiply, add) by rounding only. Integer
- * weights become floats through a table (vpermps) where they take at most
- * 32 values.
+ * reference path (dequantize, multiply, add) by rounding only (K types: per
+ * sub-block of 16/32 weights, y - a * dmin * m then + (a * d * sc) * q).
+ * Integer weights become floats through a table (vpermps) where they take at
+ * most 32 values.
  */
 #include "sparse.h"
+#include "../quants_ref.h"
 
 #include <immintrin.h>
 
@@ -139,6 +141,117 @@ static void axpy_q8_0(int n, int nr, const float * a, const uint8_t * const * x,
     )
 }
 
+/* ---- 256-weight super-blocks ---------------------------------------------------- */
+/* y[0..64) = acc[0..4) around a body that adds each row's part */
+#define LOAD4(acc, y) for (int i = 0; i < 4; i++) acc[i] = _mm512_loadu_ps((y) + 16 * i)
+#define STORE4(acc, y) for (int i = 0; i < 4; i++) _mm512_storeu_ps((y) + 16 * i, acc[i])
+
+/* 32 weight bytes in 0..15 / 0..31 as two int32 registers (weights 0..15, 16..31) */
+static inline void widen32(__m256i v, __m512i * lo, __m512i * hi) {
+    *lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(v));
+    *hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1));
+}
+
+/* Q4_K / Q5_K: sub-block j of 32 weights: w = d * sc_j * q - dmin * m_j. The
+ * pair of sub-blocks k (weights 64k..64k+63) are the low and high nibbles of
+ * qs[32k..32k+31] (Q5_K: plus 16 where bit 2k / 2k+1 of qh[l] is set). */
+static inline void add_k_pair(__m512 acc[4], float a, const uint8_t * scales, float d, float dmin, int k,
+                              __m256i lo_q, __m256i hi_q, __m512 lut_lo, __m512 lut_hi) {
+    uint8_t sc0, m0, sc1, m1;
+    gs_get_scale_min_k4(2 * k, scales, &sc0, &m0);
+    gs_get_scale_min_k4(2 * k + 1, scales, &sc1, &m1);
+    const float ad = a * d, am = a * dmin;
+    const __m512 s0 = _mm512_set1_ps(ad * sc0), s1 = _mm512_set1_ps(ad * sc1);
+    const __m512 o0 = _mm512_set1_ps(am * m0), o1 = _mm512_set1_ps(am * m1);
+    __m512i q[4];
+    widen32(lo_q, &q[0], &q[1]);
+    widen32(hi_q, &q[2], &q[3]);
+    for (int i = 0; i < 4; i++) {
+        const __m512 w = _mm512_permutex2var_ps(lut_lo, q[i], lut_hi);
+        acc[i] = _mm512_fmadd_ps(i < 2 ? s0 : s1, w, _mm512_sub_ps(acc[i], i < 2 ? o0 : o1));
+    }
+}
+
+static void axpy_q4_K(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut_lo = lut16(0), lut_hi = lut16(-16);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int k = 0; k < 4; k++, y += 64) {
+            __m512 acc[4];
+            LOAD4(acc, y);
+            for (int r = 0; r < nr; r++) {
+                const block_q4_K * xb = (const block_q4_K *) x[r] + b;
+                const __m256i v = _mm256_loadu_si256((const __m256i *) (xb->qs + 32 * k));
+                add_k_pair(acc, a[r], xb->scales, GS_H2F(xb->d), GS_H2F(xb->dmin), k, _mm256_and_si256(v, m4),
+                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), lut_lo, lut_hi);
+            }
+            STORE4(acc, y);
+        }
+    }
+}
+
+static void axpy_q5_K(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m512 lut_lo = lut16(0), lut_hi = lut16(-16);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int k = 0; k < 4; k++, y += 64) {
+            __m512 acc[4];
+            LOAD4(acc, y);
+            for (int r = 0; r < nr; r++) {
+                const block_q5_K * xb = (const block_q5_K *) x[r] + b;
+                const __m256i v = _mm256_loadu_si256((const __m256i *) (xb->qs + 32 * k));
+                const __m256i h = _mm256_loadu_si256((const __m256i *) xb->qh);
+                const __mmask32 h0 = _mm256_test_epi8_mask(h, _mm256_set1_epi8((char) (1 << (2 * k))));
+                const __mmask32 h1 = _mm256_test_epi8_mask(h, _mm256_set1_epi8((char) (2 << (2 * k))));
+                const __m256i lo = _mm256_mask_add_epi8(_mm256_and_si256(v, m4), h0, _mm256_and_si256(v, m4), sixteen);
+                const __m256i hq = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                add_k_pair(acc, a[r], xb->scales, GS_H2F(xb->d), GS_H2F(xb->dmin), k, lo,
+                           _mm256_mask_add_epi8(hq, h1, hq, sixteen), lut_lo, lut_hi);
+            }
+            STORE4(acc, y);
+        }
+    }
+}
+
+/* Q6_K: per half of 128 weights, q = low 4 bits from ql, high 2 from qh
+ * (quants.h), w = d * scales[j] * (q - 32) for chunk j of 16 weights. */
+static void axpy_q6_K(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m512i off = _mm512_set1_epi32(32);
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int half = 0; half < 2; half++, y += 128) {
+            __m512 acc[8];
+            for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(y + 16 * i);
+            for (int r = 0; r < nr; r++) {
+                const block_q6_K * xb = (const block_q6_K *) x[r] + b;
+                const uint8_t * ql = xb->ql + 64 * half;
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *) ql);
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *) (ql + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *) (xb->qh + 32 * half));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+                const float ad = a[r] * GS_H2F(xb->d);
+                const int8_t * sc = xb->scales + 8 * half;
+                for (int j = 0; j < 4; j++) {
+                    __m512i lo, hi;
+                    widen32(q[j], &lo, &hi);
+                    acc[2 * j] = _mm512_fmadd_ps(_mm512_set1_ps(ad * sc[2 * j]),
+                                                 _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, off)), acc[2 * j]);
+                    acc[2 * j + 1] = _mm512_fmadd_ps(_mm512_set1_ps(ad * sc[2 * j + 1]),
+                                                     _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, off)), acc[2 * j + 1]);
+                }
+            }
+            for (int i = 0; i < 8; i++) _mm512_storeu_ps(y + 16 * i, acc[i]);
+        }
+    }
+}
+
 const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = axpy_f32,
     [GS_TYPE_F16]  = axpy_f16,
@@ -148,4 +261,7 @@ const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT] = {
     [GS_TYPE_Q5_0] = axpy_q5_0,
     [GS_TYPE_Q5_1] = axpy_q5_1,
     [GS_TYPE_Q8_0] = axpy_q8_0,
+    [GS_TYPE_Q4_K] = axpy_q4_K,
+    [GS_TYPE_Q5_K] = axpy_q5_K,
+    [GS_TYPE_Q6_K] = axpy_q6_K,
 };
