@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "bamboo")
+SUPPORTED_ARCHS = ("llama", "qwen2", "bamboo")   # bamboo: PowerInfer's ReLU Mistral
 
 
 class UnsupportedModelError(ValueError):
@@ -115,4 +115,6 @@ class ContextSettings:
     rope_freq_base: float = 0.0     # 0: the model's
     rope_freq_scale: float = 0.0    # 0: the model's (positions are multiplied by it)
     kv_overrides: Dict[str, Any] = field(default_factory=dict)  # GGUF metadata replacements
+    sparse_threshold: Optional[float] = None  # PowerInfer models: None = the file's threshold
+    dense: bool = False             # PowerInfer models: compute every FFN neuron
     extra: Dict[str, Any] = field(default_factory=dict)

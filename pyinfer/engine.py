@@ -17,6 +17,7 @@ import numpy as np
 from .config import ContextSettings, ModelConfig
 from .gguf_model import GGUFFile
 from .model.llama import ForwardGraph, KVCache, LlamaWeights
+from .model.sparse import make_ffn
 from .tensor import Context, GGMLType, ThreadPool
 
 MAX_CACHED_GRAPHS = 4
@@ -50,6 +51,8 @@ class Engine:
         n_weights = len(self.file.tensors)
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
         self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx)
+        self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
+                                           settings.dense)
         self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
@@ -67,7 +70,7 @@ class Engine:
         if g is None:
             n_threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
-                             max(self.n_threads, self.n_threads_batch), embeddings)
+                             max(self.n_threads, self.n_threads_batch), embeddings, self.ffn)
             g.threads = n_threads
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:

@@ -97,6 +97,9 @@ class LlamaOptions:
     type_v: Optional[int]
     spm_infill: bool
     verbose: bool
+    # pyinfer's own (PowerInfer models): predictor threshold (None: the file's), all neurons
+    sparse_threshold: Optional[float] = None
+    dense: bool = False
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
@@ -202,7 +205,8 @@ class LlamaOptions:
             n_threads=n_threads, n_threads_batch=n_threads_batch,
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
-            kv_overrides=self.model_overrides())
+            kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
+            dense=self.dense)
 
 
 def warn(message: str, verbose: bool) -> None:
@@ -248,4 +252,6 @@ def load_report(path: str, engine, n_batch: int, load_time: float) -> str:
         f"threads {engine.n_threads} (batch {engine.n_threads_batch}); backend CPU",
         f"pyinfer:   load time {load_time * 1000.0:.0f} ms",
     ]
+    if engine.ffn_mode:
+        lines.insert(-1, f"pyinfer:   {engine.ffn_mode}")
     return "\n".join(lines)

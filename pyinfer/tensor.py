@@ -243,6 +243,10 @@ def _ne_array(ne: Sequence[int]):
     return ffi.new("int64_t[4]", [int(x) for x in ne] + [1] * (4 - len(ne)))
 
 
+def _ptr_or_null(t: Optional[Tensor]):
+    return t.ptr if t is not None else ffi.NULL
+
+
 class Context:
     """An arena for tensors (and the data of those made with new_tensor)."""
 
@@ -366,6 +370,21 @@ class Context:
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float) -> Tensor:
         return self._op(lib.gs_attention, q.ptr, k.ptr, v.ptr, pos.ptr, scale)
+
+    # ---- neuron-sparse FFN (index format: ggml_sparse.h) ----
+    def sparse_index(self, score: Tensor, threshold: float) -> Tensor:
+        return self._op(lib.gs_sparse_index, score.ptr, threshold)
+
+    def sparse_predict(self, fc1: Tensor, fc2: Tensor, x: Tensor, threshold: float) -> Tensor:
+        return self._op(lib.gs_sparse_predict, fc1.ptr, fc2.ptr, x.ptr, threshold)
+
+    def mul_mat_sparse(self, a: Tensor, b: Tensor, idx: Optional[Tensor] = None,
+                       skip: Optional[Tensor] = None) -> Tensor:
+        return self._op(lib.gs_mul_mat_sparse, a.ptr, b.ptr, _ptr_or_null(idx), _ptr_or_null(skip))
+
+    def axpy_sparse(self, a: Tensor, act: Tensor, idx: Optional[Tensor] = None,
+                    skip: Optional[Tensor] = None) -> Tensor:
+        return self._op(lib.gs_axpy_sparse, a.ptr, act.ptr, _ptr_or_null(idx), _ptr_or_null(skip))
 
 
 class ThreadPool:

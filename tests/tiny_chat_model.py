@@ -9,6 +9,7 @@ arbitrary bytes, including broken UTF-8.
 import gguf
 import numpy as np
 
+from pyinfer.gguf_model import GGUFFile
 from pyinfer.tokenizer_bpe import BYTE_TO_CHAR
 from reference.tiny_model import write_tiny_llama
 
@@ -23,7 +24,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + 
 
 def write_tiny_chat_model(path, **kw):
     src = write_tiny_llama(str(path) + ".weights", n_vocab=len(TOKENS), **kw)
-    r = gguf.GGUFReader(str(src))
+    r = GGUFFile(str(src)).reader     # gguf's reader, also for PowerInfer files
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(str(path), arch)
     for name, f in r.fields.items():
@@ -47,4 +48,7 @@ def write_tiny_chat_model(path, **kw):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if kw.get("powerinfer"):
+        with open(path, "r+b") as f:
+            f.write(b"PWRI")
     return path

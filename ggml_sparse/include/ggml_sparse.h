@@ -295,6 +295,58 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
                        gs_tensor * pos, float scale, gs_tensor ** out);
 
 /* ---------------------------------------------------------------------------
+ * Neuron-sparse FFN (PowerInfer). An FFN of M = n_ff neurons: neuron m owns
+ * row m of the gate and up weights ({n_embd, M}) and row m of the transposed
+ * down projection ffn_down_t ({n_embd, M}). Per token a predictor decides
+ * which neurons fire; only their rows are read.
+ *
+ * Active-neuron index `idx`: contiguous I32 {M + 1, n_tokens}. Column t (the
+ * M + 1 values of token t) holds idx[0] = c, the number of active neurons
+ * (0 <= c <= M), then idx[1..c] = their neuron ids, strictly ascending, each
+ * in [0, M). Values after idx[c] are unspecified and never read. A neuron
+ * not listed is inactive for that token: it contributes nothing (its entry
+ * of a product is 0). Consumers check the index when they run (bad count,
+ * id out of range or not ascending: GS_ERR_RUNTIME).
+ *
+ * Skip mask `skip` (optional, NULL for none): contiguous I32 {M}; skip[m] != 0
+ * means neuron m is computed elsewhere (the GPU share of a hybrid split, the
+ * layout of PowerInfer's gpu_idx): these ops treat it as inactive.
+ *
+ * Batches (n_tokens > 1) keep per-token sparsity: each token gets exactly
+ * the neurons of its own column (processed token after token: rows shared
+ * with earlier tokens come from cache).
+ * ------------------------------------------------------------------------- */
+
+/* Index from predictor scores: score F32 {M, n_tokens} (rows contiguous) ->
+ * idx I32 {M + 1, n_tokens} as above: neuron m is active for token t iff
+ * score[t][m] >= threshold (a NaN score is inactive; -INFINITY makes every
+ * other neuron active). */
+gs_status gs_sparse_index(gs_context * ctx, gs_tensor * score, float threshold, gs_tensor ** out);
+/* PowerInfer's predictor: idx = gs_sparse_index(fc2 . relu(fc1 . x), threshold).
+ * fc1 {n_embd, H} and fc2 {H, M} of any weight type, x F32 {n_embd, n_tokens}:
+ * the residual stream entering the FFN, before ffn_norm. Records the two
+ * products, the relu and the index as four nodes. */
+gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, gs_tensor * x,
+                            float threshold, gs_tensor ** out);
+/* Row-sparse product (gate, up): a {K, M} of any weight type, b F32
+ * {K, n_tokens} (rows contiguous), idx {M + 1, n_tokens} or NULL (every
+ * neuron active), skip {M} or NULL -> out F32 {M, n_tokens}:
+ * out[t][m] = dot(a row m, b row t) for the neurons m active for token t and
+ * not skipped, 0 for the others. Activations are quantized to a's
+ * vec_dot_type as gs_mul_mat does, so each computed entry equals
+ * gs_mul_mat's. */
+gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
+                            gs_tensor * skip, gs_tensor ** out);
+/* Down projection as an axpy over rows: a {E, M} (ffn_down_t, any weight
+ * type: row m = neuron m's output weights), act F32 {M, n_tokens} (rows
+ * contiguous), idx {M + 1, n_tokens} or NULL (every neuron), skip {M} or NULL
+ * -> out F32 {E, n_tokens}: out[t] = sum of act[t][m] * (a row m) over the
+ * neurons m active for token t and not skipped. Every output element is
+ * summed in ascending m, so results do not depend on the thread count. */
+gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_tensor * idx,
+                         gs_tensor * skip, gs_tensor ** out);
+
+/* ---------------------------------------------------------------------------
  * Graphs and thread pools
  * ------------------------------------------------------------------------- */
 /* A graph of at most max_nodes nodes, owned by (and freed with) ctx. */

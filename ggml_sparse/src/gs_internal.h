@@ -111,6 +111,9 @@ typedef enum {
     GS_OP_SOFT_MAX,
     GS_OP_MUL_MAT,
     GS_OP_ATTENTION,
+    GS_OP_SPARSE_INDEX,     /* predictor scores -> active-neuron index      */
+    GS_OP_MUL_MAT_SPARSE,   /* row-sparse product (gate, up)               */
+    GS_OP_AXPY_SPARSE,      /* axpy over rows of ffn_down_t                */
     GS_OP_COUNT
 } gs_op;
 
@@ -229,6 +232,14 @@ size_t gs_cpu_attention_work_size(const gs_tensor * dst, int n_threads);
  * scratch bytes per thread, and the kernel (scratch: this thread's share). */
 size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst);
 void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch);
+
+/* Neuron-sparse FFN kernels (cpu/ops_sparse*.c). */
+void gs_cpu_op_sparse_index(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_sparse_index_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_mul_mat_sparse_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);

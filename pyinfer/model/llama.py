@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
@@ -25,10 +25,13 @@ class LayerWeights:
     ffn_norm: Tensor        # {n_embd}
     w_gate: Tensor          # {n_embd, n_ff}
     w_up: Tensor            # {n_embd, n_ff}
-    w_down: Tensor          # {n_ff, n_embd}
+    w_down: Optional[Tensor]      # {n_ff, n_embd}; None in PowerInfer files, which have:
     bq: Optional[Tensor] = None   # qwen2 attention biases
     bk: Optional[Tensor] = None
     bv: Optional[Tensor] = None
+    w_down_t: Optional[Tensor] = None   # {n_embd, n_ff}: ffn_down_t, row i = neuron i's output
+    fc1: Optional[Tensor] = None        # {n_embd, H}: activation predictor, first layer
+    fc2: Optional[Tensor] = None        # {H, n_ff}: activation predictor, second layer
 
 
 @dataclass
@@ -52,9 +55,18 @@ class LlamaWeights:
             t.set_data(info.data)
             return t
 
+        def wrap_any(name):   # a tensor whose shape the file decides (checked by the ops)
+            info = f.get(name)
+            if info is None:
+                return None
+            t = ctx.new_tensor(info.type, info.ne, name)
+            t.set_data(info.data)
+            return t
+
         layers = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
+            down_t = wrap(p + "ffn_down_t.weight", (E, F), optional=True)
             layers.append(LayerWeights(
                 attn_norm=_f32(wrap(p + "attn_norm.weight", (E,)), p + "attn_norm.weight"),
                 wq=wrap(p + "attn_q.weight", (E, q_dim)),
@@ -64,10 +76,11 @@ class LlamaWeights:
                 ffn_norm=_f32(wrap(p + "ffn_norm.weight", (E,)), p + "ffn_norm.weight"),
                 w_gate=wrap(p + "ffn_gate.weight", (E, F)),
                 w_up=wrap(p + "ffn_up.weight", (E, F)),
-                w_down=wrap(p + "ffn_down.weight", (F, E)),
+                w_down=wrap(p + "ffn_down.weight", (F, E), optional=down_t is not None),
                 bq=wrap(p + "attn_q.bias", (q_dim,), optional=True),
                 bk=wrap(p + "attn_k.bias", (kv_dim,), optional=True),
                 bv=wrap(p + "attn_v.bias", (kv_dim,), optional=True),
+                w_down_t=down_t, fc1=wrap_any(p + "fc1.weight"), fc2=wrap_any(p + "fc2.weight"),
             ))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
@@ -116,13 +129,14 @@ class ForwardGraph:
     """
 
     def __init__(self, cfg: ModelConfig, w: LlamaWeights, kv: KVCache, n_tokens: int,
-                 n_outputs: int, n_threads: int, embeddings: bool = False):
+                 n_outputs: int, n_threads: int, embeddings: bool = False,
+                 ffn: Optional["FFN"] = None):
         self.n_tokens = n_tokens
         self.ctx = Context(mem_size=(4 << 20) + 64 * 1024 * cfg.n_layer)
         ctx = self.ctx
         tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
         pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
-        hidden = build_llama(ctx, cfg, w, kv, tokens, pos, n_outputs)
+        hidden = build_llama(ctx, cfg, w, kv, tokens, pos, ffn or dense_ffn(cfg), n_outputs)
         out = hidden if embeddings else ctx.mul_mat(w.output, hidden)
         out.name = "embeddings" if embeddings else "logits"
         self.graph = Graph(ctx, max_nodes=64 + 40 * cfg.n_layer).build(out).plan(n_threads)
@@ -137,8 +151,15 @@ class ForwardGraph:
         self.ctx.close()
 
 
+# An FFN graph builder: (ctx, layer, x, h) -> the FFN's output, where x is the
+# residual stream entering the FFN and h = ffn_norm(x) (PowerInfer's predictor
+# reads x). ffn_block below is the dense SwiGLU; model/sparse.py has the
+# ReLU-family FFNs of PowerInfer files.
+FFN = Callable[[Context, LayerWeights, Tensor, Tensor], Tensor]
+
+
 def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
-                tokens: Tensor, pos: Tensor, n_outputs: Optional[int] = None) -> Tensor:
+                tokens: Tensor, pos: Tensor, ffn: FFN, n_outputs: Optional[int] = None) -> Tensor:
     """Final normed hidden states {n_embd, n_outputs} of the last n_outputs (default: all)
     of `tokens` at positions `pos`. As llama.cpp, the last layer's FFN runs on those rows
     only (which also makes its matmuls the same single-row or batched kernels)."""
@@ -150,7 +171,7 @@ def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
         if i == len(w.layers) - 1 and n_outputs is not None and n_outputs < n_tokens:
             x = ctx.view(x, (cfg.n_embd, n_outputs), (4, x.nb[1]), (n_tokens - n_outputs) * x.nb[1])
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
-        x = ctx.add(x, ffn_block(ctx, cfg, layer, h))
+        x = ctx.add(x, ffn(ctx, layer, x, h))
     return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
 
 
@@ -177,6 +198,11 @@ def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache
     v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, v_cache.nb[1]))
     attn = ctx.attention(q, k_all, v_all, pos, 1.0 / math.sqrt(hd))
     return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
+
+
+def dense_ffn(cfg: ModelConfig) -> FFN:
+    """The dense FFN of `cfg`'s activation as an FFN builder."""
+    return lambda ctx, layer, x, h: ffn_block(ctx, cfg, layer, h)
 
 
 def ffn_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, h: Tensor) -> Tensor:

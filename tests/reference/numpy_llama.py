@@ -66,8 +66,13 @@ class NumpyLlama:
                 out[:, head] = s @ v[:, head // group]
             x = x + out.reshape(n, nh * hd) @ w[p + "attn_output.weight"].T
             h = self.rms_norm(x, w[p + "ffn_norm.weight"], cfg.rms_eps)
-            g = h @ w[p + "ffn_gate.weight"].T
-            u = h @ w[p + "ffn_up.weight"].T
-            x = x + (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T
+            x = x + self.ffn(i, x, h)
         x = self.rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
         return x if hidden_only else x @ w["output.weight"].T
+
+    def ffn(self, i, x, h):
+        """Layer i's FFN output for h = ffn_norm(x): SwiGLU."""
+        p, w = f"blk.{i}.", self.w
+        g = h @ w[p + "ffn_gate.weight"].T
+        u = h @ w[p + "ffn_up.weight"].T
+        return (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T

@@ -8,9 +8,13 @@ from gguf.quants import quantize
 
 def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_ff=128, n_head=4,
                      n_head_kv=2, n_ctx_train=256, weight_type=gguf.GGMLQuantizationType.F32,
-                     rope_base=10000.0, tied=False, seed=0, qkv_bias=None):
+                     rope_base=10000.0, tied=False, seed=0, qkv_bias=None, powerinfer=False,
+                     pred_hidden=64, sparse_threshold=None, predictor=True):
     """A random model with a byte-ish vocabulary; weights of `weight_type`
-    (for 2-D matrices; norms stay F32)."""
+    (for 2-D matrices; norms stay F32). With `powerinfer`, a PowerInfer file
+    (PWRI magic): ffn_down stored transposed as ffn_down_t, a random predictor
+    fc1 {n_embd, pred_hidden} / fc2 {pred_hidden, n_ff} per layer (unless not
+    `predictor`) and, when given, powerinfer.sparse_threshold."""
     rng = np.random.default_rng(seed)
     hd = n_embd // n_head
     w = gguf.GGUFWriter(str(path), arch)
@@ -32,17 +36,25 @@ def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_
     w.add_token_merges([])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if sparse_threshold is not None:
+        w.add_float32("powerinfer.sparse_threshold", sparse_threshold)
     if qkv_bias is None:
         qkv_bias = arch == "qwen2"
 
-    def mat(name, rows, cols, scale=None):
+    def mat(name, rows, cols, scale=None, transpose=False):
         a = (rng.standard_normal((rows, cols)) * (scale or 1.0 / np.sqrt(cols))).astype(np.float32)
+        if transpose:
+            a = np.ascontiguousarray(a.T)
         if weight_type in (gguf.GGMLQuantizationType.F32,):
             w.add_tensor(name, a)
         elif weight_type == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, a.astype(np.float16))
         else:
-            q = quantize(a, weight_type)
+            try:
+                q = quantize(a, weight_type)
+            except NotImplementedError:   # gguf.quants has no K-quant quantizer: ours
+                from pyinfer.tensor import quantize as gs_quantize
+                q = gs_quantize(a, int(weight_type))
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=weight_type)
 
     def vec(name, n, base=1.0, noise=0.1):
@@ -63,7 +75,13 @@ def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_
         vec(p + "ffn_norm.weight", n_embd)
         mat(p + "ffn_gate.weight", n_ff, n_embd)
         mat(p + "ffn_up.weight", n_ff, n_embd)
-        mat(p + "ffn_down.weight", n_embd, n_ff)
+        if powerinfer:
+            mat(p + "ffn_down_t.weight", n_embd, n_ff, transpose=True)
+            if predictor:
+                mat(p + "fc1.weight", pred_hidden, n_embd)
+                mat(p + "fc2.weight", n_ff, pred_hidden)
+        else:
+            mat(p + "ffn_down.weight", n_embd, n_ff)
     vec("output_norm.weight", n_embd)
     if not tied:
         mat("output.weight", n_vocab, n_embd)
@@ -71,4 +89,7 @@ def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if powerinfer:
+        with open(path, "r+b") as f:
+            f.write(b"PWRI")
     return path

@@ -7,6 +7,9 @@ size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
     switch (node->op) {
         case GS_OP_MUL_MAT:   return gs_cpu_mul_mat_work_size(node, n_threads);
         case GS_OP_ATTENTION: return gs_cpu_attention_work_size(node, n_threads);
+        case GS_OP_SPARSE_INDEX:   return gs_cpu_sparse_index_work_size(node, n_threads);
+        case GS_OP_MUL_MAT_SPARSE: return gs_cpu_mul_mat_sparse_work_size(node, n_threads);
+        case GS_OP_AXPY_SPARSE:    return gs_cpu_axpy_sparse_work_size(node, n_threads);
         default:              return 0;
     }
 }
@@ -41,6 +44,9 @@ void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
         case GS_OP_SOFT_MAX:  gs_cpu_op_soft_max(p, node); break;
         case GS_OP_MUL_MAT:   gs_cpu_op_mul_mat(p, node); break;
         case GS_OP_ATTENTION: gs_cpu_op_attention(p, node); break;
+        case GS_OP_SPARSE_INDEX:   gs_cpu_op_sparse_index(p, node); break;
+        case GS_OP_MUL_MAT_SPARSE: gs_cpu_op_mul_mat_sparse(p, node); break;
+        case GS_OP_AXPY_SPARSE:    gs_cpu_op_axpy_sparse(p, node); break;
         default:
             if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_name(node->op));
     }

@@ -1,0 +1,282 @@
+/*
+ * ops_sparse.c - neuron-sparse FFN kernels: checking an active-neuron index,
+ * the index from predictor scores, and the row-sparse product for gate/up
+ * (the axpy is in ops_sparse_axpy.c).
+ *
+ * Row-sparse product: activations are quantized to the weights'
+ * vec_dot_type as in matmul.c. Then, token after token, threads split that
+ * token's active neurons evenly. Each thread owns the output entries from its
+ * first neuron up to the next thread's first, so it also writes the zeros of
+ * the inactive neurons in between: no two threads touch the same output and
+ * no extra pass is needed. Scattered rows go 4 at a time to a kernel that
+ * runs 4 dot products side by side; long runs of consecutive rows to the
+ * type's tile kernel. A batch is processed token by token (measured faster
+ * here than visiting the union of the tokens' neurons once: the rows a token
+ * shares with the previous ones are read from cache; docs/sparse_cpu.md).
+ * Without an index, or with every neuron active, the product runs as
+ * gs_mul_mat does (bit-identical), skipping only masked rows.
+ */
+#include "sparse.h"
+
+#define ROW_BLOCK 16      /* GEMM tile of a dense batch, as matmul.c        */
+#define COL_BLOCK 16
+#define MIN_TILE_RUN 4    /* shorter runs of rows: one vec_dot each         */
+#define LONG_RUN 16       /* with a 4-row kernel, shorter runs use it       */
+#define DOTS_ROWS 4       /* rows per call of gs_sparse_dots.rows           */
+#define PREFETCH_AHEAD 4  /* rows requested this many active neurons ahead  */
+
+/* ---- index checks ---------------------------------------------------------- */
+/* A column of an M-neuron index: 0 <= count <= M, ids ascending in [0, M). */
+static bool column_ok(const int32_t * col, int64_t M) {
+    const int64_t c = col[0];
+    if (c < 0 || c > M) return false;
+    int64_t prev = -1;
+    for (int64_t e = 1; e <= c; e++) {
+        if (col[e] <= prev || col[e] >= M) return false;
+        prev = col[e];
+    }
+    return true;
+}
+
+bool gs_sparse_check_index(const gs_compute_params * p, const gs_tensor * idx, int64_t M) {
+    if (!idx) return true;
+    /* every thread reads the whole index (a few thousand ints per token), so
+     * all agree without synchronising */
+    const int32_t * I = idx->data;
+    for (int64_t t = 0; t < idx->ne[1]; t++) {
+        if (!column_ok(I + t * (M + 1), M)) {
+            if (p->ith == 0) {
+                gs_compute_fail(p, GS_ERR_RUNTIME,
+                                "sparse index '%s', token %lld: not an active-neuron list (count %d; ids must "
+                                "ascend in [0, %lld))", idx->name, (long long) t, I[t * (M + 1)], (long long) M);
+            }
+            return false;
+        }
+    }
+    return true;
+}
+
+gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t) {
+    if (!idx) return (gs_sparse_list) { NULL, M };
+    const int32_t * col = (const int32_t *) idx->data + t * (M + 1);
+    return (gs_sparse_list) { col + 1, col[0] };
+}
+
+/* Whether every token lists every neuron (a checked index). */
+static bool all_active(const gs_tensor * idx, int64_t M) {
+    for (int64_t t = 0; t < idx->ne[1]; t++) {
+        if (((const int32_t *) idx->data)[t * (M + 1)] != M) return false;
+    }
+    return true;
+}
+
+/* ---- index from scores ---------------------------------------------------- */
+size_t gs_cpu_sparse_index_work_size(const gs_tensor * dst, int n_threads) {
+    return (size_t) dst->ne[1] * (size_t) n_threads * sizeof(int64_t);
+}
+
+/* Threads split the neurons: each counts its active ones per token, then
+ * writes them after the counts of the threads before it. */
+void gs_cpu_op_sparse_index(const gs_compute_params * p, gs_tensor * dst) {
+    const gs_tensor * score = dst->src[0];
+    float thr;
+    memcpy(&thr, &dst->op_params[0], sizeof(float));
+    const int64_t M = score->ne[0], N = score->ne[1];
+    int64_t * counts = p->wdata;
+    int64_t lo, hi;
+    gs_split_rows(M, p->ith, p->nth, &lo, &hi);
+    for (int64_t t = 0; t < N; t++) {
+        const float * s = (const float *) ((const uint8_t *) score->data + t * score->nb[1]);
+        int64_t c = 0;
+        for (int64_t m = lo; m < hi; m++) c += s[m] >= thr;
+        counts[t * p->nth + p->ith] = c;
+    }
+    gs_barrier(p);
+    for (int64_t t = 0; t < N; t++) {
+        const float * s = (const float *) ((const uint8_t *) score->data + t * score->nb[1]);
+        int32_t * col = (int32_t *) dst->data + t * (M + 1);
+        int64_t off = 0, total = 0;
+        for (int i = 0; i < p->nth; i++) {
+            if (i < p->ith) off += counts[t * p->nth + i];
+            total += counts[t * p->nth + i];
+        }
+        if (p->ith == 0) col[0] = (int32_t) total;
+        int32_t * w = col + 1 + off;
+        for (int64_t m = lo; m < hi; m++) {
+            if (s[m] >= thr) *w++ = (int32_t) m;
+        }
+    }
+}
+
+/* ---- row-sparse product ----------------------------------------------------- */
+size_t gs_cpu_mul_mat_sparse_work_size(const gs_tensor * dst, int n_threads) {
+    (void) n_threads;
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * b = dst->src[1];
+    const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
+    return gs_type_row_size(vt, b->ne[0]) * (size_t) b->ne[1];
+}
+
+typedef struct {
+    int K;
+    int64_t N;                /* tokens                                  */
+    const uint8_t * a;        /* weight rows, a_row bytes apart           */
+    size_t a_row, a_bytes;
+    const uint8_t * q;        /* quantized activations, q_row bytes apart */
+    size_t q_row;
+    uint8_t * d;              /* output rows (one per token)              */
+    size_t d_row;
+    const int32_t * skip;     /* skip mask or NULL                        */
+    const gs_cpu_type_funcs * f;
+    gs_sparse_dots_fn dots;   /* 4 scattered rows per call (or NULL)    */
+} mm_args;
+
+static inline float * out_row(const mm_args * g, int64_t t) {
+    return (float *) (g->d + t * g->d_row);
+}
+
+static inline bool skipped(const mm_args * g, int64_t m) {
+    return g->skip && g->skip[m] != 0;
+}
+
+/* Dots of weight rows [m0, m1) with tokens [t0, t1), as gs_mul_mat computes them. */
+static void dots_block(const mm_args * g, int64_t m0, int64_t m1, int64_t t0, int64_t t1) {
+    const gs_cpu_type_funcs * f = g->f;
+    const int64_t nt = t1 - t0;
+    if (f->vec_dot_tile && nt == 1 && m1 - m0 >= MIN_TILE_RUN) {
+        f->vec_dot_tile(g->K, out_row(g, t0) + m0, 0, g->a + m0 * g->a_row, g->a_row, g->q + t0 * g->q_row,
+                        g->q_row, (int) (m1 - m0), 1);
+        return;
+    }
+    if (f->vec_dot_tile && nt > 1) {
+        for (int64_t mb = m0; mb < m1; mb += ROW_BLOCK) {
+            const int64_t me = mb + ROW_BLOCK < m1 ? mb + ROW_BLOCK : m1;
+            for (int64_t tb = t0; tb < t1; tb += COL_BLOCK) {
+                const int64_t nc = t1 - tb < COL_BLOCK ? t1 - tb : COL_BLOCK;
+                f->vec_dot_tile(g->K, out_row(g, tb) + mb, g->d_row / sizeof(float), g->a + mb * g->a_row,
+                                g->a_row, g->q + tb * g->q_row, g->q_row, (int) (me - mb), (int) nc);
+            }
+        }
+        return;
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        for (int64_t m = m0; m < m1; m++) f->vec_dot(g->K, out_row(g, t) + m, g->a + m * g->a_row, g->q + t * g->q_row);
+    }
+}
+
+static void zero_block(const mm_args * g, int64_t m0, int64_t m1, int64_t t0, int64_t t1) {
+    if (m1 <= m0) return;
+    for (int64_t t = t0; t < t1; t++) memset(out_row(g, t) + m0, 0, (size_t) (m1 - m0) * sizeof(float));
+}
+
+/* No index (or every neuron active): this thread's share of the rows, all
+ * tokens, in runs of rows that are not skipped. */
+static void product_all(const gs_compute_params * p, const mm_args * g, int64_t M) {
+    int64_t r0, r1;
+    gs_split_rows(M, p->ith, p->nth, &r0, &r1);
+    for (int64_t m = r0; m < r1;) {
+        int64_t end = m;
+        if (skipped(g, m)) {
+            while (end < r1 && skipped(g, end)) end++;
+            zero_block(g, m, end, 0, g->N);
+        } else {
+            while (end < r1 && !skipped(g, end)) end++;
+            dots_block(g, m, end, 0, g->N);
+        }
+        m = end;
+    }
+}
+
+/* Scattered rows of one token waiting to be computed 4 at a time. */
+typedef struct {
+    const uint8_t * y;        /* the token's quantized activations        */
+    const uint8_t * x[DOTS_ROWS];
+    float * s[DOTS_ROWS];
+    int n;
+} row_group;
+
+static void group_flush(const mm_args * g, row_group * rg) {
+    if (rg->n == 0) return;
+    float s[DOTS_ROWS];
+    g->dots(g->K, rg->n, s, rg->x, rg->y);
+    for (int i = 0; i < rg->n; i++) *rg->s[i] = s[i];
+    rg->n = 0;
+}
+
+static void group_add(const mm_args * g, row_group * rg, int64_t m, float * s) {
+    rg->x[rg->n] = g->a + m * g->a_row;
+    rg->s[rg->n++] = s;
+    if (rg->n == DOTS_ROWS) group_flush(g, rg);
+}
+
+/* Token t: this thread's share of its active neurons, and the zeros up to
+ * the next thread's share. */
+static void product_token(const gs_compute_params * p, const mm_args * g, const gs_sparse_list * l,
+                          int64_t M, int64_t t) {
+    int64_t e0, e1;
+    gs_split_rows(l->n, p->ith, p->nth, &e0, &e1);
+    const int64_t lo = p->ith == 0 ? 0 : (e0 < l->n ? gs_sparse_id(l, e0) : M);
+    const int64_t hi = p->ith == p->nth - 1 ? M : (e1 < l->n ? gs_sparse_id(l, e1) : M);
+    float * out = out_row(g, t);
+    row_group rg = { .y = g->q + t * g->q_row, .n = 0 };
+    int64_t prev = lo;
+    for (int64_t e = e0; e < e1;) {
+        if (e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->a_row, g->a_bytes);
+        const int64_t m = gs_sparse_id(l, e++);
+        zero_block(g, prev, m, t, t + 1);
+        prev = m + 1;
+        if (skipped(g, m)) {
+            out[m] = 0.0f;
+            continue;
+        }
+        int64_t end = m + 1;   /* a run of consecutive active neurons */
+        while (e < e1 && gs_sparse_id(l, e) == end && !skipped(g, end)) {
+            if (e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->a_row, g->a_bytes);
+            e++;
+            end++;
+        }
+        if (g->dots && end - m < LONG_RUN) {
+            for (int64_t k = m; k < end; k++) group_add(g, &rg, k, out + k);
+        } else {
+            dots_block(g, m, end, t, t + 1);
+        }
+        prev = end;
+    }
+    if (g->dots) group_flush(g, &rg);
+    zero_block(g, prev, hi, t, t + 1);
+}
+
+void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
+    const gs_tensor * a = dst->src[0];
+    const gs_tensor * b = dst->src[1];
+    const gs_tensor * idx = dst->src[2];
+    const int64_t K = a->ne[0], M = a->ne[1], N = b->ne[1];
+    const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
+    const size_t q_row = gs_type_row_size(vt, K);
+    const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
+    uint8_t * wq = p->wdata;
+    int64_t r0, r1;
+    gs_split_rows(N, p->ith, p->nth, &r0, &r1);
+    for (int64_t t = r0; t < r1; t++) {
+        quantize((const float *) ((const uint8_t *) b->data + t * b->nb[1]), wq + t * q_row, K);
+    }
+    gs_barrier(p);
+    if (!gs_sparse_check_index(p, idx, M)) return;
+
+    gs_cpu_info info;
+    gs_cpu_get_info(&info);
+    const mm_args g = {
+        .K = (int) K, .N = N, .a = a->data, .a_row = a->nb[1], .a_bytes = gs_type_row_size(a->type, K),
+        .q = wq, .q_row = q_row, .d = dst->data, .d_row = dst->nb[1],
+        .skip = dst->src[3] ? (const int32_t *) dst->src[3]->data : NULL, .f = gs_cpu_funcs(a->type),
+        .dots = info.level >= GS_IMPL_AVX512 ? gs_sparse_dots_avx512[a->type] : NULL,
+    };
+    if (!idx || all_active(idx, M)) {
+        product_all(p, &g, M);
+        return;
+    }
+    for (int64_t t = 0; t < N; t++) {
+        const gs_sparse_list l = gs_sparse_list_of(idx, M, t);
+        product_token(p, &g, &l, M, t);
+    }
+}

@@ -1,0 +1,54 @@
+/*
+ * sparse.h - shared by the neuron-sparse CPU kernels (ops_sparse*.c): which
+ * neurons an op visits, and the SIMD row axpy kernels.
+ */
+#ifndef GS_CPU_SPARSE_H
+#define GS_CPU_SPARSE_H
+
+#include "../gs_internal.h"
+
+/* One token's active neurons: ids[0..n), ascending; ids NULL: every neuron
+ * 0..n-1 (an op without an index). */
+typedef struct {
+    const int32_t * ids;
+    int64_t n;
+} gs_sparse_list;
+
+/* Called by all threads of an op: checks every column of idx {M + 1, N}
+ * (NULL: nothing to check). A bad column is reported (gs_compute_fail) and
+ * every thread gets false. */
+bool gs_sparse_check_index(const gs_compute_params * p, const gs_tensor * idx, int64_t M);
+/* Token t's list (idx NULL: all M neurons). */
+gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t);
+
+static inline int64_t gs_sparse_id(const gs_sparse_list * l, int64_t e) {
+    return l->ids ? l->ids[e] : e;
+}
+
+/* Ask for `bytes` at p to be brought into the L2 cache: rows of an index
+ * are scattered, so the hardware prefetcher cannot guess the next one.
+ * (Measured: requests into L1 stall on its few fill buffers and help far
+ * less than requests into L2.) */
+static inline void gs_prefetch(const void * p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const uint8_t *) p + o, 0, 2);
+}
+
+/* y[0..n) += a[r] * x[r][0..n) for the rows r = 0..nr-1 of one weight type,
+ * added one after the other (so per element in row order); each x[r] is a
+ * slice of a row starting at a block boundary, n a multiple of the block
+ * size. */
+typedef void (*gs_axpy_rows_fn)(int n, int nr, const float * a, const uint8_t * const * x, float * y);
+
+/* Per-type row axpy kernels of the SIMD levels, NULL where a level has none
+ * (vec_avx2_axpy.c, vec_avx512_axpy.c). */
+extern const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
+extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
+
+/* s[i] = dot(weight row x[i], activation row y) for i = 0..nr-1,
+ * 1 <= nr <= 4, scattered rows of one type with activations in its
+ * vec_dot_type; each bit-identical to the type's vec_dot
+ * (vec_avx512_sparse.c; NULL for types without such a kernel). */
+typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
+extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
+
+#endif /* GS_CPU_SPARSE_H */

@@ -1,0 +1,138 @@
+/*
+ * ops_sparse.c - constructors of the neuron-sparse FFN ops (contracts and
+ * the index format in ggml_sparse.h). No computation.
+ */
+#include "gs_internal.h"
+
+#include <stdio.h>
+
+static gs_status sparse_type_error(const char * op, const gs_tensor * t, const char * want) {
+    const gs_type_traits * tt = gs_get_type_traits(t->type);
+    return gs_set_error(GS_ERR_TYPE, "%s: tensor '%s' has type %s, expected %s", op, t->name,
+                        tt ? tt->name : "?", want);
+}
+
+static gs_status sparse_shape_error(const char * op, const gs_tensor * t, const char * why) {
+    return gs_set_error(GS_ERR_SHAPE, "%s: '%s' is [%lld, %lld, %lld, %lld]: %s", op, t->name,
+                        (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2],
+                        (long long) t->ne[3], why);
+}
+
+static bool is_2d(const gs_tensor * t) {
+    return t->ne[2] == 1 && t->ne[3] == 1;
+}
+
+/* F32 activations {n, n_tokens} whose rows are contiguous. */
+static gs_status check_activations(const char * op, const gs_tensor * x) {
+    if (x->type != GS_TYPE_F32) return sparse_type_error(op, x, "f32");
+    if (x->nb[0] != sizeof(float) || !is_2d(x)) {
+        return sparse_shape_error(op, x, "activations must be 2-D with contiguous rows");
+    }
+    return GS_OK;
+}
+
+/* Optional index {M + 1, n_tokens} and skip mask {M} of an M-neuron op. */
+static gs_status check_idx_skip(const char * op, const gs_tensor * idx, const gs_tensor * skip,
+                                int64_t M, int64_t n_tokens) {
+    if (idx) {
+        if (idx->type != GS_TYPE_I32) return sparse_type_error(op, idx, "i32");
+        if (!gs_is_contiguous(idx) || !is_2d(idx) || idx->ne[0] != M + 1 || idx->ne[1] != n_tokens) {
+            char why[96];
+            snprintf(why, sizeof(why), "index must be contiguous {%lld, %lld}", (long long) (M + 1),
+                     (long long) n_tokens);
+            return sparse_shape_error(op, idx, why);
+        }
+    }
+    if (skip) {
+        if (skip->type != GS_TYPE_I32) return sparse_type_error(op, skip, "i32");
+        if (!gs_is_contiguous(skip) || gs_nelements(skip) != M) {
+            return sparse_shape_error(op, skip, "skip mask must be contiguous with one value per neuron");
+        }
+    }
+    return GS_OK;
+}
+
+static gs_status new_sparse_node(gs_context * ctx, gs_op op, gs_type type, int64_t ne0, int64_t ne1,
+                                 gs_tensor ** out) {
+    const int64_t ne[2] = { ne0, ne1 };
+    gs_tensor * t;
+    gs_status st = gs_tensor_alloc_meta(ctx, type, 2, ne, &t);
+    if (st) return st;
+    t->op = op;
+    *out = t;
+    return GS_OK;
+}
+
+gs_status gs_sparse_index(gs_context * ctx, gs_tensor * score, float threshold, gs_tensor ** out) {
+    GS_CHECK_ARG(ctx && out && score, "gs_sparse_index: NULL argument");
+    gs_status st = check_activations("gs_sparse_index", score);
+    if (st) return st;
+    st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX, GS_TYPE_I32, score->ne[0] + 1, score->ne[1], out);
+    if (st) return st;
+    (*out)->src[0] = score;
+    memcpy(&(*out)->op_params[0], &threshold, sizeof(float));
+    return GS_OK;
+}
+
+gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, gs_tensor * x,
+                            float threshold, gs_tensor ** out) {
+    GS_CHECK_ARG(ctx && out && fc1 && fc2 && x, "gs_sparse_predict: NULL argument");
+    if (fc2->ne[0] != fc1->ne[1]) {
+        return sparse_shape_error("gs_sparse_predict", fc2, "fc2's ne0 must equal fc1's ne1 (the hidden size H)");
+    }
+    gs_tensor * h, * r, * score;
+    gs_status st = gs_mul_mat(ctx, fc1, x, &h);
+    if (!st) st = gs_unary(ctx, h, GS_UNARY_RELU, &r);
+    if (!st) st = gs_mul_mat(ctx, fc2, r, &score);
+    if (!st) st = gs_sparse_index(ctx, score, threshold, out);
+    return st;
+}
+
+gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
+                            gs_tensor * skip, gs_tensor ** out) {
+    static const char * op = "gs_mul_mat_sparse";
+    GS_CHECK_ARG(ctx && out && a && b, "%s: NULL argument", op);
+    const gs_type_traits * ta = gs_get_type_traits(a->type);
+    if (!ta || !gs_get_type_traits(ta->vec_dot_type) || !gs_cpu_funcs(a->type)->vec_dot) {
+        return sparse_type_error(op, a, "a weight type with a dot product kernel");
+    }
+    if (!is_2d(a) || a->nb[0] != ta->type_size) return sparse_shape_error(op, a, "weights must be 2-D with contiguous rows");
+    gs_status st = check_activations(op, b);
+    if (st) return st;
+    if (a->ne[0] != b->ne[0]) return sparse_shape_error(op, b, "ne0 differs from the weights' ne0");
+    if (b->ne[0] % gs_get_type_traits(ta->vec_dot_type)->blck_size) {
+        return sparse_shape_error(op, b, "ne0 is not a multiple of the activation block size");
+    }
+    st = check_idx_skip(op, idx, skip, a->ne[1], b->ne[1]);
+    if (st) return st;
+    st = new_sparse_node(ctx, GS_OP_MUL_MAT_SPARSE, GS_TYPE_F32, a->ne[1], b->ne[1], out);
+    if (st) return st;
+    (*out)->src[0] = a;
+    (*out)->src[1] = b;
+    (*out)->src[2] = idx;
+    (*out)->src[3] = skip;
+    return GS_OK;
+}
+
+gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_tensor * idx,
+                         gs_tensor * skip, gs_tensor ** out) {
+    static const char * op = "gs_axpy_sparse";
+    GS_CHECK_ARG(ctx && out && a && act, "%s: NULL argument", op);
+    const gs_type_traits * ta = gs_get_type_traits(a->type);
+    if (!ta || !ta->to_float || a->type == GS_TYPE_Q8_1 || a->type == GS_TYPE_Q8_K) {
+        return sparse_type_error(op, a, "a float or weight type");
+    }
+    if (!is_2d(a) || a->nb[0] != ta->type_size) return sparse_shape_error(op, a, "weights must be 2-D with contiguous rows");
+    gs_status st = check_activations(op, act);
+    if (st) return st;
+    if (act->ne[0] != a->ne[1]) return sparse_shape_error(op, act, "ne0 must equal the weights' row count (n_ff)");
+    st = check_idx_skip(op, idx, skip, a->ne[1], act->ne[1]);
+    if (st) return st;
+    st = new_sparse_node(ctx, GS_OP_AXPY_SPARSE, GS_TYPE_F32, a->ne[0], act->ne[1], out);
+    if (st) return st;
+    (*out)->src[0] = a;
+    (*out)->src[1] = act;
+    (*out)->src[2] = idx;
+    (*out)->src[3] = skip;
+    return GS_OK;
+}
