@@ -84,7 +84,8 @@ def peak_rss_mib() -> float:
 
 def child(args: argparse.Namespace) -> dict:
     if args.child == "pyinfer":
-        sys.path.insert(0, str(ROOT))
+        if any((ROOT / "pyinfer").glob("_ggml_sparse*")):   # a dev build in the tree
+            sys.path.insert(0, str(ROOT))
         from pyinfer import Llama
     else:
         from llama_cpp import Llama

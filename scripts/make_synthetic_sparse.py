@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gguf  # noqa: E402
 
