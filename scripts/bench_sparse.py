@@ -46,12 +46,16 @@ from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, Unary, cpu_info
 E, F = 4096, 11008
 
 
+HOT_FIRST = False   # --hot-first: neurons stored hottest first (ranks in id order)
+
+
 def power_law_draws(rng, n_ff: int, density: float, n_tokens: int, alpha: float = 1.0) -> np.ndarray:
     """Index rows (n_tokens, n_ff + 1) of tokens whose neurons fire with power-law
-    frequencies (randomly placed ranks) averaging `density`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    frequencies (randomly placed ranks, or hottest first) averaging `density`."""
     from make_synthetic_sparse import power_law
-    freq = power_law(n_ff, density, alpha)[rng.permutation(n_ff)]
+    freq = power_law(n_ff, density, alpha)
+    if not HOT_FIRST:
+        freq = freq[rng.permutation(n_ff)]
     idx = np.zeros((n_tokens, n_ff + 1), dtype=np.int32)
     for t in range(n_tokens):
         ids = np.flatnonzero(rng.random(n_ff) < freq)
@@ -286,7 +290,12 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true",
                     help="with --threads 1: time by the process's CPU time, not the wall clock (on a "
                          "busy machine, time spent descheduled does not count)")
+    ap.add_argument("--hot-first", action="store_true",
+                    help="ffn, batch: neurons ordered by firing frequency, hottest first (as a "
+                         "converter could store them), instead of randomly placed")
     args = ap.parse_args()
+    global HOT_FIRST
+    HOT_FIRST = args.hot_first
     if args.cpu_time:
         if args.threads != 1:
             ap.error("--cpu-time needs --threads 1 (CPU time adds up the threads)")

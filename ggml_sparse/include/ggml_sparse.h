@@ -333,8 +333,10 @@ gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, 
  * neuron active), skip {M} or NULL -> out F32 {M, n_tokens}:
  * out[t][m] = dot(a row m, b row t) for the neurons m active for token t and
  * not skipped, 0 for the others. Activations are quantized to a's
- * vec_dot_type as gs_mul_mat does, so each computed entry equals
- * gs_mul_mat's. */
+ * vec_dot_type as gs_mul_mat does, and each computed entry equals
+ * gs_mul_mat's bit for bit: always for one token or with every neuron
+ * active; in a sparse batch, up to rounding for the types whose multi-token
+ * tiles round differently (float and K types with AVX-512). */
 gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
                             gs_tensor * skip, gs_tensor ** out);
 /* Down projection as an axpy over rows: a {E, M} (ffn_down_t, any weight
