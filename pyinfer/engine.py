@@ -68,10 +68,8 @@ class Engine:
         key = (n_tokens, n_outputs, embeddings)
         g = self._graphs.get(key)
         if g is None:
-            n_threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
                              max(self.n_threads, self.n_threads_batch), embeddings, self.ffn)
-            g.threads = n_threads
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:
                 _, old = self._graphs.popitem(last=False)
