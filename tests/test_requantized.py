@@ -15,9 +15,14 @@ Two recordings per type:
   K-quant GEMM, which our kernels reproduce: every type must give
   bit-identical logits at every recorded step and all greedy tokens.
 * default: llama.cpp as it loads by default. On x86 it then repacks Q4_0
-  and Q4_K weights into interleaved 8-row layouts with their own GEMV/GEMM
-  accumulation order, which ours does not follow; the other types load as
-  without repacking. Measured (SmolLM2, 6 prompts x 48 tokens): Q4_0 agrees
+  and Q4_K weights with M % 8 == 0 into interleaved 8-row layouts whose
+  GEMV/GEMM kernels accumulate in another order, which ours does not follow
+  (measured against its repacked buffer: Q4_0 one fused multiply-add per
+  32-block and output, fma(isum, d_x d_y, acc); Q4_K two accumulators,
+  fma(s1, d_x d_y, acc) and fma(s2, dmin_x d_y, acc_min), result
+  acc - acc_min, with one step per super-block for single activation rows
+  and per pair of sub-blocks for the rows taken 4 at a time); the other
+  types load as without repacking. Measured (SmolLM2, 6 prompts x 48 tokens): Q4_0 agrees
   on 31, 48, 0, 44, 48, 48 tokens with no identical logits; Q4_K_M (Q4_K
   in 16 of its matrices) on 12/12 (EOS), 48, 18, 8/8 (EOS), 26, 33 with 1
   of 54 logits identical; every other type is bit-identical. Required here:

@@ -154,47 +154,125 @@ void gs_avx2_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
 
 /* ---- batched order (gemm_tile; vec_generic.c): per super-block the integer
  * totals s1 (all lanes) and s2 (the mins), then
- * acc = fma(fma(-dmin_x, s2, s1 d_x), d_y, acc). */
-static float gemm_k4(int n, const void * vx, const void * vy, const int high) {
-    const block_q8_K * y = vy;
-    float acc = 0.0f;
-    for (int b = 0; b < n / QK_K; b++) {
-        __m128i mins;
-        float dx, dminx;
-        const int s1 = gs_avx2_hsum_epi32(k4_block(vx, b, &y[b], high, &mins, &dx, &dminx));
-        const float t = fmaf(-dminx, (float) gs_hsum4_epi32(mins), (float) s1 * dx);
-        acc = fmaf(t, y[b].d, acc);
+ * acc = fma(fma(-dmin_x, s2, s1 d_x), d_y, acc). A weight row's super-block
+ * is unpacked once for up to GC activation rows. */
+#define GC 4
+
+/* One Q4_K / Q5_K super-block unpacked: codes per sub-block j and their
+ * scales as int16 words */
+typedef struct {
+    __m256i q[8], sc[8];
+    uint64_t m;
+    float d, dmin;
+} k4_unpacked;
+
+static inline void k4_unpack(const void * vx, int b, const int high, k4_unpacked * u) {
+    const __m256i m0F = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
+    const uint8_t * qs, * scales;
+    gs_half d16, dmin16;
+    __m256i qh = _mm256_setzero_si256();
+    if (high) {
+        const block_q5_K * x = (const block_q5_K *) vx + b;
+        qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
+        qh = _mm256_loadu_si256((const __m256i *) x->qh);
+    } else {
+        const block_q4_K * x = (const block_q4_K *) vx + b;
+        qs = x->qs, scales = x->scales, d16 = x->d, dmin16 = x->dmin;
     }
-    return acc;
+    uint64_t sc;
+    gs_unpack_scales_k4(scales, &sc, &u->m);
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long) sc)));
+    for (int k = 0; k < 4; k++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *) (qs + 32 * k));
+        __m256i lo = _mm256_and_si256(q, m0F), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0F);
+        if (high) {
+            lo = _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * k), m10));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(bit_to_4(qh, 2 * k + 1), m10));
+        }
+        u->q[2 * k] = lo, u->q[2 * k + 1] = hi;
+        u->sc[2 * k] = word_bcast(sc16, 2 * k), u->sc[2 * k + 1] = word_bcast(sc16, 2 * k + 1);
+    }
+    u->d = _cvtsh_ss(d16);
+    u->dmin = _cvtsh_ss(dmin16);
 }
 
-static float gemm_q4_K(int n, const void * vx, const void * vy) {
-    return gemm_k4(n, vx, vy, 0);
+static void gemm_k4_row(int n, float * s, size_t bs, const void * vx, const uint8_t * y, size_t by,
+                        int nc, const int high) {
+    float acc[GC] = { 0 };
+    for (int b = 0; b < n / QK_K; b++) {
+        k4_unpacked u;
+        k4_unpack(vx, b, high, &u);
+        for (int c = 0; c < nc; c++) {
+            const block_q8_K * yb = (const block_q8_K *) (y + (size_t) c * by) + b;
+            __m256i a = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *) (yb->qs + 32 * j));
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[j], v), u.sc[j]));
+            }
+            const int s1 = gs_avx2_hsum_epi32(a), s2 = gs_hsum4_epi32(mins_dot(u.m, yb->bsums));
+            acc[c] = fmaf(fmaf(-u.dmin, (float) s2, (float) s1 * u.d), yb->d, acc[c]);
+        }
+    }
+    for (int c = 0; c < nc; c++) s[(size_t) c * bs] = acc[c];
 }
 
-static float gemm_q5_K(int n, const void * vx, const void * vy) {
-    return gemm_k4(n, vx, vy, 1);
-}
-
-static float gemm_q6_K(int n, const void * vx, const void * vy) {
+static void gemm_q6_row(int n, float * s, size_t bs, const void * vx, const uint8_t * y, size_t by, int nc) {
     const block_q6_K * x = vx;
-    const block_q8_K * y = vy;
-    float acc = 0.0f;
+    const __m256i m0F = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    float acc[GC] = { 0 };
     for (int b = 0; b < n / QK_K; b++) {
-        const int s1 = gs_avx2_hsum_epi32(q6_block(&x[b], &y[b]));
-        acc = fmaf((float) s1 * _cvtsh_ss(x[b].d), y[b].d, acc);
+        /* codes (q + 32) and scales of weights 32i..32i+31 of half h: q[4h + i] */
+        __m256i q[8], scv[8];
+        for (int h = 0; h < 2; h++) {
+            const __m256i sc = _mm256_broadcastsi128_si256(
+                _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *) (x[b].scales + 8 * h))));
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (x[b].ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (x[b].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *) (x[b].qh + 32 * h));
+            q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m0F), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0F), _mm256_and_si256(qh, m30));
+            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0F),
+                                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            for (int i = 0; i < 4; i++) {
+                scv[4 * h + i] = _mm256_shuffle_epi8(sc, _mm256_set_m128i(
+                    _mm_set1_epi16((short) ((4 * i + 3) << 8 | (4 * i + 2))),
+                    _mm_set1_epi16((short) ((4 * i + 1) << 8 | (4 * i)))));
+            }
+        }
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x[b].scales));
+        const float dx = _cvtsh_ss(x[b].d);
+        for (int c = 0; c < nc; c++) {
+            const block_q8_K * yb = (const block_q8_K *) (y + (size_t) c * by) + b;
+            __m256i a = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *) (yb->qs + 32 * j));
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], v), scv[j]));
+            }
+            /* q - 32 */
+            const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) yb->bsums), sc16);
+            const int s1 = gs_avx2_hsum_epi32(_mm256_sub_epi32(a, _mm256_slli_epi32(corr, 5)));
+            acc[c] = fmaf((float) s1 * dx, yb->d, acc[c]);
+        }
     }
-    return acc;
+    for (int c = 0; c < nc; c++) s[(size_t) c * bs] = acc[c];
 }
 
-#define GEMM_TILE(name)                                                                        \
+/* rows x columns, GC columns per pass over a weight row */
+#define GEMM_TILE(name, ROW_CALL)                                                              \
 void gs_avx2_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx,              \
                          const void * vy, size_t by, int nr, int nc) {                         \
     const uint8_t * x = vx, * y = vy;                                                          \
-    for (int c = 0; c < nc; c++) {                                                             \
-        for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = gemm_##name(n, x + (size_t) r * bx, y + (size_t) c * by); \
+    for (int c0 = 0; c0 < nc; c0 += GC) {                                                      \
+        const int cc = nc - c0 < GC ? nc - c0 : GC;                                            \
+        for (int r = 0; r < nr; r++) {                                                         \
+            float * o = s + (size_t) c0 * bs + r;                                              \
+            const void * xr = x + (size_t) r * bx;                                             \
+            const uint8_t * yc = y + (size_t) c0 * by;                                         \
+            ROW_CALL;                                                                          \
+        }                                                                                      \
     }                                                                                          \
 }
-GEMM_TILE(q4_K)
-GEMM_TILE(q5_K)
-GEMM_TILE(q6_K)
+GEMM_TILE(q4_K, gemm_k4_row(n, o, bs, xr, yc, by, cc, 0))
+GEMM_TILE(q5_K, gemm_k4_row(n, o, bs, xr, yc, by, cc, 1))
+GEMM_TILE(q6_K, gemm_q6_row(n, o, bs, xr, yc, by, cc))

@@ -7,11 +7,11 @@
 #include "vec_avx512.h"
 
 /* from_float of a weight type converts activations to its vec_dot_type;
- * NULL entries fall back to the AVX2 level (F16/BF16 conversions) or the
- * scalar one (the F32 copy). */
+ * NULL entries fall back to the AVX2 level (F16/BF16 conversions, the F16
+ * dot) or the scalar one (the F32 copy). */
 const gs_cpu_type_funcs gs_cpu_funcs_avx512[GS_TYPE_COUNT] = {
     [GS_TYPE_F32]  = { NULL, gs_avx512_dot_f32,  NULL, NULL, gs_avx512_gemm_f32 },
-    [GS_TYPE_F16]  = { NULL, gs_avx512_dot_f16,  NULL, NULL, gs_avx512_gemm_f16 },
+    [GS_TYPE_F16]  = { NULL, NULL,               NULL, NULL, gs_avx512_gemm_f16 },
     [GS_TYPE_BF16] = { NULL, gs_avx512_dot_bf16, NULL, NULL, gs_avx512_gemm_bf16 },
     [GS_TYPE_Q4_0] = { gs_avx512_quantize_q8_0, gs_avx512_dot_q4_0, NULL, gs_avx512_tile_q4_0 },
     [GS_TYPE_Q4_1] = { gs_avx512_quantize_q8_1, gs_avx512_dot_q4_1, NULL, gs_avx512_tile_q4_1 },

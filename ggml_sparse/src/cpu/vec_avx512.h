@@ -22,7 +22,6 @@ void gs_avx512_quantize_q8_K(const float * x, void * y, int64_t n);
 /* vec_avx512_float.c: F32, F16, BF16 weights (the BF16 kernels need
  * AVX512_BF16) */
 void gs_avx512_dot_f32(int n, float * s, const void * x, const void * y);
-void gs_avx512_dot_f16(int n, float * s, const void * x, const void * y);
 void gs_avx512_dot_bf16(int n, float * s, const void * x, const void * y);
 void gs_avx512_gemm_f32(int n, float * s, size_t bs, const void * x, size_t bx,
                         const void * y, size_t by, int nr, int nc);

@@ -2,11 +2,13 @@
  * vec_avx512_float.c - AVX-512 dots and batched GEMM tiles of the float
  * weight types F32, F16, BF16 (activations F32, F16, BF16: each type is its
  * own vec_dot_type). Results are bit-identical to vec_generic.c, whose
- * orders of float operations (llama.cpp's) they follow: dots of F32/F16 in
+ * orders of float operations (llama.cpp's) they follow: dots of F32 in
  * four 16-lane accumulators over steps of 64 elements, of BF16 with the
  * AVX-512 BF16 pair dot in two accumulators; batched products (gemm_tile)
- * in one accumulator per output. The BF16 kernels need AVX512_BF16;
- * dispatch.c uses the AVX2 ones on CPUs without it.
+ * in one accumulator per output. The F16 dot is the AVX2 one (faster: two
+ * 256-bit half-to-float conversions per FMA outrun 512-bit ones here). The
+ * BF16 kernels need AVX512_BF16; dispatch.c uses the AVX2 ones on CPUs
+ * without it.
  */
 #include "vec_avx512.h"
 #include "vec_float.h"
@@ -24,30 +26,20 @@ static inline float sum16_ps(__m512 v) {
 #define LOAD_BF16(p) _mm512_loadu_si512(p)
 #define BF16_DOT(acc, a, b) _mm512_dpbf16_ps((acc), (__m512bh) (a), (__m512bh) (b))
 
-/* F32 / F16: lanes (a0 + a2) + (a1 + a3) of elements [0, np) */
-#define LANES_64(LOAD, np)                                                     \
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();                 \
-    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();                 \
-    for (int i = 0; i < (np); i += 64) {                                       \
-        a0 = _mm512_fmadd_ps(LOAD(x + i), LOAD(y + i), a0);                    \
-        a1 = _mm512_fmadd_ps(LOAD(x + i + 16), LOAD(y + i + 16), a1);          \
-        a2 = _mm512_fmadd_ps(LOAD(x + i + 32), LOAD(y + i + 32), a2);          \
-        a3 = _mm512_fmadd_ps(LOAD(x + i + 48), LOAD(y + i + 48), a3);          \
-    }                                                                          \
-    const __m512 lanes = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3))
-
+/* F32: lanes (a0 + a2) + (a1 + a3) of elements [0, np), then the tail */
 void gs_avx512_dot_f32(int n, float * s, const void * vx, const void * vy) {
     const float * x = vx, * y = vy;
     const int np = n & ~63;
-    LANES_64(LOAD_F32, np);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int i = 0; i < np; i += 64) {
+        a0 = _mm512_fmadd_ps(LOAD_F32(x + i), LOAD_F32(y + i), a0);
+        a1 = _mm512_fmadd_ps(LOAD_F32(x + i + 16), LOAD_F32(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(LOAD_F32(x + i + 32), LOAD_F32(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(LOAD_F32(x + i + 48), LOAD_F32(y + i + 48), a3);
+    }
+    const __m512 lanes = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
     *s = gs_f32_tail(x, y, np, n, sum16_ps(lanes));
-}
-
-void gs_avx512_dot_f16(int n, float * s, const void * vx, const void * vy) {
-    const gs_half * x = vx, * y = vy;
-    const int np = n & ~63;
-    LANES_64(LOAD_F16, np);
-    *s = gs_f16_tail(x, y, np, n, sum16_ps(lanes));
 }
 
 __attribute__((target("avx512bf16")))

@@ -23,14 +23,33 @@ static inline __m512i scale_pair(__m512i scb, int k) {
     return _mm512_shuffle_epi8(scb, ctrl);
 }
 
-/* The Q4_K/Q5_K mins term of a super-block: lane i = m_2i (bsums_4i +
- * bsums_4i+1) + m_2i+1 (bsums_4i+2 + bsums_4i+3), i < 4 (lane j of the
- * madd is m_j (bsums_2j + bsums_2j+1)). */
-static inline __m128i mins_dot(uint64_t m, const int16_t * bsums) {
+/* The Q4_K/Q5_K mins term of a super-block as 8 lanes: lane j =
+ * m_j (bsums_2j + bsums_2j+1). */
+static inline __m256i mins_dot8(uint64_t m, const int16_t * bsums) {
     const __m128i m8 = _mm_cvtsi64_si128((long long) m);
     const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    const __m256i p = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) bsums), m16);
+}
+
+/* ... as Q4_K's 4 lanes: lane i = lanes 2i + 2i+1 */
+static inline __m128i mins_dot(uint64_t m, const int16_t * bsums) {
+    const __m256i p = mins_dot8(m, bsums);
     return _mm_hadd_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+}
+
+/* Q5_K's mins term, deferred: the 8-lane products p[k] of up to 8
+ * consecutive super-blocks are summed together (lane k of one register),
+ * then added as summs = fma(dmin[k], total_k, summs) in block order. */
+static inline float q5k_mins_flush(const __m256i * p, const float * dmin, int count, float summs) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    /* a: halves of blocks 0..3 in each 128-bit lane, b: of blocks 4..7 */
+    const __m256i tot = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_cvtepi32_ps(tot));
+    for (int k = 0; k < count; k++) summs = fmaf(dmin[k], t[k], summs);
+    return summs;
 }
 
 /* vec_generic.c's 8 integer lanes from 16 dword lanes: dword l and l + 8
@@ -58,6 +77,9 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
     __m256 facc = _mm256_setzero_ps();
     __m128 macc = _mm_setzero_ps();
     float summs = 0.0f;
+    __m256i pend[8];          /* Q5_K: deferred mins products (q5k_mins_flush) */
+    float pend_dmin[8];
+    int npend = 0;
     for (int b = 0; b < n / QK_K; b++) {
         const uint8_t * qs, * scales;
         gs_half d16, dmin16;
@@ -83,14 +105,22 @@ static inline void dot_k4(int n, float * s, const void * vx, const void * vy, co
             const __m512i v = _mm512_loadu_si512(y[b].qs + 64 * k);
             acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qz, v), scale_pair(scb, k));
         }
-        const float d = y[b].d * _cvtsh_ss(d16), dmin = -y[b].d * _cvtsh_ss(dmin16);
-        const __m128i mins = mins_dot(m, y[b].bsums);
+        /* [d, dmin] * d_y; the mins term is subtracted */
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d16 | (uint32_t) dmin16 << 16)),
+                                     _mm_set1_ps(y[b].d));
+        const __m128 dmin = _mm_movehdup_ps(dd);
         if (high) {
-            summs = fmaf(dmin, (float) gs_hsum4_epi32(mins), summs);
+            pend[npend] = mins_dot8(m, y[b].bsums);
+            pend_dmin[npend++] = -_mm_cvtss_f32(dmin);
+            if (npend == 8) summs = q5k_mins_flush(pend, pend_dmin, 8, summs), npend = 0;
         } else {
-            macc = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), macc);
+            macc = _mm_fnmadd_ps(_mm_broadcastss_ps(dmin), _mm_cvtepi32_ps(mins_dot(m, y[b].bsums)), macc);
         }
-        facc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes(acc), facc);
+        facc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), k_lanes(acc), facc);
+    }
+    if (high && npend) {
+        for (int k = npend; k < 8; k++) pend[k] = _mm256_setzero_si256();
+        summs = q5k_mins_flush(pend, pend_dmin, npend, summs);
     }
     if (!high) {
         macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));   /* (0 + 2), (1 + 3) */
