@@ -357,10 +357,13 @@ class Context:
         return self._op(lib.gs_norm, a.ptr, eps)
 
     def rope(self, a: Tensor, pos: Tensor, n_dims: int, mode: RopeMode = RopeMode.NORMAL,
-             freq_base: float = 10000.0, freq_scale: float = 1.0) -> Tensor:
+             freq_base: float = 10000.0, freq_scale: float = 1.0,
+             freq_factors: Optional[Tensor] = None) -> Tensor:
+        """freq_factors: None or F32 {n_dims/2}, pair i's angle divided by it (Llama 3.1)."""
         p = ffi.new("gs_rope_params *", {"n_dims": n_dims, "mode": int(mode), "freq_base": freq_base,
                                          "freq_scale": freq_scale})
-        return self._op(lib.gs_rope, a.ptr, pos.ptr, p)
+        ff = freq_factors.ptr if freq_factors is not None else ffi.NULL
+        return self._op(lib.gs_rope_ext, a.ptr, pos.ptr, ff, p)
 
     def soft_max(self, a: Tensor, mask: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
         return self._op(lib.gs_soft_max, a.ptr, mask.ptr if mask is not None else ffi.NULL, scale)

@@ -23,9 +23,14 @@ def _rel_err(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("qwen2", False)])
-def test_logits_match_numpy_reference_f32(tmp_path, arch, tied):
-    path = write_tiny_llama(tmp_path / "m.gguf", arch=arch, tied=tied)
+LLAMA31_FACTORS = np.concatenate([np.ones(3), np.linspace(1.0, 8.0, 3), np.full(2, 8.0)])
+
+
+@pytest.mark.parametrize("arch,tied,ff", [("llama", False, None), ("llama", True, None),
+                                          ("qwen2", False, None), ("llama", False, LLAMA31_FACTORS)],
+                         ids=["llama", "llama-tied", "qwen2", "llama31-rope-freqs"])
+def test_logits_match_numpy_reference_f32(tmp_path, arch, tied, ff):
+    path = write_tiny_llama(tmp_path / "m.gguf", arch=arch, tied=tied, rope_freqs=ff, rope_base=50.0)
     eng = _engine(path)
     ref = NumpyLlama(str(path), eng.cfg)
     tokens = [3, 17, 5, 42, 8, 60, 7, 1, 33, 2, 90, 11, 4, 4, 19, 27, 81, 9, 12, 50]

@@ -335,17 +335,18 @@ def test_rms_norm_and_norm(pools, rng):
 # ---------------------------------------------------------------------------
 # rope
 # ---------------------------------------------------------------------------
-def rope_ref(x, pos, n_dims, mode, base, scale):
+def rope_ref(x, pos, n_dims, mode, base, scale, ff=None):
     """x numpy (T, H, D) float64 reference. The angles follow llama.cpp's
     float recipe, as the op does (theta_0 = pos, theta_{i+1} = theta_i *
-    base^(-2/n_dims) in float32, angle = freq_scale * theta_i)."""
+    base^(-2/n_dims) in float32, angle = freq_scale * theta_i / ff[i])."""
     out = x.astype(np.float64).copy()
     half = n_dims // 2
     theta_scale = np.float32(np.float64(base) ** (-2.0 / n_dims))
     th = pos.astype(np.float32)
     cols = []
-    for _ in range(half):
-        cols.append(np.float32(scale) * th)
+    for i in range(half):
+        t = th if ff is None else (th / np.float32(ff[i])).astype(np.float32)
+        cols.append(np.float32(scale) * t)
         th = (th * theta_scale).astype(np.float32)
     theta = np.stack(cols, axis=1).astype(np.float64)                          # (T, half)
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
@@ -372,6 +373,31 @@ def test_rope(pools, rng, mode, D, n_dims, freq_scale):
     expected = rope_ref(x, pos, n_dims, mode, 10000.0, freq_scale)
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
     np.testing.assert_array_equal(out[..., n_dims:], x[..., n_dims:])
+
+
+@pytest.mark.parametrize("mode", [RopeMode.NORMAL, RopeMode.NEOX], ids=lambda m: m.name)
+def test_rope_freq_factors(pools, rng, mode):
+    """Llama 3.1 style: per-pair factors divide the angle (1 for high frequencies,
+    up to 8 for low ones); budget as test_rope."""
+    T, H, D = 5, 3, 64
+    x = rng.standard_normal((T, H, D)).astype(np.float32)
+    pos = np.array([0, 3, 100, 8191, 70000], dtype=np.int32)
+    ff = np.concatenate([np.ones(12), np.linspace(1, 8, 10), np.full(10, 8.0)]).astype(np.float32)
+    out = run(pools, lambda ctx: ctx.rope(ctx.from_numpy(x), i32(ctx, pos), D, mode, 500000.0, 1.0,
+                                          freq_factors=ctx.from_numpy(ff)))
+    expected = rope_ref(x, pos, D, mode, 500000.0, 1.0, ff)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+    plain = rope_ref(x, pos, D, mode, 500000.0, 1.0)
+    assert np.abs(out - plain).max() > 0.1            # the factors do change the low frequencies
+
+
+def test_rope_freq_factors_shape_error(rng):
+    ctx = Context(1 << 20)
+    x = ctx.from_numpy(rng.standard_normal((2, 2, 8)).astype(np.float32))
+    pos = i32(ctx, np.array([0, 1], dtype=np.int32))
+    with pytest.raises(ValueError, match="freq_factors"):
+        ctx.rope(x, pos, 8, freq_factors=ctx.from_numpy(np.ones(3, np.float32)))
+    ctx.close()
 
 
 def test_rope_on_permuted_view(pools, rng):

@@ -272,6 +272,11 @@ gs_rope_params gs_rope_default_params(int n_dims);
 /* a {head_dim, n_head, n_tokens} F32, pos I32 {n_tokens}. */
 gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos,
                   const gs_rope_params * p, gs_tensor ** out);
+/* gs_rope with per-pair frequency factors (Llama 3.1's `rope_freqs.weight`):
+ * freq_factors NULL or F32 contiguous {n_dims/2}; pair i turns by
+ * theta_i / freq_factors[i] instead of theta_i. */
+gs_status gs_rope_ext(gs_context * ctx, gs_tensor * a, gs_tensor * pos, gs_tensor * freq_factors,
+                      const gs_rope_params * p, gs_tensor ** out);
 
 /* Softmax over ne0 of (a * scale + mask), F32. mask: NULL or F32 {ne0, ne1'}
  * broadcast over a's higher dims (ne1' >= a's ne1; -INFINITY hides a slot). */

@@ -327,6 +327,11 @@ gs_rope_params gs_rope_default_params(int n_dims) {
 
 gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rope_params * p,
                   gs_tensor ** out) {
+    return gs_rope_ext(ctx, a, pos, NULL, p, out);
+}
+
+gs_status gs_rope_ext(gs_context * ctx, gs_tensor * a, gs_tensor * pos, gs_tensor * freq_factors,
+                      const gs_rope_params * p, gs_tensor ** out) {
     CHECK_OUT(ctx, out);
     GS_CHECK_ARG(a && p && pos, "gs_rope: NULL tensor, params or positions");
     gs_status st = check_index("gs_rope", pos);
@@ -342,10 +347,17 @@ gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rop
     if (!(p->freq_base > 0.0f) || !(p->freq_scale > 0.0f)) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: freq_base and freq_scale must be > 0");
     }
+    if (freq_factors) {
+        if (freq_factors->type != GS_TYPE_F32) return type_error("gs_rope", freq_factors, "f32");
+        if (!gs_is_contiguous(freq_factors) || gs_nelements(freq_factors) != p->n_dims / 2) {
+            return shape_error("gs_rope", a, freq_factors, "freq_factors needs n_dims/2 contiguous f32");
+        }
+    }
     st = unary_like(ctx, GS_OP_ROPE, "gs_rope", a, out);
     if (st) return st;
     gs_tensor * t = *out;
     t->src[1] = pos;
+    t->src[2] = freq_factors;
     t->op_params[0] = p->n_dims;
     t->op_params[1] = p->mode;
     memcpy(&t->op_params[2], &p->freq_base, sizeof(float));

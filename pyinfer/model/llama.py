@@ -40,6 +40,7 @@ class LlamaWeights:
     layers: List[LayerWeights]
     out_norm: Tensor        # {n_embd}
     output: Tensor          # {n_embd, n_vocab} (tok_embd when tied)
+    rope_freqs: Optional[Tensor] = None   # {rope_dims/2} F32: Llama 3.1's RoPE frequency factors
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context) -> "LlamaWeights":
@@ -84,7 +85,11 @@ class LlamaWeights:
             ))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
-        return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"), output)
+        rope_freqs = wrap("rope_freqs.weight", (cfg.rope_dims // 2,), optional=True)
+        if rope_freqs is not None:
+            _f32(rope_freqs, "rope_freqs.weight")
+        return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"),
+                   output, rope_freqs)
 
 
 def _f32(t: Tensor, name: str) -> Tensor:
@@ -167,7 +172,7 @@ def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
     n_tokens = tokens.ne[0]
     for i, layer in enumerate(w.layers):
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.attn_norm)
-        x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos))
+        x = ctx.add(x, attention_block(ctx, cfg, layer, kv.k[i], kv.v[i], h, pos, w.rope_freqs))
         if i == len(w.layers) - 1 and n_outputs is not None and n_outputs < n_tokens:
             x = ctx.view(x, (cfg.n_embd, n_outputs), (4, x.nb[1]), (n_tokens - n_outputs) * x.nb[1])
         h = ctx.mul(ctx.rms_norm(x, cfg.rms_eps), layer.ffn_norm)
@@ -176,7 +181,8 @@ def build_llama(ctx: Context, cfg: ModelConfig, w: LlamaWeights, kv: KVCache,
 
 
 def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache: Tensor,
-                    v_cache: Tensor, h: Tensor, pos: Tensor) -> Tensor:
+                    v_cache: Tensor, h: Tensor, pos: Tensor,
+                    rope_freqs: Optional[Tensor] = None) -> Tensor:
     n = h.ne[1] if len(h.ne) > 1 else 1
     hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
 
@@ -188,8 +194,8 @@ def attention_block(ctx: Context, cfg: ModelConfig, layer: LayerWeights, k_cache
     k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
     v = proj(layer.wv, layer.bv)
     mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
-    q = ctx.rope(q, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale)
-    k = ctx.rope(k, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale)
+    q = ctx.rope(q, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale, rope_freqs)
+    k = ctx.rope(k, pos, cfg.rope_dims, mode, cfg.rope_freq_base, cfg.rope_freq_scale, rope_freqs)
     k_all = ctx.set_rows(k_cache, ctx.reshape(k, (hd * nkv, n)), pos)
     v_all = ctx.set_rows(v_cache, v, pos)
     n_ctx = k_cache.ne[1]

@@ -27,6 +27,8 @@ class NumpyLlama:
         cfg = self.cfg
         d = cfg.rope_dims
         inv = cfg.rope_freq_base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        if "rope_freqs.weight" in self.w:     # Llama 3.1 frequency factors divide the angles
+            inv = inv / self.w["rope_freqs.weight"]
         ang = (np.asarray(pos, dtype=np.float64) * cfg.rope_freq_scale)[:, None] * inv[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         out = x.copy()

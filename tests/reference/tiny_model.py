@@ -9,12 +9,13 @@ from gguf.quants import quantize
 def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_ff=128, n_head=4,
                      n_head_kv=2, n_ctx_train=256, weight_type=gguf.GGMLQuantizationType.F32,
                      rope_base=10000.0, tied=False, seed=0, qkv_bias=None, powerinfer=False,
-                     pred_hidden=64, sparse_threshold=None, predictor=True):
+                     pred_hidden=64, sparse_threshold=None, predictor=True, rope_freqs=None):
     """A random model with a byte-ish vocabulary; weights of `weight_type`
     (for 2-D matrices; norms stay F32). With `powerinfer`, a PowerInfer file
     (PWRI magic): ffn_down stored transposed as ffn_down_t, a random predictor
     fc1 {n_embd, pred_hidden} / fc2 {pred_hidden, n_ff} per layer (unless not
-    `predictor`) and, when given, powerinfer.sparse_threshold."""
+    `predictor`) and, when given, powerinfer.sparse_threshold. `rope_freqs`
+    (head_dim/2 floats) is written as Llama 3.1's rope_freqs.weight."""
     rng = np.random.default_rng(seed)
     hd = n_embd // n_head
     w = gguf.GGUFWriter(str(path), arch)
@@ -61,6 +62,8 @@ def write_tiny_llama(path, *, arch="llama", n_vocab=96, n_embd=64, n_layer=2, n_
         w.add_tensor(name, (base + noise * rng.standard_normal(n)).astype(np.float32))
 
     mat("token_embd.weight", n_vocab, n_embd, scale=1.0)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     for i in range(n_layer):
         p = f"blk.{i}."
         vec(p + "attn_norm.weight", n_embd)

@@ -4,6 +4,8 @@
  * a   F32 {head_dim, n_head, n_tokens, ne3}, any strides: one row per head.
  * pos I32 {n_tokens}, contiguous: token i2 sits at position pos[i2] (the
  *     same positions serve every i3).
+ * ff  src[2]: NULL or F32 {n_dims/2} frequency factors: pair i's angle is
+ *     divided by ff[i] (Llama 3.1's long-context RoPE).
  * op_params: n_dims, mode, freq_base (float bits), freq_scale (float bits).
  *
  * The first n_dims elements of each row are rotated in n_dims/2 pairs; pair i
@@ -50,6 +52,7 @@ static inline __attribute__((always_inline)) void rotate_chunk(const float * src
 static inline __attribute__((always_inline)) void rope_body(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     const int32_t * pos = (const int32_t *) dst->src[1]->data;
+    const float * ff = dst->src[2] ? (const float *) dst->src[2]->data : NULL;
     const int n_dims = dst->op_params[0];
     const int mode = dst->op_params[1];
     float freq_base, freq_scale;
@@ -75,8 +78,9 @@ static inline __attribute__((always_inline)) void rope_body(const gs_compute_par
             float theta = (float) pos[i2];
             for (int64_t c = 0; c < c0; c++) theta *= theta_scale;
             for (int64_t c = 0; c < n; c++) {
-                cs[c] = cosf(freq_scale * theta);
-                sn[c] = sinf(freq_scale * theta);
+                const float t = ff ? theta / ff[c0 + c] : theta;
+                cs[c] = cosf(freq_scale * t);
+                sn[c] = sinf(freq_scale * t);
                 theta *= theta_scale;
             }
             const uint8_t * src_tok = (const uint8_t *) a->data + i2 * a->nb[2] + i3 * a->nb[3];
