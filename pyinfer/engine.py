@@ -68,8 +68,10 @@ class Engine:
         key = (n_tokens, n_outputs, embeddings)
         g = self._graphs.get(key)
         if g is None:
+            # as llama.cpp: single-token decode on n_threads, batches on n_threads_batch
+            threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
-                             max(self.n_threads, self.n_threads_batch), embeddings, self.ffn)
+                             threads, embeddings, self.ffn)
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:
                 _, old = self._graphs.popitem(last=False)

@@ -140,3 +140,19 @@ def test_smollm2_greedy_matches_llama_cpp(smollm2, threads):
             logits = eng.decode([out[-1]])
         assert out == rec["greedy"], rec["prompt"]
     eng.close()
+
+
+def test_decode_threads_apart_from_batch_threads(tmp_path):
+    """n_threads (single-token decode) and n_threads_batch (prompt chunks) differ:
+    one pool serves both and the logits are the same bits as with equal counts."""
+    path = write_tiny_llama(tmp_path / "m.gguf", weight_type=Q.Q4_0, n_embd=64, n_ff=128)
+    tokens = list(range(3, 30))
+    runs = []
+    for nt, ntb in [(2, 2), (1, 2), (2, 1)]:
+        eng = _engine(path, n_threads=nt, n_threads_batch=ntb)
+        got = [eng.decode(tokens[:20])]
+        got += [eng.decode([t]) for t in tokens[20:]]
+        runs.append(np.stack(got))
+        eng.close()
+    np.testing.assert_array_equal(runs[1], runs[0])
+    np.testing.assert_array_equal(runs[2], runs[0])

@@ -368,7 +368,9 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads);
 gs_status gs_graph_mem(const gs_graph * g, size_t * compute_bytes, size_t * work_bytes);
 int       gs_graph_n_nodes(const gs_graph * g);
 gs_status gs_graph_node(const gs_graph * g, int i, gs_tensor ** out);
-/* Run the planned graph on the pool (n_threads <= planned). */
+/* Run the planned graph on min(planned n_threads, pool size) of the pool's
+ * threads: one pool serves graphs planned for fewer threads (llama.cpp's
+ * n_threads for decode vs n_threads_batch for prompts); the rest idle. */
 gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp);
 
 /* A persistent pool of n_threads (the caller's thread is one of them). */

@@ -435,13 +435,11 @@ static void compute_worker(void * arg, int ith, int nth) {
 gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp) {
     GS_CHECK_ARG(g && tp, "gs_graph_compute: NULL argument");
     if (!g->planned_threads) return gs_set_error(GS_ERR_STATE, "gs_graph_compute: call gs_graph_plan first");
-    if (gs_threadpool_n_threads(tp) > g->planned_threads) {
-        return gs_set_error(GS_ERR_STATE, "gs_graph_compute: pool has %d threads, graph planned for %d",
-                            gs_threadpool_n_threads(tp), g->planned_threads);
-    }
+    const int pool = gs_threadpool_n_threads(tp);
+    const int n = pool < g->planned_threads ? pool : g->planned_threads;
     compute_job job = { .g = g };
     atomic_init(&job.state.error_node, INT_MAX);
-    gs_threadpool_run(tp, compute_worker, &job);
+    gs_threadpool_run(tp, n, compute_worker, &job);
     int err = atomic_load(&job.state.error);
     if (err) return gs_set_error((gs_status) err, "%s", job.state.error_msg);
     return GS_OK;

@@ -243,6 +243,8 @@ size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);
-void gs_threadpool_run(gs_threadpool * tp, gs_pool_fn fn, void * arg);
+/* fn(arg, ith, n) on threads 0..n-1 of the pool (n <= pool size; the others
+ * skip the job); returns when all are done. */
+void gs_threadpool_run(gs_threadpool * tp, int n, gs_pool_fn fn, void * arg);
 
 #endif /* GS_INTERNAL_H */

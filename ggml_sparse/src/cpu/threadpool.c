@@ -2,8 +2,9 @@
  * threadpool.c - a persistent pool of worker threads and the in-compute
  * barrier.
  *
- * gs_threadpool_run(fn) wakes the workers, runs fn(arg, 0, n) on the calling
- * thread and fn(arg, i, n) on worker i, and returns when all are done.
+ * gs_threadpool_run(n, fn) wakes the workers, runs fn(arg, 0, n) on the
+ * calling thread and fn(arg, i, n) on workers i < n (workers i >= n skip the
+ * job), and returns when all are done.
  * Workers spin briefly for the next job (decode calls come back to back),
  * then sleep on a condition variable so an idle pool costs no CPU.
  */
@@ -32,6 +33,7 @@ struct gs_threadpool {
     atomic_bool stop;
     gs_pool_fn fn;
     void * arg;
+    int n_active;                  /* threads taking part in the job       */
 };
 
 typedef struct {
@@ -61,7 +63,7 @@ static void * worker_main(void * p) {
         }
         if (atomic_load(&tp->stop)) break;
         seen = atomic_load(&tp->generation);
-        tp->fn(tp->arg, ith, tp->n_threads);
+        if (ith < tp->n_active) tp->fn(tp->arg, ith, tp->n_active);
         atomic_fetch_sub_explicit(&tp->n_running, 1, memory_order_release);
     }
     return NULL;
@@ -118,19 +120,21 @@ int gs_threadpool_n_threads(const gs_threadpool * tp) {
     return tp ? tp->n_threads : 0;
 }
 
-void gs_threadpool_run(gs_threadpool * tp, gs_pool_fn fn, void * arg) {
-    if (tp->n_threads == 1) {
+void gs_threadpool_run(gs_threadpool * tp, int n, gs_pool_fn fn, void * arg) {
+    if (n > tp->n_threads) n = tp->n_threads;
+    if (n <= 1) {
         fn(arg, 0, 1);
         return;
     }
     tp->fn = fn;
     tp->arg = arg;
+    tp->n_active = n;
     atomic_store(&tp->n_running, tp->n_threads - 1);
     pthread_mutex_lock(&tp->mu);
     atomic_fetch_add_explicit(&tp->generation, 1, memory_order_release);
     pthread_cond_broadcast(&tp->cv);
     pthread_mutex_unlock(&tp->mu);
-    fn(arg, 0, tp->n_threads);
+    fn(arg, 0, n);
     int spins = 0;
     while (atomic_load_explicit(&tp->n_running, memory_order_acquire) > 0) {
         if (++spins < SPIN_BEFORE_YIELD) gs_cpu_relax();
