@@ -5,7 +5,9 @@ reproduces llama.cpp's arithmetic) bit for bit.
 Shapes cover head sizes that are a multiple of 64 (full chunks), 80 (a tail
 added in double), 40 (no full chunk), 8, and caches whose slot count is not
 a multiple of 16 or 64 (the softmax and V-sum tails); query positions sit on
-both sides of the 64-lane and 256-slot padding boundaries. The scalar
+both sides of the 64-lane and 256-slot padding boundaries. Several query
+tokens whose padded slot count is a multiple of 16 (D too) take llama.cpp's
+batched order, which has its own AVX-512 kernel. The scalar
 result is also checked against a float64 numpy attention (budget 2e-5
 absolute on O(1) values), so a kernel that is wrong everywhere still fails.
 """
@@ -58,7 +60,10 @@ def reference(q, k, v, pos, scale):
 
 @pytest.mark.parametrize("level", _levels())
 @pytest.mark.parametrize("H,Hkv,D,n_ctx", [(9, 3, 64, 600), (4, 2, 128, 300), (4, 4, 80, 300),
-                                           (8, 2, 40, 100), (2, 1, 8, 70)])
+                                           (8, 2, 40, 100), (2, 1, 8, 70),
+                                           # slot counts that are multiples of 16 with D % 16 == 0:
+                                           # the batched (prompt) product order
+                                           (9, 3, 64, 512), (4, 2, 128, 256), (4, 1, 32, 48)])
 def test_simd_attention_bit_identical(level, H, Hkv, D, n_ctx):
     rng = np.random.default_rng(D * 1000 + n_ctx)
     pos = [p for p in (0, 5, 63, 64, 65, 255, 256, 299, 599) if p < n_ctx] + [n_ctx - 1]

@@ -18,8 +18,8 @@ typedef struct {
                             rounded up to GS_ATTN_KV_PAD, at most n_ctx        */
     float scale;
     bool batch;          /* several query tokens: llama.cpp's batched product
-                            order (see ops_attention_f16.c); only the scalar
-                            kernel implements it                               */
+                            order (see ops_attention_f16.c); needs D and n_kv
+                            multiples of 16                                    */
     float * scores;      /* n_ctx floats                                       */
     float * acc;         /* GS_ATTN_CHUNK * D lane accumulators                */
     float * row;         /* D: a widened cache row                             */
@@ -39,6 +39,10 @@ typedef void (*gs_attend_f16_fn)(const gs_attn_f16_scratch * S, const float * q,
 void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
                           size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
                           float * out);
+/* The batched (prompt) order, AVX-512 only. */
+void gs_avx512_attend_f16_batch(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
+                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                                float * out);
 void gs_avx2_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
                         size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
                         float * out);

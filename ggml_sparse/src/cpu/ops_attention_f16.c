@@ -168,12 +168,13 @@ static void attend_fma(const f16_scratch * S, const float * q, const uint8_t * k
 }
 #endif
 
-/* The kernel for the active SIMD level and head size D (the SIMD kernels
- * implement the single-token order only). */
+/* The kernel for the active SIMD level and head size D (AVX2 implements the
+ * single-token order only). */
 static gs_attend_f16_fn pick_kernel(int64_t D, bool batch) {
 #if defined(__x86_64__) || defined(__i386__)
     gs_cpu_info info;
     gs_cpu_get_info(&info);
+    if (batch && info.level == GS_IMPL_AVX512) return gs_avx512_attend_f16_batch;
     if (!batch && info.level == GS_IMPL_AVX512 && D % 16 == 0) return gs_avx512_attend_f16;
     if (!batch && info.level >= GS_IMPL_AVX2 && D % 8 == 0) return gs_avx2_attend_f16;
     if (info.fma && info.avx2 && info.f16c) return attend_fma;

@@ -11,6 +11,11 @@
  * slot j adds its row times p[j] into accumulator row j % 64 (fused
  * multiply-add, 16 elements of d at a time), and the 64 rows are folded
  * per d with the same tree, vertically across registers.
+ *
+ * gs_avx512_attend_f16_batch is the prompt-batch order (one set of 16
+ * lanes, element i to lane i % 16): a slot's dot is one register folded by
+ * the same tree, and the V pass keeps 16 accumulator rows (slot j into row
+ * j % 16) folded by the 16-lane tree per d.
  */
 #include "vec_avx512.h"
 
@@ -202,4 +207,63 @@ void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const 
     const float max = k_pass(S, k_rows, k_slot, n);
     softmax(S, n, max);
     v_pass(S, v_rows, v_slot, n, out);
+}
+
+/* The batch order's K pass: each slot's dot is one 16-lane register
+ * (element i to lane i % 16, D % 16 == 0), tree-summed 16 slots at once. */
+static float k_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t n) {
+    const int64_t D = S->D;
+    const __m512 scale = _mm512_set1_ps(S->scale);
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+        const int64_t m = n - j0 < 16 ? n - j0 : 16;
+        __m512 s[16];
+        for (int r = 0; r < 16; r++) {
+            __m512 a = _mm512_setzero_ps();
+            if (r < m) {
+                const gs_half * k = (const gs_half *) (k_rows + (j0 + r) * k_slot);
+                for (int64_t i = 0; i < D; i += 16) a = _mm512_fmadd_ps(load_h16(k + i), _mm512_loadu_ps(S->q16 + i), a);
+            }
+            s[r] = a;
+        }
+        const __mmask16 mk = first_lanes(m);
+        const __m512 sc = _mm512_mul_ps(tree16_x16(s), scale);
+        _mm512_mask_storeu_ps(S->scores + j0, mk, sc);
+        vmax = _mm512_mask_max_ps(vmax, mk, vmax, sc);
+    }
+    return _mm512_reduce_max_ps(vmax);
+}
+
+/* The batch order's V pass: slot j adds v_j * p[j] into accumulator row
+ * j % 16; out[d] is the 16-lane tree of those rows. */
+static void v_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                         float * out) {
+    const int64_t D = S->D;
+    const float * sc = S->scores;
+    float * acc = S->acc;
+    for (int64_t j = 0; j < n; j++) {
+        const gs_half * v = (const gs_half *) (v_rows + j * v_slot);
+        float * a = acc + (j % 16) * D;
+        const __m512 pj = _mm512_set1_ps(sc[j]);
+        for (int64_t d = 0; d < D; d += 16) {
+            const __m512 prev = j < 16 ? _mm512_setzero_ps() : _mm512_loadu_ps(a + d);
+            _mm512_storeu_ps(a + d, _mm512_fmadd_ps(load_h16(v + d), pj, prev));
+        }
+    }
+    for (int64_t j = n; j < 16; j++) memset(acc + j * D, 0, (size_t) D * sizeof(float));
+    for (int64_t d = 0; d < D; d += 16) {
+        __m512 t[8], u[4];
+        for (int i = 0; i < 8; i++) t[i] = _mm512_add_ps(_mm512_loadu_ps(acc + (8 + i) * D + d), _mm512_loadu_ps(acc + i * D + d));
+        for (int i = 0; i < 4; i++) u[i] = _mm512_add_ps(t[4 + i], t[i]);
+        _mm512_storeu_ps(out + d, _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3])));
+    }
+}
+
+void gs_avx512_attend_f16_batch(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
+                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                                float * out) {
+    for (int64_t i = 0; i < S->D; i += 16) _mm512_storeu_ps(S->q16 + i, round_h16(_mm512_loadu_ps(q + i)));
+    const float max = k_pass_batch(S, k_rows, k_slot, n);
+    softmax(S, n, max);
+    v_pass_batch(S, v_rows, v_slot, n, out);
 }
