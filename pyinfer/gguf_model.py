@@ -7,6 +7,7 @@ OS pages weights in on first use, as llama.cpp does.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -35,10 +36,20 @@ class TensorInfo:
 
 
 def _field_value(field) -> Any:
+    if len(field.types) == 2 and field.types[1] == _STRING_TYPE():
+        # arrays of strings (vocabularies): decode the parts directly, ~4x faster
+        # than ReaderField.contents()'s per-element conversions
+        parts = field.parts
+        return [bytes.decode(parts[i], "utf-8") for i in field.data]
     value = field.contents()
     if isinstance(value, np.generic):
         value = value.item()
     return value
+
+
+def _STRING_TYPE():
+    from gguf import GGUFValueType
+    return GGUFValueType.STRING
 
 
 class GGUFFile:
@@ -151,14 +162,16 @@ def _make_reader_class():
                 self._raw = memoryview(self.data)
             raw = self._raw
             parts = [raw_itype, alen]
-            idxs = []
             length = _Bytes(b"\0" * 8)   # length parts are never read: one shared placeholder
+            unpack = struct.Struct("<Q").unpack_from
+            append = parts.append
             for _ in range(n):
-                slen = int.from_bytes(raw[offs:offs + 8], "little")
-                parts.append(length)
-                parts.append(_Bytes(raw[offs + 8:offs + 8 + slen]))
-                idxs.append(len(parts) - 1)
-                offs += 8 + slen
+                slen, = unpack(raw, offs)
+                offs += 8
+                append(length)
+                append(_Bytes(raw[offs:offs + slen]))
+                offs += slen
+            idxs = list(range(3, len(parts), 2))
             return offs - orig_offs, parts, idxs, [GGUFValueType.ARRAY, GGUFValueType.STRING]
 
     _READER_CLASS = Reader

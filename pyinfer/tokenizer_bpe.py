@@ -206,6 +206,11 @@ def decode_like_llama(data: bytes) -> str:
 
 # --- the BPE tokenizer --------------------------------------------------------------------
 
+def _split_merge(s: str) -> Optional[Tuple[str, str]]:
+    cut = s.find(" ", 1)
+    return (s[:cut], s[cut + 1:]) if cut > 0 else None
+
+
 class ByteLevelBPE:
     """Word splitting + byte-level BPE over the GGUF vocabulary.
 
@@ -220,21 +225,18 @@ class ByteLevelBPE:
                 vocab[t.decode("utf-8")] = i
             except UnicodeDecodeError:
                 continue  # cannot come out of byte-level merges
-        pairs: List[Tuple[str, str]] = []
-        seen = set()
-        for m in merges:
-            s = m.decode("utf-8", errors="replace")
-            cut = s.find(" ", 1)  # llama.cpp splits at the first space after position 0
-            if cut < 0:
-                continue
-            a, b = s[:cut], s[cut + 1:]
-            # `tokenizers` needs both halves and their join in the vocabulary; llama.cpp would
-            # merge anyway and then fall back to single bytes, which a sane vocabulary never needs.
-            if (a, b) in seen or a not in vocab or b not in vocab or a + b not in vocab:
-                continue
-            seen.add((a, b))
-            pairs.append((a, b))
-        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
+        # llama.cpp splits a merge at the first space after position 0; duplicates keep
+        # their first (best) rank
+        texts = dict.fromkeys([m.decode("utf-8", errors="replace") for m in merges])
+        pairs = [_split_merge(s) for s in texts]
+        pairs = [p for p in pairs if p is not None]
+        try:    # `tokenizers` checks that both halves and their join are tokens
+            model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
+        except Exception:
+            # llama.cpp would merge anyway and then fall back to single bytes, which a sane
+            # vocabulary never needs: drop such merges
+            pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab and a + b in vocab]
+            model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
         tk = HFTokenizer(model)
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated")
                   for r in _REGEXES[pre.family]]
