@@ -23,7 +23,7 @@ from .hf_config import HFParams, llama3_rope_factors, load_params
 from .quant_types import encode, outtype, tensor_type
 from .tensor_map import PlannedTensor, gguf_name, layer_tensors, source_shape
 from .vocab import load_vocab, sampling_defaults
-from .writer import OutputFile
+from .writer import OutputFile, type_counts
 
 log = logging.getLogger("convert")
 
@@ -168,7 +168,7 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
     types = [tensor_type(t.name, t.ne, ot, p.n_layer, has_output, p.arch.gguf_arch) for t in planned]
 
     out = OutputFile(opts.outfile, p.arch.gguf_arch, powerinfer)
-    try:
+    with out.writing():
         _write_metadata(out.gguf, p, vocab, ot, powerinfer, threshold)
         for t, ty in zip(planned, types):
             out.add_tensor(t.name, t.ne, ty)
@@ -190,15 +190,8 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
         out.write(produce)
         if bar is not None:
             bar.close()
-    except BaseException:
-        out.discard()
-        raise
-    out.commit()
-    counts: dict = {}
-    for ty in types:
-        counts[ty.name] = counts.get(ty.name, 0) + 1
     return ConvertReport(out.path, p.arch.gguf_arch, powerinfer, len(planned), os.path.getsize(out.path),
-                         time.perf_counter() - t0, vocab.note, counts, ckpt.nbytes)
+                         time.perf_counter() - t0, vocab.note, type_counts(types), ckpt.nbytes)
 
 
 def _load(t: PlannedTensor, p: HFParams, ckpt: Checkpoint, pred: Optional[Checkpoint]) -> np.ndarray:

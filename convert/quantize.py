@@ -22,7 +22,7 @@ from pyinfer.tensor import GGMLType, dequantize
 
 from .hf_to_gguf import ConvertReport
 from .quant_types import encode, is_quantizable, outtype, tensor_type
-from .writer import OutputFile
+from .writer import OutputFile, type_counts
 
 log = logging.getLogger("convert")
 
@@ -44,7 +44,7 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
              else t.type for t in infos]
 
     out = OutputFile(dst, arch, f.is_powerinfer)
-    try:
+    with out.writing():
         w = out.gguf
         for name, field in f.reader.fields.items():
             if name.startswith("GGUF.") or name in _REPLACED_KEYS:
@@ -70,15 +70,8 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
             return encode(x, ty, threads or None)
 
         out.write(produce)
-    except BaseException:
-        out.discard()
-        raise
-    out.commit()
-    counts: dict = {}
-    for ty in types:
-        counts[ty.name] = counts.get(ty.name, 0) + 1
     return ConvertReport(out.path, arch, f.is_powerinfer, len(infos), os.path.getsize(out.path),
-                         time.perf_counter() - t0, "copied", counts)
+                         time.perf_counter() - t0, "copied", type_counts(types))
 
 
 def _release(f: GGUFFile, data: np.ndarray) -> None:

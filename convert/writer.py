@@ -9,8 +9,9 @@ patched to ``PWRI`` before the rename.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import gguf
@@ -63,6 +64,17 @@ class OutputFile:
             del data
         w.close()
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator["OutputFile"]:
+        """`with out.writing():` declare and write; the file is committed when the block
+        ends normally and discarded (no partial file left) when it raises."""
+        try:
+            yield self
+        except BaseException:
+            self.discard()
+            raise
+        self.commit()
+
     def commit(self) -> None:
         """Patch the magic (PowerInfer) and move the finished file into place."""
         if self.powerinfer:
@@ -76,3 +88,11 @@ class OutputFile:
         finally:
             if os.path.exists(self.tmp_path):
                 os.unlink(self.tmp_path)
+
+
+def type_counts(types: Sequence[GGMLType]) -> Dict[str, int]:
+    """GGUF type name -> how many tensors have it."""
+    counts: Dict[str, int] = {}
+    for t in types:
+        counts[t.name] = counts.get(t.name, 0) + 1
+    return counts
