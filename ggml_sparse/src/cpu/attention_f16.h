@@ -33,6 +33,18 @@ typedef void (*gs_attend_f16_fn)(const gs_attn_f16_scratch * S, const float * q,
                                  const uint8_t * k_rows, size_t k_slot,
                                  const uint8_t * v_rows, size_t v_slot, int64_t n, float * out);
 
+/* out[d] += the slots np..n-1 (past the last full 64-slot chunk of n_kv) of
+ * v_j[d] * p[j], summed in double after out[d] (0 when np == 0), as
+ * llama.cpp adds the tail of its F16 dot products. */
+static inline void gs_attn_v_tail(const uint8_t * v_rows, size_t v_slot, const float * p, int64_t D,
+                                  int64_t np, int64_t n, float * out) {
+    for (int64_t d = 0; d < D; d++) {
+        double s = np ? (double) out[d] : 0.0;
+        for (int64_t j = np; j < n; j++) s += (double) (GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]) * p[j]);
+        out[d] = (float) s;
+    }
+}
+
 /* SIMD versions (NULL-free: callers check the CPU level first). They need
  * D to be a multiple of 16 (AVX-512) or 8 (AVX2); the dispatcher uses the
  * scalar kernel otherwise. */

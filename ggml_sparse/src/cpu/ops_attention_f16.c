@@ -137,16 +137,7 @@ static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, con
     /* lanes never touched (n_lanes < 64) are zero */
     for (int64_t a = n_lanes; a < CHUNK && n_lanes < CHUNK; a++) memset(S->acc + a * D, 0, (size_t) D * sizeof(float));
     for (int64_t d = 0; d < D; d++) out[d] = np ? fold64(S->acc + d, (size_t) D) : 0.0f;
-    if (n > np) {
-        for (int64_t d = 0; d < D; d++) {
-            double s = np ? (double) out[d] : 0.0;
-            for (j = np; j < n; j++) {
-                const float v = GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]);
-                s += (double) (v * sc[j]);
-            }
-            out[d] = (float) s;
-        }
-    }
+    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, n, out);
 }
 
 size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst) {

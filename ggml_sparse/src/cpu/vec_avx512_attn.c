@@ -189,15 +189,7 @@ static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t
         for (int i = 0; i < 4; i++) u[i] = _mm512_add_ps(t[4 + i], t[i]);
         _mm512_storeu_ps(out + d, _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3])));
     }
-    if (n > np) {  /* slots past the last full chunk of n_kv, added in double */
-        for (int64_t d = 0; d < D; d++) {
-            double s = np ? (double) out[d] : 0.0;
-            for (int64_t j = np; j < n; j++) {
-                s += (double) (GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]) * sc[j]);
-            }
-            out[d] = (float) s;
-        }
-    }
+    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, n, out);
 }
 
 void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
