@@ -48,7 +48,10 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--activation", help="profile directory with samples.npz (default: MODEL's dir/activation)")
     ap.add_argument("--outfile", help="write a copy of MODEL with the new predictors")
     ap.add_argument("--predictor-dir", help="write PowerInfer's predictor directory (model_{i}.pt, config.json)")
-    ap.add_argument("--threshold", type=float, default=0.0, help="powerinfer.sparse_threshold (default 0)")
+    ap.add_argument("--threshold", type=float, default=0.0,
+                    help="training threshold (default 0); the file gets the calibrated one unless --no-calibrate")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="keep --threshold in the file instead of per-layer recall thresholds")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--hidden", type=int, default=None, help="predictor size H for every layer (default: adaptive)")
     ap.add_argument("--epochs", type=int, default=12, help="epochs per round")
@@ -121,19 +124,20 @@ def _train(args) -> int:
     xs, masks = load_samples(directory)
     counts = load_activation_counts(directory)
     cfg = TrainConfig(threshold=args.threshold, target_recall=args.target_recall, hidden=args.hidden,
-                      epochs=args.epochs, seed=args.seed)
+                      epochs=args.epochs, seed=args.seed, calibrate=not args.no_calibrate)
     t0 = time.perf_counter()
     print(TABLE_HEADER)
-    fc1s, fc2s, reports = train_predictors(args.model, xs, masks, counts.freq() if counts else None, cfg,
-                                           log=lambda line: print(line, flush=True))
-    print(f"trained {len(reports)} predictors in {time.perf_counter() - t0:.1f} s; mean recall "
+    fc1s, fc2s, reports, threshold = train_predictors(args.model, xs, masks, counts.freq() if counts else None,
+                                                      cfg, log=lambda line: print(line, flush=True))
+    print(f"trained {len(reports)} predictors in {time.perf_counter() - t0:.1f} s; threshold {threshold:g}; "
+          "held-out mean recall "
           f"{sum(r.recall for r in reports) / len(reports):.4f}, mean predicted sparsity "
           f"{sum(r.predicted_sparsity for r in reports) / len(reports):.3f}")
     if args.predictor_dir:
-        write_predictor_dir(args.predictor_dir, fc1s, fc2s, args.threshold)
+        write_predictor_dir(args.predictor_dir, fc1s, fc2s, threshold)
         print(f"wrote {args.predictor_dir}")
     if args.outfile:
-        write_model_with_predictors(args.model, args.outfile, fc1s, fc2s, args.threshold,
+        write_model_with_predictors(args.model, args.outfile, fc1s, fc2s, threshold,
                                     GGMLType[args.pred_type.upper()])
         print(f"wrote {args.outfile}")
     return 0

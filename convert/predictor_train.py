@@ -18,10 +18,17 @@ Start: that rule made low rank. The rank-H/2 SVD U S V' of the layer's G = gate 
 approximation of the gate's pre-activation (its sign is what decides firing).
 Training: Adam on a weighted binary cross-entropy of the logits tau (score - threshold)
 (tau fixed: it scales the initial logits to unit spread; the decision score >= threshold
-does not depend on it), positive weight w+ on truly firing neurons. The goal is recall:
-after each round of epochs the held-out recall is measured and, while it is below the
-target, w+ doubles (up to ``max_rounds`` rounds). Inputs are scaled by their RMS for
-training and the scale folded back into fc1, so fc1 reads the raw x.
+does not depend on it), positive weight w+ on truly firing neurons. Inputs are scaled by
+their RMS for training and the scale folded back into fc1, so fc1 reads the raw x.
+
+Recall target. Without biases a predictor cannot shift its own decisions, and the file
+has one threshold for all layers, but the threshold and a per-layer positive scale of fc2
+together act as per-layer thresholds: scaled score >= T  <=>  score >= T / scale. So after
+training, each layer's threshold tau_l < 0 that recalls ``target_recall`` of the firing
+pairs of a calibration split (plus ``margin``) is found, the file's threshold T is their median and fc2_l
+is scaled by T / tau_l (``calibrate_layers``). Reports are measured on a third split.
+With ``calibrate=False`` the threshold stays cfg.threshold, and training rounds repeat
+with w+ doubled (up to ``max_rounds``) while the calibration split's recall is short.
 
 numpy only (float32 BLAS); about 6 n_embd H + 6 H n_ff flops per sample and epoch.
 """
@@ -48,7 +55,9 @@ class TrainConfig:
     batch: int = 256
     lr: float = 2e-3
     pos_weight: float = 2.0    # initial w+
-    val_frac: float = 0.15
+    val_frac: float = 0.15     # of the samples for calibration, and as much for validation
+    calibrate: bool = True     # per-layer recall thresholds folded into fc2 (see calibrate_layers)
+    margin: float = 0.01       # calibrate for target_recall + margin (held-out recall varies)
     hidden: Optional[int] = None     # fixed H for every layer (None: adaptive)
     min_hidden: int = 16
     max_hidden: Optional[int] = None  # None: 2 n_embd
@@ -149,26 +158,34 @@ class _Adam:
             p -= self.lr * (m / c1) / (np.sqrt(v / c2) + 1e-8)
 
 
-def train_layer(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.ndarray,
-                cfg: TrainConfig, layer: int = 0) -> Tuple[np.ndarray, np.ndarray, LayerReport]:
-    """Fine-tune (fc1, fc2) on samples x [S, E] float32 with true masks [S, F] bool."""
+def _split(n: int, frac: float, rng) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, calibration, validation) row ids: `frac` of the rows each for the last two."""
+    perm = rng.permutation(n)
+    k = max(1, int(round(frac * n))) if n >= 3 else 0
+    return perm[2 * k:], perm[:k], perm[k:2 * k]
+
+
+def train_layer(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.ndarray, cfg: TrainConfig,
+                layer: int = 0, check: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+    """Fine-tune (fc1, fc2) on samples x [S, E] float32 with true masks [S, F] bool; with
+    `check` = (x, mask) held out and no calibration, repeat rounds with a doubled w+ while
+    its recall is below the target. Returns (fc1, fc2, final w+)."""
     rng = np.random.default_rng(cfg.seed + layer)
-    S = len(x)
-    perm = rng.permutation(S)
-    n_val = max(1, int(round(cfg.val_frac * S))) if S > 1 else 0
-    val, tr = perm[:n_val], perm[n_val:]
-    scale = float(np.sqrt(np.mean(x[tr].astype(np.float64) ** 2))) or 1.0
+    scale = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
     xs = (x / scale).astype(np.float32)
     y = mask.astype(np.float32)
     W1, W2 = (fc1 * scale).astype(np.float32), fc2.astype(np.float32).copy()
     t = np.float32(cfg.threshold)
-    spread = float(np.std(_scores(xs[tr[:1024]], W1, W2) - t)) or 1.0
+    spread = float(np.std(_scores(xs[:1024], W1, W2) - t)) or 1.0
     tau = np.float32(1.0 / spread)
     opt = _Adam([W1, W2], cfg.lr)
     w_pos = cfg.pos_weight
-    for _ in range(cfg.max_rounds):
+    rounds = 1 if cfg.calibrate or check is None else cfg.max_rounds
+    for rnd in range(rounds):
+        if rnd:
+            w_pos *= 2.0
         for _ in range(cfg.epochs):
-            order = rng.permutation(tr)
+            order = rng.permutation(len(xs))
             for b in range(0, len(order), cfg.batch):
                 idx = order[b:b + cfg.batch]
                 xb, yb = xs[idx], y[idx]
@@ -182,36 +199,65 @@ def train_layer(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.ndarra
                 da = (dz @ W2) * (a > 0)
                 gW1 = da.T @ xb
                 opt.step([gW1, gW2])
-        recall, _, _ = evaluate(xs[val], mask[val], W1, W2, cfg.threshold)
-        if recall >= cfg.target_recall:
+        if check is not None and evaluate(check[0], check[1], W1 / scale, W2, cfg.threshold)[0] >= cfg.target_recall:
             break
-        w_pos *= 2.0
-    fc1_out = (W1 / scale).astype(np.float32)
-    recall, precision, pred_sparsity = evaluate(x[val], mask[val], fc1_out, W2, cfg.threshold)
-    rep = LayerReport(layer, W1.shape[0], recall, precision, 1.0 - float(mask[val].mean()),
-                      pred_sparsity, w_pos, len(tr), n_val)
-    return fc1_out, W2, rep
+    return (W1 / scale).astype(np.float32), W2, w_pos
+
+
+def recall_threshold(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.ndarray, target: float) -> float:
+    """The largest score threshold (at most just below 0) at which the predictor recalls
+    `target` of the truly firing pairs of (x, mask)."""
+    s = _scores(x, fc1, fc2)
+    pos = np.sort(s[mask])
+    eps = 1e-3 * (float(np.std(s)) or 1.0)
+    if pos.size == 0:
+        return -eps
+    k = int(np.floor((1.0 - target) * pos.size))     # at most k positives may fall below
+    return float(min(pos[k], -eps))
 
 
 def train_predictors(model_path: str, xs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                      freq: Optional[Sequence[np.ndarray]] = None, cfg: TrainConfig = TrainConfig(),
                      log=None):
-    """Train every layer's predictor; returns (fc1s, fc2s, reports). `freq`: firing
-    frequencies per layer for the size rule (default: from the masks)."""
+    """Train every layer's predictor; returns (fc1s, fc2s, reports, threshold): the
+    threshold to store in the file (cfg.threshold, or the calibrated one; see
+    calibrate_layers). `freq`: firing frequencies per layer for the size rule (default:
+    from the masks). Reports are measured on held-out samples at that threshold."""
     model = GGUFFile(model_path)
-    fc1s, fc2s, reports = [], [], []
+    fc1s, fc2s, taus, parts = [], [], [], []
     for i, (x, m) in enumerate(zip(xs, masks)):
+        x, m = np.asarray(x, dtype=np.float32), np.asarray(m, dtype=bool)
+        tr, cal, val = _split(len(x), cfg.val_frac, np.random.default_rng(cfg.seed + 1000 + i))
         f = freq[i] if freq is not None else m.mean(axis=0)
         h = cfg.hidden or adaptive_hidden(f, x.shape[1], cfg.min_hidden, cfg.max_hidden)
         fc1, fc2 = low_rank_init(gate_rule(model, i), h, cfg.seed + i)
-        fc1, fc2, rep = train_layer(np.asarray(x, dtype=np.float32), np.asarray(m, dtype=bool),
-                                    fc1, fc2, cfg, i)
+        fc1, fc2, w_pos = train_layer(x[tr], m[tr], fc1, fc2, cfg, i, (x[cal], m[cal]))
+        if cfg.calibrate:
+            taus.append(recall_threshold(x[cal], m[cal], fc1, fc2, min(1.0, cfg.target_recall + cfg.margin)))
         fc1s.append(fc1)
         fc2s.append(fc2)
-        reports.append(rep)
+        parts.append((x[val], m[val], w_pos, len(tr), h))
+    threshold = cfg.threshold
+    if cfg.calibrate:
+        threshold = calibrate_layers(fc2s, taus)
+    reports = []
+    for i, ((xv, mv, w_pos, n_tr, h), fc1, fc2) in enumerate(zip(parts, fc1s, fc2s)):
+        recall, precision, pred_sparsity = evaluate(xv, mv, fc1, fc2, threshold)
+        reports.append(LayerReport(i, h, recall, precision, 1.0 - float(mv.mean()), pred_sparsity,
+                                   w_pos, n_tr, len(xv)))
         if log is not None:
-            log(rep.row())
-    return fc1s, fc2s, reports
+            log(reports[-1].row())
+    return fc1s, fc2s, reports, threshold
+
+
+def calibrate_layers(fc2s: List[np.ndarray], taus: Sequence[float]) -> float:
+    """One file threshold for per-layer thresholds taus (all < 0): the file's threshold T is
+    their median and layer l's fc2 is scaled by T / tau_l > 0, so that
+    scaled score >= T  <=>  score >= tau_l. Scales fc2s in place; returns T."""
+    T = float(np.median(taus))
+    for fc2, tau in zip(fc2s, taus):
+        fc2 *= np.float32(T / tau)
+    return T
 
 
 def write_predictor_dir(directory: str, fc1s, fc2s, threshold: float) -> List[str]:

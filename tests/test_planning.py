@@ -106,7 +106,7 @@ def test_predictor_training_reaches_recall_on_synthetic_model(tmp_path):
     r = profile_model(str(out), token_docs=docs, n_ctx=256, samples=1000, progress=False)
     assert abs(r.density.mean() - 0.2) < 0.05
     freq = [c / r.n_tokens for c in r.counts]
-    fc1s, fc2s, reports = train_predictors(str(out), r.x, r.mask, freq, TrainConfig(epochs=4))
+    fc1s, fc2s, reports, threshold = train_predictors(str(out), r.x, r.mask, freq, TrainConfig(epochs=4))
     for rep, fc1, fc2 in zip(reports, fc1s, fc2s):
         assert rep.recall >= 0.95, rep
         assert rep.predicted_sparsity > 0.6, rep       # reported, and still sparse
@@ -124,19 +124,19 @@ def test_pipeline_profile_train_solve_run(chat_model, tmp_path):
     r.save(str(act_dir))
     # train and write the model with the new predictors, and a predictor directory
     xs, masks = load_samples(str(act_dir))
-    fc1s, fc2s, reports = train_predictors(chat_model, xs, masks, cfg=TrainConfig(epochs=8))
-    assert min(rep.recall for rep in reports) >= 0.95
+    fc1s, fc2s, reports, threshold = train_predictors(chat_model, xs, masks, cfg=TrainConfig(epochs=8))
+    assert min(rep.recall for rep in reports) >= 0.95 and threshold < 0
     trained = str(tmp_path / "chat.trained.gguf")
-    write_model_with_predictors(chat_model, trained, fc1s, fc2s, threshold=0.0)
-    write_predictor_dir(str(tmp_path / "pred"), fc1s, fc2s, 0.0)
+    write_model_with_predictors(chat_model, trained, fc1s, fc2s, threshold)
+    write_predictor_dir(str(tmp_path / "pred"), fc1s, fc2s, threshold)
     f = GGUFFile(trained)
-    assert f.is_powerinfer and f.metadata["powerinfer.sparse_threshold"] == 0.0
+    assert f.is_powerinfer and f.metadata["powerinfer.sparse_threshold"] == pytest.approx(threshold)
     assert f.get("blk.1.fc1.weight").ne == (64, reports[1].hidden)
     # the file's predictors are the trained ones (F16)
     x, m = xs[0][:200], masks[0][:200]
     fc1 = np.asarray(f.get("blk.0.fc1.weight").data, dtype=np.float32)
     fc2 = np.asarray(f.get("blk.0.fc2.weight").data, dtype=np.float32)
-    assert evaluate(x, m, fc1, fc2, 0.0)[0] >= 0.95
+    assert evaluate(x, m, fc1, fc2, threshold)[0] >= 0.95
     # solve and write the GPU index beside the trained model from the profile
     nbytes, _ = layer_neuron_bytes(f)
     plan = solve(r.counts / r.n_tokens, nbytes, 128 * nbytes[0], Speeds(objective="mass"), group=32)
