@@ -209,7 +209,15 @@ def test_ensure_calibrates_without_a_profile(tmp_path):
     assert idx.n_gpu == [128, 128]
 
 
-def test_llama_options_take_the_gpu_index_keywords():
+def test_llama_options_take_the_gpu_index_keywords(tmp_path):
+    from pyinfer import Llama
+    from tiny_chat_model import write_tiny_chat_model
+    path = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llm = Llama(path, n_ctx=64, n_threads=2, reset_gpu_index=True, disable_gpu_index=True, verbose=False)
+    assert llm._opts.reset_gpu_index and llm._opts.disable_gpu_index
+    llm.close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opts = LlamaOptions.from_keywords({"model_path": "m", **_required()},
