@@ -166,7 +166,9 @@ def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False,
         else:
             fits = [len(m) for m in old.gpu_idx] == n_ff
             if fits and old.vram_capacity <= budget_bytes:
-                _say(verbose, f"GPU index {path}: reused (made for {old.vram_capacity} bytes)")
+                note = "" if old.vram_capacity == budget_bytes else \
+                    f"; reset it to place neurons for all {budget_bytes} bytes"
+                _say(verbose, f"GPU index {path}: reused (made for {old.vram_capacity} bytes{note})")
                 return old
             _say(verbose, f"GPU index {path}: made for {old.vram_capacity} bytes"
                           f"{'' if fits else ' and another layer shape'}: regenerating")
