@@ -199,7 +199,7 @@ def train_layer(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.ndarra
                 da = (dz @ W2) * (a > 0)
                 gW1 = da.T @ xb
                 opt.step([gW1, gW2])
-        if check is not None and evaluate(check[0], check[1], W1 / scale, W2, cfg.threshold)[0] >= cfg.target_recall:
+        if rounds > 1 and evaluate(check[0], check[1], W1 / scale, W2, cfg.threshold)[0] >= cfg.target_recall:
             break
     return (W1 / scale).astype(np.float32), W2, w_pos
 

@@ -115,6 +115,31 @@ def test_predictor_training_reaches_recall_on_synthetic_model(tmp_path):
         assert 16 <= rep.hidden <= 512
 
 
+def test_calibrated_thresholds_fold_into_fc2():
+    """One file threshold T and fc2 scaled per layer decide exactly as per-layer thresholds."""
+    from convert.predictor_train import _scores, calibrate_layers
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    fc1s = [rng.standard_normal((6, 8)).astype(np.float32) for _ in range(3)]
+    fc2s = [rng.standard_normal((10, 6)).astype(np.float32) for _ in range(3)]
+    taus = [-0.5, -2.0, -0.01]
+    before = [_scores(x, a, b) >= t for a, b, t in zip(fc1s, fc2s, taus)]
+    T = calibrate_layers(fc2s, taus)
+    assert T == -0.5
+    for a, b, want in zip(fc1s, fc2s, before):
+        np.testing.assert_array_equal(_scores(x, a, b) >= T, want)
+
+
+def test_uncalibrated_training_keeps_the_threshold(chat_model):
+    r = profile_model(chat_model, token_docs=[list(range(3, 250))], samples=240, progress=False)
+    cfg = TrainConfig(calibrate=False, epochs=1, max_rounds=2, threshold=0.25, hidden=32)
+    fc1s, fc2s, reports, threshold = train_predictors(chat_model, r.x, r.mask, cfg=cfg)
+    assert threshold == 0.25 and [rep.hidden for rep in reports] == [32, 32]
+    for rep, fc1, fc2 in zip(reports, fc1s, fc2s):
+        assert rep.pos_weight in (2.0, 4.0) and rep.n_val == 36
+        assert fc1.shape == (32, 64) and fc2.shape == (128, 32)
+
+
 def test_pipeline_profile_train_solve_run(chat_model, tmp_path):
     tok = Tokenizer.from_gguf(GGUFFile(chat_model).reader)
     corpus = default_corpus()
