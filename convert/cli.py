@@ -19,10 +19,16 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}"
 
 
+# planning subcommands (plan_cli.py): `python convert.py profile|train-predictor|gpu-index ...`
+PLANNING_COMMANDS = ("profile", "train-predictor", "gpu-index")
+
+
 def convert_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description="Convert a Hugging Face checkpoint (llama, mistral, qwen2, ReLU-llama/ProSparse, bamboo) "
-                    "to GGUF, or to a PowerInfer GGUF (PWRI) when a predictor directory or --sparse is given.")
+                    "to GGUF, or to a PowerInfer GGUF (PWRI) when a predictor directory or --sparse is given. "
+                    "Offline planning for PowerInfer models: `profile`, `train-predictor`, `gpu-index` "
+                    "(see `python convert.py profile --help`).")
     ap.add_argument("model", help="Hugging Face model directory (config.json, *.safetensors or "
                                   "pytorch_model*.bin, tokenizer files)")
     ap.add_argument("predictor", nargs="?", help="PowerInfer predictor directory: model_{i}.pt (torch) or "
@@ -39,6 +45,10 @@ def convert_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PLANNING_COMMANDS:
+        from .plan_cli import run
+        return run(argv)
     from .hf_to_gguf import ConvertOptions, convert
     args = convert_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

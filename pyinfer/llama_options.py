@@ -45,6 +45,10 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
                        "tokenizer.ggml.add_space_prefix": "add_space_prefix"}
 
 
+# pyinfer keywords Llama(...) receives through **kwargs (GPU index options)
+PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index")
+
+
 class UnsupportedOptionError(NotImplementedError):
     """A Llama(...) option that would change results and that pyinfer cannot honour."""
 
@@ -100,11 +104,18 @@ class LlamaOptions:
     # pyinfer's own (PowerInfer models): predictor threshold (None: the file's), all neurons
     sparse_threshold: Optional[float] = None
     dense: bool = False
+    # PowerInfer's GPU index (<model>.generated.gpuidx, pyinfer/gpu_index.py) for hybrid
+    # placement: regenerate it even if a usable one exists / place no neurons by it
+    reset_gpu_index: bool = False
+    disable_gpu_index: bool = False
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
         """`values`: the named keywords; `extra`: what **kwargs caught (warned about: a
-        misspelt option must not pass unnoticed, though llama-cpp-python ignores them)."""
+        misspelt option must not pass unnoticed, though llama-cpp-python ignores them).
+        pyinfer's own fields that `Llama.__init__` does not name are taken from `extra`."""
+        values = {**values, **{k: v for k, v in extra.items() if k in PASSED_THROUGH}}
+        extra = {k: v for k, v in extra.items() if k not in PASSED_THROUGH}
         if extra:
             warn(f"Llama: ignoring unknown keyword argument(s): {', '.join(sorted(extra))}",
                  verbose=bool(values.get("verbose")))
