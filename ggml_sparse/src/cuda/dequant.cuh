@@ -4,6 +4,9 @@
  * gs_dq<T>(row, i) returns element i of a contiguous row of type T (block
  * layouts of quants.h, bit-compatible with GGUF). Kernels are templated on
  * the type so the switch happens once per launch (GS_CUDA_TYPE_SWITCH).
+ * The arithmetic follows ggml's / gguf.quants' order, with the _rn
+ * intrinsics so nvcc never fuses a product and a sum into an FMA: a decoded
+ * weight is bit-identical to the CPU's reference dequantization.
  */
 #ifndef GS_CUDA_DEQUANT_CUH
 #define GS_CUDA_DEQUANT_CUH
@@ -47,7 +50,7 @@ template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q4_0>(const uint8_t *
 }
 template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q4_1>(const uint8_t * row, int64_t i) {
     const block_q4_1 * b = (const block_q4_1 *) row + i / QK4_1;
-    return gs_h2f(b->d) * (float) gs_nib32(b->qs, (int) (i % QK4_1)) + gs_h2f(b->m);
+    return __fadd_rn(__fmul_rn(gs_h2f(b->d), (float) gs_nib32(b->qs, (int) (i % QK4_1))), gs_h2f(b->m));
 }
 template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q5_0>(const uint8_t * row, int64_t i) {
     const block_q5_0 * b = (const block_q5_0 *) row + i / QK5_0;
@@ -61,7 +64,7 @@ template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q5_1>(const uint8_t *
     const int j = (int) (i % QK5_1);
     const uint32_t qh = b->qh[0] | (b->qh[1] << 8) | (b->qh[2] << 16) | ((uint32_t) b->qh[3] << 24);
     const int q = gs_nib32(b->qs, j) | (int) (((qh >> j) & 1) << 4);
-    return gs_h2f(b->d) * (float) q + gs_h2f(b->m);
+    return __fadd_rn(__fmul_rn(gs_h2f(b->d), (float) q), gs_h2f(b->m));
 }
 template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q8_0>(const uint8_t * row, int64_t i) {
     const block_q8_0 * b = (const block_q8_0 *) row + i / QK8_0;
@@ -73,7 +76,7 @@ template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q4_K>(const uint8_t *
     int sc, m;
     gs_scale_min_k4(j / 32, b->scales, &sc, &m);
     const int q = l < 32 ? (b->qs[32 * k + l] & 15) : (b->qs[32 * k + l - 32] >> 4);
-    return gs_h2f(b->d) * (float) sc * (float) q - gs_h2f(b->dmin) * (float) m;
+    return __fsub_rn(__fmul_rn(__fmul_rn(gs_h2f(b->d), (float) sc), (float) q), __fmul_rn(gs_h2f(b->dmin), (float) m));
 }
 template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q5_K>(const uint8_t * row, int64_t i) {
     const block_q5_K * b = (const block_q5_K *) row + i / QK_K;
@@ -82,7 +85,7 @@ template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q5_K>(const uint8_t *
     gs_scale_min_k4(j / 32, b->scales, &sc, &m);
     int q = l < 32 ? (b->qs[32 * k + l] & 15) : (b->qs[32 * k + l - 32] >> 4);
     q |= ((b->qh[l % 32] >> (2 * k + (l >= 32))) & 1) << 4;
-    return gs_h2f(b->d) * (float) sc * (float) q - gs_h2f(b->dmin) * (float) m;
+    return __fsub_rn(__fmul_rn(__fmul_rn(gs_h2f(b->d), (float) sc), (float) q), __fmul_rn(gs_h2f(b->dmin), (float) m));
 }
 template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q6_K>(const uint8_t * row, int64_t i) {
     const block_q6_K * b = (const block_q6_K *) row + i / QK_K;
@@ -91,7 +94,7 @@ template <> __device__ __forceinline__ float gs_dq<GS_TYPE_Q6_K>(const uint8_t *
     const uint8_t * qh = b->qh + 32 * h;
     const int lo = g == 0 ? (ql[l] & 15) : g == 1 ? (ql[l + 32] & 15) : g == 2 ? (ql[l] >> 4) : (ql[l + 32] >> 4);
     const int q = lo | (((qh[l] >> (2 * g)) & 3) << 4);
-    return gs_h2f(b->d) * (float) b->scales[j / 16] * (float) (q - 32);
+    return __fmul_rn(__fmul_rn(gs_h2f(b->d), (float) b->scales[j / 16]), (float) (q - 32));
 }
 
 /* Run BODY with the compile-time constant TT set to `type` (every weight
