@@ -44,12 +44,14 @@ def pool():
 
 
 def cpu_and_gpu(pool, device, build, mem=64 << 20):
-    """Build one op with build(ctx), compute it on the CPU (a graph) and on the device."""
+    """Build one op with build(ctx) on leaf inputs, compute it on the device, then on the
+    CPU (a graph; an op that writes into an input, set_rows, must not see the CPU's
+    result)."""
     with Context(mem) as ctx:
         out = build(ctx)
+        got = compute_node(out, device)
         Graph(ctx).build(out).plan(2).compute(pool)
-        cpu = out.numpy().copy()
-        return cpu, compute_node(out, device)
+        return out.numpy().copy(), got
 
 
 def weights(ctx, t, w):

@@ -276,3 +276,30 @@ def test_gpu_options_without_cuda_name_what_is_missing(tmp_path):
     with pytest.raises(GPUUnavailableError, match="n_gpu_layers=4 needs a CUDA GPU"):
         Llama(model, n_gpu_layers=4, verbose=False)
     Llama(model, n_gpu_layers=0, verbose=False).close()
+
+
+def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
+    """The engine hook and the verbose report, with the device answers stubbed (a 1 GiB
+    free device): what Llama(vram_budget=...) prints on a GPU machine."""
+    import pyinfer.offload as offload
+    model = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True, seed=3))
+    spec, _ = _spec(model)
+    path = tmp_path / "m.generated.gpuidx"
+    w = gguf.GGUFWriter(str(path), "generic.gpu_index")
+    for i in range(spec.n_layer):
+        w.add_tensor(f"blk.{i}.gpu_bucket", np.arange(0, spec.n_ff, 4, dtype=np.int32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    monkeypatch.setattr(offload, "require_cuda", lambda what: None)
+    monkeypatch.setattr(offload, "mem_info", lambda device=0: (GIB, 2 * GIB))
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, vram_budget=0.5, n_ctx=64, verbose=True).close()
+    err = capsys.readouterr().err
+    assert "pyinfer: GPU offload plan: hybrid" in err and "budget 512.00 MiB" in err
+    assert f"layer   0: attn GPU, pred GPU, norm GPU, kv GPU, hot {spec.n_ff // 4}/{spec.n_ff}" in err
+    assert "the model runs on the CPU" in err
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, n_gpu_layers=-1, n_ctx=64, verbose=True).close()
+    assert f"n_gpu_layers: layers 0..{spec.n_layer - 1}" in capsys.readouterr().err

@@ -36,7 +36,7 @@ struct gs_cuda_ffn {
     float * x_host, * y_host;    /* pinned staging                             */
     int32_t * idx_host;
     size_t weight_bytes, scratch_bytes;
-    bool launched, with_idx;
+    bool launched;               /* a launch awaits its finish                 */
 };
 
 /* Binary search of m among the count ascending ids col[1..count]. */
