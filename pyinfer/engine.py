@@ -18,6 +18,7 @@ from .config import ContextSettings, ModelConfig
 from .gguf_model import GGUFFile
 from .model.llama import ForwardGraph, KVCache, LlamaWeights
 from .model.sparse import make_ffn
+from .offload import plan_for_engine
 from .tensor import Context, GGMLType, ThreadPool
 
 MAX_CACHED_GRAPHS = 4
@@ -54,6 +55,9 @@ class Engine:
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense)
         self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
+        # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them
+        self.offload_plan = plan_for_engine(self, settings.extra.get("vram_budget"),
+                                            settings.extra.get("n_gpu_layers", 0))
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.n_past = 0

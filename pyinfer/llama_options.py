@@ -46,7 +46,7 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 
 
 # pyinfer keywords Llama(...) receives through **kwargs (GPU index options)
-PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index")
+PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -108,12 +108,15 @@ class LlamaOptions:
     # placement: regenerate it even if a usable one exists / place no neurons by it
     reset_gpu_index: bool = False
     disable_gpu_index: bool = False
+    # PowerInfer's --vram-budget (GiB; None: no hybrid placement), see pyinfer/offload
+    vram_budget: Optional[float] = None
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
         """`values`: the named keywords; `extra`: what **kwargs caught (warned about: a
         misspelt option must not pass unnoticed, though llama-cpp-python ignores them).
-        pyinfer's own fields that `Llama.__init__` does not name are taken from `extra`."""
+        pyinfer's own fields that `Llama.__init__` does not name (the GPU index switches,
+        `vram_budget`) are taken from `extra`."""
         values = {**values, **{k: v for k, v in extra.items() if k in PASSED_THROUGH}}
         extra = {k: v for k, v in extra.items() if k not in PASSED_THROUGH}
         if extra:
@@ -162,9 +165,10 @@ class LlamaOptions:
                 raise UnsupportedOptionError(
                     f"kv_overrides: pyinfer cannot override '{k}' (tokenizer keys it can "
                     f"override: {', '.join(TOKENIZER_OVERRIDES)})")
-        if self.n_gpu_layers != 0:
-            warn(f"n_gpu_layers={self.n_gpu_layers} was requested, but this pyinfer build has "
-                 "no GPU backend: every layer runs on the CPU", self.verbose)
+        if self.vram_budget is not None or self.n_gpu_layers != 0:
+            from .offload import require_cuda   # GPUUnavailableError names what is missing
+            require_cuda(f"vram_budget={self.vram_budget!r}" if self.vram_budget is not None
+                         else f"n_gpu_layers={self.n_gpu_layers}")
         if self.draft_model is not None:
             warn("draft_model is not used: pyinfer decodes without speculation (same tokens, "
                  "one forward per token)", self.verbose)
@@ -217,7 +221,8 @@ class LlamaOptions:
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
-            dense=self.dense)
+            dense=self.dense,
+            extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers})
 
 
 def warn(message: str, verbose: bool) -> None:
@@ -265,4 +270,8 @@ def load_report(path: str, engine, n_batch: int, load_time: float) -> str:
     ]
     if engine.ffn_mode:
         lines.insert(-1, f"pyinfer:   {engine.ffn_mode}")
+    plan = getattr(engine, "offload_plan", None)
+    if plan is not None:
+        from .offload import format_report
+        lines.append(format_report(plan, cfg.n_layer, cfg.n_ff, executed=False))
     return "\n".join(lines)

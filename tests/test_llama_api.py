@@ -14,6 +14,7 @@ import pytest
 
 from pyinfer import Llama, LlamaRAMCache, StoppingCriteriaList
 from pyinfer.llama_options import LLAMA_POOLING_TYPE_MEAN, UnsupportedOptionError
+from pyinfer.offload import GPUUnavailableError, cuda_status
 from tiny_chat_model import EOS_ID, write_tiny_chat_model
 
 API_DATA = Path(__file__).parent / "data" / "SmolLM2-135M-Instruct.Q4_1.llama_cpp_api.json"
@@ -341,8 +342,9 @@ def test_options_that_cannot_be_honoured(tiny_path, tmp_path):
         Llama(tiny_path, type_k=8, verbose=False)
     with pytest.raises(UnsupportedOptionError, match="YaRN"):
         Llama(tiny_path, yarn_ext_factor=1.0, verbose=False)
-    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
-        Llama(tiny_path, n_gpu_layers=-1, verbose=False).close()
+    if not cuda_status()[0]:   # GPU options without CUDA: an error naming what is missing
+        with pytest.raises(GPUUnavailableError, match="n_gpu_layers=-1 needs a CUDA GPU"):
+            Llama(tiny_path, n_gpu_layers=-1, verbose=False)
     with pytest.warns(RuntimeWarning, match="unknown keyword"):
         Llama(tiny_path, verbose=False, n_gqa=8).close()
     with warnings.catch_warnings():

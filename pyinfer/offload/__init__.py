@@ -1,0 +1,61 @@
+"""GPU offload: device status, the VRAM-budgeted placement and its load report.
+
+    plan = make_plan(spec, vram_budget=4.0, hot_neurons=buckets)   # GiB, per-layer ids
+    print(format_report(plan, spec.n_layer, spec.n_ff))
+
+`Llama(vram_budget=..., n_gpu_layers=...)` reaches this through `plan_for_engine`; without
+CUDA (not built, or no device) those options raise GPUUnavailableError, except
+n_gpu_layers=0.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .budget import DEFAULT_MARGIN, GIB, MIB, budget_bytes, ffn_slice_bytes, part
+from .device import DeviceInfo, GPUUnavailableError, cuda_status, device_info, mem_info, require_cuda
+from .model_spec import ModelSpec, TensorSpec, read_gpu_buckets, spec_from_file
+from .planner import OffloadBudgetError, OffloadPlan, plan_hybrid, plan_layers, summary
+from .report import format_report
+
+__all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "part", "DeviceInfo",
+           "GPUUnavailableError", "cuda_status", "device_info", "mem_info", "require_cuda",
+           "ModelSpec", "TensorSpec", "read_gpu_buckets", "spec_from_file", "OffloadBudgetError",
+           "OffloadPlan", "plan_hybrid", "plan_layers", "summary", "format_report", "make_plan",
+           "gpu_options_requested", "plan_for_engine"]
+
+
+def make_plan(spec: ModelSpec, vram_budget: Optional[float] = None, n_gpu_layers: int = 0,
+              hot_neurons: Optional[Sequence[np.ndarray]] = None,
+              free_bytes: Optional[int] = None) -> OffloadPlan:
+    """Whole layers when n_gpu_layers != 0, else the hybrid placement. The budget is
+    `vram_budget` GiB, or `free_bytes` minus DEFAULT_MARGIN when it is None."""
+    budget = budget_bytes(vram_budget, free_bytes)
+    if n_gpu_layers != 0:
+        return plan_layers(spec, budget, n_gpu_layers)
+    return plan_hybrid(spec, budget, hot_neurons)
+
+
+def gpu_options_requested(vram_budget: Optional[float], n_gpu_layers: int) -> bool:
+    return vram_budget is not None or n_gpu_layers != 0
+
+
+def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> Optional[OffloadPlan]:
+    """The plan for a loaded Engine (None when no GPU option was given). Hot neurons come
+    from `<model>.generated.gpuidx` when the model is sparse and that file exists."""
+    if not gpu_options_requested(vram_budget, n_gpu_layers):
+        return None
+    require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
+    spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)
+    hot = None
+    index_path = os.path.splitext(engine.file.path)[0] + ".generated.gpuidx"
+    if spec.sparse and n_gpu_layers == 0 and os.path.exists(index_path):
+        hot = read_gpu_buckets(index_path, spec.n_layer)
+    free, _ = mem_info(0)
+    plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free)
+    warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
+                  "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)
+    return plan
