@@ -175,6 +175,11 @@ class SchemaConverter:
             target = target[part]
         return target
 
+    def other_key(self, keys: List[str], name: str) -> str:
+        """A rule for a JSON string key that is none of `keys`, with the ws after it."""
+        inner = _not_keys_rules(self, keys, name + "-char")
+        return self.add_rule(name, f'"\\"" {inner} "\\"" ws')
+
     def string(self, schema: Dict[str, Any], name: str) -> str:
         lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
         if lo == 0 and hi is None:
@@ -216,7 +221,9 @@ class SchemaConverter:
         if extra is not None and extra is not False:
             value = self.visit(extra, f"{name}-additional") if extra is not True \
                 else self.primitive("value")
-            extra_kv = f'{self.primitive("string")} ":" ws {value}'
+            key = self.other_key(list(props), f"{name}-additional-key") if props \
+                else self.primitive("string")
+            extra_kv = f'{key} ":" ws {value}'
         memo: Dict[tuple, str] = {}
 
         def rest(i: int, comma: bool) -> str:
@@ -240,6 +247,38 @@ class SchemaConverter:
             return text
 
         return self.add_rule(name, f'"{{" ws {rest(0, False)} "}}" ws')
+
+
+def _class_char(c: str) -> str:
+    return c if c.isalnum() and c.isascii() else f"\\U{ord(c):08X}"
+
+
+def _not_keys_rules(conv: "SchemaConverter", keys: List[str], name: str) -> str:
+    """Rules for the JSON text between the quotes of any key except `keys` (each compared
+    as json.dumps writes it): a trie of the keys where every node may leave the trie with
+    another character (then anything follows) or end unless a key ends there."""
+    trie: Dict[str, Any] = {}
+    for k in keys:
+        node = trie
+        for c in json.dumps(k, ensure_ascii=False)[1:-1]:
+            node = node.setdefault(c, {})
+        node[""] = {}
+    conv.primitive("char")
+    counter = [0]
+
+    def rule(node: Dict[str, Any]) -> str:
+        counter[0] += 1
+        rname = conv.add_rule(f"{name}-{counter[0]}", f"<{counter[0]}>")
+        chars = [c for c in node if c]
+        alts = [f"{gbnf_literal(c)} {rule(node[c])}" for c in chars]
+        other = "".join(_class_char(c) for c in chars)
+        alts.append(f'([^"\\\\\\x7F\\x00-\\x1F{other}] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{{4}})) char*')
+        if "" not in node:      # may end here; first, as a trailing | would continue the line
+            alts.insert(0, "")
+        conv.rules[rname] = " | ".join(alts)
+        return rname
+
+    return rule(trie)
 
 
 def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool]) -> str:
