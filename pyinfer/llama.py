@@ -25,7 +25,7 @@ from . import chat as chat_mod
 from .completion import CompletionRequest, create_completion, logits_to_logprobs
 from .engine import Engine
 from .gguf_model import GGUFFile
-from .grammar import GrammarMatcher, LlamaGrammar, VocabTrie
+from .grammar import Automaton, GrammarMatcher, LlamaGrammar, VocabTrie
 from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
                           restore_kv_state)
 from .embedding import embed_texts
@@ -35,6 +35,8 @@ from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
 from .tokenizer import Tokenizer
+
+_GRAMMAR_CACHE_SIZE = 8     # compiled grammars a Llama keeps (by GBNF text)
 
 
 class LlamaTokenizer:
@@ -99,6 +101,7 @@ class Llama:
         self.last_n_tokens_size = last_n_tokens_size
         self.cache: Optional[BaseLlamaCache] = None
         self._grammar_vocab: Optional[VocabTrie] = None     # built by the first grammar
+        self._grammar_automata: Dict[str, Automaton] = {}   # GBNF text -> compiled grammar
         self._seed = opts.seed_value
 
         self._file = GGUFFile(model_path)
@@ -314,7 +317,9 @@ class Llama:
 
     def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
         """A fresh matcher for a LlamaGrammar (or llama_cpp.LlamaGrammar: its GBNF text is
-        parsed here); the vocabulary's token trie is built on first use and kept."""
+        parsed here). The vocabulary's token trie is built on first use and kept, and so are
+        the compiled grammars of the last few grammar texts with their state caches (a chat
+        server making a new JSON grammar per request walks warm states)."""
         if grammar is None:
             return None
         if not isinstance(grammar, LlamaGrammar):
@@ -324,7 +329,11 @@ class Llama:
             grammar = LlamaGrammar.from_string(text)
         if self._grammar_vocab is None:
             self._grammar_vocab = VocabTrie.from_tokenizer(self._vocab, self._n_vocab)
-        return grammar.matcher(self._grammar_vocab)
+        automaton = self._grammar_automata.pop(grammar._grammar, None) or grammar.automaton
+        self._grammar_automata[grammar._grammar] = automaton       # most recent last
+        while len(self._grammar_automata) > _GRAMMAR_CACHE_SIZE:
+            self._grammar_automata.pop(next(iter(self._grammar_automata)))
+        return GrammarMatcher(automaton, self._grammar_vocab)
 
     # ---- completions -------------------------------------------------------------------
 

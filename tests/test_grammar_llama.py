@@ -148,7 +148,8 @@ ORACLE_CASES = [
      json_schema_to_gbnf(CAT), 40),
     ("The answer to 2+2 is", 'root ::= " " [0-9]+ ("." [0-9]+)?', 8),
     ("Write a list of fruits:", 'root ::= ("- " [a-zA-Z ]{1,20} "\\n"){2,3}', 30),
-    ("Un café à Paris coûte", 'root ::= " " [0-9]{1,2} ("," [0-9]{2})? " " ("€" | "euros")', 10),
+    ("Un café à Paris coûte",
+     'root ::= " " [0-9]{1,2} ("," [0-9]{2})? " " ("€" | "euros")', 10),
     ("Say hello in Japanese:", 'root ::= " " [^\\x00-\\x7F]{1,6}', 8),
 ]
 

@@ -70,5 +70,5 @@ class LlamaGrammar:
         return f"LlamaGrammar(rules={len(self._parsed.rules)})"
 
 
-__all__ = ["JSON_GBNF", "LLAMA_GRAMMAR_DEFAULT_ROOT", "GrammarMatcher", "LlamaGrammar",
+__all__ = ["Automaton", "JSON_GBNF", "LLAMA_GRAMMAR_DEFAULT_ROOT", "GrammarMatcher", "LlamaGrammar",
            "VocabTrie", "json_schema_to_gbnf", "parse_gbnf"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 # Shared rules (their names are reserved).
 PRIMITIVES = {
@@ -272,7 +272,8 @@ def _not_keys_rules(conv: "SchemaConverter", keys: List[str], name: str) -> str:
         chars = [c for c in node if c]
         alts = [f"{gbnf_literal(c)} {rule(node[c])}" for c in chars]
         other = "".join(_class_char(c) for c in chars)
-        alts.append(f'([^"\\\\\\x7F\\x00-\\x1F{other}] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{{4}})) char*')
+        escape = '"\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+        alts.append(f'([^"\\\\\\x7F\\x00-\\x1F{other}] | {escape}) char*')
         if "" not in node:      # may end here; first, as a trailing | would continue the line
             alts.insert(0, "")
         conv.rules[rname] = " | ".join(alts)

@@ -64,7 +64,8 @@ class Automaton:
                 self.elems.append(END)
             self.rule_alts.append(starts)
         self._expanded: Dict[Stack, Tuple[Stack, ...]] = {}
-        self.states: List[Tuple[FrozenSet[Stack], int, int]] = []   # stacks, partial value, bytes left
+        # state id -> (stacks, partial character's value so far, its bytes still missing)
+        self.states: List[Tuple[FrozenSet[Stack], int, int]] = []
         self.complete: List[bool] = []
         self.trans: List[List[int]] = []
         self._ids: Dict[tuple, int] = {}
@@ -222,8 +223,8 @@ class VocabTrie:
     """A vocabulary's token pieces (the bytes each token stands for) as a byte trie.
 
     A node is (children, ids): children a list of (byte, node) in byte order, ids the tokens
-    whose piece ends there. End-of-generation tokens (`eog`) and tokens with an empty piece are left out
-    of the trie; a grammar allows EOG when it is complete and never an empty-piece token.
+    whose piece ends there. End-of-generation tokens (`eog`) and tokens with an empty piece
+    are left out of the trie; a grammar allows EOG when it is complete, never an empty piece.
     """
 
     def __init__(self, pieces: Sequence[bytes], eog: Sequence[int]):
