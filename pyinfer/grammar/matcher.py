@@ -70,6 +70,7 @@ class Automaton:
         self.trans: List[List[int]] = []
         self._ids: Dict[tuple, int] = {}
         self._masks: Dict[tuple, np.ndarray] = {}
+        self._loops: Dict[int, int] = {}
         ready = set()
         for a in self.rule_alts[g.root]:
             ready.update(self._expand((a,) if self.elems[a] != END else ()))
@@ -187,13 +188,30 @@ class Automaton:
             sid = t
         return sid
 
+    def loop_bytes(self, sid: int) -> int:
+        """A 256-bit mask of the ASCII bytes that lead from state sid back to itself (inside
+        a JSON string: every character but the quote, backslash and controls)."""
+        mask = self._loops.get(sid)
+        if mask is None:
+            mask = sum(1 << b for b in range(128) if self.step(sid, b) == sid)
+            self._loops[sid] = mask
+        return mask
+
     def allowed(self, sid: int, vocab: "VocabTrie") -> np.ndarray:
-        """Sorted ids of the tokens allowed in state sid (EOG tokens iff it is complete)."""
+        """Sorted ids of the tokens allowed in state sid (EOG tokens iff it is complete).
+
+        The trie walk drops a subtree at its first rejected byte. It also takes a subtree
+        whole, without walking it, when it is reached in state sid and every byte below it
+        leads from sid back to sid: then all its tokens are allowed (inside a string that is
+        most of the vocabulary, so only the subtrees holding quotes, escapes and non-ASCII
+        bytes are walked). A subtree's tokens are a contiguous run of `vocab.sorted_ids`."""
         key = (vocab.key, sid)
         ids = self._masks.get(key)
         if ids is not None:
             return ids
         out: List[int] = list(vocab.eog) if self.complete[sid] else []
+        runs: List[int] = []            # start, end, start, end, ... into vocab.sorted_ids
+        outside = ~self.loop_bytes(sid)
         trans, step = self.trans, self.step
         todo = [(vocab.root, sid)]
         while todo:
@@ -205,11 +223,21 @@ class Automaton:
                     t = step(s, b)
                 if t < 0:
                     continue
+                if t == sid and not child[4] & outside:
+                    runs += (child[2], child[3])
+                    continue
                 if child[1]:
                     out.extend(child[1])
                 if child[0]:
                     todo.append((child, t))
-        ids = np.array(sorted(out), dtype=np.int64)
+        mask = np.zeros(vocab.n_vocab, dtype=bool)
+        mask[np.array(out, dtype=np.int64)] = True
+        if runs:
+            edges = np.zeros(len(vocab.sorted_ids) + 1, np.int32)
+            np.add.at(edges, runs[0::2], 1)
+            np.add.at(edges, runs[1::2], -1)
+            mask[vocab.sorted_ids[np.cumsum(edges[:-1]) > 0]] = True
+        ids = np.flatnonzero(mask)
         if len(self._masks) >= _MAX_CACHED_MASKS:
             self._masks.pop(next(iter(self._masks)))
         self._masks[key] = ids
@@ -222,8 +250,8 @@ _trie_keys = itertools.count()
 class VocabTrie:
     """A vocabulary's token pieces (the bytes each token stands for) as a byte trie.
 
-    A node is (children, ids): children a list of (byte, node) in byte order, ids the tokens
-    whose piece ends there. End-of-generation tokens (`eog`) and tokens with an empty piece
+    A node is a list (see _new_node): its children (byte, node) in byte order, the tokens whose
+    piece ends there, the run of sorted_ids its subtree holds and the bytes found below it. End-of-generation tokens (`eog`) and tokens with an empty piece
     are left out of the trie; a grammar allows EOG when it is complete, never an empty piece.
     """
 
@@ -235,21 +263,39 @@ class VocabTrie:
         eog_set = set(self.eog)
         entries = sorted((piece, tok) for tok, piece in enumerate(self.pieces)
                          if piece and tok not in eog_set)
-        self.root = root = ([], [])
-        path, prev = [root], b""        # path[d]: the node of prev[:d]
-        for piece, tok in entries:      # sorted: each piece extends a prefix of the last one
+        self.sorted_ids = np.array([tok for _, tok in entries], dtype=np.int64)
+        self.root = self._new_node(0)
+        path, prev = [self.root], b""   # path[d]: the node of prev[:d]
+        for i, (piece, tok) in enumerate(entries):  # sorted: a piece extends a prefix of the last
             common = 0
             for x, y in zip(prev, piece):
                 if x != y:
                     break
                 common += 1
-            del path[common + 1:]
+            while len(path) > common + 1:
+                self._close(path.pop(), path[-1], i)
             for b in piece[common:]:
-                node = ([], [])
+                node = self._new_node(i)
                 path[-1][0].append((b, node))
                 path.append(node)
             path[-1][1].append(tok)
             prev = piece
+        while len(path) > 1:
+            self._close(path.pop(), path[-1], len(entries))
+        self.root[3] = len(entries)
+
+    @staticmethod
+    def _new_node(start: int) -> list:
+        """[children [(byte, node)], token ids ending here, first and end index of the
+        subtree's tokens in sorted_ids, mask of the bytes below the node (bit b: byte b)]"""
+        return [[], [], start, start, 0]
+
+    @staticmethod
+    def _close(node: list, parent: list, end: int) -> None:
+        node[3] = end
+        byte, last = parent[0][-1]          # the node closed is its parent's last child
+        assert last is node
+        parent[4] |= node[4] | (1 << byte)
 
     @classmethod
     def from_tokenizer(cls, vocab, n_vocab: int) -> "VocabTrie":
