@@ -11,8 +11,9 @@ stacks whose top could match some completion, as llama.cpp's match_partial_char 
 `Automaton` interns each (stacks, partial) state as an int and caches its transitions per
 byte, so a grammar that has been walked before costs a list lookup per byte. `VocabTrie`
 holds the vocabulary's token pieces as a byte trie; `Automaton.allowed` walks it with the
-states, sharing each prefix's work between all tokens that start with it and dropping whole
-subtrees at the first rejected byte. `GrammarMatcher` is one generation's position.
+states, sharing each prefix's work between all tokens that start with it, dropping whole
+subtrees at the first rejected byte and taking whole subtrees whose bytes all lead back to the
+same state (the inside of a string). `GrammarMatcher` is one generation's position.
 """
 from __future__ import annotations
 
@@ -251,8 +252,10 @@ class VocabTrie:
     """A vocabulary's token pieces (the bytes each token stands for) as a byte trie.
 
     A node is a list (see _new_node): its children (byte, node) in byte order, the tokens whose
-    piece ends there, the run of sorted_ids its subtree holds and the bytes found below it. End-of-generation tokens (`eog`) and tokens with an empty piece
-    are left out of the trie; a grammar allows EOG when it is complete, never an empty piece.
+    piece ends there, the run of sorted_ids its subtree holds and the bytes found below it.
+    End-of-generation tokens (`eog`) and tokens with an empty piece are left out of the trie;
+    a grammar allows EOG when it is complete, never an empty piece. sorted_ids: the other
+    token ids in the order of their pieces (so a subtree's tokens are contiguous).
     """
 
     def __init__(self, pieces: Sequence[bytes], eog: Sequence[int]):
