@@ -316,12 +316,14 @@ class Llama:
                 self._sampler = None
 
     def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
-        """A fresh matcher for a LlamaGrammar (or llama_cpp.LlamaGrammar: its GBNF text is
-        parsed here). The vocabulary's token trie is built on first use and kept, and so are
+        """A fresh matcher for a LlamaGrammar (or GBNF text, or a llama_cpp.LlamaGrammar: its
+        GBNF text is parsed here). The vocabulary's token trie is built on first use and kept, and so are
         the compiled grammars of the last few grammar texts with their state caches (a chat
         server making a new JSON grammar per request walks warm states)."""
         if grammar is None:
             return None
+        if isinstance(grammar, str):
+            grammar = LlamaGrammar.from_string(grammar)
         if not isinstance(grammar, LlamaGrammar):
             text = getattr(grammar, "_grammar", None)
             if not isinstance(text, str):
