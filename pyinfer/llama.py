@@ -317,9 +317,9 @@ class Llama:
 
     def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
         """A fresh matcher for a LlamaGrammar (or GBNF text, or a llama_cpp.LlamaGrammar: its
-        GBNF text is parsed here). The vocabulary's token trie is built on first use and kept, and so are
-        the compiled grammars of the last few grammar texts with their state caches (a chat
-        server making a new JSON grammar per request walks warm states)."""
+        GBNF text is parsed here). The vocabulary's token trie is built on first use and kept,
+        and so are the compiled grammars of the last few grammar texts with their state
+        caches (a chat server making a new JSON grammar per request walks warm states)."""
         if grammar is None:
             return None
         if isinstance(grammar, str):
