@@ -132,7 +132,9 @@ def test_json_gbnf_is_any_object():
 
 def test_bad_schemas_raise_value_error():
     for schema in ['{"type": "object"', {"$ref": "#/$defs/missing"}, {"type": "tuple"},
-                   {"enum": []}, {"$ref": "http://example.com/s.json"}]:
+                   {"enum": []}, {"$ref": "http://example.com/s.json"},
+                   {"type": "object", "properties": [1]}, {"allOf": [{"$ref": "#/nope"}]},
+                   {"type": "array", "minItems": "x"}]:
         with pytest.raises(ValueError):
             json_schema_to_gbnf(schema)
 

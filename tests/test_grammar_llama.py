@@ -154,13 +154,13 @@ ORACLE_CASES = [
 ]
 
 
-def greedy_tokens(llm, prompt: str, grammar, n: int):
+def greedy_tokens(llm, prompt: str, grammar, n: int, eog):
     llm.reset()
     out = []
     for tok in llm.generate(llm.tokenize(prompt.encode(), special=True), temp=0.0,
                             grammar=grammar):
         out.append(int(tok))
-        if tok == llm.token_eos() or len(out) == n:
+        if tok in eog or len(out) == n:
             break
     return out
 
@@ -171,9 +171,10 @@ def test_greedy_tokens_equal_llama_cpp_grammar(llm, smollm2):
     ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
     try:
         results = []
+        eog = {t for t in range(llm.n_vocab()) if llm._vocab.is_eog(t)}
         for prompt, gbnf, n in ORACLE_CASES:
-            theirs = greedy_tokens(ref, prompt, llama_cpp.LlamaGrammar.from_string(gbnf), n)
-            ours = greedy_tokens(llm, prompt, LlamaGrammar.from_string(gbnf), n)
+            theirs = greedy_tokens(ref, prompt, llama_cpp.LlamaGrammar.from_string(gbnf), n, eog)
+            ours = greedy_tokens(llm, prompt, LlamaGrammar.from_string(gbnf), n, eog)
             same = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b),
                         min(len(theirs), len(ours)))
             results.append((same, len(theirs), ours == theirs))

@@ -289,4 +289,7 @@ def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool]) -> str:
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise ValueError(f"JSON schema is not valid JSON: {e}") from None
-    return SchemaConverter(schema).grammar()
+    try:
+        return SchemaConverter(schema).grammar()
+    except (KeyError, TypeError, AttributeError, IndexError) as e:    # a malformed schema
+        raise ValueError(f"unsupported JSON schema ({type(e).__name__}: {e})") from None
