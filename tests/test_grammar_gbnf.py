@@ -143,6 +143,18 @@ def test_bad_grammars_raise_value_error(grammar, message):
         LlamaGrammar.from_string(grammar)
 
 
+def test_long_rule_chains_are_quick():
+    n = 5000
+    g = "root ::= r0\n" + "".join(f"r{i} ::= r{i + 1}\n" for i in range(n)) + f'r{n} ::= "a" |'
+    assert accepts(g, "a") and accepts(g, "")
+
+
+def test_deep_nesting_is_a_value_error_not_a_crash():
+    with pytest.raises(ValueError, match="too deeply"):
+        LlamaGrammar.from_string("root ::= " + "(" * 5000 + '"a"' + ")" * 5000)
+    assert accepts("root ::= " + "(" * 100 + '"a"' + ")" * 100, "a")
+
+
 def test_error_reports_line_and_column():
     with pytest.raises(ValueError, match="line 2, column 11"):
         parse_gbnf('root ::= a\na ::= "x" ]')

@@ -276,17 +276,41 @@ class _Parser:
         return out
 
 
+def _nullable_rules(g: Grammar) -> List[bool]:
+    """Which rules can match the empty string (linear worklist: an alternative becomes
+    nullable when the last of its rule references does; characters never are)."""
+    nullable = [False] * len(g.rules)
+    pending: List[int] = []             # per alternative: rule references not yet nullable
+    owner: List[int] = []               # per alternative: its rule
+    users: List[List[int]] = [[] for _ in g.rules]   # rule -> alternatives (per reference)
+    todo: List[int] = []
+    for r, alts in enumerate(g.rules):
+        for alt in alts:
+            a = len(owner)
+            owner.append(r)
+            if any(e[0] == "char" for e in alt):
+                pending.append(-1)
+                continue
+            pending.append(len(alt))
+            for e in alt:
+                users[e[1]].append(a)
+            if not alt and not nullable[r]:
+                nullable[r] = True
+                todo.append(r)
+    while todo:
+        r = todo.pop()
+        for a in users[r]:
+            pending[a] -= 1
+            if pending[a] == 0 and not nullable[owner[a]]:
+                nullable[owner[a]] = True
+                todo.append(owner[a])
+    return nullable
+
+
 def check_left_recursion(g: Grammar) -> None:
     """ValueError when a rule can reach itself without consuming a character (the matcher's
     stack expansion would not terminate)."""
-    nullable = [False] * len(g.rules)
-    changed = True
-    while changed:
-        changed = False
-        for r, alts in enumerate(g.rules):
-            if not nullable[r] and any(all(e[0] == "ref" and nullable[e[1]] for e in alt)
-                                       for alt in alts):
-                nullable[r] = changed = True
+    nullable = _nullable_rules(g)
     leftmost: List[set] = []
     for alts in g.rules:
         refs = set()
@@ -324,6 +348,9 @@ def parse_gbnf(text: str) -> Grammar:
     missing root, left recursion)."""
     if not isinstance(text, str):
         raise ValueError(f"a GBNF grammar is text, not {type(text).__name__}")
-    g = _Parser(text).parse()
+    try:
+        g = _Parser(text).parse()
+    except RecursionError:
+        raise ValueError("GBNF grammar nests parentheses too deeply") from None
     check_left_recursion(g)
     return g

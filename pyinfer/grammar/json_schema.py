@@ -291,5 +291,7 @@ def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool]) -> str:
             raise ValueError(f"JSON schema is not valid JSON: {e}") from None
     try:
         return SchemaConverter(schema).grammar()
+    except RecursionError:
+        raise ValueError("JSON schema nests too deeply") from None
     except (KeyError, TypeError, AttributeError, IndexError) as e:    # a malformed schema
         raise ValueError(f"unsupported JSON schema ({type(e).__name__}: {e})") from None
