@@ -12,6 +12,9 @@ interleaved, --runs times; the medians are reported:
 
   tok/s        generated tokens / seconds of the whole loop (sample + grammar + eval)
   sample ms    milliseconds per token in sample + accept (the grammar's part included)
+  eval ms      milliseconds per token in llm.eval (the model; the same work in every mode)
+  grammar %    (sample ms - sample ms of `none`, same sampling) / (sample ms + eval ms):
+               the share of decode time the grammar adds, robust to a busy machine
   rejected     tokens whose unconstrained pick the grammar refused (each built a full mask)
   tokens       tokens generated (a grammar stops at EOS when its text is complete)
 
@@ -69,7 +72,7 @@ def run_once(llm: Llama, prompt, mode: str, sampling: str, n_gen: int) -> dict:
     llm.eval(prompt)
     settings = SamplingSettings(penalty_last_n=0, **SAMPLINGS[sampling])
     sampler = Sampler(settings, grammar=llm._grammar_matcher(grammar_for(mode)))
-    t_sample = 0.0
+    t_sample = t_eval = 0.0
     tokens = []
     t0 = time.perf_counter()
     for _ in range(n_gen):
@@ -80,11 +83,14 @@ def run_once(llm: Llama, prompt, mode: str, sampling: str, n_gen: int) -> dict:
         if llm._vocab.is_eog(tok):
             break
         tokens.append(tok)
+        t2 = time.perf_counter()
         llm.eval([tok])
+        t_eval += time.perf_counter() - t2
     dt = time.perf_counter() - t0
     n = max(len(tokens), 1)
     return {"mode": mode, "sampling": sampling, "tokens": len(tokens),
-            "tok_s": n / dt, "sample_ms": 1000 * t_sample / n, "rejected": sampler.n_rejected,
+            "tok_s": n / dt, "sample_ms": 1000 * t_sample / n, "eval_ms": 1000 * t_eval / n,
+            "rejected": sampler.n_rejected,
             "text": llm.detokenize(tokens).decode("utf-8", errors="replace")}
 
 
@@ -114,18 +120,22 @@ def main() -> None:
     print(f"vocabulary trie built in {trie_s:.2f} s (once per Llama); "
           f"{args.runs} runs, up to {args.n_gen} tokens, {args.threads} threads")
     print(f"{'sampling':8} {'mode':7} {'tok/s':>7} {'sample ms':>10} {'cold ms':>8} "
-          f"{'rejected':>9} {'tokens':>7}")
+          f"{'eval ms':>8} {'grammar %':>9} {'rejected':>9} {'tokens':>7}")
     medians = {}
     for sampling in SAMPLINGS:
         for mode in ("none", "json", "schema"):
             rs = [x for x in runs if x["mode"] == mode and x["sampling"] == sampling]
             warm = rs[1:] or rs
             m = {k: statistics.median(x[k] for x in warm)
-                 for k in ("tok_s", "sample_ms", "rejected", "tokens")}
+                 for k in ("tok_s", "sample_ms", "eval_ms", "rejected", "tokens")}
             m["cold_sample_ms"] = rs[0]["sample_ms"]
+            base = medians.get(f"{sampling}/none", m)
+            m["grammar_pct"] = 100 * (m["sample_ms"] - base["sample_ms"]) / (
+                m["sample_ms"] + m["eval_ms"])
             medians[f"{sampling}/{mode}"] = m
             print(f"{sampling:8} {mode:7} {m['tok_s']:7.1f} {m['sample_ms']:10.2f} "
-                  f"{m['cold_sample_ms']:8.2f} {m['rejected']:9.0f} {m['tokens']:7.0f}")
+                  f"{m['cold_sample_ms']:8.2f} {m['eval_ms']:8.1f} {m['grammar_pct']:9.1f} "
+                  f"{m['rejected']:9.0f} {m['tokens']:7.0f}")
     for x in runs[:6]:
         print(f"  {x['sampling']}/{x['mode']}: {x['text'][:100]!r}")
     if args.json:

@@ -182,3 +182,38 @@ def test_greedy_tokens_equal_llama_cpp_grammar(llm, smollm2):
         assert all(r[2] for r in results), results
     finally:
         ref.close()
+
+
+def shape(x):
+    """Keys and value types, recursively (lists by their first item)."""
+    if isinstance(x, dict):
+        return {k: shape(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [shape(v) for v in x[:1]]
+    return type(x).__name__
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_and_tool_call_shapes_equal_llama_cpp(llm, smollm2, stream):
+    """The same requests through llama-cpp-python: replies of the same shape (the texts may
+    differ: each side uses its own JSON grammar and schema converter), all parsing."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
+    requests = [dict(messages=CAT_PROMPT, response_format={"type": "json_object"}),
+                dict(messages=WEATHER_PROMPT, tools=[WEATHER_TOOL],
+                     tool_choice={"type": "function", "function": {"name": "get_weather"}})]
+    try:
+        for req in requests:
+            a, b = (m.create_chat_completion(**req, max_tokens=48, temperature=0, stream=stream)
+                    for m in (ref, llm))
+            if stream:
+                a, b = list(a), list(b)
+                assert [shape(c) for c in a[:2]] == [shape(c) for c in b[:2]]
+                assert shape(a[-1]) == shape(b[-1])
+                a, b = a[1], b[1]
+            assert shape(a) == shape(b), (a, b)
+            ca, cb = a["choices"][0], b["choices"][0]
+            assert ca["finish_reason"] == cb["finish_reason"]
+    finally:
+        ref.close()
