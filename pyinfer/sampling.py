@@ -13,6 +13,9 @@ llama.cpp would hold them (top-k and top-p leave them sorted by logit, descendin
 reproduces llama.cpp's: std::mt19937 seeded with the seed, one uniform double from libstdc++'s
 generate_canonical, a cumulative scan in candidate order. Given the same logits and seed the
 same token comes out as in llama.cpp.
+
+A grammar (pyinfer.grammar.GrammarMatcher) is checked after the chain, the way llama.cpp's
+common sampler does it (see `Sampler`).
 """
 from __future__ import annotations
 
@@ -238,7 +241,7 @@ class Sampler:
         if self.recent.maxlen != 0:
             x = apply_penalties(x, list(self.recent), s.repeat_penalty, s.frequency_penalty,
                                 s.presence_penalty)
-        token = self._choose(np.arange(x.size), x)
+        token = self._choose(None, x)
         if self.grammar is None or self.grammar.accepts(token):
             return token
         self.n_rejected += 1
@@ -248,11 +251,16 @@ class Sampler:
                                "can continue it)")
         return self._choose(allowed, x[allowed], n_vocab=x.size)
 
-    def _choose(self, ids: np.ndarray, x: np.ndarray, n_vocab: Optional[int] = None) -> int:
-        """The chain from the temperature on, over candidates `ids` with logits `x`."""
+    def _choose(self, ids: Optional[np.ndarray], x: np.ndarray,
+                n_vocab: Optional[int] = None) -> int:
+        """The chain from the temperature on, over candidates `ids` (None: every token) with
+        logits `x`."""
         s = self.settings
         if s.temperature == 0.0:
-            return int(ids[int(np.argmax(x))])
+            best = int(np.argmax(x))
+            return best if ids is None else int(ids[best])
+        if ids is None:
+            ids = np.arange(x.size)
         if s.temperature < 0.0:
             return draw(ids, x, self.rng)
         if s.mirostat_mode == 1:
