@@ -127,6 +127,7 @@ class _Run:
             raise ValueError(f"Requested tokens ({n_prompt}) exceed context window of {n_ctx}")
         if req.logprobs is not None and not llama._logits_all:
             raise ValueError("logprobs is not supported for models created with logits_all=False")
+        llama._grammar_matcher(req.grammar)     # a grammar of the wrong type raises here
         max_tokens = req.max_tokens
         if max_tokens is None or max_tokens <= 0:
             max_tokens = n_ctx - n_prompt

@@ -116,6 +116,11 @@ def test_tool_call_stream(llm):
     jsonschema.validate(json.loads(args), WEATHER_TOOL["function"]["parameters"])
 
 
+def test_bad_grammar_argument_raises_before_streaming(llm):
+    with pytest.raises(TypeError, match="LlamaGrammar"):
+        llm("x", grammar=42, stream=True)
+
+
 def test_tool_choice_errors_and_auto(llm):
     with pytest.raises(ValueError, match="not found in tools"):
         llm.create_chat_completion(WEATHER_PROMPT, tools=[WEATHER_TOOL],
