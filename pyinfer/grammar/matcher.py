@@ -17,6 +17,7 @@ same state (the inside of a string). `GrammarMatcher` is one generation's positi
 """
 from __future__ import annotations
 
+import gc
 import itertools
 from typing import Dict, FrozenSet, List, Sequence, Tuple
 
@@ -267,8 +268,17 @@ class VocabTrie:
         entries = sorted((piece, tok) for tok, piece in enumerate(self.pieces)
                          if piece and tok not in eog_set)
         self.sorted_ids = np.array([tok for _, tok in entries], dtype=np.int64)
-        self.root = self._new_node(0)
-        path, prev = [self.root], b""   # path[d]: the node of prev[:d]
+        gc_was_on = gc.isenabled()
+        gc.disable()    # ~100k new lists would trigger many full collections (seconds)
+        try:
+            self.root = self._build(entries)
+        finally:
+            if gc_was_on:
+                gc.enable()
+
+    def _build(self, entries: List[Tuple[bytes, int]]) -> list:
+        root = self._new_node(0)
+        path, prev = [root], b""        # path[d]: the node of prev[:d]
         for i, (piece, tok) in enumerate(entries):  # sorted: a piece extends a prefix of the last
             common = 0
             for x, y in zip(prev, piece):
@@ -285,7 +295,8 @@ class VocabTrie:
             prev = piece
         while len(path) > 1:
             self._close(path.pop(), path[-1], len(entries))
-        self.root[3] = len(entries)
+        root[3] = len(entries)
+        return root
 
     @staticmethod
     def _new_node(start: int) -> list:
