@@ -13,6 +13,7 @@ _LAZY = {
     "LlamaState": ".llama_cache",
     "LlamaRAMCache": ".llama_cache",
     "LlamaCache": ".llama_cache",
+    "LlamaGrammar": ".grammar",
     "LogitsProcessorList": ".sampling",
     "StoppingCriteriaList": ".sampling",
 }

@@ -12,6 +12,9 @@ their prompts get BOS when the vocabulary wants it.
 A chat handler (`chat_formatter_to_chat_completion_handler`) tokenizes the prompt, runs
 `llama.create_completion` and converts the result: a `chat.completion` dict, or with
 stream=True `chat.completion.chunk` dicts, the first carrying only the assistant role.
+response_format json_object / json_schema constrain the reply with a JSON grammar; a tool
+forced by tool_choice (or function_call) constrains it to the tool's parameter schema and the
+reply comes back as `tool_calls` with finish_reason "tool_calls", in llama-cpp-python's shapes.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .grammar import JSON_GBNF, LlamaGrammar
 from .sampling import StoppingCriteriaList
 
 ChatHandler = Callable[..., Any]
@@ -227,13 +231,6 @@ def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
                 repeat_penalty=1.1, tfs_z=1.0, mirostat_mode=0, mirostat_tau=5.0,
                 mirostat_eta=0.1, model=None, logits_processor=None, grammar=None,
                 logit_bias=None, logprobs=None, top_logprobs=None, **kwargs):
-        if response_format is not None and response_format.get("type") == "json_object":
-            raise NotImplementedError("response_format json_object needs grammar-constrained "
-                                      "sampling, which pyinfer does not implement yet")
-        if isinstance(tool_choice, dict) or isinstance(function_call, dict):
-            raise NotImplementedError("forcing a tool or function call (tool_choice / "
-                                      "function_call naming one) needs grammar-constrained "
-                                      "sampling, which pyinfer does not implement yet")
         result = formatter(messages=messages, functions=functions, function_call=function_call,
                            tools=tools, tool_choice=tool_choice, **kwargs)
         prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
@@ -241,6 +238,10 @@ def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
         stop = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
         if result.stop is not None:
             stop += result.stop if isinstance(result.stop, list) else [result.stop]
+        grammar = response_format_grammar(response_format, llama.verbose) or grammar
+        tool = forced_tool(functions, function_call, tools, tool_choice)
+        if tool is not None:
+            grammar = _schema_grammar(tool["function"].get("parameters", {}), llama.verbose)
         completion = llama.create_completion(
             prompt=prompt, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
             typical_p=typical_p, logprobs=top_logprobs if logprobs else None, stream=stream,
@@ -249,9 +250,111 @@ def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             model=model, logits_processor=logits_processor,
             stopping_criteria=result.stopping_criteria, grammar=grammar, logit_bias=logit_bias)
+        if tool is not None:
+            name = tool["function"]["name"]
+            return (tool_call_chunks(name, completion) if stream
+                    else tool_call_response(name, completion))
         return chat_chunks(completion) if stream else chat_response(completion)
 
     return handler
+
+
+# ---- grammars for JSON replies and tool calls -------------------------------------------
+
+def _schema_grammar(schema: Any, verbose: bool) -> LlamaGrammar:
+    """The grammar of a JSON schema; llama-cpp-python's fallback to any JSON object when the
+    schema cannot be converted (the reason is printed when verbose)."""
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=verbose)
+    except ValueError as e:
+        if verbose:
+            print(f"pyinfer: JSON schema not converted ({e}); constraining to any JSON object",
+                  file=sys.stderr)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
+
+
+def response_format_grammar(response_format: Optional[Dict[str, Any]],
+                            verbose: bool) -> Optional[LlamaGrammar]:
+    """{"type": "json_object"} (any JSON object, or the "schema" given beside it) and
+    OpenAI's {"type": "json_schema", "json_schema": {"schema": ...}}; "text" and None: none."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        if "schema" in response_format:
+            return _schema_grammar(response_format["schema"], verbose)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        if "schema" not in spec:
+            raise ValueError('response_format {"type": "json_schema"} needs '
+                             '"json_schema": {"schema": ...}')
+        return LlamaGrammar.from_json_schema(json.dumps(spec["schema"]), verbose=verbose)
+    if kind in (None, "text"):
+        return None
+    raise ValueError(f"unsupported response_format type {kind!r} "
+                     "(text, json_object, json_schema)")
+
+
+def forced_tool(functions, function_call, tools, tool_choice) -> Optional[Dict[str, Any]]:
+    """The tool a request forces (tool_choice / legacy function_call naming one), as
+    llama-cpp-python resolves it; None when the model may answer in text ("auto", "none")."""
+    if functions is not None:
+        tools = [{"type": "function", "function": f} for f in functions]
+    if isinstance(function_call, dict) and "name" in function_call:
+        tool_choice = {"type": "function", "function": {"name": function_call["name"]}}
+    elif function_call in ("none", "auto"):
+        tool_choice = function_call
+    if not isinstance(tool_choice, dict) or tools is None:
+        return None
+    name = tool_choice["function"]["name"]
+    tool = next((t for t in tools if t["function"]["name"] == name), None)
+    if tool is None:
+        raise ValueError(f"Tool choice '{name}' not found in tools.")
+    return tool
+
+
+def tool_call_response(name: str, completion: Dict[str, Any]) -> Dict[str, Any]:
+    """A completion whose text is the arguments of a call to tool `name`, as a chat reply
+    with `tool_calls` (and the legacy `function_call`)."""
+    choice = completion["choices"][0]
+    call = {"name": name, "arguments": choice["text"]}
+    return {
+        "id": "chat" + completion["id"], "object": "chat.completion",
+        "created": completion["created"], "model": completion["model"],
+        "choices": [{"index": 0,
+                     "message": {"role": "assistant", "content": None, "function_call": call,
+                                 "tool_calls": [{"id": f"call__0_{name}_{completion['id']}",
+                                                 "type": "function", "function": dict(call)}]},
+                     "logprobs": chat_logprobs(choice["logprobs"]),
+                     "finish_reason": "tool_calls"}],
+        "usage": completion["usage"],
+    }
+
+
+def tool_call_chunks(name: str, chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """Completion chunks -> chat chunks of a tool call: an empty assistant delta, the
+    arguments in pieces (every delta names the call), then finish_reason "tool_calls"."""
+    head = None
+    for chunk in chunks:
+        if head is None:
+            head = {"id": "chat" + chunk["id"], "object": "chat.completion.chunk",
+                    "created": chunk["created"], "model": chunk["model"]}
+            call_id = f"call__0_{name}_{chunk['id']}"
+            yield {**head, "choices": [{"index": 0, "finish_reason": None, "logprobs": None,
+                                        "delta": {"role": "assistant", "content": None,
+                                                  "function_call": None, "tool_calls": None}}]}
+        choice = chunk["choices"][0]
+        call = {"name": name, "arguments": choice["text"]}
+        yield {**head, "choices": [{
+            "index": 0, "finish_reason": None, "logprobs": chat_logprobs(choice["logprobs"]),
+            "delta": {"role": None, "content": None, "function_call": call,
+                      "tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                      "function": dict(call)}]}}]}
+    if head is not None:
+        yield {**head, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                                    "delta": {"role": None, "content": None,
+                                              "function_call": None, "tool_calls": None}}]}
 
 
 def chat_logprobs(logprobs: Optional[Dict[str, list]]) -> Optional[Dict[str, Any]]:

@@ -35,6 +35,7 @@ class CompletionRequest:
     model: Optional[str] = None
     stopping_criteria: Optional[StoppingCriteriaList] = None
     logits_processor: Any = None
+    grammar: Any = None             # a LlamaGrammar constraining every sampled token
 
     @classmethod
     def from_keywords(cls, prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p,
@@ -45,9 +46,6 @@ class CompletionRequest:
         if suffix is not None:
             raise NotImplementedError("suffix (fill-in-the-middle completion) is not supported "
                                       "by pyinfer")
-        if grammar is not None:
-            raise NotImplementedError("grammar-constrained sampling (LlamaGrammar) is not "
-                                      "implemented in pyinfer yet")
         stops = stop if isinstance(stop, list) else [stop] if isinstance(stop, str) else []
         sampling = SamplingSettings(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
@@ -58,7 +56,7 @@ class CompletionRequest:
         return cls(prompt=prompt, max_tokens=max_tokens, sampling=sampling, logprobs=logprobs,
                    echo=echo, stop=[s.encode("utf-8") for s in stops if s], stream=stream,
                    seed=seed, model=model, stopping_criteria=stopping_criteria,
-                   logits_processor=logits_processor)
+                   logits_processor=logits_processor, grammar=grammar)
 
 
 def logits_to_logprobs(logits, axis: int = -1) -> np.ndarray:
@@ -129,6 +127,7 @@ class _Run:
             raise ValueError(f"Requested tokens ({n_prompt}) exceed context window of {n_ctx}")
         if req.logprobs is not None and not llama._logits_all:
             raise ValueError("logprobs is not supported for models created with logits_all=False")
+        llama._grammar_matcher(req.grammar)     # a grammar of the wrong type raises here
         max_tokens = req.max_tokens
         if max_tokens is None or max_tokens <= 0:
             max_tokens = n_ctx - n_prompt
@@ -155,7 +154,7 @@ class _Run:
         settings = SamplingSettings(**{**req.sampling.__dict__, "seed": llama._seed})
         longest_stop = max((len(s) for s in req.stop), default=0)
         gen = llama._generate(self.prompt_tokens, settings, logits_processor=req.logits_processor,
-                              stopping_criteria=req.stopping_criteria)
+                              stopping_criteria=req.stopping_criteria, grammar=req.grammar)
         t_start = t_first = time.perf_counter()
         for token in gen:
             if not self.tokens:

@@ -25,6 +25,7 @@ from . import chat as chat_mod
 from .completion import CompletionRequest, create_completion, logits_to_logprobs
 from .engine import Engine
 from .gguf_model import GGUFFile
+from .grammar import Automaton, GrammarMatcher, LlamaGrammar, VocabTrie
 from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
                           restore_kv_state)
 from .embedding import embed_texts
@@ -34,6 +35,8 @@ from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
 from .tokenizer import Tokenizer
+
+_GRAMMAR_CACHE_SIZE = 8     # compiled grammars a Llama keeps (by GBNF text)
 
 
 class LlamaTokenizer:
@@ -97,6 +100,8 @@ class Llama:
         self.spm_infill, self.draft_model = spm_infill, draft_model
         self.last_n_tokens_size = last_n_tokens_size
         self.cache: Optional[BaseLlamaCache] = None
+        self._grammar_vocab: Optional[VocabTrie] = None     # built by the first grammar
+        self._grammar_automata: Dict[str, Automaton] = {}   # GBNF text -> compiled grammar
         self._seed = opts.seed_value
 
         self._file = GGUFFile(model_path)
@@ -233,12 +238,12 @@ class Llama:
                penalize_nl: bool = True, logits_processor: Optional[LogitsProcessorList] = None,
                grammar=None, idx: Optional[int] = None) -> int:
         """Sample the next token from the logits at position idx (default: the last one).
-        Inside `generate` the generation's sampler is used and these arguments are ignored."""
-        _check_grammar(grammar)
+        Inside `generate` the generation's sampler is used and these arguments are ignored;
+        outside it a grammar constrains this one token from the grammar's start."""
         sampler = self._sampler or Sampler(
             self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
                            frequency_penalty, presence_penalty, mirostat_mode, mirostat_tau,
-                           mirostat_eta), logits_processor)
+                           mirostat_eta), logits_processor, self._grammar_matcher(grammar))
         token = sampler.sample(self._logits_at(idx), self._input_ids)
         sampler.accept(token)
         return token
@@ -263,15 +268,17 @@ class Llama:
         """Yield sampled tokens after `tokens`, forever (the caller stops). With reset=True the
         longest prefix the KV cache shares with `tokens` is kept and only the rest evaluated;
         `send(ids)` appends extra ids after the yielded token."""
-        _check_grammar(grammar)
         settings = self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
                                   frequency_penalty, presence_penalty, mirostat_mode,
                                   mirostat_tau, mirostat_eta)
-        return self._generate(tokens, settings, logits_processor, stopping_criteria, reset)
+        return self._generate(tokens, settings, logits_processor, stopping_criteria, reset,
+                              grammar)
 
     def _generate(self, tokens: Sequence[int], settings: SamplingSettings,
-                  logits_processor=None, stopping_criteria=None, reset: bool = True):
-        sampler = self._sampler = Sampler(settings, logits_processor)
+                  logits_processor=None, stopping_criteria=None, reset: bool = True,
+                  grammar=None):
+        sampler = self._sampler = Sampler(settings, logits_processor,
+                                          self._grammar_matcher(grammar))
         if stopping_criteria is not None and not callable(stopping_criteria):
             stopping_criteria = StoppingCriteriaList(stopping_criteria)     # a plain list
         tokens = [int(t) for t in tokens]
@@ -307,6 +314,28 @@ class Llama:
         finally:
             if self._sampler is sampler:
                 self._sampler = None
+
+    def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
+        """A fresh matcher for a LlamaGrammar (or GBNF text, or a llama_cpp.LlamaGrammar: its
+        GBNF text is parsed here). The vocabulary's token trie is built on first use and kept,
+        and so are the compiled grammars of the last few grammar texts with their state
+        caches (a chat server making a new JSON grammar per request walks warm states)."""
+        if grammar is None:
+            return None
+        if isinstance(grammar, str):
+            grammar = LlamaGrammar.from_string(grammar)
+        if not isinstance(grammar, LlamaGrammar):
+            text = getattr(grammar, "_grammar", None)
+            if not isinstance(text, str):
+                raise TypeError(f"grammar must be a LlamaGrammar, not {type(grammar).__name__}")
+            grammar = LlamaGrammar.from_string(text)
+        if self._grammar_vocab is None:
+            self._grammar_vocab = VocabTrie.from_tokenizer(self._vocab, self._n_vocab)
+        automaton = self._grammar_automata.pop(grammar._grammar, None) or grammar.automaton
+        self._grammar_automata[grammar._grammar] = automaton       # most recent last
+        while len(self._grammar_automata) > _GRAMMAR_CACHE_SIZE:
+            self._grammar_automata.pop(next(iter(self._grammar_automata)))
+        return GrammarMatcher(automaton, self._grammar_vocab)
 
     # ---- completions -------------------------------------------------------------------
 
@@ -500,9 +529,3 @@ class Llama:
         raise NotImplementedError(
             "Llama.from_pretrained downloads from the Hugging Face Hub, which pyinfer does not "
             f"do: download {repo_id!r} yourself and pass the file to Llama(model_path=...)")
-
-
-def _check_grammar(grammar) -> None:
-    if grammar is not None:
-        raise NotImplementedError("grammar-constrained sampling (LlamaGrammar) is not "
-                                  "implemented in pyinfer yet")

@@ -13,6 +13,9 @@ llama.cpp would hold them (top-k and top-p leave them sorted by logit, descendin
 reproduces llama.cpp's: std::mt19937 seeded with the seed, one uniform double from libstdc++'s
 generate_canonical, a cumulative scan in candidate order. Given the same logits and seed the
 same token comes out as in llama.cpp.
+
+A grammar (pyinfer.grammar.GrammarMatcher) is checked after the chain, the way llama.cpp's
+common sampler does it (see `Sampler`).
 """
 from __future__ import annotations
 
@@ -205,9 +208,16 @@ def draw(ids: np.ndarray, logits: np.ndarray, rng: CppRandom) -> int:
 
 class Sampler:
     """One generation's sampler: settings plus state (recent tokens for the penalties,
-    Mirostat's mu, the RNG). `sample` picks a token, `accept` records it."""
+    Mirostat's mu, the RNG, the grammar position). `sample` picks a token, `accept` records it.
 
-    def __init__(self, s: SamplingSettings, logits_processor: Optional[LogitsProcessor] = None):
+    With a grammar (a GrammarMatcher) sampling goes as llama.cpp's common sampler: the chain
+    picks a token from the unconstrained logits and only that token is checked; if the
+    grammar rejects it, the chain runs again on the tokens the grammar allows (a second RNG
+    draw). Greedy picks are the same as masking first; the full mask is built only when needed.
+    """
+
+    def __init__(self, s: SamplingSettings, logits_processor: Optional[LogitsProcessor] = None,
+                 grammar=None):
         self.settings = s
         self.rng = CppRandom(s.seed)
         n = s.penalty_last_n
@@ -216,6 +226,8 @@ class Sampler:
         if logits_processor is not None and not callable(logits_processor):
             logits_processor = LogitsProcessorList(logits_processor)    # a plain list
         self.logits_processor = logits_processor
+        self.grammar = grammar
+        self.n_rejected = 0     # picks the grammar rejected (each cost a full mask)
 
     def sample(self, logits: np.ndarray, input_ids: Optional[np.ndarray] = None) -> int:
         """A token for float32 `logits` (n_vocab,); `input_ids` (the evaluated tokens) are
@@ -229,13 +241,30 @@ class Sampler:
         if self.recent.maxlen != 0:
             x = apply_penalties(x, list(self.recent), s.repeat_penalty, s.frequency_penalty,
                                 s.presence_penalty)
+        token = self._choose(None, x)
+        if self.grammar is None or self.grammar.accepts(token):
+            return token
+        self.n_rejected += 1
+        allowed = self.grammar.allowed()
+        if allowed.size == 0:
+            raise RuntimeError("the grammar allows no token here (no token of the vocabulary "
+                               "can continue it)")
+        return self._choose(allowed, x[allowed], n_vocab=x.size)
+
+    def _choose(self, ids: Optional[np.ndarray], x: np.ndarray,
+                n_vocab: Optional[int] = None) -> int:
+        """The chain from the temperature on, over candidates `ids` (None: every token) with
+        logits `x`."""
+        s = self.settings
         if s.temperature == 0.0:
-            return int(np.argmax(x))
-        ids = np.arange(x.size)
+            best = int(np.argmax(x))
+            return best if ids is None else int(ids[best])
+        if ids is None:
+            ids = np.arange(x.size)
         if s.temperature < 0.0:
             return draw(ids, x, self.rng)
         if s.mirostat_mode == 1:
-            return self._mirostat_v1(ids, x)
+            return self._mirostat_v1(ids, x, n_vocab or x.size)
         if s.mirostat_mode == 2:
             return self._mirostat_v2(ids, x)
         ids, x = top_k(ids, x, s.top_k)
@@ -246,6 +275,8 @@ class Sampler:
 
     def accept(self, token: int) -> None:
         self.recent.append(int(token))
+        if self.grammar is not None:
+            self.grammar.accept(token)
 
     def _update_mu(self, prob: float) -> None:
         surprise = -math.log2(prob)
@@ -261,10 +292,10 @@ class Sampler:
         self._update_mu(float(softmax(logits)[int(np.nonzero(ids == tok)[0][0])]))
         return tok
 
-    def _mirostat_v1(self, ids: np.ndarray, logits: np.ndarray, m: int = 100) -> int:
+    def _mirostat_v1(self, ids: np.ndarray, logits: np.ndarray, n_vocab: int,
+                     m: int = 100) -> int:
         """Mirostat: estimate the Zipf exponent from the top m tokens, pick k so that the
         expected surprise is mu, sample from the top k, move mu toward tau."""
-        n_vocab = logits.size
         ids, logits, p = _sorted(ids, logits)
         n = min(m - 1, p.size - 1)
         i = np.arange(n, dtype=np.float64)
@@ -281,7 +312,7 @@ class Sampler:
         return tok
 
 
-def make_sampler(s: SamplingSettings,
-                 logits_processor: Optional[LogitsProcessor] = None) -> Sampler:
-    """A fresh sampler chain for one generation."""
-    return Sampler(s, logits_processor)
+def make_sampler(s: SamplingSettings, logits_processor: Optional[LogitsProcessor] = None,
+                 grammar=None) -> Sampler:
+    """A fresh sampler chain for one generation (grammar: a GrammarMatcher or None)."""
+    return Sampler(s, logits_processor, grammar)

@@ -236,7 +236,7 @@ def test_seed_reproducible_and_chained(tiny):
 def test_unsupported_arguments_are_clear(tiny):
     with pytest.raises(NotImplementedError, match="suffix"):
         tiny("a", suffix="b")
-    with pytest.raises(NotImplementedError, match="grammar"):
+    with pytest.raises(TypeError, match="LlamaGrammar"):
         tiny("a", grammar=object())
     with pytest.raises(NotImplementedError, match="download"):
         Llama.from_pretrained("org/repo", "*.gguf")

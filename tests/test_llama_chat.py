@@ -135,12 +135,12 @@ def test_jinja_sandbox_and_raise_exception():
 
 
 def test_unsupported_requests_are_clear(tiny):
-    with pytest.raises(NotImplementedError, match="response_format"):
-        tiny.create_chat_completion(USER, response_format={"type": "json_object"})
-    with pytest.raises(NotImplementedError, match="tool"):
+    with pytest.raises(ValueError, match="response_format"):
+        tiny.create_chat_completion(USER, response_format={"type": "yaml"})
+    with pytest.raises(ValueError, match="not found in tools"):
         tiny.create_chat_completion(USER, tools=[{"type": "function", "function": {"name": "f"}}],
-                                    tool_choice={"type": "function", "function": {"name": "f"}})
-    with pytest.raises(NotImplementedError, match="grammar"):
+                                    tool_choice={"type": "function", "function": {"name": "g"}})
+    with pytest.raises(TypeError, match="LlamaGrammar"):
         tiny.create_chat_completion(USER, grammar=object())
 
 

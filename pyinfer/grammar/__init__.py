@@ -1,0 +1,74 @@
+"""Grammar-constrained generation: llama-cpp-python's `LlamaGrammar` on a GBNF matcher.
+
+    from pyinfer import Llama, LlamaGrammar
+    g = LlamaGrammar.from_string('root ::= "yes" | "no"')
+    llm("Is the sky blue? ", grammar=g, max_tokens=4)
+
+gbnf.py parses GBNF, matcher.py matches bytes and tokens against it, json_schema.py turns a
+JSON schema into GBNF. A grammar is parsed and checked when the LlamaGrammar is made (unlike
+llama-cpp-python, which defers to the first sampler: a bad grammar raises ValueError here).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from .gbnf import Grammar, parse_gbnf
+from .json_schema import json_schema_to_gbnf
+from .matcher import Automaton, GrammarMatcher, VocabTrie
+
+LLAMA_GRAMMAR_DEFAULT_ROOT = "root"
+
+# Any JSON object, built from the JSON-schema converter's shared rules (bounded whitespace
+# and digit runs).
+JSON_GBNF = json_schema_to_gbnf({"type": "object"})
+
+
+class LlamaGrammar:
+    """A parsed GBNF grammar (llama-cpp-python 0.3.x's class and constructors)."""
+
+    def __init__(self, *args: Any, _grammar: str, **kwargs: Any):
+        self._grammar = _grammar
+        self._root = LLAMA_GRAMMAR_DEFAULT_ROOT
+        self._parsed: Grammar = parse_gbnf(_grammar)
+        self._automaton: Optional[Automaton] = None
+
+    @classmethod
+    def from_string(cls, grammar: str, verbose: bool = True) -> "LlamaGrammar":
+        return cls(_grammar=grammar)
+
+    @classmethod
+    def from_file(cls, file: Union[str, Path], verbose: bool = True) -> "LlamaGrammar":
+        try:
+            with open(file, encoding="utf-8") as f:
+                grammar = f.read()
+        except Exception as err:
+            raise Exception(f"{cls.from_file.__name__}: error reading grammar file: {err}")
+        if not grammar:
+            raise ValueError(f"{cls.from_file.__name__}: error parsing grammar file: "
+                             "params_grammer is empty")
+        return cls.from_string(grammar, verbose=verbose)
+
+    @classmethod
+    def from_json_schema(cls, json_schema: Union[str, Dict[str, Any]],
+                         verbose: bool = True) -> "LlamaGrammar":
+        return cls.from_string(json_schema_to_gbnf(json_schema), verbose=verbose)
+
+    @property
+    def automaton(self) -> Automaton:
+        """The compiled grammar with its state caches (shared by every generation using
+        this grammar object)."""
+        if self._automaton is None:
+            self._automaton = Automaton(self._parsed)
+        return self._automaton
+
+    def matcher(self, vocab: VocabTrie) -> GrammarMatcher:
+        """A fresh position at the start of the grammar, for one generation."""
+        return GrammarMatcher(self.automaton, vocab)
+
+    def __repr__(self) -> str:
+        return f"LlamaGrammar(rules={len(self._parsed.rules)})"
+
+
+__all__ = ["Automaton", "JSON_GBNF", "LLAMA_GRAMMAR_DEFAULT_ROOT", "GrammarMatcher", "LlamaGrammar",
+           "VocabTrie", "json_schema_to_gbnf", "parse_gbnf"]

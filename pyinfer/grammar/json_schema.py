@@ -1,0 +1,297 @@
+"""JSON Schema -> GBNF, for `LlamaGrammar.from_json_schema` and chat's response_format.
+
+Covered: type (object, array, string, number, integer, boolean, null, or a list of them),
+properties with required (properties appear in the schema's order, optional ones may be left
+out), additionalProperties (false or absent: none; true or a schema: extra "key": value pairs
+after the listed ones), enum, const, anyOf / oneOf, allOf of object schemas (merged), $ref into
+the document (#/$defs/..., #/definitions/..., recursion allowed), items / prefixItems,
+minItems / maxItems, string minLength / maxLength. Other keywords (format, pattern, minimum,
+...) are ignored, so the output is valid JSON of the right shape but unchecked there.
+
+Whitespace between tokens is bounded (`ws`: none, one space, or a newline and up to 20
+indentation characters) and numbers have at most 16 integer and 16 fraction digits, so a
+small model cannot loop forever on padding.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, List, Union
+
+# Shared rules (their names are reserved).
+PRIMITIVES = {
+    "ws": '| " " | "\\n" [ \\t]{0,20}',
+    "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+    "string": '"\\"" char* "\\"" ws',
+    "integer": '"-"? ("0" | [1-9] [0-9]{0,15}) ws',
+    "number": '"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws',
+    "boolean": '("true" | "false") ws',
+    "null": '"null" ws',
+    "value": "object | array | string | number | boolean | null",
+    "object": '"{" ws (string ":" ws value ("," ws string ":" ws value)*)? "}" ws',
+    "array": '"[" ws (value ("," ws value)*)? "]" ws',
+}
+_DEPENDS = {"string": ["char", "ws"], "integer": ["ws"], "number": ["ws"], "boolean": ["ws"],
+            "null": ["ws"], "value": ["object", "array", "string", "number", "boolean", "null"],
+            "object": ["ws", "string", "value"], "array": ["ws", "value"]}
+
+
+def gbnf_literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif c == "\t":
+            out.append("\\t")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\x{ord(c):02X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _json_literal(value: Any) -> str:
+    return gbnf_literal(json.dumps(value, ensure_ascii=False))
+
+
+class SchemaConverter:
+    def __init__(self, root_schema: Any):
+        self.root_schema = root_schema
+        self.rules: Dict[str, str] = {}
+        self.refs: Dict[str, str] = {}
+
+    def add_rule(self, name: str, body: str) -> str:
+        """Add `name ::= body` under a free name (reusing an identical rule) and return it."""
+        name = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-") or "rule"
+        if name in PRIMITIVES and name != "root":
+            name += "-"
+        key, i = name, 1
+        while key in self.rules and self.rules[key] != body:
+            i += 1
+            key = f"{name}{i}"
+        self.rules[key] = body
+        return key
+
+    def primitive(self, name: str) -> str:
+        if name not in self.rules:
+            self.rules[name] = PRIMITIVES[name]
+            for dep in _DEPENDS.get(name, ()):
+                self.primitive(dep)
+        return name
+
+    def grammar(self) -> str:
+        top = self.visit(self.root_schema, "root")
+        if top != "root":
+            self.rules["root"] = top
+        lines = [f"root ::= {self.rules['root']}"]
+        lines += [f"{k} ::= {v}" for k, v in self.rules.items() if k != "root"]
+        return "\n".join(lines) + "\n"
+
+    # ---- schemas -----------------------------------------------------------------------------
+
+    def visit(self, schema: Any, name: str) -> str:
+        """Add the rules for `schema`; return the name of the rule that matches it."""
+        if schema is True or schema == {}:
+            return self.add_rule(name, self.primitive("value")) if name == "root" \
+                else self.primitive("value")
+        if not isinstance(schema, dict):
+            raise ValueError(f"unsupported JSON schema at {name!r}: {schema!r}")
+        if "$ref" in schema:
+            return self.ref(schema["$ref"], name)
+        if "const" in schema:
+            self.primitive("ws")
+            return self.add_rule(name, f"{_json_literal(schema['const'])} ws")
+        if "enum" in schema:
+            if not schema["enum"]:
+                raise ValueError(f"JSON schema at {name!r} has an empty enum")
+            self.primitive("ws")
+            alts = " | ".join(_json_literal(v) for v in schema["enum"])
+            return self.add_rule(name, f"({alts}) ws")
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                alts = [self.visit(s, f"{name}-{i}") for i, s in enumerate(schema[key])]
+                return self.add_rule(name, " | ".join(alts))
+        if "allOf" in schema:
+            return self.visit(self.merge_all_of(schema), name)
+        t = schema.get("type")
+        if isinstance(t, list):
+            alts = [self.visit({**schema, "type": x}, f"{name}-{x}") for x in t]
+            return self.add_rule(name, " | ".join(alts))
+        if t is None:
+            t = ("object" if "properties" in schema or "additionalProperties" in schema
+                 else "array" if "items" in schema or "prefixItems" in schema else None)
+        if t == "object":
+            return self.object(schema, name)
+        if t == "array":
+            return self.array(schema, name)
+        if t == "string":
+            return self.string(schema, name)
+        if t in ("number", "integer", "boolean", "null"):
+            return self.add_rule(name, self.primitive(t))
+        if t is None:
+            return self.add_rule(name, self.primitive("value"))
+        raise ValueError(f"unsupported JSON schema type {t!r} at {name!r}")
+
+    def ref(self, ref: str, name: str) -> str:
+        if ref in self.refs:
+            return self.refs[ref]
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise ValueError(f"JSON schema $ref {ref!r}: only references inside the document "
+                             "(#/...) are supported")
+        target = self.root_schema
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise ValueError(f"JSON schema $ref {ref!r} does not resolve")
+            target = target[part]
+        rule = self.add_rule(ref.rsplit("/", 1)[-1] or "ref", f"<{ref}>")   # reserved: recursion
+        self.refs[ref] = rule
+        inner = self.visit(target, rule + "-def")
+        self.rules[rule] = inner
+        return rule
+
+    def merge_all_of(self, schema: Dict[str, Any]) -> Dict[str, Any]:
+        merged: Dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for sub in schema["allOf"]:
+            while isinstance(sub, dict) and "$ref" in sub:
+                sub = self._resolve(sub["$ref"])
+            if not isinstance(sub, dict):
+                raise ValueError("allOf entries must be schemas")
+            merged.setdefault("properties", {}).update(sub.get("properties", {}))
+            merged["required"] = list(merged.get("required", [])) + list(sub.get("required", []))
+            for k, v in sub.items():
+                if k not in ("properties", "required"):
+                    merged.setdefault(k, v)
+        return merged
+
+    def _resolve(self, ref: str) -> Any:
+        target = self.root_schema
+        for part in [p for p in ref.lstrip("#").split("/") if p]:
+            target = target[part]
+        return target
+
+    def other_key(self, keys: List[str], name: str) -> str:
+        """A rule for a JSON string key that is none of `keys`, with the ws after it."""
+        inner = _not_keys_rules(self, keys, name + "-char")
+        return self.add_rule(name, f'"\\"" {inner} "\\"" ws')
+
+    def string(self, schema: Dict[str, Any], name: str) -> str:
+        lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
+        if lo == 0 and hi is None:
+            return self.add_rule(name, self.primitive("string"))
+        self.primitive("char")
+        self.primitive("ws")
+        rep = f"{{{lo},}}" if hi is None else f"{{{lo},{int(hi)}}}"
+        return self.add_rule(name, f'"\\"" char{rep} "\\"" ws')
+
+    def array(self, schema: Dict[str, Any], name: str) -> str:
+        self.primitive("ws")
+        if "prefixItems" in schema:
+            items = [self.visit(s, f"{name}-{i}") for i, s in enumerate(schema["prefixItems"])]
+            body = ' "," ws '.join(items)
+            return self.add_rule(name, f'"[" ws {body} "]" ws')
+        item = self.visit(schema.get("items", True), f"{name}-item")
+        lo, hi = int(schema.get("minItems", 0)), schema.get("maxItems")
+        if hi is not None and int(hi) == 0:
+            return self.add_rule(name, '"[" ws "]" ws')
+        rest_lo = max(lo - 1, 0)
+        rep = f"{{{rest_lo},}}" if hi is None else f"{{{rest_lo},{int(hi) - 1}}}"
+        inner = f'{item} ("," ws {item}){rep}'
+        if lo == 0:
+            inner = f"({inner})?"
+        return self.add_rule(name, f'"[" ws {inner} "]" ws')
+
+    def object(self, schema: Dict[str, Any], name: str) -> str:
+        props: Dict[str, Any] = schema.get("properties", {}) or {}
+        extra = schema.get("additionalProperties")
+        if not props and (extra is None or extra is True):
+            return self.add_rule(name, self.primitive("object"))
+        self.primitive("ws")
+        required = set(schema.get("required", []))
+        kvs = []
+        for key, sub in props.items():
+            value = self.visit(sub, f"{name}-{key}")
+            kvs.append((f'{_json_literal(key)} ws ":" ws {value}', key in required))
+        extra_kv = None
+        if extra is not None and extra is not False:
+            value = self.visit(extra, f"{name}-additional") if extra is not True \
+                else self.primitive("value")
+            key = self.other_key(list(props), f"{name}-additional-key") if props \
+                else self.primitive("string")
+            extra_kv = f'{key} ":" ws {value}'
+        memo: Dict[tuple, str] = {}
+
+        def rest(i: int, comma: bool) -> str:
+            """Grammar text for properties i.. given whether one was written before."""
+            if (i, comma) in memo:
+                return memo[(i, comma)]
+            sep = '"," ws ' if comma else ""
+            if i == len(kvs):
+                text = "" if extra_kv is None else (
+                    f'("," ws {extra_kv})*' if comma else f'({extra_kv} ("," ws {extra_kv})*)?')
+            else:
+                kv, req = kvs[i]
+                after = rest(i + 1, True)
+                text = f"{sep}{kv} {after}".strip()
+                if not req:
+                    skip = rest(i + 1, comma)
+                    text = f"({text} | {skip})"
+            if len(text) > 40:
+                text = self.add_rule(f"{name}-rest{i}{'c' if comma else ''}", text)
+            memo[(i, comma)] = text
+            return text
+
+        return self.add_rule(name, f'"{{" ws {rest(0, False)} "}}" ws')
+
+
+def _class_char(c: str) -> str:
+    return c if c.isalnum() and c.isascii() else f"\\U{ord(c):08X}"
+
+
+def _not_keys_rules(conv: "SchemaConverter", keys: List[str], name: str) -> str:
+    """Rules for the JSON text between the quotes of any key except `keys` (each compared
+    as json.dumps writes it): a trie of the keys where every node may leave the trie with
+    another character (then anything follows) or end unless a key ends there."""
+    trie: Dict[str, Any] = {}
+    for k in keys:
+        node = trie
+        for c in json.dumps(k, ensure_ascii=False)[1:-1]:
+            node = node.setdefault(c, {})
+        node[""] = {}
+    conv.primitive("char")
+    counter = [0]
+
+    def rule(node: Dict[str, Any]) -> str:
+        counter[0] += 1
+        rname = conv.add_rule(f"{name}-{counter[0]}", f"<{counter[0]}>")
+        chars = [c for c in node if c]
+        alts = [f"{gbnf_literal(c)} {rule(node[c])}" for c in chars]
+        other = "".join(_class_char(c) for c in chars)
+        escape = '"\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+        alts.append(f'([^"\\\\\\x7F\\x00-\\x1F{other}] | {escape}) char*')
+        if "" not in node:      # may end here; first, as a trailing | would continue the line
+            alts.insert(0, "")
+        conv.rules[rname] = " | ".join(alts)
+        return rname
+
+    return rule(trie)
+
+
+def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool]) -> str:
+    """GBNF text for a JSON schema (text or a parsed object); ValueError when it cannot."""
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"JSON schema is not valid JSON: {e}") from None
+    try:
+        return SchemaConverter(schema).grammar()
+    except RecursionError:
+        raise ValueError("JSON schema nests too deeply") from None
+    except (KeyError, TypeError, AttributeError, IndexError) as e:    # a malformed schema
+        raise ValueError(f"unsupported JSON schema ({type(e).__name__}: {e})") from None
