@@ -42,6 +42,8 @@ class ModelSettings(BaseSettings):
         default=True, description="Keep every position's logits (needed for logprobs).")
     embedding: bool = Field(
         default=False, description="Allow /v1/embeddings (Llama(embedding=True)).")
+    pooling_type: int = Field(
+        default=-1, description="Embedding pooling: -1 the model's, 0 none, 1 mean, 2 cls, 3 last.")
     last_n_tokens_size: int = Field(default=64, ge=0, description="Repeat-penalty window.")
     chat_format: Optional[str] = Field(
         default=None, description="Chat format (default: the model's chat template).")
