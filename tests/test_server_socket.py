@@ -199,3 +199,24 @@ def test_disconnected_stream_frees_the_model(server, oracle):
     r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
                                            max_tokens=4, temperature=0)
     assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
+
+
+def test_abandoned_request_stops(server, oracle):
+    """A non-streaming request whose client gives up (read timeout) stops generating at
+    its next token and frees the model."""
+    base, app = server
+    body = {"model": ALIAS, "prompt": "Once upon a time, there was a dragon who",
+            "max_tokens": 120, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(base + "/v1/completions", json=body, timeout=0.5,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    hub = app.state.hub
+    deadline = time.monotonic() + 60
+    while hub._sem_obj is None or hub._sem_obj.value == 0:
+        assert time.monotonic() < deadline, "the abandoned request kept the model"
+        time.sleep(0.05)
+    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
+    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "it ran to its end"
+    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
+                                           max_tokens=4, temperature=0)
+    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import threading
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,6 +32,9 @@ from .types import (CreateChatCompletionRequest, CreateCompletionRequest,
                     CreateEmbeddingRequest, DetokenizeInputRequest, TokenizeInputRequest)
 
 
+DISCONNECT_POLL_S = 0.25     # how often a non-streaming request checks for its client
+
+
 class MinTokensProcessor:
     """Logits processor banning `eos` until `min_tokens` tokens have been generated."""
 
@@ -43,6 +47,51 @@ class MinTokensProcessor:
         if len(input_ids) - self.n_prompt < self.min_tokens and 0 <= self.eos < len(scores):
             scores[self.eos] = -np.inf
         return scores
+
+
+class ClientGone(Exception):
+    """Raised inside generation when the client of a non-streaming request went away."""
+
+
+class CancelCheck:
+    """Logits processor (it changes nothing) that ends a generation once `event` is set:
+    raising from the sampler leaves Llama's sequence state consistent."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.event.is_set():
+            raise ClientGone("the client closed the connection")
+        return scores
+
+
+async def _run_watching(request: Request, fn: Callable, event: threading.Event):
+    """`fn()` in a worker thread; meanwhile, if the client disconnects, set `event`."""
+    result: List[Any] = []
+    failure: List[BaseException] = []
+
+    async def work(scope: anyio.CancelScope):
+        try:
+            result.append(await anyio.to_thread.run_sync(fn))
+        except Exception as e:          # re-raised below, not as an ExceptionGroup
+            failure.append(e)
+        finally:
+            scope.cancel()
+
+    async def watch():
+        while not event.is_set():
+            if await request.is_disconnected():
+                event.set()
+                return
+            await anyio.sleep(DISCONNECT_POLL_S)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work, tg.cancel_scope)
+        tg.start_soon(watch)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _grammar(text: str):
@@ -67,10 +116,12 @@ def _single_prompt(prompt):
     raise APIError(400, "only one prompt per request is supported", param="prompt")
 
 
-def _generation_kwargs(lease: Lease, body) -> Dict[str, Any]:
-    """Llama keywords for a completion or chat request."""
+def _generation_kwargs(lease: Lease, body, cancel: threading.Event) -> Dict[str, Any]:
+    """Llama keywords for a completion or chat request (`cancel`: set to stop it)."""
     llama = lease.llama
     kw = body.llama_kwargs()
+    from ..sampling import LogitsProcessorList
+    processors = LogitsProcessorList()
     kw["model"] = body.model or lease.alias
     if body.logit_bias:
         if body.logit_bias_type == "tokens":
@@ -88,9 +139,11 @@ def _generation_kwargs(lease: Lease, body) -> Dict[str, Any]:
     if body.grammar is not None:
         kw["grammar"] = _grammar(body.grammar)
     if body.min_tokens > 0:
-        from ..sampling import LogitsProcessorList
-        kw["logits_processor"] = LogitsProcessorList(
-            [MinTokensProcessor(body.min_tokens, llama.token_eos())])
+        processors.append(MinTokensProcessor(body.min_tokens, llama.token_eos()))
+    if not body.stream:     # a stream stops when its response is cancelled
+        processors.append(CancelCheck(cancel))
+    if processors:
+        kw["logits_processor"] = processors
     return kw
 
 
@@ -160,13 +213,20 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
 
     async def generate(request: Request, body, call: Callable):
         """Run `call(llama, **kwargs)` holding the lease; a stream keeps the lease until
-        it ends."""
+        it ends. A request whose client left while it waited is dropped; a non-streaming
+        one whose client leaves while it runs stops at the next token."""
         lease = await hub.lease(body.model)
         try:
             if await request.is_disconnected():
                 raise APIError(400, "Client closed request")
-            kwargs = _generation_kwargs(lease, body)
-            result = await anyio.to_thread.run_sync(partial(call, lease.llama, **kwargs))
+            cancel = threading.Event()
+            kwargs = _generation_kwargs(lease, body, cancel)
+            fn = partial(call, lease.llama, **kwargs)
+            result = await (anyio.to_thread.run_sync(fn) if body.stream
+                            else _run_watching(request, fn, cancel))
+        except ClientGone:
+            lease.release()
+            raise APIError(400, "Client closed request") from None
         except Exception as e:
             lease.release()
             raise from_exception(e, body) from e
