@@ -9,12 +9,17 @@ tokens: end-of-text is banned with min_tokens). Reported per level:
   tok/s      total generated tokens / wall time of the level (all clients together)
   latency    per request, from sending to the last event: mean, median, max (seconds)
   ttft       time to the first generated text: mean and max (seconds)
+  tok/cpu-s  generated tokens per CPU second of the server process (user + system, from
+             /proc; less sensitive than tok/s to other work on a shared machine)
+
+With --rounds R the levels run R times, interleaved (1 4 8 1 4 8 ...), and each column is
+the median over the rounds.
 
 The server serves one request at a time (a FIFO lease per generation), so total tok/s
 stays that of one stream while latency grows with the queue; the numbers show by how much.
 
 Usage: python scripts/bench_server.py [--model M.gguf] [--threads 2] [--levels 1 4 8]
-       [--requests 2] [--max-tokens 32] [--n-ctx 1024] [--port 0] [--json OUT]
+       [--requests 2] [--max-tokens 32] [--rounds 1] [--n-ctx 1024] [--port 0] [--json OUT]
 """
 from __future__ import annotations
 
@@ -90,7 +95,16 @@ def one_request(base: str, prompt: str, max_tokens: int) -> dict:
     return {"latency": time.perf_counter() - t0, "ttft": ttft or 0.0, "tokens": max_tokens}
 
 
-def run_level(base: str, clients: int, requests: int, max_tokens: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_level(base: str, pid: int, clients: int, requests: int, max_tokens: int) -> dict:
     results, errors = [], []
     barrier = threading.Barrier(clients)
 
@@ -104,17 +118,18 @@ def run_level(base: str, clients: int, requests: int, max_tokens: int) -> dict:
                 errors.append(repr(e))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     lat = [r["latency"] for r in results]
     ttft = [r["ttft"] for r in results]
     return {"clients": clients, "requests": len(results), "errors": errors, "wall_s": wall,
             "tokens": sum(r["tokens"] for r in results),
             "tok_per_s": sum(r["tokens"] for r in results) / wall,
+            "tok_per_cpu_s": sum(r["tokens"] for r in results) / cpu if cpu > 0 else 0.0,
             "latency_mean": statistics.mean(lat), "latency_median": statistics.median(lat),
             "latency_max": max(lat), "ttft_mean": statistics.mean(ttft), "ttft_max": max(ttft)}
 
@@ -126,6 +141,7 @@ def main() -> int:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the levels, report medians")
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--port", type=int, default=0, help="0: a free port")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -136,21 +152,34 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     try:
         one_request(base, PROMPTS[0], 4)            # warm-up
-        rows = [run_level(base, c, args.requests, args.max_tokens) for c in args.levels]
+        runs = [run_level(base, proc.pid, c, args.requests, args.max_tokens)
+                for _ in range(args.rounds) for c in args.levels]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    rows = [median_row([r for r in runs if r["clients"] == c]) for c in args.levels]
     print(f"model {os.path.basename(args.model)}, {args.max_tokens} tokens per request, "
-          f"{args.requests} requests per client, threads {args.threads or 'default'}")
-    print(f"{'clients':>7} {'requests':>8} {'tok/s':>8} {'lat mean':>9} {'lat med':>8} "
-          f"{'lat max':>8} {'ttft mean':>9} {'ttft max':>8}")
+          f"{args.requests} requests per client, threads {args.threads or 'default'}, "
+          f"medians of {args.rounds} round(s)")
+    print(f"{'clients':>7} {'requests':>8} {'tok/s':>7} {'tok/cpu-s':>9} {'lat mean':>8} "
+          f"{'lat med':>7} {'lat max':>7} {'ttft mean':>9} {'ttft max':>8}")
     for r in rows:
-        print(f"{r['clients']:7d} {r['requests']:8d} {r['tok_per_s']:8.1f} {r['latency_mean']:9.2f} "
-              f"{r['latency_median']:8.2f} {r['latency_max']:8.2f} {r['ttft_mean']:9.2f} "
-              f"{r['ttft_max']:8.2f}" + (f"  errors: {r['errors']}" if r["errors"] else ""))
+        print(f"{r['clients']:7d} {r['requests']:8d} {r['tok_per_s']:7.1f} {r['tok_per_cpu_s']:9.1f} "
+              f"{r['latency_mean']:8.2f} {r['latency_median']:7.2f} {r['latency_max']:7.2f} "
+              f"{r['ttft_mean']:9.2f} {r['ttft_max']:8.2f}"
+              + (f"  errors: {r['errors']}" if r["errors"] else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "levels": rows}, indent=2))
-    return 0 if not any(r["errors"] for r in rows) else 1
+        Path(args.json).write_text(json.dumps({"args": vars(args), "levels": rows,
+                                               "runs": runs}, indent=2))
+    return 0 if not any(r["errors"] for r in runs) else 1
+
+
+def median_row(runs: list) -> dict:
+    """Per-key medians of the runs of one level (errors concatenated)."""
+    row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
+    row["clients"], row["requests"] = runs[0]["clients"], runs[0]["requests"]
+    row["errors"] = [e for r in runs for e in r["errors"]]
+    return row
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from pyinfer import Llama  # noqa: E402
 from pyinfer.server import ModelSettings, ServerSettings, Settings, create_app  # noqa: E402
 from pyinfer.server.__main__ import settings_from_args  # noqa: E402
-from pyinfer.server.app import MinTokensProcessor  # noqa: E402
+from pyinfer.server.generation import MinTokensProcessor  # noqa: E402
 
 N_CTX = 256
 GREEDY = {"temperature": 0.0, "max_tokens": 6}

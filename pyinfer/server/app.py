@@ -25,126 +25,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import APIError, from_exception, install_handlers
-from .models import Lease, ModelHub
+from .generation import ClientGone, generation_kwargs, run_watching, single_prompt
+from .models import ModelHub
 from .settings import ModelSettings, ServerSettings, Settings, load_config_file
 from .streaming import LeasedEventStream
 from .types import (CreateChatCompletionRequest, CreateCompletionRequest,
                     CreateEmbeddingRequest, DetokenizeInputRequest, TokenizeInputRequest)
-
-
-DISCONNECT_POLL_S = 0.25     # how often a non-streaming request checks for its client
-
-
-class MinTokensProcessor:
-    """Logits processor banning `eos` until `min_tokens` tokens have been generated."""
-
-    def __init__(self, min_tokens: int, eos: int):
-        self.min_tokens, self.eos, self.n_prompt = min_tokens, eos, None
-
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if self.n_prompt is None:
-            self.n_prompt = len(input_ids)
-        if len(input_ids) - self.n_prompt < self.min_tokens and 0 <= self.eos < len(scores):
-            scores[self.eos] = -np.inf
-        return scores
-
-
-class ClientGone(Exception):
-    """Raised inside generation when the client of a non-streaming request went away."""
-
-
-class CancelCheck:
-    """Logits processor (it changes nothing) that ends a generation once `event` is set:
-    raising from the sampler leaves Llama's sequence state consistent."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if self.event.is_set():
-            raise ClientGone("the client closed the connection")
-        return scores
-
-
-async def _run_watching(request: Request, fn: Callable, event: threading.Event):
-    """`fn()` in a worker thread; meanwhile, if the client disconnects, set `event`."""
-    result: List[Any] = []
-    failure: List[BaseException] = []
-
-    async def work(scope: anyio.CancelScope):
-        try:
-            result.append(await anyio.to_thread.run_sync(fn))
-        except Exception as e:          # re-raised below, not as an ExceptionGroup
-            failure.append(e)
-        finally:
-            scope.cancel()
-
-    async def watch():
-        while not event.is_set():
-            if await request.is_disconnected():
-                event.set()
-                return
-            await anyio.sleep(DISCONNECT_POLL_S)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(work, tg.cancel_scope)
-        tg.start_soon(watch)
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def _grammar(text: str):
-    try:
-        from .. import LlamaGrammar
-    except ImportError:
-        raise NotImplementedError("grammar-constrained sampling (LlamaGrammar) is not "
-                                  "available in this pyinfer build") from None
-    return LlamaGrammar.from_string(text, verbose=False)
-
-
-def _single_prompt(prompt):
-    """One prompt (text or token ids) from the OpenAI `prompt` forms."""
-    if isinstance(prompt, str):
-        return prompt
-    if not prompt:
-        return ""
-    if all(isinstance(x, int) for x in prompt):
-        return list(prompt)
-    if len(prompt) == 1:
-        return prompt[0]
-    raise APIError(400, "only one prompt per request is supported", param="prompt")
-
-
-def _generation_kwargs(lease: Lease, body, cancel: threading.Event) -> Dict[str, Any]:
-    """Llama keywords for a completion or chat request (`cancel`: set to stop it)."""
-    llama = lease.llama
-    kw = body.llama_kwargs()
-    from ..sampling import LogitsProcessorList
-    processors = LogitsProcessorList()
-    kw["model"] = body.model or lease.alias
-    if body.logit_bias:
-        if body.logit_bias_type == "tokens":
-            bias: Dict[int, float] = {}
-            for text, value in body.logit_bias.items():
-                for tok in llama.tokenize(text.encode("utf-8"), add_bos=False, special=True):
-                    bias[tok] = value
-            kw["logit_bias"] = bias
-        else:
-            try:
-                kw["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}
-            except ValueError:
-                raise APIError(400, "logit_bias keys must be token ids (or set "
-                               "logit_bias_type to 'tokens')", param="logit_bias") from None
-    if body.grammar is not None:
-        kw["grammar"] = _grammar(body.grammar)
-    if body.min_tokens > 0:
-        processors.append(MinTokensProcessor(body.min_tokens, llama.token_eos()))
-    if not body.stream:     # a stream stops when its response is cancelled
-        processors.append(CancelCheck(cancel))
-    if processors:
-        kw["logits_processor"] = processors
-    return kw
 
 
 def _embedding_base64(data: List[Dict[str, Any]]) -> None:
@@ -220,10 +106,10 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
             if await request.is_disconnected():
                 raise APIError(400, "Client closed request")
             cancel = threading.Event()
-            kwargs = _generation_kwargs(lease, body, cancel)
+            kwargs = generation_kwargs(lease, body, cancel)
             fn = partial(call, lease.llama, **kwargs)
             result = await (anyio.to_thread.run_sync(fn) if body.stream
-                            else _run_watching(request, fn, cancel))
+                            else run_watching(request, fn, cancel))
         except ClientGone:
             lease.release()
             raise APIError(400, "Client closed request") from None
@@ -240,7 +126,7 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
 
     @router.post("/v1/completions", summary="Completion")
     async def create_completion(request: Request, body: CreateCompletionRequest):
-        prompt = _single_prompt(body.prompt)
+        prompt = single_prompt(body.prompt)
 
         def call(llama, **kw):
             return llama.create_completion(prompt, **kw)
@@ -274,9 +160,8 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
 
     async def tokenizer_of(name: Optional[str]):
         """The Llama whose tokenizer serves `name` (loaded, under the lease, if needed)."""
-        alias = hub.resolve(name)
-        if hub._alias == alias and hub._llama is not None:
-            return hub._llama
+        if hub.resolve(name) == hub.loaded_alias:
+            return hub.llama
         lease = await hub.lease(name)
         lease.release()
         return lease.llama
@@ -302,7 +187,7 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
 
     @public.get("/health", summary="Health")
     async def health():
-        return {"status": "ok", "model": hub._alias}
+        return {"status": "ok", "model": hub.loaded_alias}
 
     combined = APIRouter()
     combined.include_router(router)

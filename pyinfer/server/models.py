@@ -56,6 +56,15 @@ class ModelHub:
         return self._sem_obj
 
     @property
+    def loaded_alias(self) -> Optional[str]:
+        return self._alias
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request holds the lease now."""
+        return self._sem_obj is not None and self._sem_obj.value == 0
+
+    @property
     def llama(self):
         """The loaded model (loading the default one if none is)."""
         if self._llama is None:

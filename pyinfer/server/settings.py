@@ -89,7 +89,7 @@ class Settings(ServerSettings, ModelSettings):
 
 class ConfigFileSettings(ServerSettings):
     """A config file: server fields plus a list of models (the first is the default)."""
-    models: List[ModelSettings] = Field(default=[], description="The models to serve.")
+    models: List[ModelSettings] = Field(default_factory=list, description="The models to serve.")
 
 
 def load_config_file(path: str) -> ConfigFileSettings:

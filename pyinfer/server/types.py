@@ -66,7 +66,7 @@ class CreateCompletionRequest(_Sampling):
 
 
 class CreateChatCompletionRequest(_Sampling):
-    messages: List[Dict[str, Any]] = Field(default=[], description="The conversation so far.")
+    messages: List[Dict[str, Any]] = Field(default_factory=list, description="The conversation so far.")
     max_tokens: Optional[int] = Field(default=None, ge=0)
     functions: Optional[List[Dict[str, Any]]] = None
     function_call: Optional[Union[str, Dict[str, Any]]] = None
