@@ -11,6 +11,7 @@ an answer streams stops that answer; Ctrl-C at the prompt leaves.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -100,14 +101,15 @@ def load_model(args, model: str, err):
     return llm
 
 
-def _read_line(inp, out) -> Optional[str]:
-    """The next user line, or None on end of input."""
-    out.write("\n> ")
+def _read_line(out) -> Optional[str]:
+    """The next user line (with line editing when stdin is a terminal), None at the end
+    of input."""
+    out.write("\n")
     out.flush()
-    line = inp.readline()
-    if line == "":
+    try:
+        return input("> ")
+    except EOFError:
         return None
-    return line.rstrip("\r\n")
 
 
 def answer(llm, messages: List[Dict[str, Any]], args, out, err) -> str:
@@ -139,7 +141,12 @@ def answer(llm, messages: List[Dict[str, Any]], args, out, err) -> str:
 def run_chat(args) -> int:
     """The chat loop (args: pyinfer.__main__'s parsed arguments)."""
     from .__main__ import default_model
-    inp, out, err = sys.stdin, sys.stdout, sys.stderr
+    out, err = sys.stdout, sys.stderr
+    if sys.stdin.isatty():
+        try:     # line editing and history for input()
+            importlib.import_module("readline")
+        except ImportError:
+            pass
     model = args.model or default_model()
     try:
         llm = load_model(args, model, err)
@@ -153,7 +160,7 @@ def run_chat(args) -> int:
     with llm:
         while True:
             try:
-                line = _read_line(inp, out)
+                line = _read_line(out)
             except KeyboardInterrupt:
                 line = None
             if line is None or line.strip() in ("/exit", "/quit"):

@@ -75,8 +75,8 @@ def test_exit_reset_and_blank_lines(smollm2, oracle, monkeypatch, capsys):
     assert "never read" not in out
 
 
-class _CtrlCInput:
-    def readline(self):
+class _CtrlCInput(io.StringIO):
+    def readline(self, *args):
         raise KeyboardInterrupt
 
 
@@ -93,7 +93,7 @@ class _InterruptOnce(io.StringIO):
         self.armed = True
 
     def write(self, s):
-        if self.armed and s and not s.startswith("\n"):
+        if self.armed and s.strip() and s != "> ":
             self.armed = False
             raise KeyboardInterrupt
         return super().write(s)

@@ -163,6 +163,8 @@ def test_models_health_tokenize(client, oracle):
     assert client.post("/extras/tokenize/count", json={"input": text}).json() == {"count": len(ids)}
     back = client.post("/extras/detokenize", json={"tokens": ids[1:3]}).json()["text"]
     assert back == oracle.detokenize(ids[1:3]).decode()
+    r = client.post("/extras/detokenize", json={"tokens": [10 ** 9]})
+    assert r.status_code == 400 and "out of range" in r.json()["error"]["message"]
 
 
 def test_context_overflow_errors(client):

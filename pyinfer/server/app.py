@@ -166,21 +166,24 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
         lease.release()
         return lease.llama
 
+    async def tokens_of(body: TokenizeInputRequest) -> List[int]:
+        llama = await tokenizer_of(body.model)
+        return await anyio.to_thread.run_sync(
+            partial(llama.tokenize, body.input.encode("utf-8"), special=True))
+
     @router.post("/extras/tokenize", summary="Tokenize")
     async def tokenize(body: TokenizeInputRequest):
-        llama = await tokenizer_of(body.model)
-        return {"tokens": llama.tokenize(body.input.encode("utf-8"), special=True)}
+        return {"tokens": await tokens_of(body)}
 
     @router.post("/extras/tokenize/count", summary="Tokenize count")
     async def tokenize_count(body: TokenizeInputRequest):
-        llama = await tokenizer_of(body.model)
-        return {"count": len(llama.tokenize(body.input.encode("utf-8"), special=True))}
+        return {"count": len(await tokens_of(body))}
 
     @router.post("/extras/detokenize", summary="Detokenize")
     async def detokenize(body: DetokenizeInputRequest):
         llama = await tokenizer_of(body.model)
         try:
-            text = llama.detokenize(body.tokens)
+            text = await anyio.to_thread.run_sync(llama.detokenize, body.tokens)
         except Exception as e:
             raise from_exception(e, body) from e
         return {"text": text.decode("utf-8", errors="replace")}
