@@ -15,11 +15,14 @@ tokens: end-of-text is banned with min_tokens). Reported per level:
 With --rounds R the levels run R times, interleaved (1 4 8 1 4 8 ...), and each column is
 the median over the rounds.
 
-The server serves one request at a time (a FIFO lease per generation), so total tok/s
-stays that of one stream while latency grows with the queue; the numbers show by how much.
+By default the server serves one request at a time (a FIFO lease per generation), so
+total tok/s stays that of one stream while latency grows with the queue; --interleave N
+starts it with --interleave_tokens N (streams take turns every N chunks, saving and
+restoring their KV cache), which trades some throughput for earlier first tokens.
 
 Usage: python scripts/bench_server.py [--model M.gguf] [--threads 2] [--levels 1 4 8]
-       [--requests 2] [--max-tokens 32] [--rounds 1] [--n-ctx 1024] [--port 0] [--json OUT]
+       [--requests 2] [--max-tokens 32] [--rounds 1] [--interleave 0] [--n-ctx 1024]
+       [--port 0] [--json OUT]
 """
 from __future__ import annotations
 
@@ -61,6 +64,8 @@ def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pyinfer.server", "--model", args.model, "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", str(args.n_ctx), "--verbose", "false",
            "--logits_all", "false"]
+    if args.interleave:
+        cmd += ["--interleave_tokens", str(args.interleave)]
     if args.threads:
         cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -142,6 +147,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the levels, report medians")
+    ap.add_argument("--interleave", type=int, default=0,
+                    help="server --interleave_tokens (0: FIFO, each request to its end)")
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--port", type=int, default=0, help="0: a free port")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -160,6 +167,7 @@ def main() -> int:
     rows = [median_row([r for r in runs if r["clients"] == c]) for c in args.levels]
     print(f"model {os.path.basename(args.model)}, {args.max_tokens} tokens per request, "
           f"{args.requests} requests per client, threads {args.threads or 'default'}, "
+          f"{'interleave every %d chunks' % args.interleave if args.interleave else 'FIFO'}, "
           f"medians of {args.rounds} round(s)")
     print(f"{'clients':>7} {'requests':>8} {'tok/s':>7} {'tok/cpu-s':>9} {'lat mean':>8} "
           f"{'lat med':>7} {'lat max':>7} {'ttft mean':>9} {'ttft max':>8}")

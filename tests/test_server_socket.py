@@ -31,12 +31,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(smollm2):
-    """Base URL of a running server; stopped after the module."""
+def _serve(app):
+    """Run `app` on a free localhost port in a thread; yields (base URL, app)."""
     port = _free_port()
-    app = create_app(Settings(model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX,
-                              verbose=False, embedding=True, pooling_type=1, api_key=KEY))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -48,6 +45,22 @@ def server(smollm2):
     srv.should_exit = True
     thread.join(timeout=30)
     app.state.hub.close()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2):
+    """A running server (FIFO: each request runs to its end)."""
+    yield from _serve(create_app(Settings(
+        model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX, verbose=False, embedding=True,
+        pooling_type=1, api_key=KEY)))
+
+
+@pytest.fixture(scope="module")
+def interleaving_server(smollm2):
+    """A running server whose streams hand the model over every 2 chunks."""
+    yield from _serve(create_app(Settings(
+        model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX, verbose=False, api_key=KEY,
+        interleave_tokens=2)))
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +162,7 @@ def _run_job(server, kind, text, stream, max_tokens):
                                      temperature=0).choices[0].message.content
 
 
-def test_concurrent_clients_match_llama(server, oracle):
-    max_tokens = 6
+def _concurrent(server, oracle, max_tokens):
     want = [_want_completion(oracle, t, max_tokens) if k == "completion"
             else _want_chat(oracle, [{"role": "user", "content": t}], max_tokens)
             for k, t, _ in JOBS]
@@ -173,6 +185,17 @@ def test_concurrent_clients_match_llama(server, oracle):
         t.join(timeout=120)
     assert not errors, errors
     assert got == want
+
+
+def test_concurrent_clients_match_llama(server, oracle):
+    _concurrent(server, oracle, 6)
+
+
+def test_interleaved_streams_match_llama(interleaving_server, oracle):
+    """Streams take turns (saving and restoring their KV cache) and still answer exactly
+    what Llama answers to each request alone."""
+    _concurrent(interleaving_server, oracle, 10)
+    assert interleaving_server[1].state.hub.switches > 0
 
 
 def test_disconnected_stream_frees_the_model(server, oracle):

@@ -95,6 +95,7 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
         raise APIError(401, "Invalid API key", code="invalid_api_key")
 
     router = APIRouter(dependencies=[Depends(authenticate)])
+    turn = ss.interleave_tokens if len(hub.settings) == 1 else 0
     public = APIRouter()
 
     async def generate(request: Request, body, call: Callable):
@@ -120,7 +121,8 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
             lease.release()
             raise
         if body.stream:
-            return LeasedEventStream(result, lease, body, pings=not ss.disable_ping_events)
+            return LeasedEventStream(result, lease, body, pings=not ss.disable_ping_events,
+                                     turn=turn)
         lease.release()
         return result
 

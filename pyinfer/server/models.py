@@ -5,6 +5,11 @@ and a request naming another one swaps it in (the previous one is closed), as
 llama-cpp-python's server does. Every request that touches a model holds the hub's lease
 for its whole duration, streaming included: requests are served one after another in
 arrival order (an anyio Semaphore is FIFO), so no two can interleave on the KV cache.
+
+Opt-in fair interleave (ServerSettings.interleave_tokens > 0, one served model): a stream
+that has sent that many chunks while others wait hands the lease over (`yield_turn`): it
+saves its sequence (`Llama.save_state`: KV rows, token ids, logits), queues again behind
+the waiters and, back on turn, restores it if another request used the model meanwhile.
 """
 from __future__ import annotations
 
@@ -24,12 +29,33 @@ class Lease:
 
     def __init__(self, hub: "ModelHub", llama, alias: str):
         self.llama, self.alias = llama, alias
-        self._hub: Optional[ModelHub] = hub
+        self._hub = hub
+        self._held = True
+        hub.turn_owner = self
 
     def release(self) -> None:
-        hub, self._hub = self._hub, None
-        if hub is not None:
-            hub._sem.release()
+        if self._held:
+            self._held = False
+            self._hub._sem.release()
+
+    async def yield_turn(self) -> None:
+        """Let waiting requests run, then continue this sequence where it was (no-op
+        when nobody waits). Cancelled while queued, the lease is left released."""
+        hub = self._hub
+        if not self._held or hub._sem.statistics().tasks_waiting == 0:
+            return
+        state = await anyio.to_thread.run_sync(self.llama.save_state)
+        self.release()
+        await hub._sem.acquire()
+        self._held = True
+        if hub.turn_owner is not self:
+            try:
+                await anyio.to_thread.run_sync(self.llama.load_state, state)
+            except BaseException:
+                self.release()
+                raise
+            hub.switches += 1
+            hub.turn_owner = self
 
 
 class ModelHub:
@@ -48,6 +74,8 @@ class ModelHub:
         self._llama = llama
         self._alias = self.default_alias if llama is not None else None
         self._sem_obj: Optional[anyio.Semaphore] = None
+        self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
+        self.switches = 0                         # sequences restored by yield_turn
 
     @property
     def _sem(self) -> anyio.Semaphore:

@@ -78,6 +78,10 @@ class ServerSettings(BaseSettings):
     any_model_name: bool = Field(
         default=False, description="Serve requests naming an unknown model with the default "
         "model (llama-cpp-python's behaviour) instead of answering 404.")
+    interleave_tokens: int = Field(
+        default=0, ge=0, description="Fair interleave: a stream hands the model to waiting "
+        "requests after this many chunks, saving and restoring its KV cache (0: each request "
+        "runs to its end; only with one served model).")
     disable_ping_events: bool = Field(
         default=False, description="No SSE keep-alive pings (some clients need that).")
     root_path: str = Field(default="", description="Root path behind a reverse proxy.")

@@ -22,11 +22,12 @@ _END = object()
 
 
 class LeasedEventStream(EventSourceResponse):
-    def __init__(self, chunks: Iterator[Any], lease, body: Any = None, pings: bool = True):
+    def __init__(self, chunks: Iterator[Any], lease, body: Any = None, pings: bool = True,
+                 turn: int = 0):
         """`chunks`: Llama's stream; `lease`: released when the response ends; `body`:
         the request, for error messages raised mid-stream; `pings`: keep-alive comments
-        every 15 s."""
-        self._chunks, self._lease, self._body = chunks, lease, body
+        every 15 s; `turn`: chunks after which waiting requests get the model (0: never)."""
+        self._chunks, self._lease, self._body, self._turn = chunks, lease, body, turn
         send, recv = anyio.create_memory_object_stream(10)
         super().__init__(recv, data_sender_callable=partial(self._publish, send), sep="\n",
                          ping=None if pings else 0)
@@ -34,11 +35,15 @@ class LeasedEventStream(EventSourceResponse):
     async def _publish(self, send) -> None:
         async with send:
             try:
+                n = 0
                 while True:
                     chunk = await anyio.to_thread.run_sync(next, self._chunks, _END)
                     if chunk is _END:
                         break
                     await send.send({"data": json.dumps(chunk)})
+                    n += 1
+                    if self._turn and n % self._turn == 0:
+                        await self._lease.yield_turn()
             except Exception as e:     # an error after the first chunk: an error event
                 await send.send({"data": json.dumps(from_exception(e, self._body).body())})
                 return
