@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pyinfer import Llama  # noqa: E402
 from pyinfer.server import ModelSettings, ServerSettings, Settings, create_app  # noqa: E402
-from pyinfer.server.__main__ import settings_from_args  # noqa: E402
+from pyinfer.server.__main__ import main, settings_from_args  # noqa: E402
 from pyinfer.server.generation import MinTokensProcessor  # noqa: E402
 
 N_CTX = 256
@@ -285,6 +285,18 @@ def test_settings_sources(smollm2, tmp_path, monkeypatch):
     assert server.api_key == "k" and models[0].n_ctx == 128
     with pytest.raises(ValueError, match="not found"):
         settings_from_args(["--config_file", str(tmp_path / "missing.json")])
+
+
+def test_main_errors(tmp_path, monkeypatch, capsys):
+    """Bad command lines end with a one-line message, not a traceback."""
+    for name in ("MODEL", "CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([]) == 2
+    assert "error: no model" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "none.gguf"), "--verbose", "false"]) == 1
+    assert "Model path does not exist" in capsys.readouterr().err
+    assert main(["--config_file", str(tmp_path / "none.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
 
 
 def test_two_models_swap(smollm2):

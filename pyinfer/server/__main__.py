@@ -64,6 +64,8 @@ def settings_from_args(argv: Optional[List[str]] = None
         return ServerSettings.model_validate(cfg.model_dump(exclude={"models"})), cfg.models
     given = {k: v for k, v in vars(args).items()
              if v is not None and k in Settings.model_fields}
+    if "model" not in given and not os.environ.get("MODEL"):
+        raise ValueError("no model: give --model M.gguf (or MODEL=..., or --config_file)")
     settings = Settings(**given)
     dump = settings.model_dump()
     return ServerSettings.model_validate(dump), [ModelSettings.model_validate(dump)]
@@ -77,7 +79,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     import uvicorn
     from .app import create_app
-    app = create_app(server_settings=server_settings, model_settings=model_settings)
+    try:
+        app = create_app(server_settings=server_settings, model_settings=model_settings)
+    except (ValueError, OSError) as e:     # a missing or unreadable model file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     uvicorn.run(app, host=os.getenv("HOST", server_settings.host),
                 port=int(os.getenv("PORT", server_settings.port)),
                 ssl_keyfile=server_settings.ssl_keyfile,
