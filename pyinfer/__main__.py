@@ -40,11 +40,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeat-penalty", type=float, default=1.0)
     ap.add_argument("-s", "--seed", type=int, default=None)
     ap.add_argument("--verbose", action="store_true", help="print the load report")
+    ap.add_argument("--chat", action="store_true",
+                    help="interactive chat with the model's chat template (see pyinfer/cli_chat.py)")
+    ap.add_argument("--system", default=None, help="--chat: system prompt")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.chat:
+        from .cli_chat import run_chat
+        return run_chat(args)
     from .engine import default_threads
     from .llama import Llama
     from .detokenize import StreamingDetokenizer

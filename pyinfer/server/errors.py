@@ -1,0 +1,102 @@
+"""OpenAI-shaped error bodies: `{"error": {"message", "type", "param", "code"}}`.
+
+Exceptions from `Llama` are mapped by their text, as llama-cpp-python's server does: a
+context overflow ("Requested tokens (N) exceed context window of C") becomes 400
+`context_length_exceeded` with llama-cpp-python's message; other ValueErrors and
+NotImplementedErrors (bad input, features pyinfer lacks) are 400; anything else is 500.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from typing import Any, Dict, Optional
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_CONTEXT = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+_NO_EMBEDDING = "must be created with embedding=True"
+
+
+class APIError(Exception):
+    """An error answered with an OpenAI-shaped body."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = \
+            status, message, type, param, code
+
+    def body(self) -> Dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(404, f"The model `{name}` does not exist", param="model",
+                    code="model_not_found")
+
+
+def from_exception(exc: BaseException, body: Any = None) -> APIError:
+    """The API error for an exception raised while serving `body` (a request model)."""
+    if isinstance(exc, APIError):
+        return exc
+    text = str(exc)
+    m = _CONTEXT.search(text)
+    if m is not None and body is not None:
+        return _context_length_exceeded(body, int(m.group(1)), int(m.group(2)))
+    if _NO_EMBEDDING in text:
+        return APIError(400, text + " (start the server with --embedding true)",
+                        param="model", code="embeddings_disabled")
+    if isinstance(exc, NotImplementedError):
+        return APIError(400, text, code="unsupported")
+    if isinstance(exc, (ValueError, TypeError)):
+        return APIError(400, text)
+    print(f"Exception: {text}", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return APIError(500, text, type="internal_server_error")
+
+
+def _context_length_exceeded(body: Any, prompt_tokens: int, n_ctx: int) -> APIError:
+    completion_tokens = body.max_tokens
+    total = (completion_tokens or 0) + prompt_tokens
+    if hasattr(body, "messages"):
+        message = (f"This model's maximum context length is {n_ctx} tokens. However, you "
+                   f"requested {total} tokens ({prompt_tokens} in the messages, "
+                   f"{completion_tokens} in the completion). Please reduce the length of the "
+                   "messages or completion.")
+    else:
+        message = (f"This model's maximum context length is {n_ctx} tokens, however you "
+                   f"requested {total} tokens ({prompt_tokens} in your prompt; "
+                   f"{completion_tokens} for the completion). Please reduce your prompt; or "
+                   "completion length.")
+    return APIError(400, message, param="messages", code="context_length_exceeded")
+
+
+def install_handlers(app) -> None:
+    """Answer APIError, HTTP errors and request validation errors in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail),
+                        type="invalid_request_error" if exc.status_code < 500
+                        else "internal_server_error").response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        message = first.get("msg", "invalid request")
+        if loc:
+            message = f"{'.'.join(loc)}: {message}"
+        return APIError(400, message, param=".".join(loc) or None).response()

@@ -1,0 +1,144 @@
+"""The served models and the lock that serialises their use.
+
+One `Llama` (one KV cache) is loaded at a time; a config file may list several models,
+and a request naming another one swaps it in (the previous one is closed), as
+llama-cpp-python's server does. Every request that touches a model holds the hub's lease
+for its whole duration, streaming included: requests are served one after another in
+arrival order (an anyio Semaphore is FIFO), so no two can interleave on the KV cache.
+
+Opt-in fair interleave (ServerSettings.interleave_tokens > 0, one served model): a stream
+that has sent that many chunks while others wait hands the lease over (`yield_turn`): it
+saves its sequence (`Llama.save_state`: KV rows, token ids, logits), queues again behind
+the waiters and, back on turn, restores it if another request used the model meanwhile.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, Optional
+
+import anyio
+import anyio.to_thread
+
+from .errors import model_not_found
+from .settings import ModelSettings
+
+
+class Lease:
+    """Exclusive use of the loaded model until `release()` (idempotent)."""
+
+    def __init__(self, hub: "ModelHub", llama, alias: str):
+        self.llama, self.alias = llama, alias
+        self._hub = hub
+        self._held = True
+        hub.turn_owner = self
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._hub._sem.release()
+
+    async def yield_turn(self) -> None:
+        """Let waiting requests run, then continue this sequence where it was (no-op
+        when nobody waits). Cancelled while queued, the lease is left released."""
+        hub = self._hub
+        if not self._held or hub._sem.statistics().tasks_waiting == 0:
+            return
+        state = await anyio.to_thread.run_sync(self.llama.save_state)
+        self.release()
+        await hub._sem.acquire()
+        self._held = True
+        if hub.turn_owner is not self:
+            try:
+                await anyio.to_thread.run_sync(self.llama.load_state, state)
+            except BaseException:
+                self.release()
+                raise
+            hub.switches += 1
+            hub.turn_owner = self
+
+
+class ModelHub:
+    """Model settings by alias, the loaded model and the lock around it."""
+
+    def __init__(self, models: List[ModelSettings], any_model_name: bool = False, llama=None):
+        """`llama`: an already loaded model for models[0] (tests and embedders reuse one)."""
+        if not models:
+            raise ValueError("no models to serve")
+        self.settings: Dict[str, ModelSettings] = {}
+        for m in models:
+            self.settings[m.model_alias or m.model] = m
+        self.default_alias = models[0].model_alias or models[0].model
+        self.any_model_name = any_model_name
+        self.created = int(time.time())
+        self._llama = llama
+        self._alias = self.default_alias if llama is not None else None
+        self._sem_obj: Optional[anyio.Semaphore] = None
+        self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
+        self.switches = 0                         # sequences restored by yield_turn
+
+    @property
+    def _sem(self) -> anyio.Semaphore:
+        if self._sem_obj is None:      # created inside the running event loop
+            self._sem_obj = anyio.Semaphore(1)
+        return self._sem_obj
+
+    @property
+    def loaded_alias(self) -> Optional[str]:
+        return self._alias
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request holds the lease now."""
+        return self._sem_obj is not None and self._sem_obj.value == 0
+
+    @property
+    def llama(self):
+        """The loaded model (loading the default one if none is)."""
+        if self._llama is None:
+            self._load(self.default_alias)
+        return self._llama
+
+    def resolve(self, name: Optional[str]) -> str:
+        """The alias a request's `model` names: an alias, a model path or its file name;
+        None is the default model. Unknown names raise 404 unless any_model_name is set."""
+        if name is None or name == "":
+            return self.default_alias
+        if name in self.settings:
+            return name
+        for alias, s in self.settings.items():
+            if name in (s.model, os.path.basename(s.model)):
+                return alias
+        if self.any_model_name:
+            return self.default_alias
+        raise model_not_found(name)
+
+    def _load(self, alias: str) -> None:
+        from ..llama import Llama
+        if self._llama is not None:
+            self._llama.close()
+            self._llama, self._alias = None, None
+        s = self.settings[alias]
+        llama = Llama(**s.llama_kwargs())
+        if s.cache:
+            from ..llama_cache import LlamaRAMCache
+            llama.set_cache(LlamaRAMCache(capacity_bytes=s.cache_size))
+        self._llama, self._alias = llama, alias
+
+    async def lease(self, name: Optional[str]) -> Lease:
+        """Wait for the model named `name` to be free (loading it if needed); the caller
+        must release the lease, also on errors."""
+        alias = self.resolve(name)
+        await self._sem.acquire()
+        try:
+            if self._alias != alias or self._llama is None:
+                await anyio.to_thread.run_sync(self._load, alias)
+        except BaseException:
+            self._sem.release()
+            raise
+        return Lease(self, self._llama, alias)
+
+    def close(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None

@@ -1,0 +1,315 @@
+"""The OpenAI-compatible server in-process (starlette TestClient): every endpoint, SSE
+streams, errors and settings. The oracle is a separate `Llama` on the same file, reset
+before each call: greedy server answers must equal its answers token for token."""
+import base64
+import json
+
+import numpy as np
+import pytest
+
+_REASON = "server tests need the [server] extra: pip install 'pyinfer[server]' httpx"
+pytest.importorskip("fastapi", reason=_REASON)
+pytest.importorskip("sse_starlette", reason=_REASON)
+pytest.importorskip("pydantic_settings", reason=_REASON)
+pytest.importorskip("httpx", reason=_REASON)
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pyinfer import Llama  # noqa: E402
+from pyinfer.server import ModelSettings, ServerSettings, Settings, create_app  # noqa: E402
+from pyinfer.server.__main__ import main, settings_from_args  # noqa: E402
+from pyinfer.server.generation import MinTokensProcessor  # noqa: E402
+
+N_CTX = 256
+GREEDY = {"temperature": 0.0, "max_tokens": 6}
+CHAT = [{"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def oracle(smollm2):
+    llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=1)
+    yield llm
+    llm.close()
+
+
+def fresh(llm):
+    llm.reset()
+    return llm
+
+
+@pytest.fixture(scope="module")
+def client(smollm2):
+    app = create_app(Settings(model=str(smollm2), model_alias="smol", n_ctx=N_CTX,
+                              verbose=False, embedding=True, pooling_type=1))
+    with TestClient(app) as c:
+        yield c
+    app.state.hub.close()
+
+
+def sse_events(text):
+    """The `data:` payloads of an SSE body, in order."""
+    return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_completion_equals_llama(client, oracle):
+    r = client.post("/v1/completions", json={"prompt": "The capital of France is", **GREEDY})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = fresh(oracle).create_completion("The capital of France is", repeat_penalty=1.1,
+                                           **GREEDY)
+    assert got["object"] == "text_completion" and got["model"] == "smol"
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+    assert got["usage"] == want["usage"]
+
+
+def test_completion_token_prompt_and_list_prompt(client, oracle):
+    ids = oracle.tokenize(b"Once upon a time", add_bos=True, special=True)
+    by_ids = client.post("/v1/completions", json={"prompt": ids, **GREEDY}).json()
+    by_list = client.post("/v1/completions",
+                          json={"prompt": ["Once upon a time"], **GREEDY}).json()
+    want = fresh(oracle).create_completion(ids, repeat_penalty=1.1, **GREEDY)
+    assert by_ids["choices"][0]["text"] == want["choices"][0]["text"]
+    assert by_list["choices"][0]["text"] == want["choices"][0]["text"]
+    r = client.post("/v1/completions", json={"prompt": ["a", "b"], **GREEDY})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_chat_equals_llama(client, oracle):
+    r = client.post("/v1/chat/completions", json={"messages": CHAT, **GREEDY})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = fresh(oracle).create_chat_completion(CHAT, repeat_penalty=1.1, **GREEDY)
+    assert got["object"] == "chat.completion"
+    assert got["choices"][0]["message"] == want["choices"][0]["message"]
+    assert got["usage"] == want["usage"]
+
+
+def test_completion_stream(client):
+    body = {"prompt": "The capital of France is", **GREEDY}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_chat_stream(client):
+    whole = client.post("/v1/chat/completions", json={"messages": CHAT, **GREEDY}).json()
+    r = client.post("/v1/chat/completions", json={"messages": CHAT, "stream": True, **GREEDY})
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+def test_stop_and_logit_bias_pass_through(client, oracle):
+    prompt = "The capital of France is"
+    first = fresh(oracle).create_completion(prompt, max_tokens=1, temperature=0.0,
+                                            repeat_penalty=1.1)["choices"][0]["text"]
+    tok = oracle.tokenize(first.encode(), add_bos=False, special=True)[0]
+    for bias, kind in (({str(tok): -100.0}, None), ({first: -100.0}, "tokens")):
+        r = client.post("/v1/completions", json={"prompt": prompt, "logit_bias": bias,
+                                                 "logit_bias_type": kind, **GREEDY}).json()
+        want = fresh(oracle).create_completion(prompt, logit_bias={tok: -100.0},
+                                               repeat_penalty=1.1, **GREEDY)
+        assert r["choices"][0]["text"] == want["choices"][0]["text"]
+        assert not r["choices"][0]["text"].startswith(first)
+    r = client.post("/v1/completions", json={"prompt": prompt, "stop": [first.strip()],
+                                             **GREEDY}).json()
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert first.strip() not in r["choices"][0]["text"]
+    r = client.post("/v1/completions", json={"prompt": prompt, "logit_bias": {"x": 1.0}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
+
+
+def test_min_tokens_processor():
+    proc = MinTokensProcessor(2, eos=3)
+    ids = np.array([1, 2], np.intc)
+    assert proc(ids, np.zeros(5, np.float32))[3] == -np.inf
+    assert proc(np.array([1, 2, 9], np.intc), np.zeros(5, np.float32))[3] == -np.inf
+    assert proc(np.array([1, 2, 9, 9], np.intc), np.zeros(5, np.float32))[3] == 0.0
+
+
+def test_embeddings(client, oracle):
+    r = client.post("/v1/embeddings", json={"input": ["hello world", "good night"]})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = oracle.create_embedding(["hello world", "good night"])
+    assert [d["index"] for d in got["data"]] == [0, 1]
+    for g, w in zip(got["data"], want["data"]):
+        np.testing.assert_array_equal(g["embedding"], w["embedding"])
+    assert got["usage"] == want["usage"]
+    r = client.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64"})
+    vec = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_array_equal(vec, np.float32(want["data"][0]["embedding"]))
+
+
+def test_models_health_tokenize(client, oracle):
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["smol"]
+    assert client.get("/health").json()["status"] == "ok"
+    text = "Hello world, <|im_start|>!"
+    ids = oracle.tokenize(text.encode(), special=True)
+    assert client.post("/extras/tokenize", json={"input": text}).json() == {"tokens": ids}
+    assert client.post("/extras/tokenize/count", json={"input": text}).json() == {"count": len(ids)}
+    back = client.post("/extras/detokenize", json={"tokens": ids[1:3]}).json()["text"]
+    assert back == oracle.detokenize(ids[1:3]).decode()
+    r = client.post("/extras/detokenize", json={"tokens": [10 ** 9]})
+    assert r.status_code == 400 and "out of range" in r.json()["error"]["message"]
+
+
+def test_context_overflow_errors(client):
+    r = client.post("/v1/completions", json={"prompt": "hello " * 300, "max_tokens": 8})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
+    n = int(err["message"].split("(")[1].split(" ")[0])
+    assert err["message"] == (
+        f"This model's maximum context length is {N_CTX} tokens, however you requested "
+        f"{n + 8} tokens ({n} in your prompt; 8 for the completion). Please reduce your "
+        "prompt; or completion length.")
+    r = client.post("/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hi " * 300}]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded"
+    assert err["message"].startswith(f"This model's maximum context length is {N_CTX} tokens. "
+                                     "However, you requested ")
+    assert err["message"].endswith("in the messages, None in the completion). Please reduce "
+                                   "the length of the messages or completion.")
+    r = client.post("/v1/completions", json={"prompt": "hello " * 300, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_unknown_model_and_bad_body(client):
+    for path, body in (("/v1/completions", {"prompt": "hi"}),
+                       ("/v1/chat/completions", {"messages": CHAT}),
+                       ("/v1/embeddings", {"input": "hi"})):
+        r = client.post(path, json={**body, "model": "gpt-9"})
+        assert r.status_code == 404, path
+        assert r.json()["error"] == {"message": "The model `gpt-9` does not exist",
+                                     "type": "invalid_request_error", "param": "model",
+                                     "code": "model_not_found"}
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": "many"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    # the model's file name and path also name it
+    ok = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1,
+                                              "model": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+    assert ok.status_code == 200
+
+
+def _skip_if_unsupported(r):
+    if r.status_code == 400 and r.json()["error"]["code"] == "unsupported":
+        pytest.skip("Llama has no grammar-constrained sampling yet: " + r.json()["error"]["message"])
+    assert r.status_code == 200, r.text
+
+
+def test_response_format_pass_through(client):
+    """Constrained output lives in Llama: here only that the request reaches it (a 400
+    `unsupported` body while Llama lacks grammars, else output that parses)."""
+    r = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Give me a JSON object with a name."}],
+        "response_format": {"type": "json_object"}, "temperature": 0.0, "max_tokens": 48})
+    _skip_if_unsupported(r)
+    if r.json()["choices"][0]["finish_reason"] == "stop":
+        json.loads(r.json()["choices"][0]["message"]["content"])
+
+
+def test_grammar_pass_through(client):
+    r = client.post("/v1/completions", json={"prompt": "Answer:", "grammar": 'root ::= "yes" | "no"',
+                                             "temperature": 0.0, "max_tokens": 4})
+    _skip_if_unsupported(r)
+    assert r.json()["choices"][0]["text"] in ("yes", "no")
+
+
+@pytest.fixture(scope="module")
+def keyed_client(smollm2, oracle):
+    """An app with an API key around the oracle's model (no second load)."""
+    app = create_app(server_settings=ServerSettings(api_key="sesame"),
+                     model_settings=[ModelSettings(model=str(smollm2))], llama=oracle)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_api_key(keyed_client):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}):
+        r = keyed_client.get("/v1/models", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    r = keyed_client.post("/extras/tokenize", json={"input": "a"})
+    assert r.status_code == 401
+    assert keyed_client.get("/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+    assert keyed_client.get("/health").status_code == 200
+
+
+def test_embeddings_need_embedding_model(smollm2):
+    with Llama(str(smollm2), n_ctx=64, verbose=False) as llm:
+        app = create_app(model_settings=[ModelSettings(model=str(smollm2))], llama=llm)
+        with TestClient(app) as c:
+            r = c.post("/v1/embeddings", json={"input": "hello"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "embeddings_disabled"
+    assert "embedding=True" in r.json()["error"]["message"]
+
+
+def test_settings_sources(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("N_CTX", "321")
+    monkeypatch.setenv("API_KEY", "from-env")
+    server, models = settings_from_args(["--model", str(smollm2), "--port", "9001",
+                                         "--embedding", "true"])
+    assert (models[0].n_ctx, models[0].embedding, server.port, server.api_key) == \
+        (321, True, 9001, "from-env")
+    server, models = settings_from_args(["--model", str(smollm2), "--n_ctx", "77"])
+    assert models[0].n_ctx == 77
+    cfg = {"port": 8123, "api_key": "k", "models": [
+        {"model": str(smollm2), "model_alias": "a", "n_ctx": 128},
+        {"model": str(smollm2), "model_alias": "b", "n_ctx": 64}]}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    server, models = settings_from_args(["--config_file", str(path)])
+    assert server.port == 8123 and [m.model_alias for m in models] == ["a", "b"]
+    assert models[1].llama_kwargs()["n_ctx"] == 64
+    yaml = pytest.importorskip("yaml")
+    ypath = tmp_path / "cfg.yaml"
+    ypath.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("CONFIG_FILE", str(ypath))
+    server, models = settings_from_args([])
+    assert server.api_key == "k" and models[0].n_ctx == 128
+    with pytest.raises(ValueError, match="not found"):
+        settings_from_args(["--config_file", str(tmp_path / "missing.json")])
+
+
+def test_main_errors(tmp_path, monkeypatch, capsys):
+    """Bad command lines end with a one-line message, not a traceback."""
+    for name in ("MODEL", "CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([]) == 2
+    assert "error: no model" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "none.gguf"), "--verbose", "false"]) == 1
+    assert "Model path does not exist" in capsys.readouterr().err
+    assert main(["--config_file", str(tmp_path / "none.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_two_models_swap(smollm2):
+    """A config with two models: a request naming the other one loads it."""
+    models = [ModelSettings(model=str(smollm2), model_alias="a", n_ctx=256, verbose=False),
+              ModelSettings(model=str(smollm2), model_alias="b", n_ctx=512, verbose=False)]
+    app = create_app(server_settings=ServerSettings(), model_settings=models)
+    with TestClient(app) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["a", "b"]
+        r = c.post("/v1/completions", json={"prompt": "hi", "model": "b", "max_tokens": 1})
+        assert r.status_code == 200 and r.json()["model"] == "b"
+        assert app.state.hub.llama.n_ctx() == 512
+        r = c.post("/v1/completions", json={"prompt": "hi " * 300, "model": "a", "max_tokens": 1})
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+        assert app.state.hub.llama.n_ctx() == 256
+    app.state.hub.close()

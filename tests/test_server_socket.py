@@ -1,0 +1,245 @@
+"""The server over a real localhost socket (uvicorn in a thread) driven by the official
+`openai` client: completions, chat, streams, embeddings, errors, the API key, several
+concurrent clients (each answer must equal `Llama`'s for the same greedy request) and a
+streaming client that vanishes mid-way (the next request must still be served)."""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+_REASON = "server tests need the [server] extra plus openai: pip install 'pyinfer[server]' openai"
+for _mod in ("fastapi", "sse_starlette", "pydantic_settings", "uvicorn", "openai", "httpx"):
+    pytest.importorskip(_mod, reason=_REASON)
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+import uvicorn  # noqa: E402
+
+from pyinfer import Llama  # noqa: E402
+from pyinfer.server import Settings, create_app  # noqa: E402
+
+N_CTX = 256
+KEY = "test-key"
+ALIAS = "smol"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(app):
+    """Run `app` on a free localhost port in a thread; yields (base URL, app)."""
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", app
+    srv.should_exit = True
+    thread.join(timeout=30)
+    app.state.hub.close()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2):
+    """A running server (FIFO: each request runs to its end)."""
+    yield from _serve(create_app(Settings(
+        model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX, verbose=False, embedding=True,
+        pooling_type=1, api_key=KEY)))
+
+
+@pytest.fixture(scope="module")
+def interleaving_server(smollm2):
+    """A running server whose streams hand the model over every 2 chunks."""
+    yield from _serve(create_app(Settings(
+        model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX, verbose=False, api_key=KEY,
+        interleave_tokens=2)))
+
+
+@pytest.fixture(scope="module")
+def oracle(smollm2):
+    llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=1)
+    yield llm
+    llm.close()
+
+
+def _client(server, key=KEY):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _want_completion(oracle, prompt, max_tokens):
+    oracle.reset()
+    return oracle.create_completion(prompt, max_tokens=max_tokens, temperature=0.0,
+                                    repeat_penalty=1.1)["choices"][0]["text"]
+
+
+def _want_chat(oracle, messages, max_tokens):
+    oracle.reset()
+    return oracle.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0,
+                                         repeat_penalty=1.1)["choices"][0]["message"]["content"]
+
+
+def test_openai_completion_and_stream(server, oracle):
+    c = _client(server)
+    r = c.completions.create(model=ALIAS, prompt="The capital of France is", max_tokens=6,
+                             temperature=0)
+    want = _want_completion(oracle, "The capital of France is", 6)
+    assert r.choices[0].text == want and r.model == ALIAS
+    assert r.usage.completion_tokens == 6
+    stream = c.completions.create(model=ALIAS, prompt="The capital of France is",
+                                  max_tokens=6, temperature=0, stream=True)
+    assert "".join(ch.choices[0].text for ch in stream) == want
+
+
+def test_openai_chat_and_stream(server, oracle):
+    c = _client(server)
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    r = c.chat.completions.create(model=ALIAS, messages=msgs, max_tokens=8, temperature=0)
+    want = _want_chat(oracle, msgs, 8)
+    assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
+    parts = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model=ALIAS, messages=msgs, max_tokens=8, temperature=0, stream=True)]
+    assert "".join(parts) == want
+
+
+def test_openai_embeddings(server, oracle):
+    """The client asks for base64 by default and decodes it; float on request."""
+    c = _client(server)
+    want = oracle.create_embedding(["red apples", "blue sky"])
+    for fmt in (openai.NOT_GIVEN, "float"):
+        r = c.embeddings.create(model=ALIAS, input=["red apples", "blue sky"],
+                                encoding_format=fmt)
+        for got, w in zip(r.data, want["data"]):
+            np.testing.assert_array_equal(np.float32(got.embedding), np.float32(w["embedding"]))
+
+
+def test_openai_errors(server):
+    c = _client(server)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=ALIAS, prompt="word " * 300, max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.AuthenticationError) as e:
+        _client(server, key="wrong").models.list()
+    assert e.value.code == "invalid_api_key"
+    assert [m.id for m in c.models.list().data] == [ALIAS]
+    assert httpx.get(server[0] + "/health").json()["status"] == "ok"
+
+
+# Mixed requests sent together; prompts differ so that a mix-up shows.
+JOBS = [("completion", "The capital of France is", False),
+        ("chat", "Name a fruit.", True),
+        ("completion", "Once upon a time", True),
+        ("chat", "What colour is the sky?", False),
+        ("completion", "def fibonacci(n):", False),
+        ("chat", "Say hello in Spanish.", True),
+        ("completion", "The largest planet is", True),
+        ("chat", "Count to three.", False)]
+
+
+def _run_job(server, kind, text, stream, max_tokens):
+    c = _client(server)
+    if kind == "completion":
+        if stream:
+            return "".join(ch.choices[0].text for ch in c.completions.create(
+                model=ALIAS, prompt=text, max_tokens=max_tokens, temperature=0, stream=True))
+        return c.completions.create(model=ALIAS, prompt=text, max_tokens=max_tokens,
+                                    temperature=0).choices[0].text
+    msgs = [{"role": "user", "content": text}]
+    if stream:
+        return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model=ALIAS, messages=msgs, max_tokens=max_tokens, temperature=0, stream=True))
+    return c.chat.completions.create(model=ALIAS, messages=msgs, max_tokens=max_tokens,
+                                     temperature=0).choices[0].message.content
+
+
+def _concurrent(server, oracle, max_tokens):
+    want = [_want_completion(oracle, t, max_tokens) if k == "completion"
+            else _want_chat(oracle, [{"role": "user", "content": t}], max_tokens)
+            for k, t, _ in JOBS]
+    assert all(want), want
+    got = [None] * len(JOBS)
+    errors = []
+    start = threading.Barrier(len(JOBS))
+
+    def worker(i):
+        try:
+            start.wait()
+            got[i] = _run_job(server, *JOBS[i], max_tokens)
+        except Exception as e:       # reported below, with the job
+            errors.append((JOBS[i], repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(JOBS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert got == want
+
+
+def test_concurrent_clients_match_llama(server, oracle):
+    _concurrent(server, oracle, 6)
+
+
+def test_interleaved_streams_match_llama(interleaving_server, oracle):
+    """Streams take turns (saving and restoring their KV cache) and still answer exactly
+    what Llama answers to each request alone."""
+    _concurrent(interleaving_server, oracle, 10)
+    assert interleaving_server[1].state.hub.switches > 0
+
+
+def test_disconnected_stream_frees_the_model(server, oracle):
+    """A client reads two events of a long stream and hangs up: the lease must come
+    back (the stream stops) and a following request must be answered correctly."""
+    base, app = server
+    body = {"model": ALIAS, "prompt": "Once upon a time, there was a dragon who", "max_tokens": 120,
+            "temperature": 0, "stream": True}
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as h:
+        with h.stream("POST", base + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                seen += line.startswith("data: ")
+                if seen == 2:
+                    break
+    hub = app.state.hub
+    deadline = time.monotonic() + 30
+    while hub.busy:
+        assert time.monotonic() < deadline, "the lease of a vanished client was not released"
+        time.sleep(0.05)
+    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
+    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "the stream ran to its end"
+    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
+                                           max_tokens=4, temperature=0)
+    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
+
+
+def test_abandoned_request_stops(server, oracle):
+    """A non-streaming request whose client gives up (read timeout) stops generating at
+    its next token and frees the model."""
+    base, app = server
+    body = {"model": ALIAS, "prompt": "Once upon a time, there was a dragon who",
+            "max_tokens": 120, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(base + "/v1/completions", json=body, timeout=0.5,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    hub = app.state.hub
+    deadline = time.monotonic() + 60
+    while hub.busy:
+        assert time.monotonic() < deadline, "the abandoned request kept the model"
+        time.sleep(0.05)
+    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
+    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "it ran to its end"
+    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
+                                           max_tokens=4, temperature=0)
+    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
