@@ -40,10 +40,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeat-penalty", type=float, default=1.0)
     ap.add_argument("-s", "--seed", type=int, default=None)
     ap.add_argument("--verbose", action="store_true", help="print the load report")
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                    help="layers on the GPU (dense models; -1: all; needs CUDA)")
+    ap.add_argument("--vram-budget", type=float, default=None,
+                    help="GiB of VRAM for hybrid hot/cold placement (PowerInfer models; needs CUDA)")
+    ap.add_argument("--reset-gpu-index", action="store_true", help="regenerate <model>.generated.gpuidx")
+    ap.add_argument("--disable-gpu-index", action="store_true", help="place no FFN neurons by the GPU index")
+    ap.add_argument("--sparse-threshold", type=float, default=None,
+                    help="PowerInfer predictor threshold (default: the file's)")
+    ap.add_argument("--dense", action="store_true", help="compute every FFN neuron (sparse models)")
     ap.add_argument("--chat", action="store_true",
                     help="interactive chat with the model's chat template (see pyinfer/cli_chat.py)")
     ap.add_argument("--system", default=None, help="--chat: system prompt")
     return ap.parse_args(argv)
+
+
+def llama_kwargs(args: argparse.Namespace, threads: int) -> dict:
+    """Llama(...) keywords from the command line (shared with --chat)."""
+    kw = dict(n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=threads,
+              n_threads_batch=threads, n_gpu_layers=args.n_gpu_layers, verbose=args.verbose,
+              seed=args.seed if args.seed is not None else 0xFFFFFFFF,
+              sparse_threshold=args.sparse_threshold, dense=args.dense)
+    if args.vram_budget is not None:
+        kw["vram_budget"] = args.vram_budget
+    if args.reset_gpu_index:
+        kw["reset_gpu_index"] = True
+    if args.disable_gpu_index:
+        kw["disable_gpu_index"] = True
+    return kw
 
 
 def main(argv=None) -> int:
@@ -59,10 +83,8 @@ def main(argv=None) -> int:
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
     try:
-        llm = Llama(model, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=threads,
-                    n_threads_batch=threads, verbose=args.verbose,
-                    seed=args.seed if args.seed is not None else 0xFFFFFFFF)
-    except (ValueError, OSError) as e:
+        llm = Llama(model, **llama_kwargs(args, threads))
+    except (ValueError, OSError, RuntimeError) as e:   # bad file/option, no GPU
         print(f"error: {e}", file=sys.stderr)
         return 1
     t_load = time.perf_counter() - t0

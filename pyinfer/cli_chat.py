@@ -94,9 +94,8 @@ def load_model(args, model: str, err):
     from .llama import Llama
     warm_file(model, err)
     threads = args.threads or default_threads()
-    llm = Llama(model, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=threads,
-                n_threads_batch=threads, verbose=True,
-                seed=args.seed if args.seed is not None else 0xFFFFFFFF)
+    from .__main__ import llama_kwargs
+    llm = Llama(model, **{**llama_kwargs(args, threads), "verbose": True})
     llm.verbose = False       # the load report only; no per-call timing lines in the chat
     return llm
 
@@ -150,7 +149,7 @@ def run_chat(args) -> int:
     model = args.model or default_model()
     try:
         llm = load_model(args, model, err)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:   # bad file/option, no GPU
         print(f"error: {e}", file=err)
         return 1
     system = [{"role": "system", "content": args.system}] if args.system else []
