@@ -100,11 +100,16 @@ class LlamaOptions:
     # pyinfer's own (PowerInfer models): predictor threshold (None: the file's), all neurons
     sparse_threshold: Optional[float] = None
     dense: bool = False
+    # llama.cpp's model parameter (not a llama-cpp-python keyword, taken from **kwargs):
+    # False keeps Q4_0 weights row-major instead of repacking them at load
+    use_extra_bufts: bool = True
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
         """`values`: the named keywords; `extra`: what **kwargs caught (warned about: a
         misspelt option must not pass unnoticed, though llama-cpp-python ignores them)."""
+        extra = dict(extra)
+        values = {**values, "use_extra_bufts": bool(extra.pop("use_extra_bufts", True))}
         if extra:
             warn(f"Llama: ignoring unknown keyword argument(s): {', '.join(sorted(extra))}",
                  verbose=bool(values.get("verbose")))
@@ -206,7 +211,7 @@ class LlamaOptions:
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
-            dense=self.dense)
+            dense=self.dense, repack_weights=self.use_extra_bufts)
 
 
 def warn(message: str, verbose: bool) -> None:

@@ -1,0 +1,195 @@
+"""Repacked Q4_0 weights (gs_tensor_repack: groups of 8 interleaved rows)
+against independent oracles.
+
+* Layout: the repacked bytes equal a numpy re-arrangement of the row-major
+  blocks (ggml_sparse/src/cpu/repack.h).
+* mul_mat over repacked weights equals, bit for bit, a numpy model of the
+  order llama.cpp's repacked Q4_0 kernels use: per output, from acc = 0, one
+  fused multiply-add per 32-block in block order,
+  acc = fma((float) isum, f32(d_w * d_x), acc), isum the exact integer dot
+  of (q - 8) with the Q8_0 activations; the fused multiply-add is rounded
+  exactly here (product exact in float64, TwoSum, float32 midpoint fix).
+  At every SIMD level the CPU has (so SIMD equals scalar), with 1 and 2
+  threads, for single activation rows, batches and batches of planes.
+* It equals the row-major product within the Q4_0 budget (another order).
+* Tensors that do not qualify (M % 8 != 0, other types, 3-D) are refused
+  and left alone; ops other than mul_mat's weights, and views, refuse a
+  repacked tensor when the graph is built.
+"""
+import numpy as np
+import pytest
+
+from pyinfer._lib import GGMLSparseError as GSError
+from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, quantize,
+                            quantize_activations, set_simd_level)
+
+T = GGMLType
+Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", 16)])
+Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
+
+
+def levels():
+    info = cpu_info()
+    out = ["scalar"]
+    if info["avx2"] and info["fma"] and info["f16c"]:
+        out.append("avx2")
+    if info["avx512f"] and info["avx512bw"] and info["avx512vl"] and info["avx512vnni"]:
+        out.append("avx512")
+    return out
+
+
+def random_q4_0(rng, M, K):
+    """Random Q4_0 rows: random nibbles (every bit pattern) with sane scales."""
+    blocks = np.zeros((M, K // 32), dtype=Q4_0)
+    blocks["d"] = rng.uniform(1e-3, 2e-2, size=(M, K // 32)).astype(np.float16)
+    blocks["qs"] = rng.integers(0, 256, size=(M, K // 32, 16), dtype=np.uint8)
+    return blocks.view(np.uint8).reshape(M, -1)
+
+
+def repack_layout(rows):
+    """Row-major Q4_0 bytes (M, row bytes) -> the repacked layout (repack.h)."""
+    M = rows.shape[0]
+    b = rows.view(Q4_0).reshape(M // 8, 8, -1)          # group, row, block
+    d = b["d"].transpose(0, 2, 1)                       # group, block, row
+    qs = b["qs"].reshape(M // 8, 8, -1, 2, 8).transpose(0, 2, 3, 1, 4)   # group, block, chunk, row, byte
+    nb = b.shape[2]
+    out = np.concatenate([np.ascontiguousarray(d).view(np.uint8).reshape(M // 8, nb, 16),
+                          qs.reshape(M // 8, nb, 128)], axis=2)
+    return out.reshape(-1)
+
+
+def fma32(a, b, c):
+    """float32 fma(a, b, c), correctly rounded, elementwise (a * b exact in float64)."""
+    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)                       # s + e == p + c exactly
+    r = s.astype(np.float32)
+    d = s - r.astype(np.float64)
+    nxt = np.nextafter(r, np.where(d > 0, np.float32(np.inf), np.float32(-np.inf)))
+    mid = (d != 0) & (2 * d == nxt.astype(np.float64) - r.astype(np.float64))
+    return np.where(mid & (e * d > 0), nxt, r)
+
+
+def reference(rows, x):
+    """out[n, m] in llama.cpp's repacked order; x (N, K) float32."""
+    M, K = rows.shape[0], x.shape[1]
+    w = rows.view(Q4_0).reshape(M, K // 32)
+    wq = np.concatenate([w["qs"] & 15, w["qs"] >> 4], axis=2).astype(np.int64) - 8   # M, nb, 32
+    y = quantize_activations(x, T.Q4_0).view(Q8_0).reshape(x.shape[0], K // 32)
+    isum = np.einsum("mbj,nbj->nmb", wq, y["qs"].astype(np.int64))
+    dd = w["d"].astype(np.float32)[None, :, :] * y["d"].astype(np.float32)[:, None, :]
+    acc = np.zeros(isum.shape[:2], np.float32)
+    for b in range(K // 32):
+        acc = fma32(isum[:, :, b].astype(np.float32), dd[:, :, b], acc)
+    return acc
+
+
+def mul_mat(rows, x, repack, n_threads, planes=1):
+    """mul_mat of Q4_0 rows (M, row bytes) with x (planes * N, K) through a graph."""
+    M, K = rows.shape[0], x.shape[1]
+    N = x.shape[0] // planes
+    with Context(mem_size=1 << 20) as ctx:
+        a = ctx.new_tensor(T.Q4_0, (K, M), "w")
+        a.numpy()[0, 0] = rows
+        if repack:
+            a.repack()
+        b = ctx.new_tensor(T.F32, (K, N, planes) if planes > 1 else (K, N), "x")
+        b.numpy()[...] = x.reshape(b.numpy().shape)
+        out = ctx.mul_mat(a, b)
+        g = Graph(ctx, 8).build(out).plan(n_threads)
+        with ThreadPool(n_threads) as pool:
+            g.compute(pool)
+        return out.numpy().reshape(-1, M).copy()
+
+
+@pytest.fixture
+def simd_level():
+    yield set_simd_level
+    set_simd_level("auto")
+
+
+def test_layout():
+    rng = np.random.default_rng(1)
+    rows = random_q4_0(rng, 16, 96)
+    with Context(mem_size=1 << 16) as ctx:
+        a = ctx.new_tensor(T.Q4_0, (96, 16), "w")
+        a.numpy()[0, 0] = rows
+        assert a.can_repack and not a.is_repacked
+        buf = a.repack()
+        assert a.is_repacked and not a.can_repack
+        np.testing.assert_array_equal(buf, repack_layout(rows))
+        np.testing.assert_array_equal(a.raw(), buf)
+
+
+SHAPES = [(32, 8, 1), (256, 24, 1), (576, 64, 1), (1024, 40, 1),
+          (64, 16, 2), (576, 64, 7), (256, 24, 9), (96, 8, 33)]
+
+
+@pytest.mark.parametrize("K,M,N", SHAPES)
+def test_matches_reference_order(simd_level, K, M, N):
+    rng = np.random.default_rng(K * 1000 + M + N)
+    rows = random_q4_0(rng, M, K)
+    x = rng.standard_normal((N, K)).astype(np.float32)
+    x[0, :32] = 0.0                                          # a block with d = 0
+    ref = reference(rows, x)
+    for level in levels():
+        simd_level(level)
+        for n_threads in (1, 2):
+            got = mul_mat(rows, x, True, n_threads)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{level} {n_threads} threads")
+
+
+def test_planes(simd_level):
+    """b {K, N, 2}: each plane multiplies the same weights."""
+    rng = np.random.default_rng(7)
+    rows = random_q4_0(rng, 32, 128)
+    x = rng.standard_normal((2 * 3, 128)).astype(np.float32)
+    ref = reference(rows, x)
+    for level in levels():
+        simd_level(level)
+        np.testing.assert_array_equal(mul_mat(rows, x, True, 2, planes=2), ref)
+
+
+@pytest.mark.parametrize("K,M,N", [(576, 64, 1), (1024, 40, 5)])
+def test_close_to_row_major(K, M, N):
+    """Another summation order than the row-major kernels: equal within the
+    Q4_0 budget, 2e-6 of sum |w x| (the two use the same quantized activations)."""
+    rng = np.random.default_rng(3)
+    rows = random_q4_0(rng, M, K)
+    x = rng.standard_normal((N, K)).astype(np.float32)
+    rep, row = mul_mat(rows, x, True, 2), mul_mat(rows, x, False, 2)
+    w = rows.view(Q4_0).reshape(M, K // 32)
+    wf = ((np.concatenate([w["qs"] & 15, w["qs"] >> 4], axis=2).astype(np.float64) - 8)
+          * w["d"].astype(np.float64)[:, :, None]).reshape(M, K)
+    scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+    assert np.all(np.abs(rep.astype(np.float64) - row) <= 2e-6 * scale)
+    assert not np.array_equal(rep, row)          # the orders do differ
+
+
+def test_refuses_unqualified():
+    with Context(mem_size=1 << 16) as ctx:
+        for t, ne in [(T.Q4_0, (64, 12)), (T.Q4_1, (64, 16)), (T.Q8_0, (64, 16)), (T.Q4_0, (64, 8, 2))]:
+            a = ctx.new_tensor(t, ne, "w")
+            assert not a.can_repack
+            with pytest.raises(GSError, match="cannot be repacked"):
+                a.repack()
+            assert not a.is_repacked
+
+
+def test_other_readers_refused():
+    """get_rows, a view, or mul_mat of a view of repacked weights: the graph
+    build fails with a clear message; mul_mat's weights still work."""
+    rng = np.random.default_rng(5)
+    with Context(mem_size=1 << 20) as ctx:
+        a = ctx.new_tensor(T.Q4_0, (64, 16), "w")
+        a.numpy()[0, 0] = random_q4_0(rng, 16, 64)
+        a.repack()
+        idx = ctx.from_numpy(np.array([1, 2], np.int32))
+        x = ctx.from_numpy(np.ones((1, 64), np.float32))
+        for bad in (lambda: ctx.get_rows(a, idx),
+                    lambda: ctx.mul_mat(ctx.view(a, (64, 8), (18, 36), 0), x)):
+            with pytest.raises(GSError, match="repacked"):
+                Graph(ctx, 8).build(bad())
+        Graph(ctx, 8).build(ctx.mul_mat(a, x))
