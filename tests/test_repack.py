@@ -193,3 +193,80 @@ def test_other_readers_refused():
             with pytest.raises(GSError, match="repacked"):
                 Graph(ctx, 8).build(bad())
         Graph(ctx, 8).build(ctx.mul_mat(a, x))
+
+
+# ---- the engine ------------------------------------------------------------
+def _repacked_names(eng):
+    w = eng.weights
+    tensors = [w.tok_embd, w.output] + [t for layer in w.layers for t in
+                                        (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate,
+                                         layer.w_up, layer.w_down, layer.w_down_t) if t is not None]
+    return {t.name for t in tensors if t.is_repacked}
+
+
+def test_engine_repacks_mul_mat_weights(tmp_path):
+    """Q4_0 tiny model: with repacking (the default) every matrix used only by
+    mul_mat is repacked, token_embd is not; logits stay within the Q4_0
+    budget of the numpy reference and close to the row-major run."""
+    import gguf
+
+    from pyinfer.config import ContextSettings
+    from pyinfer.engine import Engine
+    from reference.numpy_llama import NumpyLlama
+    from reference.tiny_model import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "m.gguf", weight_type=gguf.GGMLQuantizationType.Q4_0,
+                            n_embd=64, n_ff=128)
+    tokens = list(range(3, 15))
+    logits = {}
+    for repack in (True, False):
+        eng = Engine(str(path), ContextSettings(n_ctx=64, n_batch=16, n_threads=2, repack_weights=repack))
+        names = _repacked_names(eng)
+        if repack:
+            per_layer = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+            assert names == {"output.weight"} | {f"blk.{i}.{n}.weight" for i in range(2) for n in per_layer}
+        else:
+            assert names == set()
+        got = np.vstack([eng.decode(tokens[:10], logits_all=True)] + [eng.decode([t])[None] for t in tokens[10:]])
+        logits[repack] = got
+        ref = NumpyLlama(str(path), eng.cfg).forward(tokens)
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 5e-2
+        eng.close()
+    assert np.abs(logits[True] - logits[False]).max() / np.abs(logits[False]).max() < 1e-3
+
+
+def test_engine_powerinfer_ffn_not_repacked(tmp_path):
+    """PowerInfer layers: the FFN matrices feed sparse ops and stay row-major;
+    attention is repacked and the sparse graph builds and runs."""
+    import gguf
+
+    from pyinfer.config import ContextSettings
+    from pyinfer.engine import Engine
+    from reference.tiny_model import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "p.gguf", weight_type=gguf.GGMLQuantizationType.Q4_0,
+                            n_embd=64, n_ff=128, powerinfer=True)
+    eng = Engine(str(path), ContextSettings(n_ctx=64, n_batch=16, n_threads=2))
+    names = _repacked_names(eng)
+    assert "blk.0.attn_q.weight" in names and not any("ffn" in n for n in names)
+    assert np.all(np.isfinite(eng.decode(list(range(3, 9)))))
+    eng.close()
+
+
+def test_llama_keyword(tmp_path):
+    """Llama(use_extra_bufts=False) (llama.cpp's name) keeps weights row-major, without a warning."""
+    import warnings
+
+    import gguf
+
+    from pyinfer import Llama
+    from tiny_chat_model import write_tiny_chat_model
+
+    path = write_tiny_chat_model(tmp_path / "m.gguf", weight_type=gguf.GGMLQuantizationType.Q4_0,
+                                 n_embd=64, n_ff=128)
+    for flag in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            llm = Llama(str(path), n_ctx=64, verbose=False, use_extra_bufts=flag)
+        assert llm._engine.weights.layers[0].wq.is_repacked is flag
+        llm.close()

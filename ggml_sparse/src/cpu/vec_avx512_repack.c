@@ -9,23 +9,27 @@
  * (-8 * sum of its activations) in the even lanes, leave row r's exact
  * integer dot in lanes 2r + 2r+1; adding the pair and narrowing the qwords
  * (vpmovqd) gives the 8 rows' isums for one fused multiply-add.
- * A micro-kernel takes G (1..2) groups x NC (1..4) activation rows, so
+ * A micro-kernel takes G (1..4) groups x NC (1..4) activation rows, so
  * the weights are unpacked once per NC rows and G x NC chains interleave.
+ * A GEMV (one activation row) takes its 4 groups from the 4 quarters of the
+ * group range: 4 sequential streams from memory, which keep more reads in
+ * flight than one (the hardware prefetcher follows each).
  */
 #include "vec_avx512.h"
 #include "repack.h"
 
+/* groups g < G at x + g bx, their outputs at s + g sg */
 static inline __attribute__((always_inline)) void
-micro(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, const uint8_t * y, size_t by,
+micro(int nb, float * s, size_t sg, size_t bs, const uint8_t * x, size_t bx, const uint8_t * y, size_t by,
       const int G, const int NC) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m256 acc[2][4];
+    __m256 acc[4][4];
     for (int g = 0; g < G; g++) {
         for (int c = 0; c < NC; c++) acc[g][c] = _mm256_setzero_ps();
     }
     for (int b = 0; b < nb; b++) {
-        __m512i w[2][4];
-        __m256 dx[2];
+        __m512i w[4][4];
+        __m256 dx[4];
         for (int g = 0; g < G; g++) {
             const uint8_t * xb = x + (size_t) g * bx + (size_t) b * GS_R8_BLOCK;
             const __m512i r0 = _mm512_loadu_si512(xb + 16), r1 = _mm512_loadu_si512(xb + 80);
@@ -57,15 +61,26 @@ micro(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, const uint8_t 
         }
     }
     for (int g = 0; g < G; g++) {
-        for (int c = 0; c < NC; c++) _mm256_storeu_ps(s + (size_t) c * bs + (size_t) g * GS_R8_ROWS, acc[g][c]);
+        for (int c = 0; c < NC; c++) _mm256_storeu_ps(s + (size_t) c * bs + (size_t) g * sg, acc[g][c]);
     }
 }
 
-#define MICRO(G, NC) micro(nb, s + (size_t) c0 * bs + (size_t) g0 * GS_R8_ROWS, bs, \
+#define MICRO(G, NC) micro(nb, s + (size_t) c0 * bs + (size_t) g0 * GS_R8_ROWS, GS_R8_ROWS, bs, \
                            x + (size_t) g0 * bx, bx, y + (size_t) c0 * by, by, G, NC)
 
 void gs_avx512_r8_gemm(int nb, float * s, size_t bs, const uint8_t * x, size_t bx,
                        const uint8_t * y, size_t by, int ng, int nc) {
+    if (nc == 1) {
+        const int q = ng / 4;
+        for (int i = 0; i < q; i++) {
+            micro(nb, s + (size_t) i * GS_R8_ROWS, (size_t) q * GS_R8_ROWS, bs, x + (size_t) i * bx,
+                  (size_t) q * bx, y, by, 4, 1);
+        }
+        for (int g = 4 * q; g < ng; g++) {
+            micro(nb, s + (size_t) g * GS_R8_ROWS, GS_R8_ROWS, bs, x + (size_t) g * bx, bx, y, by, 1, 1);
+        }
+        return;
+    }
     for (int g0 = 0; g0 < ng; g0 += 2) {
         const int two = ng - g0 >= 2;
         for (int c0 = 0; c0 < nc; c0 += 4) {
