@@ -270,3 +270,37 @@ def test_llama_keyword(tmp_path):
             llm = Llama(str(path), n_ctx=64, verbose=False, use_extra_bufts=flag)
         assert llm._engine.weights.layers[0].wq.is_repacked is flag
         llm.close()
+
+
+def _mapped_rss_kb(path):
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:   # a mapping's header line
+                inside = len(head) >= 6 and head[5] == str(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+def test_release_pages(tmp_path):
+    """The loader drops the resident file pages under a repacked tensor's
+    mapped data (and only those); the map still reads the file afterwards."""
+    pytest.importorskip("mmap").MADV_DONTNEED
+    from pyinfer.model.llama import _release_pages
+
+    path = tmp_path / "blob.bin"
+    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8)
+    data.tofile(path)
+    m = np.memmap(path, mode="r")                   # as gguf.GGUFReader maps a file
+    view = m[(2 << 20) + 100:(6 << 20) + 100]       # 4 MiB, not page-aligned
+    assert int(m.sum(dtype=np.uint64)) == int(data.sum(dtype=np.uint64))   # touch every page
+    before = _mapped_rss_kb(path)
+    _release_pages(view)
+    after = _mapped_rss_kb(path)
+    assert before - after >= 4096 - 8
+    m[:2 << 20].sum(), m[(6 << 20) + 100:].sum()     # the pages outside stayed resident
+    assert _mapped_rss_kb(path) - after <= 8
+    np.testing.assert_array_equal(view, data[(2 << 20) + 100:(6 << 20) + 100])

@@ -119,13 +119,13 @@ def _release_pages(data: np.ndarray) -> None:
     """Drop the resident pages of the file map under `data` (a view of the
     GGUF reader's np.memmap) that lie wholly inside it, so a repacked copy
     does not double the weights' memory; nothing when it is not mapped."""
-    base = data
-    while base is not None and not isinstance(base, np.memmap):
-        base = base.base
-    mm = getattr(base, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+    top = data     # the memmap made on the mmap object (its views are memmaps too)
+    while isinstance(top.base, np.ndarray):
+        top = top.base
+    mm = top.base
+    if not isinstance(top, np.memmap) or not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    map_start = base.ctypes.data - base.offset % mmap.ALLOCATIONGRANULARITY
+    map_start = top.ctypes.data - top.offset % mmap.ALLOCATIONGRANULARITY
     lo = data.ctypes.data - map_start
     hi = lo + data.nbytes
     page = mmap.PAGESIZE
