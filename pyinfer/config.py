@@ -117,4 +117,5 @@ class ContextSettings:
     kv_overrides: Dict[str, Any] = field(default_factory=dict)  # GGUF metadata replacements
     sparse_threshold: Optional[float] = None  # PowerInfer models: None = the file's threshold
     dense: bool = False             # PowerInfer models: compute every FFN neuron
+    repack_weights: bool = True     # Q4_0 matrices in the interleaved layout (llama.cpp's use_extra_bufts)
     extra: Dict[str, Any] = field(default_factory=dict)

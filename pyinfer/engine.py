@@ -51,7 +51,7 @@ class Engine:
         self.n_threads_batch = settings.n_threads_batch or self.n_threads
         n_weights = len(self.file.tensors)
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
-        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx)
+        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense)
         self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)

@@ -46,7 +46,7 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 
 
 # pyinfer keywords Llama(...) receives through **kwargs (GPU index options)
-PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget")
+PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -110,15 +110,19 @@ class LlamaOptions:
     disable_gpu_index: bool = False
     # PowerInfer's --vram-budget (GiB; None: no hybrid placement), see pyinfer/offload
     vram_budget: Optional[float] = None
+    # llama.cpp's model parameter (not a llama-cpp-python keyword, taken from **kwargs):
+    # False keeps Q4_0 weights row-major instead of repacking them at load
+    use_extra_bufts: bool = True
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
         """`values`: the named keywords; `extra`: what **kwargs caught (warned about: a
         misspelt option must not pass unnoticed, though llama-cpp-python ignores them).
         pyinfer's own fields that `Llama.__init__` does not name (the GPU index switches,
-        `vram_budget`) are taken from `extra`."""
+        `vram_budget`, llama.cpp's `use_extra_bufts`) are taken from `extra`."""
         values = {**values, **{k: v for k, v in extra.items() if k in PASSED_THROUGH}}
         extra = {k: v for k, v in extra.items() if k not in PASSED_THROUGH}
+        values = {**values, "use_extra_bufts": bool(values.pop("use_extra_bufts", True))}
         if extra:
             warn(f"Llama: ignoring unknown keyword argument(s): {', '.join(sorted(extra))}",
                  verbose=bool(values.get("verbose")))
@@ -221,7 +225,7 @@ class LlamaOptions:
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
-            dense=self.dense,
+            dense=self.dense, repack_weights=self.use_extra_bufts,
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers})
 
 

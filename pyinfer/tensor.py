@@ -206,6 +206,28 @@ class Tensor:
         check(lib.gs_tensor_set_data(self.ptr, ffi.from_buffer(buffer)))
         self._ctx._keepalive.append(buffer)
 
+    @property
+    def can_repack(self) -> bool:
+        """Whether :meth:`repack` accepts this tensor (2-D Q4_0 leaf with data, rows % 8 == 0)."""
+        return bool(lib.gs_tensor_can_repack(self.ptr))
+
+    @property
+    def is_repacked(self) -> bool:
+        return bool(lib.gs_tensor_is_repacked(self.ptr))
+
+    def repack(self) -> np.ndarray:
+        """Rewrite the data into the interleaved-rows layout (gs_tensor_repack)
+        in a new 64-byte aligned buffer that the context keeps alive, and
+        return that buffer. Afterwards the tensor may only be a mul_mat's
+        weights; its old data is no longer read."""
+        n = self.nbytes
+        store = np.empty(n + 64, dtype=np.uint8)
+        start = -store.ctypes.data % 64
+        buf = store[start:start + n]
+        check(lib.gs_tensor_repack(self.ptr, ffi.from_buffer(buf), n))
+        self._ctx._keepalive.append(store)
+        return buf
+
     def _data_ptr(self):
         p = ffi.new("void **")
         check(lib.gs_tensor_get_data(self.ptr, p))

@@ -11,6 +11,10 @@ tensor and multiplied through a planned graph, as the model does:
 * GEMM, N = 32 and 128 activation rows on ne = (4096, 11008): GFLOP/s
   (2 * K * M * N flops; the activation quantization is included).
 
+`q4_0r` is Q4_0 repacked at load into 8 interleaved rows (gs_tensor_repack,
+as the engine does by default; kernels in llama.cpp's repacked order), beside
+`q4_0`, the row-major kernels.
+
 Times are the median of several runs after a warm-up run. The memory read
 bandwidth is measured with numpy alone: a 512 MiB array (written before, so
 its pages exist) is reduced by np.max on uint8, np.bitwise_or on uint64 and
@@ -22,8 +26,12 @@ has its own cost), so a kernel can come out above 100%.
 The machine is shared: when other processes run, 2-thread times are
 stretched by the scheduler (one thread waits for the other's time slice).
 
+With --cpu-time the times are CPU seconds of the process (every thread's),
+which other processes on a shared machine do not stretch; only the 1-thread
+numbers are then comparable with wall-clock ones.
+
 Usage: python scripts/bench_gemv.py [--quick] [--types q4_0,q8_0] [--threads 1,2]
-       [--levels avx2,avx512]
+       [--levels avx2,avx512] [--cpu-time]
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):
 from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, row_size,  # noqa: E402
                             set_simd_level, type_info)
 
-ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"]
+ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_0r", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"]
 L3_BYTES = 32 << 20
 K = 4096
 M_BASE = 11008
@@ -50,13 +58,14 @@ M_BASE = 11008
 # Byte offset and count of the f16 scale fields inside each block: random bytes
 # there could be inf/NaN, so they are overwritten with small finite values.
 _SCALE_FIELDS = {
-    "q4_0": [(0, 1)], "q5_0": [(0, 1)], "q8_0": [(0, 1)], "q4_1": [(0, 2)], "q5_1": [(0, 2)],
+    "q4_0": [(0, 1)], "q4_0r": [(0, 1)], "q5_0": [(0, 1)], "q8_0": [(0, 1)], "q4_1": [(0, 2)], "q5_1": [(0, 2)],
     "q4_K": [(0, 2)], "q5_K": [(0, 2)], "q6_K": [(208, 1)],
 }
 
 
 def gtype(name: str) -> GGMLType:
-    return GGMLType[name.upper()]
+    """The weight type of a type name ("q4_0r": Q4_0, repacked)."""
+    return GGMLType[name.upper().rstrip("R")]
 
 
 def random_weights(name: str, k: int, m: int, rng) -> np.ndarray:
@@ -85,6 +94,8 @@ class MatMul:
         self.ctx = Context(mem_size=1 << 20, no_alloc=True)
         self.w = self.ctx.new_tensor(gtype(name), (k, m), "w")
         self.w.set_data(w)
+        if name.endswith("r"):
+            self.w.repack()
         self.x_data = rng.standard_normal((n, k), dtype=np.float32)
         self.x = self.ctx.new_tensor(GGMLType.F32, (k, n), "x")
         self.x.set_data(self.x_data)
@@ -92,14 +103,14 @@ class MatMul:
         self.graph = Graph(self.ctx, 8).build(self.out).plan(n_threads)
         self.pool = ThreadPool(n_threads)
 
-    def time(self, reps: int) -> float:
-        """Median seconds per run (after one warm-up run)."""
+    def time(self, reps: int, clock=time.perf_counter) -> float:
+        """Median seconds per run (after one warm-up run) on `clock`."""
         self.graph.compute(self.pool)
         times = []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = clock()
             self.graph.compute(self.pool)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return statistics.median(times)
 
     def close(self) -> None:
@@ -143,7 +154,11 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--levels", default="auto", help="SIMD levels to compare: auto, scalar, avx2, avx512")
     ap.add_argument("--no-gemm", action="store_true", help="skip the GEMM lines")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time on the process's CPU clock (all threads' CPU seconds; steadier than "
+                         "wall clock when the machine is shared, 1 thread only is comparable)")
     args = ap.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
 
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     threads = [int(t) for t in args.threads.split(",")]
@@ -173,7 +188,7 @@ def main() -> None:
             for nt in threads:
                 bw = read_bandwidth(buf, nt, 2)
                 mm = MatMul(name, w, K, m, 1, nt, rng)
-                t = mm.time(reps)
+                t = mm.time(reps, clock)
                 mm.close()
                 gbs = w.nbytes / t / 1e9
                 cells.append(f"{t * 1e3:8.2f} {gbs:9.1f} {bw:5.1f} {100 * gbs / bw:3.0f}%")
@@ -192,7 +207,7 @@ def main() -> None:
                 for n in gemm_ns:
                     for nt in threads:
                         mm = MatMul(name, w, K, M_BASE, n, nt, rng)
-                        t = mm.time(max(3, reps // 3))
+                        t = mm.time(max(3, reps // 3), clock)
                         mm.close()
                         cells.append(f"{2 * K * M_BASE * n / t / 1e9:10.1f}")
                 print(f"{name:6} {lvl:7} " + " ".join(cells), flush=True)

@@ -198,6 +198,28 @@ bool      gs_tensor_is_contiguous(const gs_tensor * t);
 gs_status gs_tensor_set_output(gs_tensor * t);
 
 /* ---------------------------------------------------------------------------
+ * Repacked weights. A Q4_0 weight matrix can be rewritten at load into
+ * groups of 8 interleaved rows (src/cpu/repack.h has the byte layout) for
+ * faster GEMV/GEMM kernels that accumulate as llama.cpp's repacked Q4_0 does
+ * on x86: per output one fused multiply-add per 32-block in block order,
+ * acc = fma((float) isum, d_w * d_x, acc) (isum: the exact integer dot of
+ * the weights minus 8 with the Q8_0 activations). Row-major Q4_0 products
+ * follow llama.cpp's non-repacked order instead.
+ * ------------------------------------------------------------------------- */
+/* Whether t qualifies: a contiguous 2-D Q4_0 leaf tensor {K, M} with data,
+ * M % 8 == 0, not yet repacked. */
+bool      gs_tensor_can_repack(const gs_tensor * t);
+/* Write t's data repacked into dst (dst_size >= gs_tensor_nbytes(t) bytes,
+ * not overlapping t's data; any alignment) and point t at dst, which the
+ * caller keeps alive and unchanged while t is used; t's old data is no
+ * longer read. Afterwards t may only be gs_mul_mat's first operand:
+ * gs_graph_build refuses (GS_ERR_TYPE) a graph in which any other op or a
+ * view reads it, and gs_tensor_set_data must not be called on it.
+ * GS_ERR_TYPE when t does not qualify (see gs_tensor_can_repack). */
+gs_status gs_tensor_repack(gs_tensor * t, void * dst, size_t dst_size);
+bool      gs_tensor_is_repacked(const gs_tensor * t);
+
+/* ---------------------------------------------------------------------------
  * Ops. Each records a node; shapes use ggml's convention. For 2-D tensors,
  * {ne0, ne1} is ne1 rows of ne0 elements. "Broadcast" means dims of b of
  * size 1, or ne of a that are multiples of b's, repeat b.

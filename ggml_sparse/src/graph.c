@@ -94,6 +94,18 @@ typedef struct {
     int next;       /* next input to look at: src[0..GS_MAX_SRC-1], then view_src */
 } build_frame;
 
+/* Repacked weights (gs_tensor_repack) may only be read as mul_mat's src[0]. */
+static gs_status check_repacked_reads(const gs_tensor * t) {
+    for (int i = 0; i <= GS_MAX_SRC; i++) {
+        const gs_tensor * s = i < GS_MAX_SRC ? t->src[i] : t->view_src;
+        if (s && (s->flags & GS_FLAG_REPACKED) && !(t->op == GS_OP_MUL_MAT && i == 0)) {
+            return gs_set_error(GS_ERR_TYPE, "tensor '%s' is repacked: only mul_mat may read it, as its "
+                                "first operand (node '%s', op %s)", s->name, t->name, gs_op_name(t->op));
+        }
+    }
+    return GS_OK;
+}
+
 static gs_status build_from(gs_graph * g, gs_tensor * root, int * n_seen) {
     bool is_new;
     gs_status st = visit_new(g, root, n_seen, &is_new);
@@ -128,6 +140,8 @@ static gs_status build_from(gs_graph * g, gs_tensor * root, int * n_seen) {
             continue;
         }
         if (f->t->op != GS_OP_NONE) {
+            st = check_repacked_reads(f->t);
+            if (st) break;
             if (g->n_nodes >= g->max_nodes) {
                 st = gs_set_error(GS_ERR_OOM, "graph is full: more than %d nodes", g->max_nodes);
                 break;

@@ -123,6 +123,8 @@ enum {
     GS_FLAG_OUTPUT = 1,     /* planner never reuses its memory            */
     GS_FLAG_ARENA = 2,      /* data lives in the context arena             */
     GS_FLAG_IN_GRAPH = 4,   /* visited by gs_graph_build                   */
+    GS_FLAG_REPACKED = 8,   /* data in a repacked layout (cpu/repack.h):
+                               only gs_mul_mat's src[0] may read it      */
 };
 
 struct gs_tensor {

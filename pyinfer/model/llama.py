@@ -7,8 +7,11 @@ positions given (set_rows) and read by the fused causal attention op.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from typing import Callable, List, Optional
+
+import numpy as np
 
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
@@ -43,8 +46,17 @@ class LlamaWeights:
     rope_freqs: Optional[Tensor] = None   # {rope_dims/2} F32: Llama 3.1's RoPE frequency factors
 
     @classmethod
-    def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context) -> "LlamaWeights":
-        """Wrap the file's tensors (no copy) in ``ctx`` (a no_alloc context)."""
+    def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context,
+                  repack: bool = True) -> "LlamaWeights":
+        """Wrap the file's tensors (no copy) in ``ctx`` (a no_alloc context).
+
+        With ``repack``, the matrices only ever used as mul_mat weights
+        (attention q/k/v/o, the dense FFN's gate/up/down, an untied output)
+        that qualify (Q4_0 with rows % 8 == 0, see gs_tensor_repack) are
+        rewritten into the interleaved-rows layout, as llama.cpp does by
+        default on x86 (its ``use_extra_bufts``), and the file pages they were
+        read from are released. token_embd (read by get_rows) and the FFNs
+        of PowerInfer layers (sparse ops) stay as mapped."""
         E, V, F = cfg.n_embd, cfg.n_vocab, cfg.n_ff
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
 
@@ -85,11 +97,42 @@ class LlamaWeights:
             ))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
+        if repack:
+            mats = [output] if output is not tok_embd else []
+            for layer in layers:
+                mats += [layer.wq, layer.wk, layer.wv, layer.wo]
+                if layer.w_down_t is None and layer.fc1 is None:
+                    mats += [layer.w_gate, layer.w_up, layer.w_down]
+            for t in mats:
+                if t.can_repack:
+                    mapped = f.get(t.name).data
+                    t.repack()
+                    _release_pages(mapped)
         rope_freqs = wrap("rope_freqs.weight", (cfg.rope_dims // 2,), optional=True)
         if rope_freqs is not None:
             _f32(rope_freqs, "rope_freqs.weight")
         return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"),
                    output, rope_freqs)
+
+
+def _release_pages(data: np.ndarray) -> None:
+    """Drop the resident pages of the file map under `data` (a view of the
+    GGUF reader's np.memmap) that lie wholly inside it, so a repacked copy
+    does not double the weights' memory; nothing when it is not mapped."""
+    top = data     # the memmap made on the mmap object (its views are memmaps too)
+    while isinstance(top.base, np.ndarray):
+        top = top.base
+    mm = top.base
+    if not isinstance(top, np.memmap) or not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    map_start = top.ctypes.data - top.offset % mmap.ALLOCATIONGRANULARITY
+    lo = data.ctypes.data - map_start
+    hi = lo + data.nbytes
+    page = mmap.PAGESIZE
+    lo = (lo + page - 1) // page * page
+    hi = hi // page * page
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _f32(t: Tensor, name: str) -> Tensor:

@@ -21,8 +21,10 @@
  * contiguous (F16 / BF16 ones are converted into a contiguous buffer
  * first). Each output then has one 16-lane accumulator: the gemm_tile
  * kernels (vec_generic.c) reproduce it, and such products use them.
+ *
+ * Weights repacked at load (gs_tensor_repack) take repack.c's path.
  */
-#include "../gs_internal.h"
+#include "repack.h"
 
 #define ROW_BLOCK 16
 #define COL_BLOCK 16
@@ -47,6 +49,7 @@ bool gs_cpu_gemm_order(gs_type type, int64_t K, int64_t M, int64_t N, bool b_con
 
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
     const gs_tensor * a = dst->src[0];
+    if (a->flags & GS_FLAG_REPACKED) return gs_cpu_mul_mat_r8_work_size(dst, n_threads);
     const gs_tensor * b = dst->src[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
     const size_t q_row = gs_type_row_size(vt, b->ne[0]);
@@ -56,6 +59,10 @@ size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
 
 void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
+    if (a->flags & GS_FLAG_REPACKED) {
+        gs_cpu_op_mul_mat_r8(p, dst);
+        return;
+    }
     const gs_tensor * b = dst->src[1];
     const int64_t K = a->ne[0], M = a->ne[1];
     const int64_t N = b->ne[1], n2 = b->ne[2], n3 = b->ne[3];
