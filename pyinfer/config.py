@@ -117,4 +117,5 @@ class ContextSettings:
     kv_overrides: Dict[str, Any] = field(default_factory=dict)  # GGUF metadata replacements
     sparse_threshold: Optional[float] = None  # PowerInfer models: None = the file's threshold
     dense: bool = False             # PowerInfer models: compute every FFN neuron
+    neuron_bundle: bool = True      # PowerInfer models: repack gate/up/down_t rows per neuron
     extra: Dict[str, Any] = field(default_factory=dict)

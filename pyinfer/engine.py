@@ -52,7 +52,7 @@ class Engine:
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
         self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
-                                           settings.dense)
+                                           settings.dense, settings.neuron_bundle, self.file)
         self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()

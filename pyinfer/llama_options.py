@@ -100,6 +100,7 @@ class LlamaOptions:
     # pyinfer's own (PowerInfer models): predictor threshold (None: the file's), all neurons
     sparse_threshold: Optional[float] = None
     dense: bool = False
+    neuron_bundle: bool = True
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
@@ -206,7 +207,7 @@ class LlamaOptions:
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
-            dense=self.dense)
+            dense=self.dense, neuron_bundle=self.neuron_bundle)
 
 
 def warn(message: str, verbose: bool) -> None:
