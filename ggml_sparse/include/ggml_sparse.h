@@ -361,7 +361,9 @@ gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_te
  * skipped of act_m * (down row m), act_m = relu(g) * u (both_relu: relu(g) *
  * relu(u)), g and u the dots of the gate and up rows with h[t] quantized to
  * the type's vec_dot_type: exactly the values gs_mul_mat_sparse gives for
- * one token. The sum is taken in 8 chunks of consecutive active neurons
+ * one token. A neuron whose act is 0 adds nothing (its up row is not read
+ * when relu(g) is 0): the values of gs_axpy_sparse, which adds 0 * row. The
+ * sum is taken in 8 chunks of consecutive active neurons
  * (ascending m within each, then chunk after chunk), a split that does not
  * depend on the thread count: results are the same for any thread count and
  * differ from gs_axpy_sparse's single ascending sum by rounding only. */

@@ -19,6 +19,9 @@
  * suffices (a thread can only write a buffer again after every thread has
  * passed the next token's barrier, i.e. finished reducing from it).
  *
+ * A neuron whose activation is 0 adds nothing (so its up row is not dotted
+ * when relu(gate) is 0, and its down row not added).
+ *
  * Kernels: the dots are the type's 4-row sparse dot kernel where the level
  * has one (bit-identical to vec_dot), else vec_dot; the down rows go
  * through the type's SIMD row axpy kernel (4 rows per pass over the
@@ -61,31 +64,47 @@ typedef struct {
 
 static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 
-/* Gate and up dots of the nr records rec[r], then y += act[r] * down row,
- * r in order. */
-static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec, const void * q, float * y) {
-    const uint8_t * up[GROUP], * down[GROUP];
-    float gv[GROUP], uv[GROUP], act[GROUP];
-    for (int r = 0; r < nr; r++) {
-        up[r] = rec[r] + g->part;
-        down[r] = rec[r] + 2 * g->part;
-    }
+static void dots(const bundle_args * g, int nr, float * s, const uint8_t * const * x, const void * q) {
     if (g->dots) {
-        g->dots(g->E, nr, gv, rec, q);
-        g->dots(g->E, nr, uv, up, q);
-    } else {
-        for (int r = 0; r < nr; r++) {
-            g->vec_dot(g->E, &gv[r], rec[r], q);
-            g->vec_dot(g->E, &uv[r], up[r], q);
-        }
-    }
-    for (int r = 0; r < nr; r++) act[r] = relu(gv[r]) * (g->both_relu ? relu(uv[r]) : uv[r]);
-    if (g->axpy) {
-        g->axpy(g->E, nr, act, down, y);
+        g->dots(g->E, nr, s, x, q);
         return;
     }
+    for (int r = 0; r < nr; r++) g->vec_dot(g->E, &s[r], x[r], q);
+}
+
+/* The nr records rec[r]: gate dots; up dots of the neurons whose relu(gate)
+ * is not 0; y += act * down row for those whose act is not 0, in record
+ * order. (A ReLU FFN's neuron with act 0 adds nothing: its up and down rows
+ * are not needed. Predicted neurons whose gate is <= 0, and half of all
+ * neurons with no index, end there.) */
+static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec, const void * q, float * y) {
+    const uint8_t * x[GROUP];
+    float gv[GROUP], uv[GROUP], act[GROUP];
+    dots(g, nr, gv, rec, q);
+    int nu = 0;
     for (int r = 0; r < nr; r++) {
-        g->to_float(down[r], g->tmp, g->E);
+        if (gv[r] > 0.0f) {
+            gv[nu] = gv[r];
+            x[nu++] = rec[r] + g->part;
+        }
+    }
+    if (nu == 0) return;
+    dots(g, nu, uv, x, q);
+    int na = 0;
+    for (int r = 0; r < nu; r++) {
+        const float a = gv[r] * (g->both_relu ? relu(uv[r]) : uv[r]);
+        if (a != 0.0f) {
+            act[na] = a;
+            x[na++] = x[r] + g->part;
+        }
+    }
+    if (na == 0) return;
+    if (g->axpy) {
+        g->axpy(g->E, na, act, x, y);
+        return;
+    }
+    for (int r = 0; r < na; r++) {
+        g->to_float(x[r], g->tmp, g->E);
         for (int i = 0; i < g->E; i++) y[i] += act[r] * g->tmp[i];
     }
 }
