@@ -118,4 +118,5 @@ class ContextSettings:
     sparse_threshold: Optional[float] = None  # PowerInfer models: None = the file's threshold
     dense: bool = False             # PowerInfer models: compute every FFN neuron
     repack_weights: bool = True     # Q4_0 matrices in the interleaved layout (llama.cpp's use_extra_bufts)
+    neuron_bundle: bool = True      # PowerInfer models: repack gate/up/down_t rows per neuron
     extra: Dict[str, Any] = field(default_factory=dict)

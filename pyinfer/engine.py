@@ -53,7 +53,7 @@ class Engine:
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
         self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
-                                           settings.dense)
+                                           settings.dense, settings.neuron_bundle, self.file)
         self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
         # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them
         self.offload_plan = plan_for_engine(self, settings.extra.get("vram_budget"),

@@ -81,14 +81,17 @@ class Llama:
         numa: Union[bool, int] = False, chat_format: Optional[str] = None, chat_handler=None,
         draft_model=None, tokenizer=None, type_k: Optional[int] = None,
         type_v: Optional[int] = None, spm_infill: bool = False, verbose: bool = True,
-        sparse_threshold: Optional[float] = None, dense: bool = False, **kwargs):
+        sparse_threshold: Optional[float] = None, dense: bool = False, neuron_bundle: bool = True,
+        **kwargs):
         """Load `model_path`. Raises ValueError when it does not exist; options pyinfer
         cannot honour raise UnsupportedOptionError (lora_path, YaRN, non-F16 KV types).
 
         pyinfer's own keywords, for PowerInfer models (PWRI files with predictors):
         `sparse_threshold` overrides the file's powerinfer.sparse_threshold (a neuron is
         computed iff its predictor score >= threshold; -inf computes all, through the
-        sparse operators); `dense=True` computes every neuron without the predictor."""
+        sparse operators); `dense=True` computes every neuron without the predictor;
+        `neuron_bundle=False` keeps the three FFN matrices as mapped instead of repacking
+        them into one record per neuron for the fused sparse FFN op."""
         t_load = time.perf_counter()
         self._engine: Optional[Engine] = None
         opts = LlamaOptions.from_keywords(dict(locals()), kwargs)

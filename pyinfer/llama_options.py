@@ -113,6 +113,8 @@ class LlamaOptions:
     # llama.cpp's model parameter (not a llama-cpp-python keyword, taken from **kwargs):
     # False keeps Q4_0 weights row-major instead of repacking them at load
     use_extra_bufts: bool = True
+    # PowerInfer models: gate/up/down_t rows repacked per neuron at load (False: three matrices)
+    neuron_bundle: bool = True
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
@@ -225,7 +227,7 @@ class LlamaOptions:
             logits_all=self.logits_all or self.draft_model is not None,
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
-            dense=self.dense, repack_weights=self.use_extra_bufts,
+            dense=self.dense, repack_weights=self.use_extra_bufts, neuron_bundle=self.neuron_bundle,
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers})
 
 

@@ -411,6 +411,12 @@ class Context:
                     skip: Optional[Tensor] = None) -> Tensor:
         return self._op(lib.gs_axpy_sparse, a.ptr, act.ptr, _ptr_or_null(idx), _ptr_or_null(skip))
 
+    def sparse_ffn_bundle(self, bundle: Tensor, h: Tensor, idx: Optional[Tensor] = None,
+                          skip: Optional[Tensor] = None, both_relu: bool = False) -> Tensor:
+        """Fused sparse ReLU FFN over neuron records [gate | up | down_t] ({3 E, M})."""
+        return self._op(lib.gs_sparse_ffn_bundle, bundle.ptr, h.ptr, _ptr_or_null(idx), _ptr_or_null(skip),
+                        bool(both_relu))
+
 
 class ThreadPool:
     """A persistent pool of `n_threads` threads (the caller is one).

@@ -10,7 +10,9 @@ ffn: one FFN layer of Llama-2-7B shape (n_embd 4096, n_ff 11008), predictor
   in `--layers` distinct copies (more bytes than the L3 cache; every run reads
   from DRAM). Dense FFN = gate and up products, ReLU-GLU, down product (our
   dense path). Sparse FFN = predictor (fc1, relu, fc2, index) + row-sparse
-  gate and up + ReLU-GLU + axpy over ffn_down_t rows. One token (decode). The
+  gate and up + ReLU-GLU + axpy over ffn_down_t rows. Bundled = the same
+  neurons through the fused op over neuron records [gate|up|down_t]
+  (gs_sparse_ffn_bundle; `dense` column of it: every neuron). One token (decode). The
   active neurons are drawn per token from power-law frequencies (as the
   synthetic models plant them) at each sparsity; each repetition uses other
   draws. Times per layer: the best of many interleaved repetitions (the
@@ -19,9 +21,10 @@ batch: prompt processing of n_tokens tokens at 90% sparsity: the sparse ops
   given the whole batch (one op call each; inside, token after token), against
   one op call per token (separate graph nodes), and against the dense GEMMs.
 decode: tokens/s of greedy decoding with pyinfer on the PowerInfer file
-  (sparse, and dense=True), and with pyinfer and llama.cpp (llama-cpp-python)
-  on the dense twin, side by side in one run, plus the share of FFN neurons
-  the predictor picked.
+  (sparse with and without neuron bundles, and dense=True), and with pyinfer
+  and llama.cpp (llama-cpp-python) on the dense twin, side by side in one run,
+  plus the share of FFN neurons the predictor picked and how much the
+  process's resident memory grew from before loading to after decoding.
 """
 from __future__ import annotations
 
@@ -39,9 +42,10 @@ if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gemv import random_weights  # noqa: E402
+from bench_gemv import _SCALE_FIELDS, random_weights  # noqa: E402
 
-from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, Unary, cpu_info, row_size  # noqa: E402
+from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, Unary, cpu_info, row_size,  # noqa: E402
+                            type_info)
 
 E, F = 4096, 11008
 
@@ -81,8 +85,37 @@ class Layers:
 
         self.layers = [dict(gate=w(E, F), up=w(E, F), down=w(F, E), down_t=w(E, F), fc1=w(E, hidden),
                             fc2=w(hidden, F)) for _ in range(n)]
+        self.wtype, self.part = wtype, row_size(t, E)
+        part = self.part
+        for ly in self.layers:    # the neuron records, as pyinfer's NeuronBundles lays them out
+            mem = np.empty(F * 3 * part + 64, dtype=np.uint8)
+            recs = mem[-mem.ctypes.data % 64:][:F * 3 * part].reshape(F, 3, part)
+            for k, name in enumerate(("gate", "up", "down_t")):
+                recs[:, k, :] = ly[name].raw().reshape(F, part)
+            self.keep.append(recs)
+            ly["recs"] = recs
+            ly["bundle"] = self.ctx.new_tensor(t, (3 * E, F))
+            ly["bundle"].set_data(recs.reshape(-1))
         self.ffn_bytes = 3 * row_size(t, E) * F
         self.pred_bytes = row_size(t, E) * hidden + row_size(t, hidden) * F
+
+    def make_firing(self, ly, g: np.ndarray) -> None:
+        """Negate, in the bundle only, the gate rows whose dot g with this x is <= 0,
+        so that every neuron fires there (relu(gate) > 0), as for the neurons a good
+        predictor picks: the fused op then does the whole work for each (it skips the
+        up and down rows of a neuron whose relu(gate) is 0). Random weights fire for
+        about half of the neurons; the three-matrix ops do the same work either way."""
+        gate = ly["recs"][:, 0, :]
+        gate[:] = ly["gate"].raw().reshape(F, self.part)
+        neg = np.flatnonzero(g <= 0)
+        if self.wtype in ("f32", "f16", "bf16"):
+            size = {"f32": 4, "f16": 2, "bf16": 2}[self.wtype]
+            gate[neg, size - 1::size] ^= 0x80          # sign bit of every element
+            return
+        bsize = type_info(GGMLType[self.wtype.upper()]).type_size
+        for off, count in _SCALE_FIELDS[self.wtype]:   # negate the scales: -w exactly
+            for c in range(count):
+                gate[neg[:, None], np.arange(off + 2 * c + 1, self.part, bsize)[None, :]] ^= 0x80
 
 
 CLOCK = time.perf_counter   # --cpu-time: time.process_time
@@ -102,12 +135,20 @@ def bench_ffn(args, rng) -> None:
     print(f"FFN of one layer, n_embd {E}, n_ff {F}, {args.type}, predictor H {args.hidden}; "
           f"{args.threads} thread(s); {len(L.layers)} layers of weights; ms per layer, best of {args.reps}"
           f"{' (CPU time)' if CLOCK is time.process_time else ''}")
-    print(f"weights per layer: FFN {L.ffn_bytes / 2**20:.1f} MiB, predictor {L.pred_bytes / 2**20:.1f} MiB")
-    print("| sparsity | active neurons | dense FFN ms | sparse FFN ms | speed-up | sparse w/o predictor ms | speed-up w/o predictor | predictor ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"weights per layer: FFN {L.ffn_bytes / 2**20:.1f} MiB, predictor {L.pred_bytes / 2**20:.1f} MiB; "
+          f"bundled: {'every neuron fires' if args.firing == 'all' else 'random gate signs'}")
+    print("| sparsity | active neurons | dense FFN ms | bundled, all neurons ms | sparse FFN ms "
+          "| bundled sparse FFN ms | speed-up | bundled speed-up | sparse w/o predictor ms "
+          "| bundled w/o predictor ms | predictor ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for sparsity in args.sparsity:
         ctx = Context(64 << 20)
         x = ctx.from_numpy(rng.standard_normal((1, E)).astype(np.float32))
+        if args.firing == "all":
+            gates = [ctx.mul_mat(ly["gate"], x) for ly in L.layers]
+            Graph(ctx, 64).build(*gates).plan(args.threads).compute(pool)
+            for ly, g in zip(L.layers, gates):
+                L.make_firing(ly, g.numpy()[0].copy())
         draws = [[power_law_draws(rng, F, 1 - sparsity, 1) for _ in L.layers] for _ in range(4)]
         idx = [ctx.new_tensor(GGMLType.I32, (F + 1, 1)) for _ in L.layers]
         idx_np = [t.numpy() for t in idx]
@@ -123,12 +164,19 @@ def bench_ffn(args, rng) -> None:
         def predictor(ly):
             return ctx.sparse_predict(ly["fc1"], ly["fc2"], x, 0.0)
 
+        def bundled_out(ly, i):
+            return ctx.sparse_ffn_bundle(ly["bundle"], x, i)
+
         graphs = {
             "dense": Graph(ctx, 512).build(*[dense_out(ly) for ly in L.layers]),
             "sparse": Graph(ctx, 512).build(*[o for ly, i in zip(L.layers, idx)
                                               for o in (predictor(ly), sparse_out(ly, i))]),
             "no_pred": Graph(ctx, 512).build(*[sparse_out(ly, i) for ly, i in zip(L.layers, idx)]),
             "pred": Graph(ctx, 512).build(*[predictor(ly) for ly in L.layers]),
+            "b_dense": Graph(ctx, 512).build(*[bundled_out(ly, None) for ly in L.layers]),
+            "b_sparse": Graph(ctx, 512).build(*[o for ly, i in zip(L.layers, idx)
+                                                for o in (predictor(ly), bundled_out(ly, i))]),
+            "b_no_pred": Graph(ctx, 512).build(*[bundled_out(ly, i) for ly, i in zip(L.layers, idx)]),
         }
         for g in graphs.values():
             g.plan(args.threads)
@@ -141,9 +189,10 @@ def bench_ffn(args, rng) -> None:
                 times[k].append(timed(g, pool, load) / len(L.layers) * 1e3)
         best = {k: min(v) for k, v in times.items()}
         active = np.mean([d[0, 0] for dd in draws for d in dd])
-        print(f"| {100 * sparsity:.0f}% | {active:.0f} | {best['dense']:.3f} | {best['sparse']:.3f} | "
-              f"{best['dense'] / best['sparse']:.2f}x | {best['no_pred']:.3f} | "
-              f"{best['dense'] / best['no_pred']:.2f}x | {best['pred']:.3f} |", flush=True)
+        print(f"| {100 * sparsity:.0f}% | {active:.0f} | {best['dense']:.3f} | {best['b_dense']:.3f} | "
+              f"{best['sparse']:.3f} | {best['b_sparse']:.3f} | {best['dense'] / best['sparse']:.2f}x | "
+              f"{best['dense'] / best['b_sparse']:.2f}x | {best['no_pred']:.3f} | {best['b_no_pred']:.3f} | "
+              f"{best['pred']:.3f} |", flush=True)
         ctx.close()
     pool.close()
 
@@ -195,8 +244,20 @@ def bench_batch(args, rng) -> None:
     pool.close()
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def decode_ours(path: str, threads: int, n: int, **kw):
-    """(tokens/s, median ms per token, prompt tokens/s, active neuron share or None)."""
+    """(tokens/s, median ms per token, prompt tokens/s, active neuron share or None,
+    resident memory growth in MiB from before loading to after decoding)."""
+    import gc
+    gc.collect()
+    rss0 = rss_mib()
     from pyinfer.config import ContextSettings
     from pyinfer.engine import Engine
     from pyinfer.model import sparse as sparse_mod
@@ -205,10 +266,13 @@ def decode_ours(path: str, threads: int, n: int, **kw):
     counts = []
     if eng.ffn is not None and eng.ffn.func is sparse_mod.sparse_ffn:
         threshold, both = eng.ffn.keywords["threshold"], eng.ffn.keywords["both_relu"]
+        bundles = eng.ffn.keywords["bundles"]
 
         def ffn(ctx, layer, x, h):    # sparse_ffn, keeping each index readable
             idx = ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold).set_output()
             counts.append(idx)
+            if bundles is not None:
+                return ctx.sparse_ffn_bundle(bundles[layer], h, idx, both_relu=both)
             act = ctx.glu(ctx.mul_mat_sparse(layer.w_gate, h, idx), ctx.mul_mat_sparse(layer.w_up, h, idx),
                           Unary.RELU, gate_b=both)
             return ctx.axpy_sparse(layer.w_down_t, act, idx)
@@ -226,8 +290,10 @@ def decode_ours(path: str, threads: int, n: int, **kw):
             if counts:
                 active.append(np.mean([int(t.numpy()[0, 0]) for t in counts[-eng.cfg.n_layer:]]) / eng.cfg.n_ff)
         tok = int(np.argmax(logits))
+    rss = rss_mib() - rss0
     eng.close()
-    return len(times) / sum(times), statistics.median(times) * 1e3, pp, (np.mean(active) if active else None)
+    return (len(times) / sum(times), statistics.median(times) * 1e3, pp, (np.mean(active) if active else None),
+            rss)
 
 
 def decode_llama_cpp(path: str, threads: int, n: int):
@@ -246,12 +312,17 @@ def decode_llama_cpp(path: str, threads: int, n: int):
         if i >= 3:
             times.append(CLOCK() - t0)
     llm.close()
-    return len(times) / sum(times), statistics.median(times) * 1e3, pp, None
+    return len(times) / sum(times), statistics.median(times) * 1e3, pp, None, None
 
 
 def bench_decode(args) -> None:
-    runs = [("pyinfer sparse", args.model, lambda p: decode_ours(p, args.threads, args.n)),
-            ("pyinfer dense=True", args.model, lambda p: decode_ours(p, args.threads, args.n, dense=True))]
+    runs = [("pyinfer sparse, neuron bundles", args.model, lambda p: decode_ours(p, args.threads, args.n)),
+            ("pyinfer sparse, three matrices", args.model,
+             lambda p: decode_ours(p, args.threads, args.n, neuron_bundle=False)),
+            ("pyinfer dense=True, neuron bundles", args.model,
+             lambda p: decode_ours(p, args.threads, args.n, dense=True)),
+            ("pyinfer dense=True, three matrices", args.model,
+             lambda p: decode_ours(p, args.threads, args.n, dense=True, neuron_bundle=False))]
     if args.dense_model:
         runs += [("pyinfer, dense twin", args.dense_model, lambda p: decode_ours(p, args.threads, args.n)),
                  ("llama.cpp, dense twin", args.dense_model, lambda p: decode_llama_cpp(p, args.threads, args.n))]
@@ -263,13 +334,15 @@ def bench_decode(args) -> None:
         for name, path, fn in runs:
             results[name].append(fn(path))
     ref = max(r[0] for r in results.get("llama.cpp, dense twin", [(None,)])) if args.dense_model else None
-    print("| engine, file | decode tok/s | ms/token (median) | prompt tok/s | FFN neurons computed | vs llama.cpp |")
-    print("|---|---|---|---|---|---|")
+    print("| engine, file | decode tok/s | ms/token (median) | prompt tok/s | FFN neurons computed | vs llama.cpp "
+          "| RSS growth MiB |")
+    print("|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         best = max(rs, key=lambda r: r[0])
         share = f"{100 * best[3]:.1f}%" if best[3] is not None else "all"
         vs = f"{best[0] / ref:.2f}x" if ref else ""
-        print(f"| {name} | {best[0]:.2f} | {best[1]:.1f} | {best[2]:.1f} | {share} | {vs} |", flush=True)
+        rss = f"{best[4]:.0f}" if best[4] is not None else ""
+        print(f"| {name} | {best[0]:.2f} | {best[1]:.1f} | {best[2]:.1f} | {share} | {vs} | {rss} |", flush=True)
 
 
 def main() -> None:
@@ -290,6 +363,9 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true",
                     help="with --threads 1: time by the process's CPU time, not the wall clock (on a "
                          "busy machine, time spent descheduled does not count)")
+    ap.add_argument("--firing", choices=["all", "random"], default="all",
+                    help="ffn: in the bundles, every neuron fires (gate rows negated where needed; the "
+                         "work of a perfect predictor's picks) or about half do (random weights)")
     ap.add_argument("--hot-first", action="store_true",
                     help="ffn, batch: neurons ordered by firing frequency, hottest first (as a "
                          "converter could store them), instead of randomly placed")

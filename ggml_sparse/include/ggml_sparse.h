@@ -374,6 +374,23 @@ gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_t
  * summed in ascending m, so results do not depend on the thread count. */
 gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_tensor * idx,
                          gs_tensor * skip, gs_tensor ** out);
+/* Fused sparse ReLU FFN over neuron bundles. bundle {3 E, M} of one weight
+ * type: row m is neuron m's record, [gate row m | up row m | ffn_down_t
+ * row m], E = n_embd elements each (E a multiple of the type's block size).
+ * h F32 {E, n_tokens} (ffn_norm output, rows contiguous), idx {M + 1,
+ * n_tokens} or NULL (every neuron), skip {M} or NULL -> out F32 {E,
+ * n_tokens}: out[t] = sum over the neurons m active for token t and not
+ * skipped of act_m * (down row m), act_m = relu(g) * u (both_relu: relu(g) *
+ * relu(u)), g and u the dots of the gate and up rows with h[t] quantized to
+ * the type's vec_dot_type: exactly the values gs_mul_mat_sparse gives for
+ * one token. A neuron whose act is 0 adds nothing (its up row is not read
+ * when relu(g) is 0): the values of gs_axpy_sparse, which adds 0 * row. The
+ * sum is taken in 8 chunks of consecutive active neurons
+ * (ascending m within each, then chunk after chunk), a split that does not
+ * depend on the thread count: results are the same for any thread count and
+ * differ from gs_axpy_sparse's single ascending sum by rounding only. */
+gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor * h, gs_tensor * idx,
+                               gs_tensor * skip, bool both_relu, gs_tensor ** out);
 
 /* ---------------------------------------------------------------------------
  * Graphs and thread pools

@@ -114,6 +114,7 @@ typedef enum {
     GS_OP_SPARSE_INDEX,     /* predictor scores -> active-neuron index      */
     GS_OP_MUL_MAT_SPARSE,   /* row-sparse product (gate, up)               */
     GS_OP_AXPY_SPARSE,      /* axpy over rows of ffn_down_t                */
+    GS_OP_SPARSE_FFN_BUNDLE, /* fused sparse FFN over neuron records      */
     GS_OP_COUNT
 } gs_op;
 
@@ -242,6 +243,8 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_mul_mat_sparse_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_sparse_ffn_bundle_work_size(const gs_tensor * dst, int n_threads);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);

@@ -136,3 +136,33 @@ gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_te
     (*out)->src[3] = skip;
     return GS_OK;
 }
+
+gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor * h, gs_tensor * idx,
+                               gs_tensor * skip, bool both_relu, gs_tensor ** out) {
+    static const char * op = "gs_sparse_ffn_bundle";
+    GS_CHECK_ARG(ctx && out && bundle && h, "%s: NULL argument", op);
+    const gs_type_traits * ta = gs_get_type_traits(bundle->type);
+    if (!ta || !ta->to_float || !gs_get_type_traits(ta->vec_dot_type) || !gs_cpu_funcs(bundle->type)->vec_dot) {
+        return sparse_type_error(op, bundle, "a weight type with a dot product kernel");
+    }
+    if (!is_2d(bundle) || bundle->nb[0] != ta->type_size) {
+        return sparse_shape_error(op, bundle, "bundle must be 2-D with contiguous records");
+    }
+    gs_status st = check_activations(op, h);
+    if (st) return st;
+    const int64_t E = h->ne[0];
+    if (bundle->ne[0] != 3 * E) return sparse_shape_error(op, bundle, "ne0 must be 3 x n_embd (gate, up, down rows)");
+    if (E % ta->blck_size || E % gs_get_type_traits(ta->vec_dot_type)->blck_size) {
+        return sparse_shape_error(op, h, "ne0 is not a multiple of the weight and activation block sizes");
+    }
+    st = check_idx_skip(op, idx, skip, bundle->ne[1], h->ne[1]);
+    if (st) return st;
+    st = new_sparse_node(ctx, GS_OP_SPARSE_FFN_BUNDLE, GS_TYPE_F32, E, h->ne[1], out);
+    if (st) return st;
+    (*out)->src[0] = bundle;
+    (*out)->src[1] = h;
+    (*out)->src[2] = idx;
+    (*out)->src[3] = skip;
+    (*out)->op_params[0] = both_relu;
+    return GS_OK;
+}

@@ -15,27 +15,38 @@ firing neurons are computed, h being ffn_norm(x):
 ``sparse_ffn`` builds that graph; ``dense_relu_ffn`` computes every neuron (the
 same file run densely, to compare speed and output); ``make_ffn`` picks the
 builder for a loaded model.
+
+Neuron bundles (``NeuronBundles``, on by default): at load time each layer's
+gate, up and ffn_down_t rows are repacked into one record per neuron, [gate
+row | up row | down row], and the mapped pages of the three matrices are
+released; both builders then run the fused op ``sparse_ffn_bundle`` (one
+contiguous fetch per active neuron instead of three scattered rows).
 """
 from __future__ import annotations
 
 import functools
 import math
+import mmap
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from ..config import ModelConfig
-from ..gguf_model import ModelLoadError
-from ..tensor import Context, Tensor, Unary
+from ..gguf_model import GGUFFile, ModelLoadError
+from ..tensor import Context, Tensor, Unary, row_size
 from .llama import FFN, LayerWeights, LlamaWeights
 
 THRESHOLD_KEY = "powerinfer.sparse_threshold"
 
 
 def sparse_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, threshold: float,
-               both_relu: bool) -> Tensor:
+               both_relu: bool, bundles: Optional["NeuronBundles"] = None) -> Tensor:
     """FFN output {n_embd, n_tokens} computing only the neurons the predictor picks
     (per token: a batch keeps each token's own neurons)."""
     idx = ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold)
+    if bundles is not None:
+        return ctx.sparse_ffn_bundle(bundles[layer], h, idx, both_relu=both_relu)
     gate = ctx.mul_mat_sparse(layer.w_gate, h, idx)
     up = ctx.mul_mat_sparse(layer.w_up, h, idx)
     act = ctx.glu(gate, up, Unary.RELU, gate_b=both_relu)
@@ -43,10 +54,72 @@ def sparse_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, thres
 
 
 def dense_relu_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *,
-                   both_relu: bool) -> Tensor:
+                   both_relu: bool, bundles: Optional["NeuronBundles"] = None) -> Tensor:
     """The same FFN with every neuron computed (no predictor)."""
+    if bundles is not None:
+        return ctx.sparse_ffn_bundle(bundles[layer], h, both_relu=both_relu)
     act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), Unary.RELU, gate_b=both_relu)
     return ctx.axpy_sparse(layer.w_down_t, act)
+
+
+class NeuronBundles:
+    """Per layer, the bundle tensor {3 n_embd, n_ff} (type of the FFN weights): row i is
+    neuron i's record [ffn_gate row i | ffn_up row i | ffn_down_t row i], in memory
+    owned here (64-byte aligned).
+
+    `release`: the GGUFFile the weights are mapped from; the pages wholly inside the
+    three source matrices are dropped from the process (madvise MADV_DONTNEED on the
+    file's mapping) once copied, so the repack replaces the mapped copy instead of
+    doubling resident memory. (Read again, they would fault in from the file.)"""
+
+    def __init__(self, w: LlamaWeights, release: Optional[GGUFFile] = None):
+        self._tensors: Dict[int, Tensor] = {}
+        self._ctx = Context(mem_size=(len(w.layers) + 4) * 512, no_alloc=True)
+        for i, layer in enumerate(w.layers):
+            parts = (layer.w_gate, layer.w_up, layer.w_down_t)
+            e, f = parts[0].ne
+            part = row_size(parts[0].type, e)
+            mem = np.empty(f * 3 * part + 64, dtype=np.uint8)
+            start = -mem.ctypes.data % 64
+            recs = mem[start:start + f * 3 * part].reshape(f, 3, part)
+            for k, t in enumerate(parts):
+                recs[:, k, :] = t.raw().reshape(f, part)
+                if release is not None:
+                    _release_pages(release, t.raw())
+            bundle = self._ctx.new_tensor(parts[0].type, (3 * e, f), f"blk.{i}.ffn_bundle")
+            bundle.set_data(recs.reshape(-1))
+            self._tensors[id(layer)] = bundle
+
+    @staticmethod
+    def unsupported(w: LlamaWeights) -> Optional[str]:
+        """Why the layers cannot be bundled (None: they can)."""
+        for i, layer in enumerate(w.layers):
+            types = {layer.w_gate.type, layer.w_up.type, layer.w_down_t.type}
+            if len(types) != 1:
+                return f"blk.{i}: gate/up/down_t types differ ({', '.join(sorted(t.name for t in types))})"
+        return None
+
+    def __getitem__(self, layer: LayerWeights) -> Tensor:
+        return self._tensors[id(layer)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._tensors.values())
+
+
+def _release_pages(f: GGUFFile, data: np.ndarray) -> None:
+    """Drop the resident pages of the file mapping that lie wholly inside `data`."""
+    mapped = f.reader.data                    # np.memmap of the whole file (offset 0)
+    base = mapped.ctypes.data
+    lo = data.ctypes.data - base
+    hi = lo + data.nbytes
+    if lo < 0 or hi > mapped.nbytes:
+        return
+    page = mmap.PAGESIZE
+    lo = (lo + page - 1) // page * page
+    hi = hi // page * page
+    if hi > lo:
+        mapped._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def file_threshold(md: Dict[str, Any]) -> float:
@@ -54,7 +127,8 @@ def file_threshold(md: Dict[str, Any]) -> float:
 
 
 def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
-             sparse_threshold: Optional[float] = None, dense: bool = False) -> Tuple[Optional[FFN], str]:
+             sparse_threshold: Optional[float] = None, dense: bool = False,
+             bundle: bool = False, release: Optional[GGUFFile] = None) -> Tuple[Optional[FFN], str]:
     """(FFN builder, one-line description) for a loaded model.
 
     Models in PowerInfer's layout (ffn_down_t in every layer) get the sparse
@@ -62,7 +136,12 @@ def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
     ``powerinfer.sparse_threshold`` (default 0.0) when it is None; with
     `dense` every neuron is computed. Other models get None (the dense FFN of
     model/llama.py, whose activation follows the config: SwiGLU, ReLU-llama
-    or bamboo's relu on both)."""
+    or bamboo's relu on both).
+
+    With `bundle`, the FFN weights are repacked into ``NeuronBundles`` (the pages of
+    `release`'s mapping that held them are released) and the fused op runs; models
+    whose gate/up/down_t types differ keep the three matrices (the description says
+    so)."""
     powerinfer = [layer.w_down_t is not None for layer in w.layers]
     if not any(powerinfer):
         if sparse_threshold is not None or dense:
@@ -73,17 +152,24 @@ def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
         raise ModelLoadError("ffn_down_t is missing in some layers: a PowerInfer model needs it in all")
     both_relu = cfg.arch == "bamboo"
     act = "relu(gate)*relu(up)" if both_relu else "relu(gate)*up"
-    if dense:
-        return functools.partial(dense_relu_ffn, both_relu=both_relu), f"dense ReLU FFN {act} (dense=True)"
     for i, layer in enumerate(w.layers):
-        check_predictor(cfg, i, layer)
+        if not dense:
+            check_predictor(cfg, i, layer)
+    bundles, layout = None, ""
+    if bundle:
+        why = NeuronBundles.unsupported(w)
+        bundles = NeuronBundles(w, release) if why is None else None
+        layout = ", neuron bundles" if why is None else f", no neuron bundles ({why})"
+    if dense:
+        return (functools.partial(dense_relu_ffn, both_relu=both_relu, bundles=bundles),
+                f"dense ReLU FFN {act} (dense=True){layout}")
     threshold = file_threshold(md) if sparse_threshold is None else float(sparse_threshold)
     if math.isnan(threshold):
         raise ValueError("sparse_threshold must be a number, got NaN")
     hidden = sorted({layer.fc1.ne[1] for layer in w.layers})
     desc = (f"sparse FFN {act}, predictor hidden {'/'.join(map(str, hidden))}, "
-            f"threshold {threshold:g}")
-    return functools.partial(sparse_ffn, threshold=threshold, both_relu=both_relu), desc
+            f"threshold {threshold:g}{layout}")
+    return functools.partial(sparse_ffn, threshold=threshold, both_relu=both_relu, bundles=bundles), desc
 
 
 def check_predictor(cfg: ModelConfig, i: int, layer: LayerWeights) -> None:
