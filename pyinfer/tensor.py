@@ -400,6 +400,9 @@ class Context:
     def sparse_index(self, score: Tensor, threshold: float) -> Tensor:
         return self._op(lib.gs_sparse_index, score.ptr, threshold)
 
+    def sparse_index_abs(self, act: Tensor, threshold: float) -> Tensor:
+        return self._op(lib.gs_sparse_index_abs, act.ptr, threshold)
+
     def sparse_predict(self, fc1: Tensor, fc2: Tensor, x: Tensor, threshold: float) -> Tensor:
         return self._op(lib.gs_sparse_predict, fc1.ptr, fc2.ptr, x.ptr, threshold)
 

@@ -349,6 +349,14 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
  * score[t][m] >= threshold (a NaN score is inactive; -INFINITY makes every
  * other neuron active). */
 gs_status gs_sparse_index(gs_context * ctx, gs_tensor * score, float threshold, gs_tensor ** out);
+/* Index from activation magnitudes (training-free, CATS-style sparsity of
+ * models without a predictor): act F32 {M, n_tokens} (rows contiguous, e.g.
+ * silu(gate . h)) -> idx I32 {M + 1, n_tokens} as above: neuron m is active
+ * for token t iff |act[t][m]| >= threshold. threshold 0 keeps every neuron
+ * (but NaN ones), +INFINITY drops every finite one; a NaN threshold is
+ * GS_ERR_INVALID_ARG. Per-layer thresholds: one node per layer, each with
+ * its own. The list is the same for any thread count and SIMD level. */
+gs_status gs_sparse_index_abs(gs_context * ctx, gs_tensor * act, float threshold, gs_tensor ** out);
 /* PowerInfer's predictor: idx = gs_sparse_index(fc2 . relu(fc1 . x), threshold).
  * fc1 {n_embd, H} and fc2 {H, M} of any weight type, x F32 {n_embd, n_tokens}:
  * the residual stream entering the FFN, before ffn_norm. Records the two

@@ -3,7 +3,9 @@
  * the index format in ggml_sparse.h). No computation.
  */
 #include "gs_internal.h"
+#include "cpu/sparse.h"
 
+#include <math.h>
 #include <stdio.h>
 
 static gs_status sparse_type_error(const char * op, const gs_tensor * t, const char * want) {
@@ -63,15 +65,27 @@ static gs_status new_sparse_node(gs_context * ctx, gs_op op, gs_type type, int64
     return GS_OK;
 }
 
-gs_status gs_sparse_index(gs_context * ctx, gs_tensor * score, float threshold, gs_tensor ** out) {
-    GS_CHECK_ARG(ctx && out && score, "gs_sparse_index: NULL argument");
-    gs_status st = check_activations("gs_sparse_index", score);
+static gs_status new_index_node(gs_context * ctx, const char * op, gs_tensor * src, float threshold,
+                                gs_index_mode mode, gs_tensor ** out) {
+    GS_CHECK_ARG(ctx && out && src, "%s: NULL argument", op);
+    gs_status st = check_activations(op, src);
     if (st) return st;
-    st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX, GS_TYPE_I32, score->ne[0] + 1, score->ne[1], out);
+    if (src->ne[0] >= INT32_MAX) return sparse_shape_error(op, src, "too many neurons for an I32 index");
+    st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX, GS_TYPE_I32, src->ne[0] + 1, src->ne[1], out);
     if (st) return st;
-    (*out)->src[0] = score;
+    (*out)->src[0] = src;
     memcpy(&(*out)->op_params[0], &threshold, sizeof(float));
+    (*out)->op_params[1] = mode;
     return GS_OK;
+}
+
+gs_status gs_sparse_index(gs_context * ctx, gs_tensor * score, float threshold, gs_tensor ** out) {
+    return new_index_node(ctx, "gs_sparse_index", score, threshold, GS_INDEX_SCORE, out);
+}
+
+gs_status gs_sparse_index_abs(gs_context * ctx, gs_tensor * act, float threshold, gs_tensor ** out) {
+    if (isnan(threshold)) return gs_set_error(GS_ERR_INVALID_ARG, "gs_sparse_index_abs: threshold is NaN");
+    return new_index_node(ctx, "gs_sparse_index_abs", act, threshold, GS_INDEX_MAGNITUDE, out);
 }
 
 gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, gs_tensor * x,

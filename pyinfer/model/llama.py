@@ -18,6 +18,9 @@ from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, GGMLType, Graph, RopeMode, Tensor, Unary
 
 
+CATS_THRESHOLDS_KEY = "pyinfer.sparsity.thresholds"   # see model/sparse.py
+
+
 @dataclass
 class LayerWeights:
     attn_norm: Tensor       # {n_embd}
@@ -55,8 +58,9 @@ class LlamaWeights:
         that qualify (Q4_0 with rows % 8 == 0, see gs_tensor_repack) are
         rewritten into the interleaved-rows layout, as llama.cpp does by
         default on x86 (its ``use_extra_bufts``), and the file pages they were
-        read from are released. token_embd (read by get_rows) and the FFNs
-        of PowerInfer layers (sparse ops) stay as mapped."""
+        read from are released. token_embd (read by get_rows), the FFNs of
+        PowerInfer layers and ffn_up of CATS-calibrated files (sparse ops) stay
+        as mapped."""
         E, V, F = cfg.n_embd, cfg.n_vocab, cfg.n_ff
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
 
@@ -99,10 +103,12 @@ class LlamaWeights:
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
         if repack:
             mats = [output] if output is not tok_embd else []
+            # a CATS-calibrated file (model/sparse.py) reads ffn_up by rows (mul_mat_sparse)
+            cats = CATS_THRESHOLDS_KEY in f.metadata
             for layer in layers:
                 mats += [layer.wq, layer.wk, layer.wv, layer.wo]
                 if layer.w_down_t is None and layer.fc1 is None:
-                    mats += [layer.w_gate, layer.w_up, layer.w_down]
+                    mats += [layer.w_gate, layer.w_down] + ([] if cats else [layer.w_up])
             for t in mats:
                 if t.can_repack:
                     mapped = f.get(t.name).data

@@ -21,6 +21,22 @@ gate, up and ffn_down_t rows are repacked into one record per neuron, [gate
 row | up row | down row], and the mapped pages of the three matrices are
 released; both builders then run the fused op ``sparse_ffn_bundle`` (one
 contiguous fetch per active neuron instead of three scattered rows).
+
+SwiGLU models without a predictor get training-free sparsity (CATS): a file
+calibrated by ``python -m pyinfer.sparsity calibrate`` holds one magnitude
+threshold per layer (``pyinfer.sparsity.thresholds``), and the gate is
+computed densely to decide which neurons to keep:
+
+    a = silu(gate . h)                   kept(i) = |a[i]| >= threshold[layer]
+    act[i] = a[i] * (up_i . h)   for kept i, 0 otherwise
+    out = ffn_down . act                 (or sum over kept i of act[i] * ffn_down_t[i])
+
+``cats_ffn`` builds it. The down projection of a plain GGUF ({n_ff, n_embd},
+quant blocks along n_ff) runs as the dense product of the zeroed activation:
+skipping inactive neurons there means skipping columns, and whole 32-wide
+blocks are almost never all inactive (docs/sparse_cpu.md, "Training-free
+sparsity"). A file written with ``--down-t`` stores ``ffn_down_t`` instead and
+gets the sparse axpy over the kept rows.
 """
 from __future__ import annotations
 
@@ -28,16 +44,18 @@ import functools
 import math
 import mmap
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, Tensor, Unary, row_size
-from .llama import FFN, LayerWeights, LlamaWeights
+from .llama import CATS_THRESHOLDS_KEY, FFN, LayerWeights, LlamaWeights
 
 THRESHOLD_KEY = "powerinfer.sparse_threshold"
+# CATS_THRESHOLDS_KEY (model/llama.py): f32 [n_layer], the |silu(gate)| cut per layer
+CATS_TARGET_KEY = "pyinfer.sparsity.target"           # f32: fraction of neurons calibrated to drop
 
 
 def sparse_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, threshold: float,
@@ -122,6 +140,66 @@ def _release_pages(f: GGUFFile, data: np.ndarray) -> None:
         mapped._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
+def cats_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *,
+             thresholds: Dict[int, float]) -> Tensor:
+    """SwiGLU FFN output {n_embd, n_tokens} computing up and down only for the neurons
+    whose |silu(gate)| reaches the layer's threshold (thresholds: id(layer) -> value;
+    per token in a batch)."""
+    a = ctx.unary(ctx.mul_mat(layer.w_gate, h), Unary.SILU)
+    idx = ctx.sparse_index_abs(a, thresholds[id(layer)])
+    act = ctx.mul(a, ctx.mul_mat_sparse(layer.w_up, h, idx))
+    if layer.w_down_t is not None:
+        return ctx.axpy_sparse(layer.w_down_t, act, idx)
+    return ctx.mul_mat(layer.w_down, act)
+
+
+def dense_swiglu_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor) -> Tensor:
+    """A calibrated file run densely: silu(gate)*up, down from ffn_down or ffn_down_t."""
+    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), Unary.SILU)
+    if layer.w_down_t is not None:
+        return ctx.axpy_sparse(layer.w_down_t, act)
+    return ctx.mul_mat(layer.w_down, act)
+
+
+def cats_thresholds(cfg: ModelConfig, md: Dict[str, Any]) -> Optional[List[float]]:
+    """The file's per-layer CATS thresholds, or None when it has none."""
+    raw = md.get(CATS_THRESHOLDS_KEY)
+    if raw is None:
+        return None
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{CATS_THRESHOLDS_KEY} must be an array of numbers") from None
+    if len(values) != cfg.n_layer:
+        raise ModelLoadError(f"{CATS_THRESHOLDS_KEY} has {len(values)} values for {cfg.n_layer} layers")
+    if any(math.isnan(v) or v < 0 for v in values):
+        raise ModelLoadError(f"{CATS_THRESHOLDS_KEY} holds a negative or NaN threshold")
+    return values
+
+
+def make_cats_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any], thresholds: List[float],
+                  sparse_threshold: Optional[float], dense: bool) -> Tuple[FFN, str]:
+    if cfg.ffn_act != "silu" or cfg.ffn_gate_both:
+        raise ModelLoadError(f"{CATS_THRESHOLDS_KEY} needs a SwiGLU FFN (silu(gate)*up), "
+                             f"this model's is {cfg.ffn_act}")
+    if any(layer.fc1 is not None for layer in w.layers):
+        raise ModelLoadError(f"{CATS_THRESHOLDS_KEY} and a predictor (fc1/fc2) in one file: "
+                             "pick one kind of sparsity")
+    if sparse_threshold is not None:
+        warnings.warn("sparse_threshold is the PowerInfer predictor's threshold; this model's "
+                      f"per-layer thresholds come from {CATS_THRESHOLDS_KEY}", RuntimeWarning)
+    down = "ffn_down_t axpy" if w.layers[0].w_down_t is not None else "dense down"
+    if dense:
+        return dense_swiglu_ffn, f"dense SwiGLU FFN ({down}; calibrated file, dense=True)"
+    target = md.get(CATS_TARGET_KEY)
+    desc = (f"CATS sparse FFN |silu(gate)| >= per-layer threshold "
+            f"({min(thresholds):.3g}..{max(thresholds):.3g}"
+            + (f", calibrated for {float(target):.0%} sparsity" if target is not None else "")
+            + f"), {down}")
+    by_layer = {id(layer): t for layer, t in zip(w.layers, thresholds)}
+    return functools.partial(cats_ffn, thresholds=by_layer), desc
+
+
 def file_threshold(md: Dict[str, Any]) -> float:
     return float(md.get(THRESHOLD_KEY, 0.0))
 
@@ -141,12 +219,21 @@ def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
     With `bundle`, the FFN weights are repacked into ``NeuronBundles`` (the pages of
     `release`'s mapping that held them are released) and the fused op runs; models
     whose gate/up/down_t types differ keep the three matrices (the description says
-    so)."""
+    so).
+
+    A file with per-layer CATS thresholds (``pyinfer.sparsity.thresholds``) gets
+    ``cats_ffn``, or with `dense` the dense SwiGLU FFN."""
     powerinfer = [layer.w_down_t is not None for layer in w.layers]
+    cats = cats_thresholds(cfg, md)
+    if cats is not None:
+        if any(powerinfer) and not all(powerinfer):
+            raise ModelLoadError("ffn_down_t is missing in some layers: a calibrated file stores it in all or none")
+        return make_cats_ffn(cfg, w, md, cats, sparse_threshold, dense)
     if not any(powerinfer):
         if sparse_threshold is not None or dense:
             warnings.warn("sparse_threshold and dense only apply to PowerInfer models "
-                          "(ffn_down_t + predictor); this model runs its dense FFN", RuntimeWarning)
+                          "(ffn_down_t + predictor) and calibrated files (pyinfer.sparsity.thresholds); "
+                          "this model runs its dense FFN", RuntimeWarning)
         return None, ""
     if not all(powerinfer):
         raise ModelLoadError("ffn_down_t is missing in some layers: a PowerInfer model needs it in all")

@@ -1,7 +1,7 @@
 /*
- * ops_sparse.c - neuron-sparse FFN kernels: checking an active-neuron index,
- * the index from predictor scores, and the row-sparse product for gate/up
- * (the axpy is in ops_sparse_axpy.c).
+ * ops_sparse.c - neuron-sparse FFN kernels: checking an active-neuron index
+ * and the row-sparse product for gate/up (the index from scores or
+ * activations is in ops_sparse_index.c, the axpy in ops_sparse_axpy.c).
  *
  * Row-sparse product: activations are quantized to the weights'
  * vec_dot_type as in matmul.c. Then, token after token, threads split that
@@ -68,44 +68,6 @@ static bool all_active(const gs_tensor * idx, int64_t M) {
         if (((const int32_t *) idx->data)[t * (M + 1)] != M) return false;
     }
     return true;
-}
-
-/* ---- index from scores ---------------------------------------------------- */
-size_t gs_cpu_sparse_index_work_size(const gs_tensor * dst, int n_threads) {
-    return (size_t) dst->ne[1] * (size_t) n_threads * sizeof(int64_t);
-}
-
-/* Threads split the neurons: each counts its active ones per token, then
- * writes them after the counts of the threads before it. */
-void gs_cpu_op_sparse_index(const gs_compute_params * p, gs_tensor * dst) {
-    const gs_tensor * score = dst->src[0];
-    float thr;
-    memcpy(&thr, &dst->op_params[0], sizeof(float));
-    const int64_t M = score->ne[0], N = score->ne[1];
-    int64_t * counts = p->wdata;
-    int64_t lo, hi;
-    gs_split_rows(M, p->ith, p->nth, &lo, &hi);
-    for (int64_t t = 0; t < N; t++) {
-        const float * s = (const float *) ((const uint8_t *) score->data + t * score->nb[1]);
-        int64_t c = 0;
-        for (int64_t m = lo; m < hi; m++) c += s[m] >= thr;
-        counts[t * p->nth + p->ith] = c;
-    }
-    gs_barrier(p);
-    for (int64_t t = 0; t < N; t++) {
-        const float * s = (const float *) ((const uint8_t *) score->data + t * score->nb[1]);
-        int32_t * col = (int32_t *) dst->data + t * (M + 1);
-        int64_t off = 0, total = 0;
-        for (int i = 0; i < p->nth; i++) {
-            if (i < p->ith) off += counts[t * p->nth + i];
-            total += counts[t * p->nth + i];
-        }
-        if (p->ith == 0) col[0] = (int32_t) total;
-        int32_t * w = col + 1 + off;
-        for (int64_t m = lo; m < hi; m++) {
-            if (s[m] >= thr) *w++ = (int32_t) m;
-        }
-    }
 }
 
 /* ---- row-sparse product ----------------------------------------------------- */

@@ -51,4 +51,19 @@ extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
 typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
 extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
 
+/* What GS_OP_SPARSE_INDEX compares with its threshold (op_params[1]). */
+typedef enum {
+    GS_INDEX_SCORE = 0,       /* predictor score s: active iff s >= threshold   */
+    GS_INDEX_MAGNITUDE = 1    /* activation a: active iff |a| >= threshold      */
+} gs_index_mode;
+
+/* Scan s[0..n) for the active entries (NaN never is): writes base + i for
+ * each, ascending, to ids (ids NULL: only counts) and returns their count.
+ * Scalar reference in ops_sparse_index.c; SIMD in vec_*_index.c, identical
+ * lists. */
+typedef int64_t (*gs_index_scan_fn)(const float * s, int64_t n, float thr, bool magnitude, int32_t base,
+                                    int32_t * ids);
+int64_t gs_index_scan_avx2(const float * s, int64_t n, float thr, bool magnitude, int32_t base, int32_t * ids);
+int64_t gs_index_scan_avx512(const float * s, int64_t n, float thr, bool magnitude, int32_t base, int32_t * ids);
+
 #endif /* GS_CPU_SPARSE_H */
