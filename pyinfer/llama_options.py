@@ -228,7 +228,8 @@ class LlamaOptions:
             embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
             dense=self.dense, repack_weights=self.use_extra_bufts, neuron_bundle=self.neuron_bundle,
-            extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers})
+            extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers,
+                   "reset_gpu_index": self.reset_gpu_index, "disable_gpu_index": self.disable_gpu_index})
 
 
 def warn(message: str, verbose: bool) -> None:

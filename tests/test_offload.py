@@ -284,14 +284,11 @@ def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
     import pyinfer.offload as offload
     model = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True, seed=3))
     spec, _ = _spec(model)
-    path = tmp_path / "m.generated.gpuidx"
-    w = gguf.GGUFWriter(str(path), "generic.gpu_index")
-    for i in range(spec.n_layer):
-        w.add_tensor(f"blk.{i}.gpu_bucket", np.arange(0, spec.n_ff, 4, dtype=np.int32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    from pyinfer.gpu_index import GpuIndex, gpu_index_path, write_gpu_index
+    mask = np.zeros(spec.n_ff, dtype=np.int32)
+    mask[::4] = 1
+    # an index made for a smaller budget is reused (DESIGN.md), so the plan takes its neurons
+    write_gpu_index(gpu_index_path(model), GpuIndex(1 << 20, [mask.copy() for _ in range(spec.n_layer)]))
     monkeypatch.setattr(offload, "require_cuda", lambda what: None)
     monkeypatch.setattr(offload, "mem_info", lambda device=0: (GIB, 2 * GIB))
     with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
@@ -300,6 +297,33 @@ def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
     assert "pyinfer: GPU offload plan: hybrid" in err and "budget 512.00 MiB" in err
     assert f"layer   0: attn GPU, pred GPU, norm GPU, kv GPU, hot {spec.n_ff // 4}/{spec.n_ff}" in err
     assert "the model runs on the CPU" in err
+    # disable_gpu_index: no neurons placed by the index
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, vram_budget=0.5, disable_gpu_index=True, n_ctx=64, verbose=True).close()
+    assert f"hot 0/{spec.n_ff}" in capsys.readouterr().err
     with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
         Llama(model, n_gpu_layers=-1, n_ctx=64, verbose=True).close()
     assert f"n_gpu_layers: layers 0..{spec.n_layer - 1}" in capsys.readouterr().err
+
+
+def test_llama_generates_a_missing_gpu_index(tmp_path, monkeypatch):
+    """Llama(vram_budget=...) on a sparse model without <model>.generated.gpuidx solves the
+    placement and writes the file (device answers stubbed); reset_gpu_index rewrites it."""
+    import os
+    import pyinfer.offload as offload
+    from pyinfer.gpu_index import gpu_index_path, read_gpu_index
+    model = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True, seed=3))
+    monkeypatch.setattr(offload, "require_cuda", lambda what: None)
+    monkeypatch.setattr(offload, "mem_info", lambda device=0: (GIB, 2 * GIB))
+    path = gpu_index_path(model)
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, vram_budget=0.5, n_ctx=64, verbose=False).close()
+    index = read_gpu_index(path)
+    assert 0 < index.vram_capacity <= GIB // 2
+    first = os.stat(path).st_mtime_ns
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, vram_budget=0.5, n_ctx=64, verbose=False).close()
+    assert os.stat(path).st_mtime_ns == first          # reused
+    with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
+        Llama(model, vram_budget=0.5, reset_gpu_index=True, n_ctx=64, verbose=False).close()
+    assert os.stat(path).st_mtime_ns != first          # regenerated

@@ -9,7 +9,6 @@ n_gpu_layers=0.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Optional, Sequence
 
@@ -20,6 +19,7 @@ from .device import DeviceInfo, GPUUnavailableError, cuda_status, device_info, m
 from .model_spec import ModelSpec, TensorSpec, read_gpu_buckets, spec_from_file
 from .planner import OffloadBudgetError, OffloadPlan, plan_hybrid, plan_layers, summary
 from .report import format_report
+from ..gpu_index import ensure_gpu_index
 
 __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "part", "DeviceInfo",
            "GPUUnavailableError", "cuda_status", "device_info", "mem_info", "require_cuda",
@@ -44,17 +44,26 @@ def gpu_options_requested(vram_budget: Optional[float], n_gpu_layers: int) -> bo
 
 
 def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> Optional[OffloadPlan]:
-    """The plan for a loaded Engine (None when no GPU option was given). Hot neurons come
-    from `<model>.generated.gpuidx` when the model is sparse and that file exists."""
+    """The plan for a loaded Engine (None when no GPU option was given). Hot neurons of a
+    sparse model come from its GPU index (`<model>.generated.gpuidx`), reused or generated
+    for the VRAM the dense parts leave (gpu_index.ensure_gpu_index; the settings' extra
+    `reset_gpu_index` / `disable_gpu_index` keep PowerInfer's meaning)."""
     if not gpu_options_requested(vram_budget, n_gpu_layers):
         return None
     require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
     spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)
-    hot = None
-    index_path = os.path.splitext(engine.file.path)[0] + ".generated.gpuidx"
-    if spec.sparse and n_gpu_layers == 0 and os.path.exists(index_path):
-        hot = read_gpu_buckets(index_path, spec.n_layer)
     free, _ = mem_info(0)
+    hot = None
+    if spec.sparse and n_gpu_layers == 0:
+        # the neurons' share: what the dense tensors, KV cache and scratch leave of the budget
+        dense = make_plan(spec, vram_budget, 0, None, free_bytes=free)
+        extra = engine.settings.extra
+        index = ensure_gpu_index(engine.file.path, max(0, dense.budget - dense.device_bytes),
+                                 reset=bool(extra.get("reset_gpu_index")),
+                                 disable=bool(extra.get("disable_gpu_index")),
+                                 n_threads=engine.n_threads)
+        if index is not None:
+            hot = [index.bucket(i) for i in range(spec.n_layer)]
     plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free)
     warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
                   "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)
