@@ -22,10 +22,12 @@
  * A neuron whose activation is 0 adds nothing (so its up row is not dotted
  * when relu(gate) is 0, and its down row not added).
  *
- * Kernels: the dots are the type's 4-row sparse dot kernel where the level
- * has one (bit-identical to vec_dot), else vec_dot; the down rows go
- * through the type's SIMD row axpy kernel (4 rows per pass over the
- * partial), else dequantize and add (the scalar reference).
+ * Kernels: Q4_0 on AVX-512 has its own (vec_avx512_bundle.c: the
+ * activation's per-block terms prepared once per token, bit-identical to
+ * the generic ones); other types use the type's 4-row sparse dot kernel
+ * where the level has one (bit-identical to vec_dot), else vec_dot; the
+ * down rows go through the type's SIMD row axpy kernel (4 rows per pass
+ * over the partial), else dequantize and add (the scalar reference).
  */
 #include "sparse.h"
 
@@ -60,11 +62,17 @@ typedef struct {
     gs_axpy_rows_fn axpy;     /* SIMD row axpy, or NULL                   */
     gs_to_float_fn to_float;
     float * tmp;              /* this thread's dequantization row          */
+    void * aux;               /* Q4_0 AVX-512: the token's activation terms
+                               * (in tmp's place), else NULL               */
 } bundle_args;
 
 static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 
 static void dots(const bundle_args * g, int nr, float * s, const uint8_t * const * x, const void * q) {
+    if (g->aux) {
+        gs_bundle_dots_q4_0_avx512(g->E, nr, s, x, q, g->aux);
+        return;
+    }
     if (g->dots) {
         g->dots(g->E, nr, s, x, q);
         return;
@@ -127,6 +135,21 @@ static void chunk(const bundle_args * g, const gs_sparse_list * l, int64_t e0, i
     if (nr) add_group(g, nr, rec, q, y);
 }
 
+/* out[j] = the sum of the CHUNKS partials (stride floats apart) in chunk
+ * order, for j in [j0, j1) (multiples of 16), the partials in
+ * GS_BUNDLE_PERM order: sums of 16 contiguous elements, then stored
+ * transposed. */
+static void reduce_permuted(const float * part, size_t stride, int64_t j0, int64_t j1, float * out) {
+    for (int64_t j = j0; j < j1; j += 16) {
+        float s[16];
+        for (int k = 0; k < 16; k++) s[k] = part[j + k];
+        for (int c = 1; c < CHUNKS; c++) {
+            for (int k = 0; k < 16; k++) s[k] += part[(size_t) c * stride + (size_t) j + (size_t) k];
+        }
+        for (int k = 0; k < 16; k++) out[j + k] = s[GS_BUNDLE_PERM(k)];
+    }
+}
+
 void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     const gs_tensor * h = dst->src[1];
@@ -150,21 +173,32 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
     gs_axpy_rows_fn axpy = NULL;
     if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[a->type]) axpy = gs_axpy_rows_avx512[a->type];
     else if (info.level >= GS_IMPL_AVX2 && gs_axpy_rows_avx2[a->type]) axpy = gs_axpy_rows_avx2[a->type];
+    const bool q4_avx512 = info.level >= GS_IMPL_AVX512 && a->type == GS_TYPE_Q4_0;
+    if (q4_avx512) axpy = gs_bundle_axpy_q4_0_avx512;
+    float * tmp = (float *) ((uint8_t *) partials + (2 * CHUNKS + (size_t) p->ith) * row);
+    assert(GS_BUNDLE_AUX_BYTES(E) <= row);   /* aux fits in tmp's row */
     const bundle_args g = {
         .E = (int) E, .a = a->data, .rec = a->nb[1], .part = gs_type_row_size(a->type, E),
         .skip = dst->src[3] ? (const int32_t *) dst->src[3]->data : NULL, .both_relu = dst->op_params[0] != 0,
         .vec_dot = gs_cpu_funcs(a->type)->vec_dot,
         .dots = info.level >= GS_IMPL_AVX512 ? gs_sparse_dots_avx512[a->type] : NULL,
         .axpy = axpy, .to_float = gs_get_type_traits(a->type)->to_float,
-        .tmp = (float *) ((uint8_t *) partials + (2 * CHUNKS + (size_t) p->ith) * row),
+        .tmp = tmp, .aux = q4_avx512 ? tmp : NULL,
     };
     int64_t c0, c1, j0, j1;
     gs_split_rows(CHUNKS, p->ith, p->nth, &c0, &c1);
-    gs_split_rows(E, p->ith, p->nth, &j0, &j1);
+    if (g.aux) {   /* whole 16-element groups of the permuted partials */
+        gs_split_rows(E / 16, p->ith, p->nth, &j0, &j1);
+        j0 *= 16;
+        j1 *= 16;
+    } else {
+        gs_split_rows(E, p->ith, p->nth, &j0, &j1);
+    }
     for (int64_t t = 0; t < N; t++) {
         const gs_sparse_list l = gs_sparse_list_of(idx, M, t);
         float * part = (float *) ((uint8_t *) partials + (size_t) (t & 1) * CHUNKS * row);
         const void * q = wq + t * q_row;
+        if (g.aux && c0 < c1) gs_bundle_prep_q4_0_avx512((int) E, q, g.aux);
         for (int64_t c = c0; c < c1; c++) {
             int64_t e0, e1;
             gs_split_rows(l.n, (int) c, CHUNKS, &e0, &e1);
@@ -172,6 +206,10 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
         }
         gs_barrier(p);
         float * out = (float *) ((uint8_t *) dst->data + t * dst->nb[1]);
+        if (g.aux) {
+            reduce_permuted(part, row / sizeof(float), j0, j1, out);
+            continue;
+        }
         for (int64_t j = j0; j < j1; j++) {
             float s = part[j];
             for (int c = 1; c < CHUNKS; c++) s += part[(size_t) c * row / sizeof(float) + j];
