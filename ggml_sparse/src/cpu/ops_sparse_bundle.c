@@ -68,9 +68,10 @@ typedef struct {
 
 static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 
-static void dots(const bundle_args * g, int nr, float * s, const uint8_t * const * x, const void * q) {
+static void dots(const bundle_args * g, int nr, float * s, const uint8_t * const * x, const void * q,
+                 gs_pf_cursor * pf) {
     if (g->aux) {
-        gs_bundle_dots_q4_0_avx512(g->E, nr, s, x, q, g->aux);
+        gs_bundle_dots_q4_0_avx512(g->E, nr, s, x, q, g->aux, pf);
         return;
     }
     if (g->dots) {
@@ -84,11 +85,13 @@ static void dots(const bundle_args * g, int nr, float * s, const uint8_t * const
  * is not 0; y += act * down row for those whose act is not 0, in record
  * order. (A ReLU FFN's neuron with act 0 adds nothing: its up and down rows
  * are not needed. Predicted neurons whose gate is <= 0, and half of all
- * neurons with no index, end there.) */
-static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec, const void * q, float * y) {
+ * neurons with no index, end there.) The Q4_0 AVX-512 kernels advance pf
+ * as they go. */
+static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec, const void * q, float * y,
+                      gs_pf_cursor * pf) {
     const uint8_t * x[GROUP];
     float gv[GROUP], uv[GROUP], act[GROUP];
-    dots(g, nr, gv, rec, q);
+    dots(g, nr, gv, rec, q, pf);
     int nu = 0;
     for (int r = 0; r < nr; r++) {
         if (gv[r] > 0.0f) {
@@ -97,7 +100,7 @@ static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec
         }
     }
     if (nu == 0) return;
-    dots(g, nu, uv, x, q);
+    dots(g, nu, uv, x, q, pf);
     int na = 0;
     for (int r = 0; r < nu; r++) {
         const float a = gv[r] * (g->both_relu ? relu(uv[r]) : uv[r]);
@@ -107,6 +110,10 @@ static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec
         }
     }
     if (na == 0) return;
+    if (g->aux) {
+        gs_bundle_axpy_q4_0_avx512(g->E, na, act, x, y, pf);
+        return;
+    }
     if (g->axpy) {
         g->axpy(g->E, na, act, x, y);
         return;
@@ -117,22 +124,31 @@ static void add_group(const bundle_args * g, int nr, const uint8_t * const * rec
     }
 }
 
-/* y = the FFN output of list entries [e0, e1) (skipped neurons left out). */
+/* y = the FFN output of list entries [e0, e1) (skipped neurons left out).
+ * Records are requested PREFETCH_AHEAD entries ahead; with the Q4_0 AVX-512
+ * kernels, the GROUP entries after a group's last one, spread over the
+ * group's computation. */
 static void chunk(const bundle_args * g, const gs_sparse_list * l, int64_t e0, int64_t e1, const void * q, float * y) {
     memset(y, 0, (size_t) g->E * sizeof(float));
     const uint8_t * rec[GROUP];
     int nr = 0;
+    gs_pf_cursor pf = { .bytes = 3 * g->part };
     for (int64_t e = e0; e < e1; e++) {
-        if (e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->rec, 3 * g->part);
+        if (!g->aux && e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->rec, 3 * g->part);
         const int64_t m = gs_sparse_id(l, e);
         if (g->skip && g->skip[m]) continue;
         rec[nr++] = g->a + m * g->rec;
         if (nr == GROUP) {
-            add_group(g, nr, rec, q, y);
+            pf.i = 0;
+            pf.off = 0;
+            pf.n = 0;
+            for (int64_t f = e + 1; f < e1 && pf.n < GROUP; f++) pf.p[pf.n++] = g->a + gs_sparse_id(l, f) * g->rec;
+            add_group(g, nr, rec, q, y, &pf);
             nr = 0;
         }
     }
-    if (nr) add_group(g, nr, rec, q, y);
+    pf.n = 0;
+    if (nr) add_group(g, nr, rec, q, y, &pf);
 }
 
 /* out[j] = the sum of the CHUNKS partials (stride floats apart) in chunk
@@ -174,7 +190,6 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
     if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[a->type]) axpy = gs_axpy_rows_avx512[a->type];
     else if (info.level >= GS_IMPL_AVX2 && gs_axpy_rows_avx2[a->type]) axpy = gs_axpy_rows_avx2[a->type];
     const bool q4_avx512 = info.level >= GS_IMPL_AVX512 && a->type == GS_TYPE_Q4_0;
-    if (q4_avx512) axpy = gs_bundle_axpy_q4_0_avx512;
     float * tmp = (float *) ((uint8_t *) partials + (2 * CHUNKS + (size_t) p->ith) * row);
     assert(GS_BUNDLE_AUX_BYTES(E) <= row);   /* aux fits in tmp's row */
     const bundle_args g = {

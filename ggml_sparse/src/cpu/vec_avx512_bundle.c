@@ -59,7 +59,7 @@ void gs_bundle_prep_q4_0_avx512(int n, const void * y, void * aux) {
 
 /* R rows at once (R a constant after inlining) */
 static inline __attribute__((always_inline)) void dots_rows(int R, int n, float * s, const uint8_t * const * x,
-                                                          const void * y, const void * aux) {
+                                                          const void * y, const void * aux, gs_pf_cursor * pf) {
     const block_q8_0 * yb = y;
     const __m256i * neg = aux;
     const float * yd = (const float *) (neg + n / 32);
@@ -73,6 +73,8 @@ static inline __attribute__((always_inline)) void dots_rows(int R, int n, float 
         for (int r = 0; r < R; r++) scales8((const block_q4_0 *) x[r] + b0, m, ydv, sc[r]);
         for (int i = 0; i < m; i++) {
             const int b = b0 + i;
+            gs_pf_step(pf);
+            gs_pf_step(pf);
             const __m256i yq = _mm256_loadu_si256((const __m256i *) yb[b].qs);
             const __m256i nb8 = _mm256_loadu_si256(&neg[b]);
             for (int r = 0; r < R; r++) {
@@ -86,12 +88,12 @@ static inline __attribute__((always_inline)) void dots_rows(int R, int n, float 
 }
 
 void gs_bundle_dots_q4_0_avx512(int n, int nr, float * s, const uint8_t * const * x, const void * y,
-                                const void * aux) {
+                                const void * aux, gs_pf_cursor * pf) {
     switch (nr) {
-        case 1: dots_rows(1, n, s, x, y, aux); break;
-        case 2: dots_rows(2, n, s, x, y, aux); break;
-        case 3: dots_rows(3, n, s, x, y, aux); break;
-        default: dots_rows(4, n, s, x, y, aux); break;
+        case 1: dots_rows(1, n, s, x, y, aux, pf); break;
+        case 2: dots_rows(2, n, s, x, y, aux, pf); break;
+        case 3: dots_rows(3, n, s, x, y, aux, pf); break;
+        default: dots_rows(4, n, s, x, y, aux, pf); break;
     }
 }
 
@@ -102,7 +104,8 @@ void gs_bundle_dots_q4_0_avx512(int n, int nr, float * s, const uint8_t * const 
  * 4 (p % 4) .. 4 (p % 4) + 3, and a per-lane shift by 8 (p / 4) (+ 4 for the
  * high half) brings the wanted nibble down: no shuffle per weight. The
  * nibble q becomes the float q - 8 exactly as (2^23 + q) - (2^23 + 8). */
-void gs_bundle_axpy_q4_0_avx512(int n, int nr, const float * a, const uint8_t * const * x, float * y) {
+void gs_bundle_axpy_q4_0_avx512(int n, int nr, const float * a, const uint8_t * const * x, float * y,
+                                gs_pf_cursor * pf) {
     const __m512i sh_lo = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
     const __m512i sh_hi = _mm512_add_epi32(sh_lo, _mm512_set1_epi32(4));
     const __m512i m4 = _mm512_set1_epi32(0x0F), magic = _mm512_set1_epi32(0x4B000000);
@@ -113,6 +116,8 @@ void gs_bundle_axpy_q4_0_avx512(int n, int nr, const float * a, const uint8_t * 
         const int m = nb - b0 < 8 ? nb - b0 : 8;
         for (int r = 0; r < nr; r++) scales8((const block_q4_0 *) x[r] + b0, m, _mm256_set1_ps(a[r]), sc[r]);
         for (int i = 0; i < m; i++, y += 32) {
+            gs_pf_step(pf);
+            gs_pf_step(pf);
             __m512 y0 = _mm512_loadu_ps(y), y1 = _mm512_loadu_ps(y + 16);
             for (int r = 0; r < nr; r++) {
                 const block_q4_0 * xb = (const block_q4_0 *) x[r] + b0 + i;
