@@ -51,6 +51,45 @@ extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
 typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
 extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
 
+/* Records to bring into L2 while a kernel computes: the kernel calls
+ * gs_pf_step once or twice per block, which requests the next 64 bytes
+ * (records p[0..n), bytes each, front to back), so the requests are spread
+ * over the computation instead of issued in one burst. */
+typedef struct {
+    const uint8_t * p[4];     /* up to 4 records */
+    int n, i;
+    size_t off, bytes;
+} gs_pf_cursor;
+
+static inline void gs_pf_step(gs_pf_cursor * c) {
+    if (c->i < c->n) {
+        __builtin_prefetch(c->p[c->i] + c->off, 0, 2);
+        c->off += 64;
+        if (c->off >= c->bytes) {
+            c->off = 0;
+            c->i++;
+        }
+    }
+}
+
+/* Q4_0 kernels of the fused op over neuron bundles (vec_avx512_bundle.c),
+ * bit-identical to gs_sparse_dots_avx512 / gs_axpy_rows_avx512 of Q4_0
+ * (the axpy's y permuted, below).
+ * prep: from one token's Q8_0 activation row y (n elements), the per-block
+ * terms the dots reuse for every row, into aux (GS_BUNDLE_AUX_BYTES(n)
+ * bytes, 32-byte aligned); dots: as gs_sparse_dots_fn, with that aux. Both
+ * kernels advance pf (two requests per block). */
+#define GS_BUNDLE_AUX_BYTES(n) ((size_t) (n) / 32 * 36)
+void gs_bundle_prep_q4_0_avx512(int n, const void * y, void * aux);
+void gs_bundle_dots_q4_0_avx512(int n, int nr, float * s, const uint8_t * const * x, const void * y,
+                                const void * aux, gs_pf_cursor * pf);
+void gs_bundle_axpy_q4_0_avx512(int n, int nr, const float * a, const uint8_t * const * x, float * y,
+                                gs_pf_cursor * pf);
+/* ... whose y is in a permuted order: element j of the row sits at
+ * GS_BUNDLE_PERM(j) (a 4 x 4 transpose inside each 16 elements; its own
+ * inverse). */
+#define GS_BUNDLE_PERM(j) (((j) & ~(int64_t) 15) | (((j) & 3) << 2) | (((j) >> 2) & 3))
+
 /* What GS_OP_SPARSE_INDEX compares with its threshold (op_params[1]). */
 typedef enum {
     GS_INDEX_SCORE = 0,       /* predictor score s: active iff s >= threshold   */
