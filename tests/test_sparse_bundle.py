@@ -49,8 +49,8 @@ def bundle_tensor(ctx, t, gate, up, down_t):
     return tensor
 
 
-def problem(rng, t, m=300, n_tokens=1, density=0.3):
-    e = row_len(t, 256)
+def problem(rng, t, m=300, n_tokens=1, density=0.3, e=256):
+    e = row_len(t, e)
     gate, up, down_t = (rng.standard_normal((m, e)).astype(np.float32) / 4 for _ in range(3))
     x = rng.standard_normal((n_tokens, e)).astype(np.float32)
     active = random_active(rng, n_tokens, m, density)
@@ -83,7 +83,11 @@ def unfused(pools, t, gate, up, down_t, x, idx, skip, both_relu):
 @pytest.mark.parametrize("n_tokens", [1, 3])
 @pytest.mark.parametrize("both_relu", [False, True], ids=["llama", "bamboo"])
 def test_bundle_matches_masked_numpy(pools, rng, level, t, n_tokens, both_relu):
-    gate, up, down_t, x, active, skip = problem(rng, t, n_tokens=n_tokens)
+    check_against_numpy(pools, rng, level, t, n_tokens, both_relu)
+
+
+def check_against_numpy(pools, rng, level, t, n_tokens, both_relu, e=256):
+    gate, up, down_t, x, active, skip = problem(rng, t, n_tokens=n_tokens, e=e)
     got = fused(pools, t, gate, up, down_t, x, index_array(active), skip, both_relu)
     live = (active & (skip[None, :] == 0)).astype(np.float64)
     wg, wu, wd = (dequantized(t, w) for w in (gate, up, down_t))
@@ -115,6 +119,14 @@ def test_bundle_equals_unfused_ops(pools, rng, level, t, n_tokens):
     act = np.abs(np.maximum(x64 @ wg.T, 0) * (x64 @ wu.T)) * live
     scale = act @ np.abs(wd) + 1e-30
     assert (np.abs(got - want) / scale).max() <= 4e-6
+
+
+@pytest.mark.parametrize("e", [96, 800, 4096])
+@pytest.mark.parametrize("both_relu", [False, True], ids=["llama", "bamboo"])
+def test_bundle_q4_0_rows_of_any_block_count(pools, rng, level, e, both_relu):
+    """Q4_0 has its own AVX-512 kernel (vec_avx512_bundle.c) that takes block scales 8 at a
+    time: rows of 3, 25 and 128 blocks stay within the numpy budget at every level."""
+    check_against_numpy(pools, rng, level, T.Q4_0, 3, both_relu, e)
 
 
 @pytest.mark.parametrize("t", [T.F16, T.Q4_0, T.Q5_1, T.Q6_K], ids=lambda t: t.name)
