@@ -28,6 +28,7 @@ from pyinfer.tensor import GGMLType
 from reference.numpy_llama import NumpyLlama
 from reference.tiny_model import write_tiny_llama
 from test_sparse_ops import index_lists, level, pools, run  # noqa: F401  (fixtures)
+from engine_util import greedy as _greedy, small_engine as _engine, rel_err as _rel_err
 
 PROMPT = [3, 17, 5, 42, 8, 60, 7, 11, 90, 4]
 CALIB = [int(t) for t in np.random.default_rng(0).integers(3, 96, 128)]
@@ -79,21 +80,6 @@ class NumpyCATS(NumpyLlama):
         return (a * keep * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
 
 
-def _engine(path, **kw):
-    return Engine(str(path), ContextSettings(**{"n_ctx": 64, "n_batch": 16, "n_threads": 2, **kw}))
-
-
-def _greedy(eng, prompt, n):
-    logits = [eng.decode(prompt)]
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits[-1])))
-        logits.append(eng.decode([out[-1]]))
-    return out, np.stack(logits[:-1])
-
-
-def _rel_err(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,9 @@ from pyinfer.engine import Engine
 from pyinfer.gguf_model import GGUFFile, ModelLoadError
 from reference.numpy_llama import NumpyLlama
 from reference.tiny_model import write_tiny_llama
+from engine_util import rel_err as _rel_err, small_engine as _engine
 
 Q = gguf.GGMLQuantizationType
-
-
-def _engine(path, **kw):
-    return Engine(str(path), ContextSettings(**{"n_ctx": 64, "n_batch": 16, "n_threads": 2, **kw}))
-
-
-def _rel_err(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 LLAMA31_FACTORS = np.concatenate([np.ones(3), np.linspace(1.0, 8.0, 3), np.full(2, 8.0)])

@@ -23,12 +23,11 @@ import numpy as np
 import pytest
 
 from pyinfer._lib import GSShapeError, GSTypeError
-from pyinfer.config import ContextSettings
-from pyinfer.engine import Engine
 from pyinfer.tensor import Context, Unary, dequantize, quantize, quantize_activations, type_info
 from reference.tiny_model import write_tiny_llama
 from test_sparse_ops import (BLOCK32_TYPES, K_TYPES, WEIGHT_TYPES, T, dequantized, index_array, level,  # noqa: F401
                              pools, random_active, row_len, run)
+from engine_util import greedy as _greedy, small_engine as _engine
 
 DOT_EPS = 2e-6
 DOT_EPS_Q8_1 = 2.0 ** -11   # Q4_1/Q5_1: the F16 block sums of Q8_1 activations
@@ -173,17 +172,6 @@ def test_bundle_shape_and_type_errors():
 
 
 # ---- PowerInfer models -------------------------------------------------------------------
-def _engine(path, **kw):
-    return Engine(str(path), ContextSettings(**{"n_ctx": 64, "n_batch": 16, "n_threads": 2, **kw}))
-
-
-def _greedy(eng, prompt, n):
-    logits = [eng.decode(prompt)]
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits[-1])))
-        logits.append(eng.decode([out[-1]]))
-    return out, np.stack(logits[:-1])
 
 
 @pytest.fixture(scope="module")

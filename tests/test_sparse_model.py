@@ -17,32 +17,16 @@ import numpy as np
 import pytest
 
 from pyinfer import Llama
-from pyinfer.config import ContextSettings
-from pyinfer.engine import Engine
 from pyinfer.gguf_model import ModelLoadError
 from reference.numpy_sparse import NumpyPowerInfer
 from reference.tiny_model import write_tiny_llama
 from tiny_chat_model import write_tiny_chat_model
+from engine_util import greedy as _greedy, small_engine as _engine, rel_err as _rel_err
 
 Q = gguf.GGMLQuantizationType
 PROMPT = [3, 17, 5, 42, 8, 60, 7]
 
 
-def _engine(path, **kw):
-    return Engine(str(path), ContextSettings(**{"n_ctx": 64, "n_batch": 16, "n_threads": 2, **kw}))
-
-
-def _greedy(eng, prompt, n):
-    logits = [eng.decode(prompt)]
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits[-1])))
-        logits.append(eng.decode([out[-1]]))
-    return out, np.stack(logits[:-1])
-
-
-def _rel_err(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")
