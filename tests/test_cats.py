@@ -27,7 +27,8 @@ from pyinfer.sparsity.calibrate import (CalibrationResult, collect_activations, 
 from pyinfer.tensor import GGMLType
 from reference.numpy_llama import NumpyLlama
 from reference.tiny_model import write_tiny_llama
-from test_sparse_ops import index_lists, level, pools, run  # noqa: F401  (fixtures)
+from op_util import run
+from test_sparse_ops import index_lists
 from engine_util import greedy as _greedy, small_engine as _engine, rel_err as _rel_err
 
 PROMPT = [3, 17, 5, 42, 8, 60, 7, 11, 90, 4]

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 
 from pyinfer._lib import GSRuntimeError
-from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, Unary, quantize
+from pyinfer.tensor import Context, GGMLType, Graph, Unary, quantize
 
 RUNS = 150
-
-
-@pytest.fixture(scope="module")
-def pools():
-    with ThreadPool(1) as p1, ThreadPool(2) as p2:
-        yield {1: p1, 2: p2}
 
 
 def q8_0(ctx, w):

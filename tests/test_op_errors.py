@@ -6,17 +6,8 @@ import numpy as np
 import pytest
 
 from pyinfer._lib import GSRuntimeError, GSShapeError, GSStateError, GSTypeError, GSValueError
-from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool
-
-
-@pytest.fixture(scope="module")
-def pools():
-    with ThreadPool(1) as p1, ThreadPool(2) as p2:
-        yield {1: p1, 2: p2}
-
-
-def i32(ctx, values):
-    return ctx.from_numpy(np.asarray(values, dtype=np.int32))
+from pyinfer.tensor import Context, GGMLType, Graph
+from op_util import i32
 
 
 def test_constructor_errors():

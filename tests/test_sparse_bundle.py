@@ -25,8 +25,8 @@ import pytest
 from pyinfer._lib import GSShapeError, GSTypeError
 from pyinfer.tensor import Context, Unary, dequantize, quantize, quantize_activations, type_info
 from reference.tiny_model import write_tiny_llama
-from test_sparse_ops import (BLOCK32_TYPES, K_TYPES, WEIGHT_TYPES, T, dequantized, index_array, level,  # noqa: F401
-                             pools, random_active, row_len, run)
+from op_util import run
+from test_sparse_ops import WEIGHT_TYPES, T, dequantized, index_array, random_active, row_len
 from engine_util import greedy as _greedy, small_engine as _engine
 
 DOT_EPS = 2e-6

@@ -17,7 +17,8 @@ from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
 from pyinfer._lib import GSRuntimeError, GSShapeError, GSTypeError
-from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, cpu_info, quantize, set_simd_level
+from pyinfer.tensor import Context, GGMLType, Graph, quantize
+from op_util import run
 
 T = GGMLType
 WEIGHT_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
@@ -25,45 +26,9 @@ K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
 BLOCK32_TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 
 
-@pytest.fixture(scope="module")
-def pools():
-    with ThreadPool(1) as p1, ThreadPool(2) as p2:
-        yield {1: p1, 2: p2}
-
-
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def level(request):
-    info = cpu_info()
-    ok = {"scalar": True, "avx2": info["avx2"] and info["fma"] and info["f16c"],
-          "avx512": all(info[f] for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))}
-    if not ok[request.param]:
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    set_simd_level(request.param)
-    yield request.param
-    set_simd_level("auto")
-
-
 def index_lists(idx):
     """The meaningful part of an index (count and ids of each token)."""
     return [col[:1 + col[0]].copy() for col in idx]
-
-
-def run(pools, build, mem=64 << 20, meaning=lambda out: out):
-    """Build with `build(ctx)` (one output or a list), compute on 1 and 2
-    threads, check both give the same bytes (of `meaning(output)`); numpy
-    copies of the outputs."""
-    results = []
-    for n_threads in (1, 2):
-        with Context(mem) as ctx:
-            outs = build(ctx)
-            single = not isinstance(outs, (list, tuple))
-            outs = [outs] if single else list(outs)
-            Graph(ctx).build(*outs).plan(n_threads).compute(pools[n_threads])
-            results.append([o.numpy().copy() for o in outs])
-    for one, two in zip(*results):
-        as_bytes = lambda out: b"".join(np.ascontiguousarray(part).tobytes() for part in meaning(out))
-        assert as_bytes(one) == as_bytes(two), "1 and 2 threads disagree"
-    return results[0][0] if single else results[0]
 
 
 def row_len(t, n):
