@@ -239,7 +239,7 @@ class Sampler:
             x = np.asarray(self.logits_processor(ids_in, x.copy()), dtype=_F32)
         x = apply_logit_bias(x, s.logit_bias)
         if self.recent.maxlen != 0:
-            x = apply_penalties(x, list(self.recent), s.repeat_penalty, s.frequency_penalty,
+            x = apply_penalties(x, self.recent, s.repeat_penalty, s.frequency_penalty,
                                 s.presence_penalty)
         token = self._choose(None, x)
         if self.grammar is None or self.grammar.accepts(token):

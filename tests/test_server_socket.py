@@ -198,10 +198,26 @@ def test_interleaved_streams_match_llama(interleaving_server, oracle):
     assert interleaving_server[1].state.hub.switches > 0
 
 
+def _assert_freed_early(server, oracle, body, wait_s):
+    """After its client went away, the request `body` frees the model within `wait_s`
+    seconds, without having generated all its tokens, and the next request is served."""
+    _, app = server
+    hub = app.state.hub
+    deadline = time.monotonic() + wait_s
+    while hub.busy:
+        assert time.monotonic() < deadline, "the request of a vanished client kept the model"
+        time.sleep(0.05)
+    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
+    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "it ran to its end"
+    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
+                                           max_tokens=4, temperature=0)
+    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
+
+
 def test_disconnected_stream_frees_the_model(server, oracle):
     """A client reads two events of a long stream and hangs up: the lease must come
     back (the stream stops) and a following request must be answered correctly."""
-    base, app = server
+    base, _ = server
     body = {"model": ALIAS, "prompt": "Once upon a time, there was a dragon who", "max_tokens": 120,
             "temperature": 0, "stream": True}
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as h:
@@ -212,34 +228,16 @@ def test_disconnected_stream_frees_the_model(server, oracle):
                 seen += line.startswith("data: ")
                 if seen == 2:
                     break
-    hub = app.state.hub
-    deadline = time.monotonic() + 30
-    while hub.busy:
-        assert time.monotonic() < deadline, "the lease of a vanished client was not released"
-        time.sleep(0.05)
-    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
-    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "the stream ran to its end"
-    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
-                                           max_tokens=4, temperature=0)
-    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
+    _assert_freed_early(server, oracle, body, 30)
 
 
 def test_abandoned_request_stops(server, oracle):
     """A non-streaming request whose client gives up (read timeout) stops generating at
     its next token and frees the model."""
-    base, app = server
+    base, _ = server
     body = {"model": ALIAS, "prompt": "Once upon a time, there was a dragon who",
             "max_tokens": 120, "temperature": 0}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(base + "/v1/completions", json=body, timeout=0.5,
                    headers={"Authorization": f"Bearer {KEY}"})
-    hub = app.state.hub
-    deadline = time.monotonic() + 60
-    while hub.busy:
-        assert time.monotonic() < deadline, "the abandoned request kept the model"
-        time.sleep(0.05)
-    n_prompt = len(oracle.tokenize(body["prompt"].encode()))
-    assert hub.llama.n_tokens < n_prompt + body["max_tokens"] - 1, "it ran to its end"
-    r = _client(server).completions.create(model=ALIAS, prompt="The capital of France is",
-                                           max_tokens=4, temperature=0)
-    assert r.choices[0].text == _want_completion(oracle, "The capital of France is", 4)
+    _assert_freed_early(server, oracle, body, 60)
