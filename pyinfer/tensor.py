@@ -420,6 +420,13 @@ class Context:
         return self._op(lib.gs_sparse_ffn_bundle, bundle.ptr, h.ptr, _ptr_or_null(idx), _ptr_or_null(skip),
                         bool(both_relu))
 
+    def sparse_ffn_up_down(self, up: Tensor, down_t: Tensor, act: Tensor, h: Tensor,
+                           idx: Optional[Tensor] = None, skip: Optional[Tensor] = None) -> Tensor:
+        """sum over the active neurons m of act[m] * (up_m . h) * down_t_m ({E, n_tokens}):
+        a gated FFN's up and down projections, the gate's activation `act` given."""
+        return self._op(lib.gs_sparse_ffn_up_down, up.ptr, down_t.ptr, act.ptr, h.ptr,
+                        _ptr_or_null(idx), _ptr_or_null(skip))
+
 
 class ThreadPool:
     """A persistent pool of `n_threads` threads (the caller is one).

@@ -399,6 +399,24 @@ gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_te
  * differ from gs_axpy_sparse's single ascending sum by rounding only. */
 gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor * h, gs_tensor * idx,
                                gs_tensor * skip, bool both_relu, gs_tensor ** out);
+/* Up and down projections of a gated FFN for the active neurons only, the
+ * gate's activation given (CATS-style sparsity: the gate decides). up {E, M}
+ * (any weight type with a dot product), down_t {E, M} (ffn_down transposed:
+ * row m = neuron m's output weights; any float or weight type, may differ
+ * from up's), each row contiguous and rows any nb[1] apart; act F32 {M,
+ * n_tokens} (e.g. silu(gate . h)), h F32 {E, n_tokens} (ffn_norm output),
+ * both with contiguous rows; idx {M + 1, n_tokens} or NULL (every neuron),
+ * skip {M} or NULL -> out F32 {E, n_tokens}:
+ *     out[t] = sum over the neurons m active for token t and not skipped of
+ *              (act[t][m] * u) * (down_t row m),   u = dot(up row m, h[t])
+ * with h[t] quantized to up's vec_dot_type as gs_mul_mat does (u equals
+ * gs_mul_mat_sparse's value for one token). One node in place of
+ * gs_mul_mat_sparse, gs_mul and gs_axpy_sparse. Summed as gs_sparse_ffn_bundle
+ * (8 chunks of consecutive active neurons, chunk after chunk): the same
+ * result for any thread count, equal to the three-op composition up to
+ * rounding. */
+gs_status gs_sparse_ffn_up_down(gs_context * ctx, gs_tensor * up, gs_tensor * down_t, gs_tensor * act,
+                                gs_tensor * h, gs_tensor * idx, gs_tensor * skip, gs_tensor ** out);
 
 /* ---------------------------------------------------------------------------
  * Graphs and thread pools

@@ -115,6 +115,7 @@ typedef enum {
     GS_OP_MUL_MAT_SPARSE,   /* row-sparse product (gate, up)               */
     GS_OP_AXPY_SPARSE,      /* axpy over rows of ffn_down_t                */
     GS_OP_SPARSE_FFN_BUNDLE, /* fused sparse FFN over neuron records      */
+    GS_OP_SPARSE_FFN_UP_DOWN, /* up and down rows of the active neurons  */
     GS_OP_COUNT
 } gs_op;
 
@@ -245,6 +246,8 @@ void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_sparse_ffn_bundle_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_sparse_ffn_up_down(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_sparse_ffn_up_down_work_size(const gs_tensor * dst, int n_threads);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);

@@ -9,7 +9,7 @@
 static const char * const op_names[GS_OP_COUNT] = {
     "none", "view", "cpy", "set_rows", "get_rows", "add", "mul", "scale", "unary",
     "glu", "rms_norm", "norm", "rope", "soft_max", "mul_mat", "attention",
-    "sparse_index", "mul_mat_sparse", "axpy_sparse", "sparse_ffn_bundle",
+    "sparse_index", "mul_mat_sparse", "axpy_sparse", "sparse_ffn_bundle", "sparse_ffn_up_down",
 };
 
 const char * gs_op_name(gs_op op) {

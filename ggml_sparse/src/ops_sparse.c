@@ -180,3 +180,55 @@ gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor *
     (*out)->op_params[0] = both_relu;
     return GS_OK;
 }
+
+/* A weight matrix the sparse FFN ops read by rows: a type with a dot product
+ * kernel (up) or a dequantization (down_t), 2-D, each row contiguous (rows
+ * may be any nb[1] apart). */
+static gs_status check_rows(const char * op, const gs_tensor * w, bool dot) {
+    const gs_type_traits * tw = gs_get_type_traits(w->type);
+    if (!tw || !tw->to_float || w->type == GS_TYPE_Q8_1 || w->type == GS_TYPE_Q8_K ||
+        (dot && (!gs_get_type_traits(tw->vec_dot_type) || !gs_cpu_funcs(w->type)->vec_dot))) {
+        return sparse_type_error(op, w, dot ? "a weight type with a dot product kernel" : "a float or weight type");
+    }
+    if (!is_2d(w) || w->nb[0] != tw->type_size || w->nb[1] < gs_type_row_size(w->type, w->ne[0])) {
+        return sparse_shape_error(op, w, "weights must be 2-D with contiguous rows");
+    }
+    return GS_OK;
+}
+
+gs_status gs_sparse_ffn_up_down(gs_context * ctx, gs_tensor * up, gs_tensor * down_t, gs_tensor * act,
+                                gs_tensor * h, gs_tensor * idx, gs_tensor * skip, gs_tensor ** out) {
+    static const char * op = "gs_sparse_ffn_up_down";
+    GS_CHECK_ARG(ctx && out && up && down_t && act && h, "%s: NULL argument", op);
+    gs_status st = check_rows(op, up, true);
+    if (st) return st;
+    st = check_rows(op, down_t, false);
+    if (st) return st;
+    st = check_activations(op, h);
+    if (st) return st;
+    st = check_activations(op, act);
+    if (st) return st;
+    const int64_t E = h->ne[0], M = up->ne[1], N = h->ne[1];
+    if (up->ne[0] != E) return sparse_shape_error(op, up, "ne0 must equal h's ne0 (n_embd)");
+    if (down_t->ne[0] != E || down_t->ne[1] != M) {
+        return sparse_shape_error(op, down_t, "must have up's shape {n_embd, n_ff}");
+    }
+    if (act->ne[0] != M || act->ne[1] != N) {
+        return sparse_shape_error(op, act, "must be {n_ff, n_tokens} (up's row count, h's token count)");
+    }
+    const gs_type_traits * tu = gs_get_type_traits(up->type);
+    if (E % gs_get_type_traits(tu->vec_dot_type)->blck_size) {
+        return sparse_shape_error(op, h, "ne0 is not a multiple of the activation block size");
+    }
+    st = check_idx_skip(op, idx, skip, M, N);
+    if (st) return st;
+    st = new_sparse_node(ctx, GS_OP_SPARSE_FFN_UP_DOWN, GS_TYPE_F32, E, N, out);
+    if (st) return st;
+    (*out)->src[0] = up;
+    (*out)->src[1] = down_t;
+    (*out)->src[2] = act;
+    (*out)->src[3] = h;
+    (*out)->src[4] = idx;
+    (*out)->src[5] = skip;
+    return GS_OK;
+}

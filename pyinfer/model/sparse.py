@@ -35,8 +35,10 @@ computed densely to decide which neurons to keep:
 quant blocks along n_ff) runs as the dense product of the zeroed activation:
 skipping inactive neurons there means skipping columns, and whole 32-wide
 blocks are almost never all inactive (docs/sparse_cpu.md, "Training-free
-sparsity"). A file written with ``--down-t`` stores ``ffn_down_t`` instead and
-gets the sparse axpy over the kept rows.
+sparsity"). A file written with ``--down-t TYPE`` stores ``ffn_down_t``
+instead, and the up and down rows of the kept neurons then run in one fused
+op (``sparse_ffn_up_down``); that pays from about 70% sparsity on 7B shapes
+(docs/sparse_cpu.md).
 """
 from __future__ import annotations
 
@@ -142,15 +144,15 @@ def _release_pages(f: GGUFFile, data: np.ndarray) -> None:
 
 def cats_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *,
              thresholds: Dict[int, float]) -> Tensor:
-    """SwiGLU FFN output {n_embd, n_tokens} computing up and down only for the neurons
-    whose |silu(gate)| reaches the layer's threshold (thresholds: id(layer) -> value;
-    per token in a batch)."""
+    """SwiGLU FFN output {n_embd, n_tokens} computing up only for the neurons whose
+    |silu(gate)| reaches the layer's threshold (thresholds: id(layer) -> value; per
+    token in a batch), and down as the dense product of the zeroed activation or, when
+    the file stores ffn_down_t, only for those neurons (one fused op for up and down)."""
     a = ctx.unary(ctx.mul_mat(layer.w_gate, h), Unary.SILU)
     idx = ctx.sparse_index_abs(a, thresholds[id(layer)])
-    act = ctx.mul(a, ctx.mul_mat_sparse(layer.w_up, h, idx))
     if layer.w_down_t is not None:
-        return ctx.axpy_sparse(layer.w_down_t, act, idx)
-    return ctx.mul_mat(layer.w_down, act)
+        return ctx.sparse_ffn_up_down(layer.w_up, layer.w_down_t, a, h, idx)
+    return ctx.mul_mat(layer.w_down, ctx.mul(a, ctx.mul_mat_sparse(layer.w_up, h, idx)))
 
 
 def dense_swiglu_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor) -> Tensor:
@@ -188,9 +190,11 @@ def make_cats_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any], thresho
     if sparse_threshold is not None:
         warnings.warn("sparse_threshold is the PowerInfer predictor's threshold; this model's "
                       f"per-layer thresholds come from {CATS_THRESHOLDS_KEY}", RuntimeWarning)
-    down = "ffn_down_t axpy" if w.layers[0].w_down_t is not None else "dense down"
+    down_t = w.layers[0].w_down_t
     if dense:
+        down = "ffn_down_t axpy" if down_t is not None else "dense down"
         return dense_swiglu_ffn, f"dense SwiGLU FFN ({down}; calibrated file, dense=True)"
+    down = f"up and ffn_down_t {down_t.type.name} fused" if down_t is not None else "dense down"
     target = md.get(CATS_TARGET_KEY)
     desc = (f"CATS sparse FFN |silu(gate)| >= per-layer threshold "
             f"({min(thresholds):.3g}..{max(thresholds):.3g}"

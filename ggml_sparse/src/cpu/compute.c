@@ -11,6 +11,7 @@ size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
         case GS_OP_MUL_MAT_SPARSE: return gs_cpu_mul_mat_sparse_work_size(node, n_threads);
         case GS_OP_AXPY_SPARSE:    return gs_cpu_axpy_sparse_work_size(node, n_threads);
         case GS_OP_SPARSE_FFN_BUNDLE: return gs_cpu_sparse_ffn_bundle_work_size(node, n_threads);
+        case GS_OP_SPARSE_FFN_UP_DOWN: return gs_cpu_sparse_ffn_up_down_work_size(node, n_threads);
         default:              return 0;
     }
 }
@@ -49,6 +50,7 @@ void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
         case GS_OP_MUL_MAT_SPARSE: gs_cpu_op_mul_mat_sparse(p, node); break;
         case GS_OP_AXPY_SPARSE:    gs_cpu_op_axpy_sparse(p, node); break;
         case GS_OP_SPARSE_FFN_BUNDLE: gs_cpu_op_sparse_ffn_bundle(p, node); break;
+        case GS_OP_SPARSE_FFN_UP_DOWN: gs_cpu_op_sparse_ffn_up_down(p, node); break;
         default:
             if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_name(node->op));
     }

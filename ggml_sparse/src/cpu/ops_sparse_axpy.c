@@ -17,13 +17,11 @@
 #define PREFETCH_AHEAD 4  /* rows requested this many active neurons ahead  */
 #define ROWS 4            /* rows added per pass over the output slice      */
 
-static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
-
 size_t gs_cpu_axpy_sparse_work_size(const gs_tensor * dst, int n_threads) {
-    return (size_t) n_threads * align_up((size_t) dst->src[0]->ne[0] * sizeof(float));
+    return (size_t) n_threads * gs_sparse_align((size_t) dst->src[0]->ne[0] * sizeof(float));
 }
 
-static gs_axpy_rows_fn simd_axpy(gs_type type) {
+gs_axpy_rows_fn gs_sparse_axpy_rows(gs_type type) {
     gs_cpu_info info;
     gs_cpu_get_info(&info);
     if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[type]) return gs_axpy_rows_avx512[type];
@@ -84,8 +82,8 @@ void gs_cpu_op_axpy_sparse(const gs_compute_params * p, gs_tensor * dst) {
     const int64_t c0 = b0 * tt->blck_size;
     const int n = (int) ((b1 - b0) * tt->blck_size);
     const axpy_args g = {
-        .simd = simd_axpy(a->type), .to_float = tt->to_float,
-        .tmp = (float *) ((uint8_t *) p->wdata + (size_t) p->ith * align_up((size_t) E * sizeof(float))),
+        .simd = gs_sparse_axpy_rows(a->type), .to_float = tt->to_float,
+        .tmp = (float *) ((uint8_t *) p->wdata + (size_t) p->ith * gs_sparse_align((size_t) E * sizeof(float))),
         .n = n, .x0 = (const uint8_t *) a->data + (size_t) b0 * tt->type_size, .x_row = a->nb[1],
         .x_bytes = gs_type_row_size(a->type, n),
         .skip = dst->src[3] ? (const int32_t *) dst->src[3]->data : NULL,

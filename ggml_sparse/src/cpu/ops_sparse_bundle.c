@@ -9,7 +9,7 @@
  * matrices (docs/sparse_cpu.md); a record is one contiguous fetch three
  * times as long, which the prefetcher streams.
  *
- * Threads: per token, the active-neuron list is cut into CHUNKS contiguous
+ * Threads: per token, the active-neuron list is cut into GS_SPARSE_CHUNKS contiguous
  * chunks of (nearly) equal length, a number that does not depend on the
  * thread count. Each chunk accumulates its own partial output, from zero,
  * neuron after neuron in ascending order; threads take whole chunks. After
@@ -31,24 +31,21 @@
  */
 #include "sparse.h"
 
-#define CHUNKS 8          /* partial outputs per token (fixed: see above)   */
 #define GROUP 4           /* neurons whose down rows are added in one pass  */
 #define PREFETCH_AHEAD 4  /* records requested this many neurons ahead      */
 
-static size_t align_up(size_t n) { return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN; }
-
-/* Scratch: quantized activations of every token, 2 x CHUNKS partial
+/* Scratch: quantized activations of every token, 2 x GS_SPARSE_CHUNKS partial
  * outputs, one dequantization row per thread. */
 static size_t q_bytes(const gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     const gs_tensor * h = dst->src[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
-    return align_up(gs_type_row_size(vt, h->ne[0]) * (size_t) h->ne[1]);
+    return gs_sparse_align(gs_type_row_size(vt, h->ne[0]) * (size_t) h->ne[1]);
 }
 
 size_t gs_cpu_sparse_ffn_bundle_work_size(const gs_tensor * dst, int n_threads) {
-    const size_t row = align_up((size_t) dst->ne[0] * sizeof(float));
-    return q_bytes(dst) + (2 * CHUNKS + (size_t) n_threads) * row;
+    const size_t row = gs_sparse_align((size_t) dst->ne[0] * sizeof(float));
+    return q_bytes(dst) + (2 * GS_SPARSE_CHUNKS + (size_t) n_threads) * row;
 }
 
 typedef struct {
@@ -151,7 +148,7 @@ static void chunk(const bundle_args * g, const gs_sparse_list * l, int64_t e0, i
     if (nr) add_group(g, nr, rec, q, y, &pf);
 }
 
-/* out[j] = the sum of the CHUNKS partials (stride floats apart) in chunk
+/* out[j] = the sum of the GS_SPARSE_CHUNKS partials (stride floats apart) in chunk
  * order, for j in [j0, j1) (multiples of 16), the partials in
  * GS_BUNDLE_PERM order: sums of 16 contiguous elements, then stored
  * transposed. */
@@ -159,7 +156,7 @@ static void reduce_permuted(const float * part, size_t stride, int64_t j0, int64
     for (int64_t j = j0; j < j1; j += 16) {
         float s[16];
         for (int k = 0; k < 16; k++) s[k] = part[j + k];
-        for (int c = 1; c < CHUNKS; c++) {
+        for (int c = 1; c < GS_SPARSE_CHUNKS; c++) {
             for (int k = 0; k < 16; k++) s[k] += part[(size_t) c * stride + (size_t) j + (size_t) k];
         }
         for (int k = 0; k < 16; k++) out[j + k] = s[GS_BUNDLE_PERM(k)];
@@ -172,7 +169,7 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * idx = dst->src[2];
     const int64_t E = h->ne[0], M = a->ne[1], N = h->ne[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
-    const size_t q_row = gs_type_row_size(vt, E), row = align_up((size_t) E * sizeof(float));
+    const size_t q_row = gs_type_row_size(vt, E), row = gs_sparse_align((size_t) E * sizeof(float));
     uint8_t * wq = p->wdata;
     float * partials = (float *) (wq + q_bytes(dst));
     int64_t r0, r1;
@@ -186,22 +183,19 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
 
     gs_cpu_info info;
     gs_cpu_get_info(&info);
-    gs_axpy_rows_fn axpy = NULL;
-    if (info.level >= GS_IMPL_AVX512 && gs_axpy_rows_avx512[a->type]) axpy = gs_axpy_rows_avx512[a->type];
-    else if (info.level >= GS_IMPL_AVX2 && gs_axpy_rows_avx2[a->type]) axpy = gs_axpy_rows_avx2[a->type];
     const bool q4_avx512 = info.level >= GS_IMPL_AVX512 && a->type == GS_TYPE_Q4_0;
-    float * tmp = (float *) ((uint8_t *) partials + (2 * CHUNKS + (size_t) p->ith) * row);
+    float * tmp = (float *) ((uint8_t *) partials + (2 * GS_SPARSE_CHUNKS + (size_t) p->ith) * row);
     assert(GS_BUNDLE_AUX_BYTES(E) <= row);   /* aux fits in tmp's row */
     const bundle_args g = {
         .E = (int) E, .a = a->data, .rec = a->nb[1], .part = gs_type_row_size(a->type, E),
         .skip = dst->src[3] ? (const int32_t *) dst->src[3]->data : NULL, .both_relu = dst->op_params[0] != 0,
         .vec_dot = gs_cpu_funcs(a->type)->vec_dot,
         .dots = info.level >= GS_IMPL_AVX512 ? gs_sparse_dots_avx512[a->type] : NULL,
-        .axpy = axpy, .to_float = gs_get_type_traits(a->type)->to_float,
+        .axpy = gs_sparse_axpy_rows(a->type), .to_float = gs_get_type_traits(a->type)->to_float,
         .tmp = tmp, .aux = q4_avx512 ? tmp : NULL,
     };
     int64_t c0, c1, j0, j1;
-    gs_split_rows(CHUNKS, p->ith, p->nth, &c0, &c1);
+    gs_split_rows(GS_SPARSE_CHUNKS, p->ith, p->nth, &c0, &c1);
     if (g.aux) {   /* whole 16-element groups of the permuted partials */
         gs_split_rows(E / 16, p->ith, p->nth, &j0, &j1);
         j0 *= 16;
@@ -211,12 +205,12 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
     }
     for (int64_t t = 0; t < N; t++) {
         const gs_sparse_list l = gs_sparse_list_of(idx, M, t);
-        float * part = (float *) ((uint8_t *) partials + (size_t) (t & 1) * CHUNKS * row);
+        float * part = (float *) ((uint8_t *) partials + (size_t) (t & 1) * GS_SPARSE_CHUNKS * row);
         const void * q = wq + t * q_row;
         if (g.aux && c0 < c1) gs_bundle_prep_q4_0_avx512((int) E, q, g.aux);
         for (int64_t c = c0; c < c1; c++) {
             int64_t e0, e1;
-            gs_split_rows(l.n, (int) c, CHUNKS, &e0, &e1);
+            gs_split_rows(l.n, (int) c, GS_SPARSE_CHUNKS, &e0, &e1);
             chunk(&g, &l, e0, e1, q, (float *) ((uint8_t *) part + (size_t) c * row));
         }
         gs_barrier(p);
@@ -225,10 +219,6 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst) {
             reduce_permuted(part, row / sizeof(float), j0, j1, out);
             continue;
         }
-        for (int64_t j = j0; j < j1; j++) {
-            float s = part[j];
-            for (int c = 1; c < CHUNKS; c++) s += part[(size_t) c * row / sizeof(float) + j];
-            out[j] = s;
-        }
+        gs_sparse_reduce_chunks(part, row / sizeof(float), j0, j1, out);
     }
 }

@@ -33,6 +33,27 @@ static inline void gs_prefetch(const void * p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const uint8_t *) p + o, 0, 2);
 }
 
+/* The fused FFN ops (ops_sparse_bundle.c, ops_sparse_up_down.c) cut each
+ * token's active list into this many chunks of consecutive neurons, a split
+ * that does not depend on the thread count; each chunk sums into its own
+ * partial output, and the partials are then added in chunk order. */
+#define GS_SPARSE_CHUNKS 8
+
+static inline size_t gs_sparse_align(size_t n) {
+    return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
+}
+
+/* out[j] = the GS_SPARSE_CHUNKS partials (stride floats apart) summed in
+ * chunk order, for j in [j0, j1). */
+static inline void gs_sparse_reduce_chunks(const float * part, size_t stride, int64_t j0, int64_t j1,
+                                           float * out) {
+    for (int64_t j = j0; j < j1; j++) {
+        float s = part[j];
+        for (int c = 1; c < GS_SPARSE_CHUNKS; c++) s += part[(size_t) c * stride + (size_t) j];
+        out[j] = s;
+    }
+}
+
 /* y[0..n) += a[r] * x[r][0..n) for the rows r = 0..nr-1 of one weight type,
  * added one after the other (so per element in row order); each x[r] is a
  * slice of a row starting at a block boundary, n a multiple of the block
@@ -43,11 +64,13 @@ typedef void (*gs_axpy_rows_fn)(int n, int nr, const float * a, const uint8_t * 
  * (vec_avx2_axpy.c, vec_avx512_axpy.c). */
 extern const gs_axpy_rows_fn gs_axpy_rows_avx2[GS_TYPE_COUNT];
 extern const gs_axpy_rows_fn gs_axpy_rows_avx512[GS_TYPE_COUNT];
+/* The best of those for `type` on this CPU, NULL when none (ops_sparse_axpy.c). */
+gs_axpy_rows_fn gs_sparse_axpy_rows(gs_type type);
 
 /* s[i] = dot(weight row x[i], activation row y) for i = 0..nr-1,
  * 1 <= nr <= 4, scattered rows of one type with activations in its
  * vec_dot_type; each bit-identical to the type's vec_dot
- * (vec_avx512_sparse.c; NULL for types without such a kernel). */
+ * (vec_avx512_tile.c: its micro-kernel; NULL for types without one). */
 typedef void (*gs_sparse_dots_fn)(int n, int nr, float * s, const uint8_t * const * x, const void * y);
 extern const gs_sparse_dots_fn gs_sparse_dots_avx512[GS_TYPE_COUNT];
 

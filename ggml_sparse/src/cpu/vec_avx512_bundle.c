@@ -4,7 +4,7 @@
  * records with one token's Q8_0 activations, and the down rows' axpy.
  *
  * Results are bit-identical to the generic kernels the op otherwise uses
- * (vec_avx512_sparse.c's dots, vec_avx512_axpy.c's row axpy):
+ * (vec_avx512_tile.c's scattered-row dots, vec_avx512_axpy.c's row axpy):
  * - dots: per block the same 8 int32 lanes q . y - 8 sum(y) (integers, so
  *   computed differently: the -8 sum(y) term of each activation block once
  *   per token, as the starting value of the VNNI accumulation), then the same
