@@ -2,6 +2,7 @@
 
     python scripts/bench_cats.py MODEL.gguf [--sparsity 0.3,0.4,0.5,0.7] [--runs 5]
         [--threads 1] [--cpu-time] [--ppl-chunks 8] [--workdir /tmp/cats_bench]
+        [--extra NAME=CALIBRATED.gguf ...]
 
 Calibrates a copy of MODEL per sparsity (cached in --workdir; `python -m
 pyinfer.sparsity calibrate` with its defaults), then for each run decodes --n
@@ -77,10 +78,13 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true")
     ap.add_argument("--ppl-chunks", type=int, default=0)
     ap.add_argument("--workdir", default="/tmp/cats_bench")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="another calibrated file to run (e.g. one written with --down-t q8_0)")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     models = [("dense", args.model)] + [(f"{s:.0%}", calibrated(args.model, s, workdir)) for s in args.sparsity]
+    models += [tuple(e.split("=", 1)) for e in args.extra]
     res = {name: [] for name, _ in models}
     modes = {}
     for _ in range(args.runs):

@@ -182,8 +182,9 @@ static void product_token(const gs_compute_params * p, const mm_args * g, const 
     float * out = out_row(g, t);
     row_group rg = { .y = g->q + t * g->q_row, .n = 0 };
     int64_t prev = lo;
+    gs_rows_prefetch pf = gs_rows_prefetch_init(g->a, g->a_row, g->a_bytes, M, l->n);
     for (int64_t e = e0; e < e1;) {
-        if (e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->a_row, g->a_bytes);
+        gs_rows_prefetch_at(&pf, gs_sparse_id(l, e), e + PREFETCH_AHEAD < e1 ? gs_sparse_id(l, e + PREFETCH_AHEAD) : -1);
         const int64_t m = gs_sparse_id(l, e++);
         zero_block(g, prev, m, t, t + 1);
         prev = m + 1;
@@ -193,7 +194,7 @@ static void product_token(const gs_compute_params * p, const mm_args * g, const 
         }
         int64_t end = m + 1;   /* a run of consecutive active neurons */
         while (e < e1 && gs_sparse_id(l, e) == end && !skipped(g, end)) {
-            if (e + PREFETCH_AHEAD < e1) gs_prefetch(g->a + gs_sparse_id(l, e + PREFETCH_AHEAD) * g->a_row, g->a_bytes);
+            gs_rows_prefetch_at(&pf, end, e + PREFETCH_AHEAD < e1 ? gs_sparse_id(l, e + PREFETCH_AHEAD) : -1);
             e++;
             end++;
         }

@@ -7,9 +7,9 @@
  *
  * Why one op: the three-op form (gs_mul_mat_sparse, gs_mul, gs_axpy_sparse)
  * writes two intermediate vectors and waits at a barrier after each op; here
- * a neuron's up and down rows are fetched back to back (both requested
- * PREFETCH_AHEAD neurons ahead, since an index's rows are scattered) and
- * the output of a chunk stays in cache.
+ * a neuron's up and down rows are fetched back to back (requested ahead
+ * as rows or as streams, gs_rows_prefetch in sparse.h) and the output of a
+ * chunk stays in cache.
  *
  * Threads and order as gs_sparse_ffn_bundle (ops_sparse_bundle.c): each
  * token's active list is cut into GS_SPARSE_CHUNKS chunks, each summed from
@@ -81,21 +81,24 @@ static void add_group(const up_down_args * g, int nr, const int64_t * m, const f
     }
 }
 
-static void prefetch_neuron(const up_down_args * g, int64_t m) {
-    gs_prefetch(g->up + m * g->up_nb, g->up_row);
-    gs_prefetch(g->down + m * g->down_nb, g->down_row);
-}
-
-/* y = the sum over list entries [e0, e1) (skipped neurons left out). */
-static void chunk(const up_down_args * g, const gs_sparse_list * l, int64_t e0, int64_t e1, const float * act,
-                  const void * q, float * y) {
+/* y = the sum over list entries [e0, e1) (skipped neurons left out); the
+ * list has n of M neurons active (the prefetch mode, sparse.h). */
+static void chunk(const up_down_args * g, const gs_sparse_list * l, int64_t M, int64_t e0, int64_t e1,
+                  const float * act, const void * q, float * y) {
     memset(y, 0, (size_t) g->E * sizeof(float));
+    gs_rows_prefetch pu = gs_rows_prefetch_init(g->up, g->up_nb, g->up_row, M, l->n);
+    gs_rows_prefetch pd = gs_rows_prefetch_init(g->down, g->down_nb, g->down_row, M, l->n);
     int64_t m[GROUP];
     int nr = 0;
-    for (int64_t e = e0; e < e0 + PREFETCH_AHEAD && e < e1; e++) prefetch_neuron(g, gs_sparse_id(l, e));
+    for (int64_t e = e0; e < e0 + PREFETCH_AHEAD && e < e1 && !pu.stream; e++) {
+        gs_rows_prefetch_at(&pu, 0, gs_sparse_id(l, e));
+        gs_rows_prefetch_at(&pd, 0, gs_sparse_id(l, e));
+    }
     for (int64_t e = e0; e < e1; e++) {
-        if (e + PREFETCH_AHEAD < e1) prefetch_neuron(g, gs_sparse_id(l, e + PREFETCH_AHEAD));
         const int64_t id = gs_sparse_id(l, e);
+        const int64_t ahead = e + PREFETCH_AHEAD < e1 ? gs_sparse_id(l, e + PREFETCH_AHEAD) : -1;
+        gs_rows_prefetch_at(&pu, id, ahead);
+        gs_rows_prefetch_at(&pd, id, ahead);
         if (g->skip && g->skip[id]) continue;
         m[nr++] = id;
         if (nr == GROUP) {
@@ -149,7 +152,7 @@ void gs_cpu_op_sparse_ffn_up_down(const gs_compute_params * p, gs_tensor * dst) 
         for (int64_t c = c0; c < c1; c++) {
             int64_t e0, e1;
             gs_split_rows(l.n, (int) c, GS_SPARSE_CHUNKS, &e0, &e1);
-            chunk(&g, &l, e0, e1, a, wq + t * q_row, (float *) ((uint8_t *) part + (size_t) c * row));
+            chunk(&g, &l, M, e0, e1, a, wq + t * q_row, (float *) ((uint8_t *) part + (size_t) c * row));
         }
         gs_barrier(p);
         gs_sparse_reduce_chunks(part, row / sizeof(float), j0, j1,
