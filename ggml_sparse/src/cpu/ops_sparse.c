@@ -56,6 +56,19 @@ bool gs_sparse_check_index(const gs_compute_params * p, const gs_tensor * idx, i
     return true;
 }
 
+bool gs_sparse_begin(const gs_compute_params * p, const gs_tensor * x, gs_type vt, uint8_t * wq,
+                     const gs_tensor * idx, int64_t M) {
+    const size_t q_row = gs_type_row_size(vt, x->ne[0]);
+    const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
+    int64_t r0, r1;
+    gs_split_rows(x->ne[1], p->ith, p->nth, &r0, &r1);
+    for (int64_t t = r0; t < r1; t++) {
+        quantize((const float *) ((const uint8_t *) x->data + t * x->nb[1]), wq + t * q_row, x->ne[0]);
+    }
+    gs_barrier(p);
+    return gs_sparse_check_index(p, idx, M);
+}
+
 gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t) {
     if (!idx) return (gs_sparse_list) { NULL, M };
     const int32_t * col = (const int32_t *) idx->data + t * (M + 1);
@@ -216,15 +229,8 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
     const int64_t K = a->ne[0], M = a->ne[1], N = b->ne[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
     const size_t q_row = gs_type_row_size(vt, K);
-    const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
     uint8_t * wq = p->wdata;
-    int64_t r0, r1;
-    gs_split_rows(N, p->ith, p->nth, &r0, &r1);
-    for (int64_t t = r0; t < r1; t++) {
-        quantize((const float *) ((const uint8_t *) b->data + t * b->nb[1]), wq + t * q_row, K);
-    }
-    gs_barrier(p);
-    if (!gs_sparse_check_index(p, idx, M)) return;
+    if (!gs_sparse_begin(p, b, vt, wq, idx, M)) return;
 
     gs_cpu_info info;
     gs_cpu_get_info(&info);

@@ -29,18 +29,8 @@
 #define DOTS 4            /* rows per call of a 4-row dot kernel        */
 #define PREFETCH_AHEAD 4  /* rows requested this many neurons ahead     */
 
-/* Scratch: the quantized activations of every token, 2 x GS_SPARSE_CHUNKS
- * partial outputs, one dequantization row per thread. */
-static size_t q_bytes(const gs_tensor * dst) {
-    const gs_tensor * up = dst->src[0];
-    const gs_tensor * h = dst->src[3];
-    const gs_type vt = gs_get_type_traits(up->type)->vec_dot_type;
-    return gs_sparse_align(gs_type_row_size(vt, h->ne[0]) * (size_t) h->ne[1]);
-}
-
 size_t gs_cpu_sparse_ffn_up_down_work_size(const gs_tensor * dst, int n_threads) {
-    const size_t row = gs_sparse_align((size_t) dst->ne[0] * sizeof(float));
-    return q_bytes(dst) + (2 * GS_SPARSE_CHUNKS + (size_t) n_threads) * row;
+    return gs_sparse_fused_work_size(dst->src[0]->type, dst->src[3], n_threads);
 }
 
 typedef struct {
@@ -119,15 +109,8 @@ void gs_cpu_op_sparse_ffn_up_down(const gs_compute_params * p, gs_tensor * dst) 
     const gs_type vt = gs_get_type_traits(up->type)->vec_dot_type;
     const size_t q_row = gs_type_row_size(vt, E), row = gs_sparse_align((size_t) E * sizeof(float));
     uint8_t * wq = p->wdata;
-    float * partials = (float *) (wq + q_bytes(dst));
-    int64_t r0, r1;
-    gs_split_rows(N, p->ith, p->nth, &r0, &r1);
-    const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
-    for (int64_t t = r0; t < r1; t++) {
-        quantize((const float *) ((const uint8_t *) h->data + t * h->nb[1]), wq + t * q_row, E);
-    }
-    gs_barrier(p);
-    if (!gs_sparse_check_index(p, idx, M)) return;
+    float * partials = (float *) (wq + gs_sparse_q_bytes(dst->src[0]->type, h));
+    if (!gs_sparse_begin(p, h, vt, wq, idx, M)) return;
 
     gs_cpu_info info;
     gs_cpu_get_info(&info);

@@ -18,6 +18,12 @@ typedef struct {
  * (NULL: nothing to check). A bad column is reported (gs_compute_fail) and
  * every thread gets false. */
 bool gs_sparse_check_index(const gs_compute_params * p, const gs_tensor * idx, int64_t M);
+/* The start of the sparse ops that take activations x F32 {K, N}: this
+ * thread quantizes its share of x's rows to vt (rows of gs_type_row_size(vt,
+ * K) bytes back to back at wq), then after a barrier every thread checks idx
+ * as gs_sparse_check_index does (false: the op failed, return). */
+bool gs_sparse_begin(const gs_compute_params * p, const gs_tensor * x, gs_type vt, uint8_t * wq,
+                     const gs_tensor * idx, int64_t M);
 /* Token t's list (idx NULL: all M neurons). */
 gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t);
 
@@ -41,6 +47,20 @@ static inline void gs_prefetch(const void * p, size_t bytes) {
 
 static inline size_t gs_sparse_align(size_t n) {
     return (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
+}
+
+/* Their scratch: the activations h {E, N} quantized to the vec_dot_type of
+ * weight type w (gs_sparse_q_bytes), then 2 x GS_SPARSE_CHUNKS partial
+ * outputs of E floats (double-buffered by token parity) and one float row
+ * per thread (gs_sparse_fused_work_size). */
+static inline size_t gs_sparse_q_bytes(gs_type w, const gs_tensor * h) {
+    const gs_type vt = gs_get_type_traits(w)->vec_dot_type;
+    return gs_sparse_align(gs_type_row_size(vt, h->ne[0]) * (size_t) h->ne[1]);
+}
+
+static inline size_t gs_sparse_fused_work_size(gs_type w, const gs_tensor * h, int n_threads) {
+    const size_t row = gs_sparse_align((size_t) h->ne[0] * sizeof(float));
+    return gs_sparse_q_bytes(w, h) + (2 * GS_SPARSE_CHUNKS + (size_t) n_threads) * row;
 }
 
 /* out[j] = the GS_SPARSE_CHUNKS partials (stride floats apart) summed in
