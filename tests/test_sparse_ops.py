@@ -135,6 +135,23 @@ def test_mul_mat_sparse_random_masks(pools, rng, level, t, n_tokens):
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("density", [0.1, 0.6], ids=["per-token", "dense+mask"])
+def test_mul_mat_sparse_batch_equals_tokens_alone(pools, rng, t, density):
+    """A batch keeping few neurons runs token by token, one keeping many (mean share >=
+    0.25) runs every row through the dense tiles and zeroes the rest: either way each
+    entry has the bits of the token computed alone."""
+    k, m, n = row_len(t, 256), 200, 6
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    idx = index_array(random_active(rng, n, m, density))
+    skip = (rng.random(m) < 0.1).astype(np.int32)
+    batch, _ = sparse_and_dense(pools, t, w, x, idx, skip)
+    for i in range(n):
+        alone, _ = sparse_and_dense(pools, t, w, x[i:i + 1], idx[i:i + 1], skip)
+        np.testing.assert_array_equal(batch[i], alone[0])
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_tokens", [1, 6])
 def test_mul_mat_sparse_all_active_equals_dense(pools, rng, t, n_tokens):
     k, m = row_len(t, 256), 150

@@ -24,6 +24,7 @@
 #define LONG_RUN 16       /* with a 4-row kernel, shorter runs use it       */
 #define DOTS_ROWS 4       /* rows per call of gs_sparse_dots.rows           */
 #define PREFETCH_AHEAD 4  /* rows requested this many active neurons ahead  */
+#define DENSE_BATCH 0.25  /* batches keeping this share or more: dense + mask */
 
 /* ---- index checks ---------------------------------------------------------- */
 /* A column of an M-neuron index: 0 <= count <= M, ids ascending in [0, M). */
@@ -73,6 +74,13 @@ gs_sparse_list gs_sparse_list_of(const gs_tensor * idx, int64_t M, int64_t t) {
     if (!idx) return (gs_sparse_list) { NULL, M };
     const int32_t * col = (const int32_t *) idx->data + t * (M + 1);
     return (gs_sparse_list) { col + 1, col[0] };
+}
+
+/* The mean share of the M neurons the tokens of a checked index list. */
+static double mean_share(const gs_tensor * idx, int64_t M) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < idx->ne[1]; t++) n += ((const int32_t *) idx->data)[t * (M + 1)];
+    return (double) n / ((double) M * (double) idx->ne[1]);
 }
 
 /* Whether every token lists every neuron (a checked index). */
@@ -162,6 +170,32 @@ static void product_all(const gs_compute_params * p, const mm_args * g, int64_t 
     }
 }
 
+/* A batch whose tokens keep many of the neurons (mean share >= DENSE_BATCH):
+ * every row for every token with the dense tiles, each row read once instead
+ * of once per token, then each token's entries outside its list set to 0.
+ * The tiles give the single-row kernels' bits, so the values are those of
+ * product_token. Threads zero within their own rows (product_all's split). */
+static void product_batch_masked(const gs_compute_params * p, const mm_args * g, const gs_tensor * idx, int64_t M) {
+    product_all(p, g, M);
+    int64_t r0, r1;
+    gs_split_rows(M, p->ith, p->nth, &r0, &r1);
+    for (int64_t t = 0; t < g->N; t++) {
+        const gs_sparse_list l = gs_sparse_list_of(idx, M, t);
+        float * out = out_row(g, t);
+        int64_t lo = 0, hi = l.n;   /* first list entry >= r0 */
+        while (lo < hi) {
+            const int64_t mid = (lo + hi) / 2;
+            if (l.ids[mid] < r0) lo = mid + 1; else hi = mid;
+        }
+        int64_t prev = r0;
+        for (int64_t e = lo; e < l.n && l.ids[e] < r1; e++) {
+            if (l.ids[e] > prev) memset(out + prev, 0, (size_t) (l.ids[e] - prev) * sizeof(float));
+            prev = l.ids[e] + 1;
+        }
+        if (r1 > prev) memset(out + prev, 0, (size_t) (r1 - prev) * sizeof(float));
+    }
+}
+
 /* Scattered rows of one token waiting to be computed 4 at a time. */
 typedef struct {
     const uint8_t * y;        /* the token's quantized activations        */
@@ -242,6 +276,10 @@ void gs_cpu_op_mul_mat_sparse(const gs_compute_params * p, gs_tensor * dst) {
     };
     if (!idx || all_active(idx, M)) {
         product_all(p, &g, M);
+        return;
+    }
+    if (N > 1 && g.f->vec_dot_tile && mean_share(idx, M) >= DENSE_BATCH) {
+        product_batch_masked(p, &g, idx, M);
         return;
     }
     for (int64_t t = 0; t < N; t++) {
