@@ -371,7 +371,10 @@ gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, 
  * vec_dot_type as gs_mul_mat does, and each computed entry equals
  * gs_mul_mat's bit for bit: always for one token or with every neuron
  * active; in a sparse batch, up to rounding for the types whose multi-token
- * tiles round differently (float and K types with AVX-512). */
+ * tiles round differently (float and K types with AVX-512). A batch whose
+ * tokens keep 25% or more of the neurons on average is computed as the dense
+ * product of every row, the other entries then set to 0 (each row read once
+ * instead of once per token; the same values). */
 gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
                             gs_tensor * skip, gs_tensor ** out);
 /* Down projection as an axpy over rows: a {E, M} (ffn_down_t, any weight
