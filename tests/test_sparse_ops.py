@@ -136,7 +136,7 @@ def test_mul_mat_sparse_random_masks(pools, rng, level, t, n_tokens):
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("density", [0.1, 0.6], ids=["per-token", "dense+mask"])
-def test_mul_mat_sparse_batch_equals_tokens_alone(pools, rng, t, density):
+def test_mul_mat_sparse_batch_equals_tokens_alone(pools, rng, level, t, density):
     """A batch keeping few neurons runs token by token, one keeping many (mean share >=
     0.25) runs every row through the dense tiles and zeroes the rest: either way each
     entry has the bits of the token computed alone."""

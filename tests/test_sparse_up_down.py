@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pyinfer._lib import GSShapeError, GSTypeError
-from pyinfer.tensor import Context, quantize
+from pyinfer.tensor import Context, Graph, ThreadPool, quantize
 from op_util import run
 from test_sparse_bundle import DOT_EPS, DOT_EPS_Q8_1, as_quantized_activations
 from test_sparse_ops import WEIGHT_TYPES, T, dequantized, index_array, random_active, row_len
@@ -145,6 +145,19 @@ def test_up_down_all_active_equals_no_index_and_batch_equals_tokens(pools, rng):
         np.testing.assert_array_equal(batch[k], alone[0])
 
 
+def test_up_down_more_threads_than_chunks(pools, rng):
+    """12 threads (more than the 8 chunks: some take none) give the bytes of one thread."""
+    up, down_t, act, x, active, skip = problem(rng, T.Q4_1, T.Q8_0, n_tokens=3)
+    idx = index_array(active)
+    want = fused(pools, T.Q4_1, T.Q8_0, up, down_t, act, x, idx, skip)
+    with ThreadPool(12) as pool, Context(64 << 20) as ctx:
+        out = ctx.sparse_ffn_up_down(ctx.from_numpy(up, t=T.Q4_1), ctx.from_numpy(down_t, t=T.Q8_0),
+                                     ctx.from_numpy(act), ctx.from_numpy(x), ctx.from_numpy(idx),
+                                     ctx.from_numpy(skip))
+        Graph(ctx).build(out).plan(12).compute(pool)
+        np.testing.assert_array_equal(out.numpy(), want)
+
+
 def test_up_down_shape_and_type_errors():
     with Context(8 << 20) as ctx:
         up, down = ctx.new_tensor(T.Q4_0, (64, 40)), ctx.new_tensor(T.Q8_0, (64, 40))
@@ -161,3 +174,15 @@ def test_up_down_shape_and_type_errors():
             ctx.sparse_ffn_up_down(up, down, ctx.new_tensor(T.F16, (40, 2)), h)
         with pytest.raises(GSTypeError, match="dot product"):
             ctx.sparse_ffn_up_down(ctx.new_tensor(T.I32, (64, 40)), down, act, h)
+        for bad in (T.I32, T.Q8_K, T.Q8_1):
+            with pytest.raises(GSTypeError, match="float or weight type"):
+                ctx.sparse_ffn_up_down(up, ctx.new_tensor(bad, (256 if bad != T.I32 else 64, 40)), act, h)
+        with pytest.raises(GSShapeError, match="2-D"):
+            ctx.sparse_ffn_up_down(ctx.new_tensor(T.Q4_0, (64, 40, 2)), down, act, h)
+        with pytest.raises(GSShapeError, match="2-D"):     # rows closer than a row's bytes
+            base = ctx.new_tensor(T.Q8_0, (64, 40))
+            ctx.sparse_ffn_up_down(up, ctx.view(base, (64, 20), (base.nb[0], base.nb[1] // 2)), act, h)
+        with pytest.raises(GSShapeError, match="one value per neuron"):
+            ctx.sparse_ffn_up_down(up, down, act, h, None, ctx.new_tensor(T.I32, (39,)))
+        with pytest.raises(GSTypeError, match="i32"):
+            ctx.sparse_ffn_up_down(up, down, act, h, None, ctx.new_tensor(T.F32, (40,)))

@@ -371,10 +371,11 @@ gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, 
  * vec_dot_type as gs_mul_mat does, and each computed entry equals
  * gs_mul_mat's bit for bit: always for one token or with every neuron
  * active; in a sparse batch, up to rounding for the types whose multi-token
- * tiles round differently (float and K types with AVX-512). A batch whose
- * tokens keep 25% or more of the neurons on average is computed as the dense
- * product of every row, the other entries then set to 0 (each row read once
- * instead of once per token; the same values). */
+ * tiles round differently (float and K types with AVX-512). With AVX-512, a
+ * batch of a quantized type whose tokens keep 25% or more of the neurons on
+ * average is computed as the dense tiled product of every row, the other
+ * entries then set to 0 (each row read once instead of once per token; the
+ * same values). */
 gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
                             gs_tensor * skip, gs_tensor ** out);
 /* Down projection as an axpy over rows: a {E, M} (ffn_down_t, any weight
@@ -406,7 +407,7 @@ gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor *
  * gate's activation given (CATS-style sparsity: the gate decides). up {E, M}
  * (any weight type with a dot product), down_t {E, M} (ffn_down transposed:
  * row m = neuron m's output weights; any float or weight type, may differ
- * from up's), each row contiguous and rows any nb[1] apart; act F32 {M,
+ * from up's), each row contiguous, rows nb[1] >= one row's bytes apart; act F32 {M,
  * n_tokens} (e.g. silu(gate . h)), h F32 {E, n_tokens} (ffn_norm output),
  * both with contiguous rows; idx {M + 1, n_tokens} or NULL (every neuron),
  * skip {M} or NULL -> out F32 {E, n_tokens}:

@@ -216,10 +216,6 @@ gs_status gs_sparse_ffn_up_down(gs_context * ctx, gs_tensor * up, gs_tensor * do
     if (act->ne[0] != M || act->ne[1] != N) {
         return sparse_shape_error(op, act, "must be {n_ff, n_tokens} (up's row count, h's token count)");
     }
-    const gs_type_traits * tu = gs_get_type_traits(up->type);
-    if (E % gs_get_type_traits(tu->vec_dot_type)->blck_size) {
-        return sparse_shape_error(op, h, "ne0 is not a multiple of the activation block size");
-    }
     st = check_idx_skip(op, idx, skip, M, N);
     if (st) return st;
     st = new_sparse_node(ctx, GS_OP_SPARSE_FFN_UP_DOWN, GS_TYPE_F32, E, N, out);

@@ -80,9 +80,9 @@ static void chunk(const up_down_args * g, const gs_sparse_list * l, int64_t M, i
     gs_rows_prefetch pd = gs_rows_prefetch_init(g->down, g->down_nb, g->down_row, M, l->n);
     int64_t m[GROUP];
     int nr = 0;
-    for (int64_t e = e0; e < e0 + PREFETCH_AHEAD && e < e1 && !pu.stream; e++) {
-        gs_rows_prefetch_at(&pu, 0, gs_sparse_id(l, e));
-        gs_rows_prefetch_at(&pd, 0, gs_sparse_id(l, e));
+    for (int64_t e = e0; e < e0 + PREFETCH_AHEAD && e < e1; e++) {   /* the first rows (row mode) */
+        if (!pu.stream) gs_rows_prefetch_at(&pu, 0, gs_sparse_id(l, e));
+        if (!pd.stream) gs_rows_prefetch_at(&pd, 0, gs_sparse_id(l, e));
     }
     for (int64_t e = e0; e < e1; e++) {
         const int64_t id = gs_sparse_id(l, e);

@@ -99,8 +99,9 @@ static inline gs_rows_prefetch gs_rows_prefetch_init(const uint8_t * base, size_
                                                      int64_t M, int64_t n) {
     const bool stream = n > 0 && bytes <= GS_STREAM_GAP &&
                         stride * (size_t) (M - n) < (size_t) GS_STREAM_GAP * (size_t) n;
+    const size_t end = M > 0 ? (size_t) (M - 1) * stride + bytes : 0;   /* the last row's end */
     return (gs_rows_prefetch) { .base = base, .stride = stride, .bytes = bytes, .pos = 0,
-                                .end = (size_t) M * stride, .stream = stream };
+                                .end = end, .stream = stream };
 }
 
 /* Called as row m is about to be computed; `ahead` is the active row some
