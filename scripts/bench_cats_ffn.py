@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, quantize, row_size  # noqa: E402
 

@@ -27,7 +27,7 @@ from reference.tiny_hf import tiny_config, to_bf16_bits, write_tokenizer  # noqa
 
 MEASURE = """
 import json, sys
-from convert.hf_to_gguf import ConvertOptions, convert
+from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):

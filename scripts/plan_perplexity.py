@@ -15,10 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.profile import default_corpus, perplexity, tokenize_corpus  # noqa: E402
+from pyinfer.convert.profile import default_corpus, perplexity, tokenize_corpus  # noqa: E402
 from pyinfer.gguf_model import GGUFFile  # noqa: E402
 from pyinfer.tokenizer import Tokenizer  # noqa: E402
 

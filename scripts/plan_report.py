@@ -10,14 +10,10 @@ mass they carry, and both placements' modelled FFN time per token.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if any((Path(__file__).resolve().parents[1] / "pyinfer").glob("_ggml_sparse*")):  # a dev build in the tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.profile import load_activation_counts  # noqa: E402
-from convert.solver import Speeds, layer_neuron_bytes, powerinfer_greedy, solve  # noqa: E402
+from pyinfer.offload.activation_counts import load_activation_counts  # noqa: E402
+from pyinfer.offload.solver import Speeds, layer_neuron_bytes, powerinfer_greedy, solve  # noqa: E402
 from pyinfer.gguf_model import GGUFFile  # noqa: E402
 
 GIB = 1 << 30

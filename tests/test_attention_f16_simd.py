@@ -14,7 +14,7 @@ absolute on O(1) values), so a kernel that is wrong everywhere still fails.
 import numpy as np
 import pytest
 
-from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool, cpu_info, set_simd_level
+from pyinfer.tensor import Context, Graph, ThreadPool, cpu_info, set_simd_level
 
 
 def _levels():

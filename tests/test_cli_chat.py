@@ -122,8 +122,9 @@ def test_context_overflow_keeps_chatting(smollm2, oracle, monkeypatch, capsys):
 
 def test_missing_model(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    assert main(["-m", str(tmp_path / "none.gguf"), "--chat"]) == 1
-    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["-m", str(tmp_path / "none.gguf"), "--chat"])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
 
 
 def test_progress_bar_when_loading_is_slow(smollm2, monkeypatch):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from gguf.quants import quantize as gguf_quantize
 
-from convert.checkpoint import CheckpointError
-from convert.hf_config import ConfigError
-from convert.hf_to_gguf import ConvertError, ConvertOptions, convert
-from convert.tensor_map import UnsupportedArchitectureError
+from pyinfer.convert.checkpoint import CheckpointError
+from pyinfer.convert.hf_config import ConfigError
+from pyinfer.convert.hf_to_gguf import ConvertError, ConvertOptions, convert
+from pyinfer.convert.tensor_map import UnsupportedArchitectureError
 from pyinfer.config import ContextSettings
 from pyinfer.engine import Engine
 from pyinfer.gguf_model import GGUFFile
@@ -98,7 +98,7 @@ def test_dense_relu_models_run_like_hf_math(tmp_path, arch):
 
 def test_without_permutation_the_logits_differ(tmp_path, monkeypatch):
     """The oracle sees the q/k permutation: converting without it misses the budget by far."""
-    from convert import tensor_map
+    from pyinfer.convert import tensor_map
     cfg, w = make_tiny_hf(tmp_path / "hf", "llama", seed=3)
     monkeypatch.setitem(tensor_map.ARCH_SPECS, "llama", tensor_map.ArchSpec("llama", False, False, "gated"))
     out = tmp_path / "m.gguf"
@@ -284,7 +284,7 @@ def test_powerinfer_with_predictors(tmp_path, arch):
 
 
 def test_powerinfer_torch_predictors(tmp_path):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="model_{i}.pt predictors need torch (the optional [torch] extra)")
     cfg, w = make_tiny_hf(tmp_path / "hf", "relu_llama", seed=8)
     preds = write_predictors(tmp_path / "pred", cfg, hidden=8, fmt="pt", threshold=None)
     out = tmp_path / "m.powerinfer.gguf"

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from convert.hf_config import load_params
-from convert.vocab import load_vocab
+from pyinfer.convert.hf_config import load_params
+from pyinfer.convert.vocab import load_vocab
 from pyinfer.gguf_model import GGUFFile
 from pyinfer.tokenizer import Tokenizer
 from reference.tiny_hf import TEXT, make_tiny_hf, tiny_config

@@ -8,10 +8,11 @@ must be identical and logits within 5e-3 of the largest |logit| (F16 KV cache).
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+_WHY = "the transformers oracle needs torch and transformers (optional: pip install torch transformers)"
+torch = pytest.importorskip("torch", reason=_WHY)
+transformers = pytest.importorskip("transformers", reason=_WHY)
 
-from convert.hf_to_gguf import ConvertOptions, convert  # noqa: E402
+from pyinfer.convert.hf_to_gguf import ConvertOptions, convert  # noqa: E402
 from pyinfer.config import ContextSettings  # noqa: E402
 from pyinfer.engine import Engine  # noqa: E402
 from reference.tiny_hf import write_tokenizer  # noqa: E402
@@ -96,7 +97,7 @@ def test_linear_rope_scaling_matches_transformers(tmp_path):
 def test_llama3_rope_factors_match_transformers(tmp_path):
     """rope_freqs.weight holds base / scaled frequency ratios as transformers computes them."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-    from convert.hf_config import load_params, llama3_rope_factors
+    from pyinfer.convert.hf_config import load_params, llama3_rope_factors
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64, "rope_theta": 500000.0}
     cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=128, num_hidden_layers=1,

@@ -1,4 +1,4 @@
-"""PowerInfer's GPU index file (pyinfer/gpu_index.py): round trip, the exact bytes (checked
+"""PowerInfer's GPU index file (pyinfer/offload/gpu_index.py): round trip, the exact bytes (checked
 by a small GGUF parser written here, independent of the gguf package), files written the
 way PowerInfer's exporter writes them, and ensure_gpu_index's reuse/regenerate rules."""
 import os
@@ -9,9 +9,9 @@ import gguf
 import numpy as np
 import pytest
 
-from convert.profile import ProfileResult
+from pyinfer.convert.profile import ProfileResult
 from pyinfer.gguf_model import ModelLoadError
-from pyinfer.gpu_index import (GpuIndex, ensure_gpu_index, gpu_index_path, read_gpu_index,
+from pyinfer.offload.gpu_index import (GpuIndex, ensure_gpu_index, gpu_index_path, read_gpu_index,
                                write_gpu_index)
 from pyinfer.llama_options import LlamaOptions
 from reference.tiny_model import write_tiny_llama
@@ -167,7 +167,7 @@ def profiled_model(tmp_path):
 def test_ensure_writes_reuses_and_regenerates(profiled_model):
     """(PowerInfer's mass objective: with the default speeds a layer this small is not worth
     a CPU/GPU round trip, and the time objective rightly places nothing.)"""
-    from convert.solver import Speeds
+    from pyinfer.offload.solver import Speeds
     path, counts = profiled_model
     sp = Speeds(objective="mass")
     idx_path = gpu_index_path(path)
@@ -194,19 +194,38 @@ def test_ensure_disable_and_uniform_fallback(tmp_path):
     path = str(write_tiny_llama(tmp_path / "m.gguf", powerinfer=True))
     assert ensure_gpu_index(path, 1 << 20, disable=True) is None
     assert not os.path.exists(gpu_index_path(path))
-    from convert.solver import Speeds
-    idx = ensure_gpu_index(path, 100 * 768, calibration_tokens=0, group=16, speeds=Speeds(objective="mass"))
+    from pyinfer.offload.solver import Speeds
+    idx = ensure_gpu_index(path, 100 * 768, group=16, speeds=Speeds(objective="mass"))
     assert sum(idx.n_gpu) == 96     # 6 groups of 16 fit, spread over equally hot layers
     with pytest.raises(ValueError):
         ensure_gpu_index(path, -1)
 
 
-def test_ensure_calibrates_without_a_profile(tmp_path):
+def test_gpu_index_command_calibrates_without_a_profile(tmp_path):
+    """The runtime never profiles; `python convert.py gpu-index` hands ensure_gpu_index a dense
+    calibration run, whose hottest neurons are the ones placed."""
     from tiny_chat_model import write_tiny_chat_model
-    from convert.solver import Speeds
+    from pyinfer.convert.plan_cli import _calibration
+    from pyinfer.offload.solver import Speeds
     path = str(write_tiny_chat_model(tmp_path / "chat.gguf", powerinfer=True))
-    idx = ensure_gpu_index(path, 10 ** 9, calibration_tokens=64, speeds=Speeds(objective="mass"))
-    assert idx.n_gpu == [128, 128]
+    calibrate = _calibration(64, 1)
+    freq, source = calibrate(path)
+    assert "64-token dense calibration" in source and len(freq) == 2
+    assert _calibration(0, 1) is None
+    idx = ensure_gpu_index(path, 64 * 2 * _neuron_bytes(path), calibrate=calibrate, group=32,
+                           speeds=Speeds(objective="mass"))
+    assert sum(idx.n_gpu) == 128
+    for f, m in zip(freq, idx.gpu_idx):
+        on = np.flatnonzero(m)
+        assert f[on].min() >= np.sort(f)[::-1][len(on) - 1] - 1e-12   # the hottest neurons of the layer
+
+
+def _neuron_bytes(path):
+    from pyinfer.gguf_model import GGUFFile
+    from pyinfer.offload.solver import layer_neuron_bytes
+    sizes, _ = layer_neuron_bytes(GGUFFile(path))
+    assert len(set(sizes)) == 1
+    return sizes[0]
 
 
 def test_llama_options_take_the_gpu_index_keywords(tmp_path):

@@ -139,6 +139,7 @@ def test_bad_schemas_raise_value_error():
             json_schema_to_gbnf(schema)
 
 
+@pytest.mark.llama_cpp
 def test_llama_cpp_python_grammars_parse_and_match():
     """llama-cpp-python's own GBNF (its JSON_GBNF and its schema converter's output) parses
     with our parser, and on compact documents of the schemas it converts the same way as we

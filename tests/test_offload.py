@@ -284,7 +284,7 @@ def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
     import pyinfer.offload as offload
     model = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True, seed=3))
     spec, _ = _spec(model)
-    from pyinfer.gpu_index import GpuIndex, gpu_index_path, write_gpu_index
+    from pyinfer.offload.gpu_index import GpuIndex, gpu_index_path, write_gpu_index
     mask = np.zeros(spec.n_ff, dtype=np.int32)
     mask[::4] = 1
     # an index made for a smaller budget is reused (DESIGN.md), so the plan takes its neurons
@@ -311,7 +311,7 @@ def test_llama_generates_a_missing_gpu_index(tmp_path, monkeypatch):
     placement and writes the file (device answers stubbed); reset_gpu_index rewrites it."""
     import os
     import pyinfer.offload as offload
-    from pyinfer.gpu_index import gpu_index_path, read_gpu_index
+    from pyinfer.offload.gpu_index import gpu_index_path, read_gpu_index
     model = str(write_tiny_chat_model(tmp_path / "m.gguf", powerinfer=True, seed=3))
     monkeypatch.setattr(offload, "require_cuda", lambda what: None)
     monkeypatch.setattr(offload, "mem_info", lambda device=0: (GIB, 2 * GIB))

@@ -9,6 +9,7 @@ perplexity on held-out text within 2% of the dense model's (a random model: miss
 3-5% of the firing neurons moves it about 1%), and closer than the random
 predictor it replaced.
 """
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.predictor_train import (TrainConfig, evaluate, train_predictors, write_model_with_predictors,
+from pyinfer.convert.predictor_train import (TrainConfig, evaluate, train_predictors, write_model_with_predictors,
                                      write_predictor_dir)
-from convert.profile import (default_corpus, load_activation_counts, load_samples, perplexity,
+from pyinfer.convert.profile import (default_corpus, load_activation_counts, load_samples, perplexity,
                              profile_model, tokenize_corpus)
-from convert.solver import Speeds, layer_neuron_bytes, solve
+from pyinfer.offload.solver import Speeds, layer_neuron_bytes, solve
 from pyinfer.config import ContextSettings
 from pyinfer.engine import Engine
 from pyinfer.gguf_model import GGUFFile
-from pyinfer.gpu_index import ensure_gpu_index, read_gpu_index
+from pyinfer.offload.gpu_index import ensure_gpu_index, read_gpu_index
 from pyinfer.tokenizer import Tokenizer
 from reference.numpy_sparse import NumpyPowerInfer
 from tiny_chat_model import write_tiny_chat_model
@@ -74,25 +75,29 @@ def test_profile_counts_match_numpy(chat_model):
 
 def test_profile_files(chat_model, tmp_path, monkeypatch):
     r = profile_model(chat_model, token_docs=[list(range(3, 90))], samples=20, progress=False)
+    monkeypatch.setitem(sys.modules, "torch", None)     # torch is optional: no .pt files, no failure
     files = r.save(str(tmp_path / "a"))
-    assert sorted(Path(f).name for f in files) == ["activation_0.pt", "activation_1.pt", "profile.npz",
-                                                   "samples.npz"]
-    import torch
-    for i in range(2):
-        t = torch.load(tmp_path / "a" / f"activation_{i}.pt")
-        assert t.shape == (128,) and np.array_equal(t.numpy(), r.counts[i])
+    assert sorted(Path(f).name for f in files) == ["profile.npz", "samples.npz"]
     back = load_activation_counts(str(tmp_path / "a"))
     assert back.n_tokens == 87 and np.array_equal(np.stack(back.counts), r.counts)
     xs, masks = load_samples(str(tmp_path / "a"))
     assert np.array_equal(xs[1], r.x[1]) and np.array_equal(masks[0], r.mask[0])
+
+
+def test_profile_files_in_powerinfer_format(chat_model, tmp_path):
+    torch = pytest.importorskip("torch", reason="PowerInfer's activation_{i}.pt files need torch "
+                                                "(the optional [torch] extra)")
+    r = profile_model(chat_model, token_docs=[list(range(3, 90))], samples=20, progress=False)
+    files = r.save(str(tmp_path / "a"))
+    assert sorted(Path(f).name for f in files) == ["activation_0.pt", "activation_1.pt", "profile.npz",
+                                                   "samples.npz"]
+    for i in range(2):
+        t = torch.load(tmp_path / "a" / f"activation_{i}.pt")
+        assert t.shape == (128,) and np.array_equal(t.numpy(), r.counts[i])
     # PowerInfer's files alone (no profile.npz) are read through torch
     (tmp_path / "a" / "profile.npz").unlink()
     pt = load_activation_counts(str(tmp_path / "a"))
     assert pt.n_tokens is None and np.array_equal(pt.counts[1], r.counts[1])
-    # without torch: no .pt files, and no failure
-    monkeypatch.setitem(sys.modules, "torch", None)
-    files = r.save(str(tmp_path / "b"))
-    assert sorted(Path(f).name for f in files) == ["profile.npz", "samples.npz"]
 
 
 def test_predictor_training_reaches_recall_on_synthetic_model(tmp_path):
@@ -117,7 +122,7 @@ def test_predictor_training_reaches_recall_on_synthetic_model(tmp_path):
 
 def test_calibrated_thresholds_fold_into_fc2():
     """One file threshold T and fc2 scaled per layer decide exactly as per-layer thresholds."""
-    from convert.predictor_train import _scores, calibrate_layers
+    from pyinfer.convert.predictor_train import _scores, calibrate_layers
     rng = np.random.default_rng(4)
     x = rng.standard_normal((50, 8)).astype(np.float32)
     fc1s = [rng.standard_normal((6, 8)).astype(np.float32) for _ in range(3)]
@@ -179,7 +184,7 @@ def test_pipeline_profile_train_solve_run(chat_model, tmp_path):
 
 
 def test_cli_subcommands(chat_model, tmp_path, capsys):
-    from convert.cli import main
+    from pyinfer.convert.cli import main
     model = tmp_path / "m.gguf"
     model.write_bytes(Path(chat_model).read_bytes())
     assert main(["profile", str(model), "--max-tokens", "600", "--samples", "300", "--no-progress"]) == 0
@@ -188,7 +193,8 @@ def test_cli_subcommands(chat_model, tmp_path, capsys):
     assert main(["train-predictor", str(model), "--outfile", str(tmp_path / "t.gguf"),
                  "--predictor-dir", str(tmp_path / "pred"), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
-    assert "| layer | H | recall |" in out and (tmp_path / "pred" / "model_1.pt").exists()
+    suffix = "pt" if importlib.util.find_spec("torch") else "npz"     # PowerInfer's .pt needs torch
+    assert "| layer | H | recall |" in out and (tmp_path / "pred" / f"model_1.{suffix}").exists()
     assert main(["gpu-index", str(model), "--vram-budget", "0.001", "--objective", "mass"]) == 0
     assert "GPU neurons per layer 128, 128" in capsys.readouterr().out
     assert read_gpu_index(str(model) + ".generated.gpuidx").n_gpu == [128, 128]

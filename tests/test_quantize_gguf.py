@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from gguf.quants import quantize as gguf_quantize
 
-from convert.hf_to_gguf import ConvertOptions, convert
-from convert.quantize import quantize_file
+from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
+from pyinfer.convert.quantize import quantize_file
 from pyinfer.gguf_model import GGUFFile
 from reference.tiny_hf import make_tiny_hf, random_weights, tiny_config, write_safetensors, write_tokenizer
 
-import convert as convert_pkg
+import pyinfer.convert as convert_pkg
 import pyinfer
 
 # the subprocesses import the same packages as this test (source tree or installed)
@@ -112,7 +112,7 @@ def test_command_lines(tmp_path):
 
 _MEASURE = textwrap.dedent("""
     import json, sys
-    from convert.hf_to_gguf import ConvertOptions, convert
+    from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):

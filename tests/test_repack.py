@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from pyinfer._lib import GGMLSparseError as GSError
-from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, quantize,
-                            quantize_activations, set_simd_level)
+from pyinfer.tensor import (Context, GGMLType, Graph, ThreadPool, cpu_info, quantize_activations, set_simd_level)
 
 T = GGMLType
 Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", 16)])

@@ -41,6 +41,9 @@ import pytest
 from pyinfer.config import ContextSettings
 from pyinfer.engine import Engine
 
+# the files are llama.cpp's quantizer's output (scripts/make_requantized.py): a llama-cpp-python suite
+pytestmark = pytest.mark.llama_cpp
+
 DATA = Path(__file__).parent / "data" / "requant"
 CACHE = Path.home() / ".cache" / "pyinfer" / "requant"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"]

@@ -1,4 +1,4 @@
-"""The hot/cold neuron solver (convert/solver.py) against brute force and PowerInfer's greedy.
+"""The hot/cold neuron solver (pyinfer/offload/solver.py) against brute force and PowerInfer's greedy.
 
 Oracle: every combination of per-layer group counts enumerated, each scored by a direct
 re-implementation of the cost model written here with plain loops. Budgets: the optimum
@@ -10,8 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from convert import solver
-from convert.solver import Speeds, layer_neuron_bytes, powerinfer_greedy, solve
+from pyinfer.offload import solver
+from pyinfer.offload.solver import Speeds, layer_neuron_bytes, powerinfer_greedy, solve
 from pyinfer.gguf_model import GGUFFile
 from reference.tiny_model import write_tiny_llama
 
@@ -49,11 +49,31 @@ def _random_case(rng, n_layer, n_ff, equal_bytes):
     return freq, nbytes
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_coarse_dp_without_scipy_stays_in_budget_and_near_optimal(monkeypatch, seed):
+    """Without scipy a DP over a coarse unit (weights rounded up) replaces the MILP: never over
+    budget, and at least as good as the true optimum of the budget less one unit per layer."""
+    rng = np.random.default_rng(100 + seed)
+    monkeypatch.setattr(solver, "DP_MAX_STATES", 12)
+    monkeypatch.setattr(solver, "have_milp", lambda: False)
+    n_layer, group = int(rng.integers(2, 4)), int(rng.integers(2, 5))
+    freq, nbytes = _random_case(rng, n_layer, int(rng.integers(5, 13)), equal_bytes=False)
+    total = sum(len(f) * b for f, b in zip(freq, nbytes))
+    budget = int(rng.uniform(0.3, 0.9) * total)
+    sp = Speeds(SPEEDS.cpu_bytes_per_s, SPEEDS.gpu_bytes_per_s, SPEEDS.sync_s, "mass")
+    plan = solve(freq, nbytes, budget, sp, group=group)
+    assert plan.method == "dp-coarse" and plan.gpu_bytes <= budget
+    unit = -(-min(budget, total) // 11)
+    floor_mass, _ = _brute(freq, nbytes, max(0, budget - n_layer * unit), group, SPEEDS)
+    assert sum(plan.gpu_mass) >= floor_mass - 1e-9
+
+
 @pytest.mark.parametrize("method", ["dp", "milp"])
 @pytest.mark.parametrize("seed", range(12))
 def test_optimum_equals_brute_force(monkeypatch, method, seed):
     rng = np.random.default_rng(seed)
     if method == "milp":
+        pytest.importorskip("scipy", reason="the MILP path needs scipy (the test extra declares it)")
         monkeypatch.setattr(solver, "DP_MAX_STATES", 0)
     n_layer, group = int(rng.integers(2, 4)), int(rng.integers(2, 5))
     freq, nbytes = _random_case(rng, n_layer, int(rng.integers(5, 13)), equal_bytes=seed % 2 == 0)

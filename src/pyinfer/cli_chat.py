@@ -139,19 +139,14 @@ def answer(llm, messages: List[Dict[str, Any]], args, out, err) -> str:
 
 def run_chat(args) -> int:
     """The chat loop (args: pyinfer.__main__'s parsed arguments)."""
-    from .__main__ import default_model
+    from .default_model import require_default_model
     out, err = sys.stdout, sys.stderr
     if sys.stdin.isatty():
         try:     # line editing and history for input()
             importlib.import_module("readline")
         except ImportError:
             pass
-    model = args.model or default_model()
-    try:
-        llm = load_model(args, model, err)
-    except (ValueError, OSError, RuntimeError) as e:   # bad file/option, no GPU
-        print(f"error: {e}", file=err)
-        return 1
+    llm = load_model(args, args.model or require_default_model(), err)   # errors: cli_util.run
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages: List[Dict[str, Any]] = list(system)
     print(f"pyinfer chat ({llm.chat_format or 'chat template'}): /exit or Ctrl-D to leave, "

@@ -19,7 +19,7 @@ from .device import DeviceInfo, GPUUnavailableError, cuda_status, device_info, m
 from .model_spec import ModelSpec, TensorSpec, read_gpu_buckets, spec_from_file
 from .planner import OffloadBudgetError, OffloadPlan, plan_hybrid, plan_layers, summary
 from .report import format_report
-from ..gpu_index import ensure_gpu_index
+from .gpu_index import ensure_gpu_index
 
 __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "part", "DeviceInfo",
            "GPUUnavailableError", "cuda_status", "device_info", "mem_info", "require_cuda",
@@ -60,8 +60,7 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> 
         extra = engine.settings.extra
         index = ensure_gpu_index(engine.file.path, max(0, dense.budget - dense.device_bytes),
                                  reset=bool(extra.get("reset_gpu_index")),
-                                 disable=bool(extra.get("disable_gpu_index")),
-                                 n_threads=engine.n_threads)
+                                 disable=bool(extra.get("disable_gpu_index")))
         if index is not None:
             hot = [index.bucket(i) for i in range(spec.n_layer)]
     plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free)

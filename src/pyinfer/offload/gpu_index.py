@@ -18,13 +18,14 @@ exporter leaves them out) gets them derived from ``gpu_idx``.
 ``ensure_gpu_index`` is what a loader calls: it reuses the file next to the
 model when it was made for a budget no larger than the current one (a file
 made for a larger budget would place more than fits, so it is regenerated,
-as PowerInfer does), otherwise it runs the solver (convert/solver.py) and
-writes the file. The neuron statistics it solves from, in order of
+as PowerInfer does), otherwise it runs the solver (``solver.py`` beside this
+file) and writes the file. The neuron statistics it solves from, in order of
 preference: profiled counts in ``activation/`` beside the model (ours,
-``profile.npz``, or PowerInfer's ``activation_{i}.pt``); else a short dense
-calibration run over ``calibration_tokens`` tokens of the default corpus
-(true ReLU firing, not the predictor's guess); else (``calibration_tokens=0``)
-uniform frequencies, which only split the budget between layers.
+``profile.npz``, or PowerInfer's ``activation_{i}.pt``); else what the
+caller's ``calibrate`` function returns (the offline ``python convert.py
+gpu-index`` passes a short dense calibration run); else uniform frequencies,
+which only split the budget between layers (the load report says so: run
+``python convert.py profile MODEL`` first for a real placement).
 """
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from .gguf_model import POWERINFER_MAGIC, GGUFFile, ModelLoadError
+from ..gguf_model import POWERINFER_MAGIC, GGUFFile, ModelLoadError
+from .activation_counts import load_activation_counts
+from .solver import Speeds, layer_neuron_bytes, solve
 
 ARCH = "generic.gpu_index"
 KEY_BLOCK_COUNT = "generic.gpu_index.block_count"
@@ -137,7 +140,7 @@ def read_gpu_index(path: str) -> GpuIndex:
 
 def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False, disable: bool = False,
                      activation_dir: Optional[str] = None, speeds=None, group: int = 256,
-                     calibration_tokens: int = 256, n_threads: int = 0,
+                     calibrate: Optional[Callable[[str], Tuple[List[np.ndarray], str]]] = None,
                      verbose: bool = False) -> Optional[GpuIndex]:
     """The GPU index to load `model_path` with, given `budget_bytes` of VRAM for FFN neurons
     (what is left after the dense tensors, KV cache and scratch).
@@ -146,7 +149,7 @@ def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False,
     reset: ignore an existing file and regenerate it.
     Otherwise an existing ``<model>.generated.gpuidx`` made for at most `budget_bytes` and
     matching the model's layer shapes is reused; else the placement is solved
-    (convert.solver.solve with `speeds`, a convert.solver.Speeds, and `group` neurons per
+    (solver.solve with `speeds`, a solver.Speeds, and `group` neurons per
     unit) from the statistics named in the module docstring, and written (a read-only
     directory only warns: the index is still returned)."""
     if disable:
@@ -154,7 +157,6 @@ def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False,
     budget_bytes = int(budget_bytes)
     if budget_bytes < 0:
         raise ValueError(f"VRAM budget must be >= 0 bytes, got {budget_bytes}")
-    from convert.solver import Speeds, layer_neuron_bytes, solve
     model = GGUFFile(model_path)
     neuron_bytes, n_ff = layer_neuron_bytes(model)
     path = gpu_index_path(model_path)
@@ -172,7 +174,7 @@ def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False,
                 return old
             _say(verbose, f"GPU index {path}: made for {old.vram_capacity} bytes"
                           f"{'' if fits else ' and another layer shape'}: regenerating")
-    freq, source = _neuron_statistics(model, activation_dir, calibration_tokens, n_threads)
+    freq, source = _neuron_statistics(model, activation_dir, calibrate)
     if [len(f) for f in freq] != n_ff:
         raise ValueError(f"the neuron statistics ({source}) do not match the model's layers")
     plan = solve(freq, neuron_bytes, budget_bytes, speeds or Speeds(), group=group)
@@ -185,20 +187,17 @@ def ensure_gpu_index(model_path: str, budget_bytes: int, *, reset: bool = False,
     return index
 
 
-def _neuron_statistics(model: GGUFFile, activation_dir, calibration_tokens: int, n_threads: int):
+def _neuron_statistics(model: GGUFFile, activation_dir, calibrate):
     """(per-layer firing frequencies per token, where they came from)."""
-    from convert.profile import load_activation_counts, profile_model
     directory = activation_dir or os.path.join(os.path.dirname(os.path.abspath(model.path)), "activation")
     counts = load_activation_counts(directory)
     if counts is not None:
         return counts.freq(), f"profiled counts in {directory}"
-    if calibration_tokens > 0:
-        r = profile_model(model.path, max_tokens=calibration_tokens, n_threads=n_threads, progress=False)
-        return [c / r.n_tokens for c in r.counts.astype(np.float64)], \
-            f"a {r.n_tokens}-token dense calibration run"
-    from convert.solver import layer_neuron_bytes
+    if calibrate is not None:
+        return calibrate(model.path)
     _, n_ff = layer_neuron_bytes(model)
-    return [np.ones(n, dtype=np.float64) for n in n_ff], "uniform frequencies (no profile)"
+    return [np.ones(n, dtype=np.float64) for n in n_ff], \
+        f"uniform frequencies (no profile in {directory}: run `python convert.py profile {model.path}`)"
 
 
 def _say(verbose: bool, message: str) -> None:

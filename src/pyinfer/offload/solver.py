@@ -27,7 +27,9 @@ exactly. When the budget in units of the gcd of all choice weights is small (alw
 case when layers share a neuron size: the unit is then one group), by dynamic programming
 over that capacity: exhaustive over every feasible combination, hence optimal, in
 O(L * K * C) vector work. Otherwise with ``scipy.optimize.milp`` (HiGHS branch and bound,
-zero gap) on binaries y[l,k], sum_k y[l,k] = 1, sum w y <= B. A greedy is not used for
+zero gap) on binaries y[l,k], sum_k y[l,k] = 1, sum w y <= B; without scipy (an optional
+dependency: ``pip install scipy``) by the same DP over a coarser unit with every weight rounded
+up, which never exceeds the budget and loses at most one coarse unit per layer. A greedy is not used for
 the time objective because T_l is not convex in k (max of a convex decreasing and a
 concave increasing function): marginal gains do not decrease, so greedy choices can be
 wrong. PowerInfer's own rule (the globally hottest groups; ``powerinfer_greedy``) is
@@ -37,6 +39,7 @@ when every layer has the same neuron size.
 from __future__ import annotations
 
 import heapq
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from functools import reduce
@@ -74,7 +77,7 @@ class Plan:
     budget: int
     time_s: float                # modelled FFN time per token (Speeds)
     cpu_only_s: float            # the same with every neuron on the CPU
-    method: str                  # "dp", "milp" or "greedy"
+    method: str                  # "dp", "milp", "dp-coarse" (no scipy) or "greedy"
     layer_time_s: List[float] = field(default_factory=list)
 
     @property
@@ -151,9 +154,18 @@ def solve(freq: Sequence[np.ndarray], neuron_bytes: Sequence[int], budget: int,
     cap = min(budget, sum(int(c[0][-1]) for c in ch)) // unit
     if cap + 1 <= DP_MAX_STATES:
         picks, method = _solve_dp(ch, unit, cap), "dp"
-    else:
+    elif have_milp():
         picks, method = _solve_milp(ch, budget), "milp"
+    else:   # no scipy: the DP over a coarser unit, weights rounded up (never over budget)
+        span = min(budget, sum(int(c[0][-1]) for c in ch))
+        unit = -(-span // max(DP_MAX_STATES - 1, 1))
+        picks, method = _solve_dp(ch, unit, span // unit), "dp-coarse"
     return _plan(ch, picks, freq, neuron_bytes, budget, speeds, method)
+
+
+def have_milp() -> bool:
+    """Whether scipy's MILP solver is importable (scipy is optional)."""
+    return importlib.util.find_spec("scipy") is not None
 
 
 def _solve_dp(ch, unit: int, cap: int) -> List[int]:
@@ -164,7 +176,7 @@ def _solve_dp(ch, unit: int, cap: int) -> List[int]:
         new = np.full(cap + 1, np.inf)
         arg = np.zeros(cap + 1, dtype=np.int32)
         for k, (w, t) in enumerate(zip(weights, cost)):
-            u = int(w) // unit
+            u = -(-int(w) // unit)      # rounded up: exact when unit divides every weight
             if u > cap:
                 break
             cand = dp[:cap + 1 - u] + t
@@ -177,7 +189,7 @@ def _solve_dp(ch, unit: int, cap: int) -> List[int]:
     for (weights, _, _, _), arg in zip(reversed(ch), reversed(back)):
         k = int(arg[c])
         picks.append(k)
-        c -= int(weights[k]) // unit
+        c -= -(-int(weights[k]) // unit)
     return picks[::-1]
 
 

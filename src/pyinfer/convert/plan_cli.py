@@ -17,6 +17,8 @@ import sys
 import time
 from typing import List
 
+import numpy as np
+
 GIB = 1 << 30
 
 
@@ -77,6 +79,7 @@ def gpu_index_parser() -> argparse.ArgumentParser:
     ap.add_argument("--group", type=int, default=256, help="neurons per placement unit (default 256)")
     ap.add_argument("--calibration-tokens", type=int, default=256,
                     help="without a profile: tokens of a dense calibration run (0: uniform)")
+    ap.add_argument("--threads", type=int, default=0, help="calibration threads (default: all cores)")
     return ap
 
 
@@ -91,6 +94,19 @@ def run(argv: List[str]) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _calibration(n_tokens: int, n_threads: int):
+    """Without a profile: a dense calibration run over `n_tokens` tokens of the default corpus
+    (true ReLU firing, not the predictor's guess); None (uniform frequencies) for 0."""
+    if n_tokens <= 0:
+        return None
+
+    def calibrate(model_path: str):
+        from .profile import profile_model
+        r = profile_model(model_path, max_tokens=n_tokens, n_threads=n_threads, progress=False)
+        return [c / r.n_tokens for c in r.counts.astype(np.float64)], f"a {r.n_tokens}-token dense calibration run"
+    return calibrate
 
 
 def _profile(args) -> int:
@@ -144,16 +160,15 @@ def _train(args) -> int:
 
 
 def _gpu_index(args) -> int:
-    from pyinfer.gpu_index import ensure_gpu_index, gpu_index_path
-
-    from .solver import Speeds
+    from pyinfer.offload.gpu_index import ensure_gpu_index, gpu_index_path
+    from pyinfer.offload.solver import Speeds
     if args.disable_gpu_index:
         print("GPU index disabled: every FFN neuron stays on the CPU; nothing written")
         return 0
     speeds = Speeds(args.cpu_gbps * 1e9, args.gpu_gbps * 1e9, objective=args.objective)
     index = ensure_gpu_index(args.model, int(args.vram_budget * GIB), reset=args.reset_gpu_index,
                              activation_dir=args.activation, speeds=speeds, group=args.group,
-                             calibration_tokens=args.calibration_tokens, verbose=True)
+                             calibrate=_calibration(args.calibration_tokens, args.threads), verbose=True)
     per_layer = ", ".join(str(n) for n in index.n_gpu)
     print(f"{gpu_index_path(args.model)}: GPU neurons per layer {per_layer} "
           f"(made for {index.vram_capacity / GIB:.2f} GiB)")
