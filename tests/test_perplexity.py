@@ -86,8 +86,28 @@ def test_cli_prints_llama_cpp_style_lines(smollm2, tmp_path, capsys):
     path = tmp_path / "t.txt"
     path.write_text(default_corpus()[:8000])
     assert main([str(smollm2), "--text", str(path), "-c", "64", "--chunks", "2", "-t", "2"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("[1]") and "[2]" in out and "Final estimate: PPL = " in out
+    cap = capsys.readouterr()
+    assert cap.out.startswith("[1]") and "[2]" in cap.out and "Final estimate: PPL = " in cap.out
+    assert "over 2 of " in cap.out and " chunks of 64 tokens of the text (" in cap.out and "; 62 scored)" in cap.out
+    assert "2/2 [" in cap.err                      # the progress bar: chunks done of the total, then the ETA
+
+
+def test_default_size_is_a_prefix_of_the_corpus(tmp_path, monkeypatch, capsys):
+    """Without --chunks the command scores DEFAULT_CHUNKS chunks (about a minute on 2 cores),
+    not the whole corpus; --all scores every chunk."""
+    import pyinfer.perplexity as ppl
+    seen = []
+
+    def fake(model, text, n_ctx, n_chunks, *args, **kw):
+        seen.append((len(text), n_ctx, n_chunks))
+        return ppl.PerplexityResult(n_ctx, [1.0], 255, 0.1, n_text_tokens=113_000)
+    monkeypatch.setattr(ppl, "model_perplexity", fake)
+    model = tmp_path / "m.gguf"           # never opened: model_perplexity is the fake
+    model.write_bytes(b"GGUF")
+    assert main([str(model), "--no-progress"]) == 0
+    assert main([str(model), "--all", "--no-progress"]) == 0
+    assert seen == [(len(default_corpus()), 512, ppl.DEFAULT_CHUNKS), (len(default_corpus()), 512, -1)]
+    assert "over 1 of 220 chunks of 512 tokens of pydoc_data.topics" in capsys.readouterr().out
 
 
 @pytest.mark.llama_cpp

@@ -191,7 +191,7 @@ def test_cli_subcommands(chat_model, tmp_path, capsys):
     assert "profiled 600 tokens" in capsys.readouterr().out
     assert (tmp_path / "activation" / "profile.npz").exists()
     assert main(["train-predictor", str(model), "--outfile", str(tmp_path / "t.gguf"),
-                 "--predictor-dir", str(tmp_path / "pred"), "--epochs", "2"]) == 0
+                 "--predictor-dir", str(tmp_path / "pred"), "--epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     suffix = "pt" if importlib.util.find_spec("torch") else "npz"     # PowerInfer's .pt needs torch
     assert "| layer | H | recall |" in out and (tmp_path / "pred" / f"model_1.{suffix}").exists()
@@ -199,4 +199,7 @@ def test_cli_subcommands(chat_model, tmp_path, capsys):
     assert "GPU neurons per layer 128, 128" in capsys.readouterr().out
     assert read_gpu_index(str(model) + ".generated.gpuidx").n_gpu == [128, 128]
     assert main(["gpu-index", str(model), "--vram-budget", "1", "--disable-gpu-index"]) == 0
-    assert main(["train-predictor", str(model)]) == 1          # nothing to write: an error, not a traceback
+    capsys.readouterr()
+    assert main(["train-predictor", str(model)]) == 2          # nothing to write: the user's error, one line
+    assert capsys.readouterr().err == ("convert.py train-predictor: error: nothing to write: "
+                                       "give --outfile and/or --predictor-dir\n")

@@ -19,12 +19,10 @@ from pyinfer.convert.quantize import quantize_file
 from pyinfer.gguf_model import GGUFFile
 from reference.tiny_hf import make_tiny_hf, random_weights, tiny_config, write_safetensors, write_tokenizer
 
-import pyinfer.convert as convert_pkg
 import pyinfer
 
-# the subprocesses import the same packages as this test (source tree or installed)
-PKG_PATHS = os.pathsep.join(dict.fromkeys(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))
-                                          for m in (pyinfer, convert_pkg)))
+# the subprocesses import the same package as this test (source tree or installed)
+PKG_PATHS = os.path.dirname(os.path.dirname(os.path.abspath(pyinfer.__file__)))
 T = gguf.GGMLQuantizationType
 
 
@@ -98,16 +96,17 @@ def _run(args, cwd):
 def test_command_lines(tmp_path):
     make_tiny_hf(tmp_path / "hf", "qwen2", seed=14)
     out = tmp_path / "m.gguf"
-    r = _run(["-m", "convert", str(tmp_path / "hf"), "--outfile", str(out), "--outtype", "f16", "--no-progress"],
-             tmp_path)
+    r = _run(["-m", "pyinfer.convert", str(tmp_path / "hf"), "--outfile", str(out), "--outtype", "f16",
+              "--no-progress"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and out.exists()
     q = tmp_path / "m.q4_1.gguf"
     r = _run(["-m", "pyinfer.quantize", str(out), str(q), "q4_1", "--no-progress"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert GGUFFile(str(q)).tensors["blk.0.attn_q.weight"].type == T.Q4_1
-    r = _run(["-m", "convert", str(tmp_path / "nowhere"), "--outfile", str(tmp_path / "x.gguf")], tmp_path)
-    assert r.returncode == 1 and "error:" in r.stderr and "nowhere" in r.stderr
+    r = _run(["-m", "pyinfer.convert", str(tmp_path / "nowhere"), "--outfile", str(tmp_path / "x.gguf")], tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("python -m pyinfer.convert: error: ")
+    assert "nowhere" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 _MEASURE = textwrap.dedent("""

@@ -3,6 +3,10 @@ streams, errors and settings. The oracle is a separate `Llama` on the same file,
 before each call: greedy server answers must equal its answers token for token."""
 import base64
 import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +21,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pyinfer import Llama  # noqa: E402
 from pyinfer.server import ModelSettings, ServerSettings, Settings, create_app  # noqa: E402
-from pyinfer.server.__main__ import main, settings_from_args  # noqa: E402
+from pyinfer import __version__  # noqa: E402
+from pyinfer.server.__main__ import PROG, main, settings_from_args  # noqa: E402
 from pyinfer.server.generation import MinTokensProcessor  # noqa: E402
 
 N_CTX = 256
@@ -31,6 +36,18 @@ def oracle(smollm2):
     llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=1)
     yield llm
     llm.close()
+
+
+@pytest.fixture(scope="module")
+def token_oracle(smollm2):
+    """An independent Llama whose embeddings are one vector per token (pooling NONE)."""
+    llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=0)
+    yield llm
+    llm.close()
+
+
+def token_vectors(token_oracle, text):
+    return np.asarray(token_oracle.embed(text), dtype=np.float32)
 
 
 def fresh(llm):
@@ -139,18 +156,68 @@ def test_min_tokens_processor():
     assert proc(np.array([1, 2, 9, 9], np.intc), np.zeros(5, np.float32))[3] == 0.0
 
 
-def test_embeddings(client, oracle):
+def test_embeddings(client, oracle, token_oracle):
+    """--pooling_type 1: the mean of the token vectors, one vector per input."""
     r = client.post("/v1/embeddings", json={"input": ["hello world", "good night"]})
     assert r.status_code == 200, r.text
     got = r.json()
     want = oracle.create_embedding(["hello world", "good night"])
     assert [d["index"] for d in got["data"]] == [0, 1]
-    for g, w in zip(got["data"], want["data"]):
+    for g, w, text in zip(got["data"], want["data"], ["hello world", "good night"]):
         np.testing.assert_array_equal(g["embedding"], w["embedding"])
+        np.testing.assert_allclose(g["embedding"], token_vectors(token_oracle, text).mean(axis=0),
+                                   rtol=1e-5, atol=1e-5)
     assert got["usage"] == want["usage"]
     r = client.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64"})
     vec = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_array_equal(vec, np.float32(want["data"][0]["embedding"]))
+
+
+EMBED_INPUTS = ["hello world", "good night", "The quick brown fox jumps over the lazy dog."]
+
+
+def test_embeddings_default_one_pooled_vector_per_input(smollm2, token_oracle):
+    """No --pooling_type and a model that declares none (SmolLM2, a causal LM): one vector
+    per input, the last token's, as an independent per-token Llama computes it."""
+    app = create_app(Settings(model=str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True))
+    try:
+        llama = app.state.hub.llama
+        assert llama.pooling_type() == 0        # the model itself declares no pooling
+        cpus = multiprocessing.cpu_count()      # and the server's thread defaults reach Llama
+        assert (llama.n_threads, llama.n_threads_batch) == (max(cpus // 2, 1), max(cpus, 1))
+        with TestClient(app) as c:
+            got = c.post("/v1/embeddings", json={"input": EMBED_INPUTS}).json()
+            one = c.post("/v1/embeddings", json={"input": "good night",
+                                                 "encoding_format": "base64"}).json()
+    finally:
+        app.state.hub.close()
+    assert [d["index"] for d in got["data"]] == [0, 1, 2]
+    n_tokens = 0
+    for d, text in zip(got["data"], EMBED_INPUTS):
+        rows = token_vectors(token_oracle, text)
+        n_tokens += len(rows)
+        assert len(rows) > 1 and len(d["embedding"]) == token_oracle.n_embd() == 576
+        assert all(isinstance(x, float) for x in d["embedding"])
+        np.testing.assert_allclose(d["embedding"], rows[-1], rtol=1e-5, atol=1e-5)
+    assert got["usage"] == {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
+    vec = np.frombuffer(base64.b64decode(one["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(vec, token_vectors(token_oracle, "good night")[-1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_pooling_none_keeps_token_vectors(smollm2, token_oracle):
+    """An explicit --pooling_type 0: llama-cpp-python's per-token vectors."""
+    app = create_app(Settings(model=str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True,
+                              pooling_type=0))
+    try:
+        with TestClient(app) as c:
+            got = c.post("/v1/embeddings", json={"input": EMBED_INPUTS[:2]}).json()
+    finally:
+        app.state.hub.close()
+    for d, text in zip(got["data"], EMBED_INPUTS[:2]):
+        rows = token_vectors(token_oracle, text)
+        assert np.asarray(d["embedding"]).shape == rows.shape == (len(rows), 576)
+        np.testing.assert_allclose(d["embedding"], rows, rtol=1e-5, atol=1e-5)
 
 
 def test_models_health_tokenize(client, oracle):
@@ -276,6 +343,10 @@ def test_settings_sources(smollm2, tmp_path, monkeypatch):
     path.write_text(json.dumps(cfg))
     server, models = settings_from_args(["--config_file", str(path)])
     assert server.port == 8123 and [m.model_alias for m in models] == ["a", "b"]
+    # the file's values win; the environment fills what it leaves out (N_CTX=321 above)
+    path.write_text(json.dumps({**cfg, "models": [{"model": str(smollm2)}]}))
+    assert settings_from_args(["--config_file", str(path)])[1][0].n_ctx == 321
+    path.write_text(json.dumps(cfg))
     assert models[1].llama_kwargs()["n_ctx"] == 64
     yaml = pytest.importorskip("yaml")
     ypath = tmp_path / "cfg.yaml"
@@ -287,16 +358,107 @@ def test_settings_sources(smollm2, tmp_path, monkeypatch):
         settings_from_args(["--config_file", str(tmp_path / "missing.json")])
 
 
-def test_main_errors(tmp_path, monkeypatch, capsys):
-    """Bad command lines end with a one-line message, not a traceback."""
-    for name in ("MODEL", "CONFIG_FILE"):
+def test_thread_defaults_are_llama_cpp_pythons(smollm2, monkeypatch, capsys):
+    """llama-cpp-python's server: n_threads max(cpu_count // 2, 1), n_threads_batch
+    max(cpu_count, 1), -1 all cores; the settings, --help and docs/server.md say so."""
+    for name in ("N_THREADS", "N_THREADS_BATCH", "CONFIG_FILE"):
         monkeypatch.delenv(name, raising=False)
-    assert main([]) == 2
-    assert "error: no model" in capsys.readouterr().err
-    assert main(["--model", str(tmp_path / "none.gguf"), "--verbose", "false"]) == 1
-    assert "Model path does not exist" in capsys.readouterr().err
-    assert main(["--config_file", str(tmp_path / "none.yaml")]) == 2
-    assert "not found" in capsys.readouterr().err
+    cpus = multiprocessing.cpu_count()
+    half, every = max(cpus // 2, 1), max(cpus, 1)
+    s = ModelSettings(model=str(smollm2))
+    assert (s.n_threads, s.n_threads_batch) == (half, every)
+    kw = s.llama_kwargs()
+    assert (kw["n_threads"], kw["n_threads_batch"]) == (half, every)
+    _, models = settings_from_args(["--model", str(smollm2)])
+    assert (models[0].n_threads, models[0].n_threads_batch) == (half, every)
+    _, models = settings_from_args(["--model", str(smollm2), "--n_threads", "-1",
+                                    "--n_threads_batch", "-1"])
+    assert (models[0].n_threads, models[0].n_threads_batch) == (cpus, cpus)
+    monkeypatch.setenv("N_THREADS", "-1")
+    assert settings_from_args(["--model", str(smollm2)])[1][0].n_threads == cpus
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert ("--n_threads N_THREADS Threads for decoding: half the CPU cores, at least 1 "
+            f"(-1: all cores). (default: {half})") in text
+    assert ("--n_threads_batch N_THREADS_BATCH Threads for prompt processing: all CPU cores "
+            f"(-1 or 0: all cores). (default: {every})") in text
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    assert "| `--n_threads` | half the CPU cores, at least 1: `max(cpu_count // 2, 1)` |" in docs
+    assert "| `--n_threads_batch` | all CPU cores: `cpu_count` |" in docs
+    assert "2048, 512, all cores" not in docs                      # the old claim is gone
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    for option, default in (("--n_ctx N_CTX", "2048"), ("--port PORT", "8000"),
+                            ("--host HOST", "localhost"), ("--embedding BOOL", "false"),
+                            ("--logits_all BOOL", "true"), ("--pooling_type POOLING_TYPE", "-1"),
+                            ("--cache_size CACHE_SIZE", str(2 << 30))):
+        after = text.split(option + " ", 1)[1].split(" --", 1)[0]
+        assert after.endswith(f"(default: {default})"), (option, after)
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"pyinfer {__version__}\n"
+
+
+def _fails(capsys, argv):
+    """main(argv) ends with exit code 2 and one line on stderr (no traceback)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"{PROG}: error: "), (code, err)
+    return err
+
+
+def test_main_errors(smollm2, tmp_path, monkeypatch, capsys):
+    """Bad command lines end with a one-line message and exit code 2, before serving."""
+    for name in ("MODEL", "CONFIG_FILE", "N_CTX"):
+        monkeypatch.delenv(name, raising=False)
+    model = str(smollm2)
+    assert "error: no model" in _fails(capsys, [])
+    assert "no such file" in _fails(capsys, ["--model", str(tmp_path / "none.gguf")])
+    assert "not a regular file" in _fails(capsys, ["--model", str(tmp_path)])
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    assert "not a GGUF file" in _fails(capsys, ["--model", str(bad), "--verbose", "false"])
+    assert "invalid int value: 'ten'" in _fails(capsys, ["--model", model, "--n_ctx", "ten"])
+    assert "argument --n_ctx: Input should be greater than or equal to 0, got -5" in \
+        _fails(capsys, ["--model", model, "--n_ctx", "-5"])
+    assert "not a boolean: 'maybe'" in _fails(capsys, ["--model", model, "--embedding", "maybe"])
+    assert "--pooling_type" in _fails(capsys, ["--model", model, "--pooling_type", "4"])
+    assert "unrecognized arguments: --bogus" in _fails(capsys, ["--model", model, "--bogus"])
+    monkeypatch.setenv("MODEL", str(tmp_path / "env.gguf"))
+    assert f"no such file: {tmp_path / 'env.gguf'}" in _fails(capsys, [])
+    monkeypatch.setenv("N_CTX", "-1")
+    assert "n_ctx: Input should be greater" in _fails(capsys, ["--model", model])
+    monkeypatch.delenv("N_CTX")
+    assert "not found" in _fails(capsys, ["--config_file", str(tmp_path / "none.yaml")])
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"models": [{"model": model, "model_alias": "a"},
+                                          {"model": str(tmp_path / "b.gguf"), "model_alias": "b"}]}))
+    assert "model b: no such file" in _fails(capsys, ["--config_file", str(cfg)])
+    cfg.write_text("{not json")
+    _fails(capsys, ["--config_file", str(cfg)])
+
+
+def test_command_line_in_a_process(tmp_path):
+    """`python -m pyinfer.server` itself: --version, and a missing model: exit code 2, one
+    line on stderr, no traceback."""
+    run = [sys.executable, "-m", "pyinfer.server"]
+    r = subprocess.run(run + ["--version"], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, f"pyinfer {__version__}\n")
+    r = subprocess.run(run + ["--model", str(tmp_path / "nope.gguf")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"{PROG}: error: argument --model: no such file: "
+                        f"{tmp_path / 'nope.gguf'} (see {PROG} --help)\n")
 
 
 def test_two_models_swap(smollm2):

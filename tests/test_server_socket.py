@@ -49,10 +49,11 @@ def _serve(app):
 
 @pytest.fixture(scope="module")
 def server(smollm2):
-    """A running server (FIFO: each request runs to its end)."""
+    """A running server (FIFO: each request runs to its end; embeddings with the default
+    pooling)."""
     yield from _serve(create_app(Settings(
         model=str(smollm2), model_alias=ALIAS, n_ctx=N_CTX, verbose=False, embedding=True,
-        pooling_type=1, api_key=KEY)))
+        api_key=KEY)))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def interleaving_server(smollm2):
 
 @pytest.fixture(scope="module")
 def oracle(smollm2):
-    llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=1)
+    """Greedy answers, and embeddings one vector per token (pooling NONE)."""
+    llm = Llama(str(smollm2), n_ctx=N_CTX, verbose=False, embedding=True, pooling_type=0)
     yield llm
     llm.close()
 
@@ -110,14 +112,24 @@ def test_openai_chat_and_stream(server, oracle):
 
 
 def test_openai_embeddings(server, oracle):
-    """The client asks for base64 by default and decodes it; float on request."""
+    """One vector of n_embd floats per input string, by default, for SmolLM2 (which declares
+    no pooling): the last token's, as the oracle's per-token vectors give it. The client asks
+    for base64 by default and decodes it; float on request."""
     c = _client(server)
-    want = oracle.create_embedding(["red apples", "blue sky"])
+    texts = ["red apples", "blue sky", "A longer sentence about the weather today."]
+    oracle.reset()
+    rows = [np.asarray(oracle.embed(t), dtype=np.float32) for t in texts]
+    assert all(r.shape[0] > 1 and r.shape[1] == oracle.n_embd() for r in rows)
     for fmt in (openai.NOT_GIVEN, "float"):
-        r = c.embeddings.create(model=ALIAS, input=["red apples", "blue sky"],
-                                encoding_format=fmt)
-        for got, w in zip(r.data, want["data"]):
-            np.testing.assert_array_equal(np.float32(got.embedding), np.float32(w["embedding"]))
+        r = c.embeddings.create(model=ALIAS, input=texts, encoding_format=fmt)
+        assert len(r.data) == len(texts) and [d.index for d in r.data] == [0, 1, 2]
+        assert r.usage.prompt_tokens == sum(len(x) for x in rows)
+        for got, want in zip(r.data, rows):
+            assert len(got.embedding) == oracle.n_embd() == 576
+            np.testing.assert_allclose(np.float32(got.embedding), want[-1], rtol=1e-5, atol=1e-5)
+    one = c.embeddings.create(model=ALIAS, input="blue sky", encoding_format="float")
+    assert len(one.data) == 1
+    np.testing.assert_allclose(np.float32(one.data[0].embedding), rows[1][-1], rtol=1e-5, atol=1e-5)
 
 
 def test_openai_errors(server):

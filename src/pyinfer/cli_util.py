@@ -25,12 +25,12 @@ EXIT_USAGE = 2
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks and appends each option's default to its help
-    (only where there is one worth showing: not None, False or a suppressed value)."""
+    (only where there is one worth showing: not None, False or a suppressed value; 0 is shown)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or default in (None, False, argparse.SUPPRESS)
+        if ("%(default)" in text or default is None or default is False or default == argparse.SUPPRESS
                 or action.nargs == 0 or not action.option_strings and action.nargs in (None, 1)):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
@@ -68,17 +68,20 @@ def existing_dir(path: str) -> str:
     return path
 
 
-def bounded(kind: Callable, lo=None, hi=None, name: str = "value", lo_open: bool = False) -> Callable:
-    """argparse type: `kind(text)` within [lo, hi] (lo excluded with lo_open)."""
+def bounded(kind: Callable, lo=None, hi=None, name: str = "value", lo_open: bool = False,
+            hi_open: bool = False) -> Callable:
+    """argparse type: `kind(text)` within [lo, hi] (lo excluded with lo_open, hi with hi_open)."""
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
-            left = "(" if lo_open else "["
+        below = lo is not None and (v <= lo if lo_open else v < lo)
+        above = hi is not None and (v >= hi if hi_open else v > hi)
+        if below or above or v != v:      # v != v: NaN, inside no range
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
             raise argparse.ArgumentTypeError(
-                f"{name} must be in {left}{'' if lo is None else lo}, {'' if hi is None else hi}], got {text}")
+                f"{name} must be in {left}{'' if lo is None else lo}, {'' if hi is None else hi}{right}, got {text}")
         return v
     parse.__name__ = kind.__name__
     return parse

@@ -66,7 +66,7 @@ class GGUFFile:
         self.is_powerinfer = magic == POWERINFER_MAGIC
         try:
             self.reader = _open_reader(path, self.is_powerinfer)
-        except (ValueError, IndexError, KeyError, OSError) as e:
+        except (ValueError, IndexError, KeyError, OSError, struct.error) as e:   # struct: a truncated file
             raise ModelLoadError(f"Failed to load model from file: {path} ({e})") from e
         self.metadata: Dict[str, Any] = {}
         for name, field in self.reader.fields.items():

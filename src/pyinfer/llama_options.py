@@ -104,7 +104,7 @@ class LlamaOptions:
     # pyinfer's own (PowerInfer models): predictor threshold (None: the file's), all neurons
     sparse_threshold: Optional[float] = None
     dense: bool = False
-    # PowerInfer's GPU index (<model>.generated.gpuidx, pyinfer/gpu_index.py) for hybrid
+    # PowerInfer's GPU index (<model>.generated.gpuidx, pyinfer/offload/gpu_index.py) for hybrid
     # placement: regenerate it even if a usable one exists / place no neurons by it
     reset_gpu_index: bool = False
     disable_gpu_index: bool = False

@@ -9,7 +9,6 @@ complete.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,14 +17,14 @@ from typing import List, Optional
 import numpy as np
 import gguf
 
+from pyinfer.progress import bar
+
 from .checkpoint import Checkpoint, load_predictor_dir
 from .hf_config import HFParams, llama3_rope_factors, load_params
 from .quant_types import encode, outtype, tensor_type
 from .tensor_map import PlannedTensor, gguf_name, layer_tensors, source_shape
 from .vocab import load_vocab, sampling_defaults
 from .writer import OutputFile, type_counts
-
-log = logging.getLogger("convert")
 
 
 class ConvertError(ValueError):
@@ -39,7 +38,7 @@ class ConvertOptions:
     predictor_dir: Optional[str] = None   # PowerInfer predictors (model_{i}.pt ...): PWRI output
     sparse: bool = False                  # PowerInfer layout without predictors
     threads: int = 0                      # quantization threads (0: all cores)
-    progress: bool = True
+    progress: bool = True                 # a bar on stderr: bytes written of the total, ETA
 
 
 @dataclass
@@ -140,16 +139,6 @@ def _write_metadata(w: gguf.GGUFWriter, p: HFParams, vocab, ot, powerinfer: bool
         getattr(w, f"add_sampling_{key}")(value)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting")
-
-
 def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
     t0 = time.perf_counter()
     ot = outtype(opts.outtype)
@@ -173,23 +162,15 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
         for t, ty in zip(planned, types):
             out.add_tensor(t.name, t.ne, ty)
         total = sum(size for *_, size in out.planned)
-        bar = _progress(total, opts.progress)
+        with bar(total, "converting", enabled=opts.progress, nbytes=True) as b:
+            def produce(i: int, name: str) -> np.ndarray:
+                t, ty = planned[i], types[i]
+                b.set_postfix_str(f"{name} {ty.name} {'x'.join(map(str, t.ne))}", refresh=False)
+                data = encode(_load(t, p, ckpt, pred), ty, opts.threads or None)
+                b.update(data.nbytes)
+                return data
 
-        def produce(i: int, name: str) -> np.ndarray:
-            t, ty = planned[i], types[i]
-            if bar is not None:
-                bar.set_postfix_str(f"{name} {ty.name} {'x'.join(map(str, t.ne))}", refresh=False)
-            x = _load(t, p, ckpt, pred)
-            data = encode(x, ty, opts.threads or None)
-            if bar is not None:
-                bar.update(data.nbytes)
-            elif opts.progress:
-                log.info("[%d/%d] %-32s %-5s %s", i + 1, len(planned), name, ty.name, list(t.ne))
-            return data
-
-        out.write(produce)
-        if bar is not None:
-            bar.close()
+            out.write(produce)
     return ConvertReport(out.path, p.arch.gguf_arch, powerinfer, len(planned), os.path.getsize(out.path),
                          time.perf_counter() - t0, vocab.note, type_counts(types), ckpt.nbytes)
 

@@ -43,6 +43,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from pyinfer.gguf_model import GGUFFile
+from pyinfer.progress import bar
 from pyinfer.tensor import GGMLType, dequantize
 
 
@@ -217,26 +218,30 @@ def recall_threshold(x: np.ndarray, mask: np.ndarray, fc1: np.ndarray, fc2: np.n
 
 
 def train_predictors(model_path: str, xs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                     freq: Optional[Sequence[np.ndarray]] = None, cfg: TrainConfig = TrainConfig(),
-                     log=None):
+                     freq: Optional[Sequence[np.ndarray]] = None, cfg: Optional[TrainConfig] = None,
+                     log=None, progress: bool = False):
     """Train every layer's predictor; returns (fc1s, fc2s, reports, threshold): the
     threshold to store in the file (cfg.threshold, or the calibrated one; see
     calibrate_layers). `freq`: firing frequencies per layer for the size rule (default:
-    from the masks). Reports are measured on held-out samples at that threshold."""
+    from the masks). Reports are measured on held-out samples at that threshold.
+    `log(row)` gets each report's table row; `progress`: a bar on stderr (layers, ETA)."""
+    cfg = cfg or TrainConfig()
     model = GGUFFile(model_path)
     fc1s, fc2s, taus, parts = [], [], [], []
-    for i, (x, m) in enumerate(zip(xs, masks)):
-        x, m = np.asarray(x, dtype=np.float32), np.asarray(m, dtype=bool)
-        tr, cal, val = _split(len(x), cfg.val_frac, np.random.default_rng(cfg.seed + 1000 + i))
-        f = freq[i] if freq is not None else m.mean(axis=0)
-        h = cfg.hidden or adaptive_hidden(f, x.shape[1], cfg.min_hidden, cfg.max_hidden)
-        fc1, fc2 = low_rank_init(gate_rule(model, i), h, cfg.seed + i)
-        fc1, fc2, w_pos = train_layer(x[tr], m[tr], fc1, fc2, cfg, i, (x[cal], m[cal]))
-        if cfg.calibrate:
-            taus.append(recall_threshold(x[cal], m[cal], fc1, fc2, min(1.0, cfg.target_recall + cfg.margin)))
-        fc1s.append(fc1)
-        fc2s.append(fc2)
-        parts.append((x[val], m[val], w_pos, len(tr), h))
+    with bar(len(xs), "training predictors", "layer", progress) as b:
+        for i, (x, m) in enumerate(zip(xs, masks)):
+            x, m = np.asarray(x, dtype=np.float32), np.asarray(m, dtype=bool)
+            tr, cal, val = _split(len(x), cfg.val_frac, np.random.default_rng(cfg.seed + 1000 + i))
+            f = freq[i] if freq is not None else m.mean(axis=0)
+            h = cfg.hidden or adaptive_hidden(f, x.shape[1], cfg.min_hidden, cfg.max_hidden)
+            fc1, fc2 = low_rank_init(gate_rule(model, i), h, cfg.seed + i)
+            fc1, fc2, w_pos = train_layer(x[tr], m[tr], fc1, fc2, cfg, i, (x[cal], m[cal]))
+            if cfg.calibrate:
+                taus.append(recall_threshold(x[cal], m[cal], fc1, fc2, min(1.0, cfg.target_recall + cfg.margin)))
+            fc1s.append(fc1)
+            fc2s.append(fc2)
+            parts.append((x[val], m[val], w_pos, len(tr), h))
+            b.update(1)
     threshold = cfg.threshold
     if cfg.calibrate:
         threshold = calibrate_layers(fc2s, taus)

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from pyinfer.config import ContextSettings
+from pyinfer.config import ContextSettings, ModelConfig
 from pyinfer.engine import Engine
+from pyinfer.gguf_model import GGUFFile
 from pyinfer.model.llama import ForwardGraph
+from pyinfer.progress import bar
 from pyinfer.tensor import Unary
 from pyinfer.tokenizer import Tokenizer
 from pyinfer.offload.activation_counts import ActivationCounts, load_activation_counts  # noqa: F401 (re-exported)
@@ -189,13 +190,14 @@ def profile_model(model_path: str, docs: Optional[Sequence[str]] = None, *,
     ReLU llama GGUF) over `docs` (texts; default the pydoc corpus) or `token_docs` (token id
     lists). Each document is cut into windows of n_ctx tokens run from position 0, in
     chunks of n_batch. `samples` > 0 keeps that many random tokens' (x, mask) per layer."""
-    settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, dense=True)
-    engine = Engine(model_path, settings)
-    cfg = engine.cfg
-    if cfg.ffn_act != "relu" and not any(l.w_down_t is not None for l in engine.weights.layers):
-        engine.close()
-        raise ValueError(f"{model_path}: FFN activation is {cfg.ffn_act}, not ReLU: nothing to profile "
+    f = GGUFFile(model_path)
+    act = ModelConfig.from_metadata(f.metadata).ffn_act
+    sparse_layout = any(name.endswith(".ffn_down_t.weight") for name in f.tensors)
+    if act != "relu" and not sparse_layout:     # checked before loading: the wrong model, one message
+        raise ValueError(f"{model_path}: FFN activation is {act}, not ReLU: nothing to profile "
                          "(neurons are never exactly zero)")
+    # dense: no predictor graph is built for a PowerInfer file (our FFN builder runs instead)
+    engine = Engine(f, ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, dense=sparse_layout))
     try:
         if token_docs is None:
             if docs is None:
@@ -233,7 +235,7 @@ def _profile(engine, token_docs, n_ctx, n_batch, samples, seed, progress, model,
     xs = [[] for _ in range(cfg.n_layer)]
     masks = [[] for _ in range(cfg.n_layer)]
     runner = _Runner(engine)
-    bar = _progress_bar(total, progress)
+    b = bar(total, "profiling", "tok", progress)
     t0, done = time.perf_counter(), 0
     try:
         for w in windows:
@@ -248,28 +250,16 @@ def _profile(engine, token_docs, n_ctx, n_batch, samples, seed, progress, model,
                         xs[i].append(np.array(x[rows], dtype=np.float32))
                         masks[i].append(fired[rows].copy())
                 done += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
+                b.update(len(chunk))
     finally:
         runner.close()
-        if bar is not None:
-            bar.close()
+        b.close()
     seconds = time.perf_counter() - t0
     result = ProfileResult(counts, total, model, corpus, seconds)
     if samples > 0:
         result.x = [np.concatenate(v) for v in xs]
         result.mask = [np.concatenate(v) for v in masks]
     return result
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="tok", desc="profiling", file=sys.stderr, dynamic_ncols=True)
 
 
 def perplexity(model_path: str, token_docs: Sequence[Sequence[int]], n_ctx: int = 256,

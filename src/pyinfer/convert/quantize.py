@@ -9,7 +9,6 @@ file stays one, with the same tensors in the same order.
 """
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import time
@@ -18,19 +17,20 @@ import numpy as np
 from gguf import GGUFValueType
 
 from pyinfer.gguf_model import GGUFFile
+from pyinfer.progress import bar
 from pyinfer.tensor import GGMLType, dequantize
 
 from .hf_to_gguf import ConvertReport
 from .quant_types import encode, is_quantizable, outtype, tensor_type
 from .writer import OutputFile, type_counts
 
-log = logging.getLogger("convert")
-
 _REPLACED_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
 def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress: bool = True) -> ConvertReport:
+    """Re-quantize `src` into `dst` (see the module docstring); `progress`: a bar on stderr
+    (bytes written of the total, ETA)."""
     t0 = time.perf_counter()
     ot = outtype(type_name)
     if os.path.abspath(src) == os.path.abspath(dst):
@@ -58,18 +58,21 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
         for t, ty in zip(infos, types):
             out.add_tensor(t.name, t.ne, ty)
 
-        def produce(i: int, name: str) -> np.ndarray:
-            if i > 0:
-                _release(f, infos[i - 1].data)     # written by now: let its pages leave the process
-            t, ty = infos[i], types[i]
-            if ty == t.type:
-                return t.data
-            if progress:
-                log.info("[%d/%d] %-32s %s -> %s %s", i + 1, len(infos), name, t.type.name, ty.name, list(t.ne))
-            x = dequantize(t.data, t.type, int(np.prod(t.ne))).reshape(tuple(reversed(t.ne)))
-            return encode(x, ty, threads or None)
+        with bar(sum(size for *_, size in out.planned), "quantizing", enabled=progress, nbytes=True) as b:
+            def produce(i: int, name: str) -> np.ndarray:
+                if i > 0:
+                    _release(f, infos[i - 1].data)     # written by now: let its pages leave the process
+                t, ty = infos[i], types[i]
+                b.set_postfix_str(f"{name} {t.type.name} -> {ty.name}", refresh=False)
+                if ty == t.type:
+                    data = t.data
+                else:
+                    x = dequantize(t.data, t.type, int(np.prod(t.ne))).reshape(tuple(reversed(t.ne)))
+                    data = encode(x, ty, threads or None)
+                b.update(data.nbytes)
+                return data
 
-        out.write(produce)
+            out.write(produce)
     return ConvertReport(out.path, arch, f.is_powerinfer, len(infos), os.path.getsize(out.path),
                          time.perf_counter() - t0, "copied", type_counts(types))
 

@@ -6,7 +6,8 @@
 Endpoints: POST /v1/completions, /v1/chat/completions (SSE with stream=true, ending in
 `data: [DONE]`), /v1/embeddings, GET /v1/models, POST /extras/tokenize,
 /extras/tokenize/count, /extras/detokenize, GET /health. With an api_key every endpoint
-but /health needs `Authorization: Bearer KEY`.
+but /health needs `Authorization: Bearer KEY`. /v1/embeddings answers one vector per input
+by default, also for a model that declares no pooling (see `pooled_embedding`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..llama_options import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED
 from .errors import APIError, from_exception, install_handlers
 from .generation import ClientGone, generation_kwargs, run_watching, single_prompt
 from .models import ModelHub
@@ -40,6 +42,20 @@ def _embedding_base64(data: List[Dict[str, Any]]) -> None:
         if vec and not isinstance(vec[0], list):
             item["embedding"] = base64.b64encode(
                 np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+
+
+def pooled_embedding(llama, settings: ModelSettings, inputs, model: str) -> Dict[str, Any]:
+    """`llama.create_embedding`, with one vector per input where the model declares no pooling
+    (a causal LM: llama.cpp's NONE, one vector per token) and the settings leave pooling_type
+    at -1: then the last token's vector, the only one whose causal attention saw the whole
+    input (llama.cpp's LAST pooling, its choice for decoder-only embedders). An explicit
+    pooling_type 0 keeps the per-token vectors."""
+    out = llama.create_embedding(inputs, model=model)
+    if (settings.pooling_type == LLAMA_POOLING_TYPE_UNSPECIFIED
+            and llama.pooling_type() == LLAMA_POOLING_TYPE_NONE):
+        for item in out["data"]:
+            item["embedding"] = item["embedding"][-1]
+    return out
 
 
 def _settings_from_env() -> tuple:
@@ -145,7 +161,8 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
         lease = await hub.lease(body.model)
         try:
             out = await anyio.to_thread.run_sync(partial(
-                lease.llama.create_embedding, body.input, model=body.model or lease.alias))
+                pooled_embedding, lease.llama, hub.settings[lease.alias], body.input,
+                body.model or lease.alias))
         except Exception as e:
             raise from_exception(e, body) from e
         finally:

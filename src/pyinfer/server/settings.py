@@ -4,18 +4,26 @@ Each field can come from the command line (`--n_ctx 1024`), from an environment 
 of the same name (`N_CTX=1024`, case-insensitive; pydantic-settings) or from a config file
 (`--config_file` / `CONFIG_FILE`: JSON, or YAML when pyyaml is installed) holding the
 server fields plus a `models` list of model settings. Command-line values win over the
-environment; a config file replaces both.
+environment; a config file replaces the other command-line options, and its values win over
+the environment, which still fills the fields it leaves out.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from typing import Any, Dict, List, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CONFIG = SettingsConfigDict(protected_namespaces=(), extra="ignore")
+
+# llama-cpp-python's server defaults (llama_cpp/server/settings.py): decoding on half the
+# CPUs, prompt processing on all of them; -1 means all CPUs for either.
+CPU_COUNT = multiprocessing.cpu_count()
+DEFAULT_N_THREADS = max(CPU_COUNT // 2, 1)
+DEFAULT_N_THREADS_BATCH = max(CPU_COUNT, 1)
 
 
 class ModelSettings(BaseSettings):
@@ -32,10 +40,12 @@ class ModelSettings(BaseSettings):
     n_ctx: int = Field(default=2048, ge=0, description="The context size (0: the model's).")
     n_batch: int = Field(default=512, ge=1, description="The batch size per eval.")
     n_ubatch: int = Field(default=512, ge=1, description="The physical batch size.")
-    n_threads: Optional[int] = Field(
-        default=None, description="Threads for decoding (default: all cores; -1: all cores).")
-    n_threads_batch: Optional[int] = Field(
-        default=None, description="Threads for prompt processing (default: as n_threads).")
+    n_threads: int = Field(
+        default=DEFAULT_N_THREADS, ge=1,
+        description="Threads for decoding: half the CPU cores, at least 1 (-1: all cores).")
+    n_threads_batch: int = Field(
+        default=DEFAULT_N_THREADS_BATCH, ge=0,
+        description="Threads for prompt processing: all CPU cores (-1 or 0: all cores).")
     rope_freq_base: float = Field(default=0.0, description="RoPE base frequency (0: the model's).")
     rope_freq_scale: float = Field(default=0.0, description="RoPE frequency scale (0: the model's).")
     logits_all: bool = Field(
@@ -43,7 +53,10 @@ class ModelSettings(BaseSettings):
     embedding: bool = Field(
         default=False, description="Allow /v1/embeddings (Llama(embedding=True)).")
     pooling_type: int = Field(
-        default=-1, description="Embedding pooling: -1 the model's, 0 none, 1 mean, 2 cls, 3 last.")
+        default=-1, ge=-1, le=3,
+        description="Embedding pooling: -1 the model's, and for a model that declares none "
+        "(a causal LM) the last token's, one vector per input; 0 none (one vector per "
+        "token); 1 mean; 2 cls; 3 last.")
     last_n_tokens_size: int = Field(default=64, ge=0, description="Repeat-penalty window.")
     chat_format: Optional[str] = Field(
         default=None, description="Chat format (default: the model's chat template).")
@@ -54,12 +67,22 @@ class ModelSettings(BaseSettings):
     dense: bool = Field(default=False, description="PowerInfer models: compute every neuron.")
     verbose: bool = Field(default=True, description="Print the load report and timings.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _all_cores(cls, values: Any) -> Any:
+        """n_threads / n_threads_batch -1 (also from the environment): all CPU cores."""
+        if isinstance(values, dict):
+            for k in ("n_threads", "n_threads_batch"):
+                if str(values.get(k, "")).strip() == "-1":
+                    values[k] = CPU_COUNT
+        return values
+
     def llama_kwargs(self) -> Dict[str, Any]:
         """Keywords for `pyinfer.Llama` (unset optional ones left to Llama's defaults)."""
         skip = {"model", "model_alias", "cache", "cache_size"}
         out = {k: v for k, v in self.model_dump().items() if k not in skip}
-        for k in ("vram_budget", "n_threads", "n_threads_batch", "sparse_threshold"):
-            if out[k] is None or (k.startswith("n_threads") and out[k] == -1):
+        for k in ("vram_budget", "sparse_threshold"):
+            if out[k] is None:
                 del out[k]
         out["model_path"] = self.model
         return out
@@ -107,7 +130,10 @@ def load_config_file(path: str) -> ConfigFileSettings:
             import yaml
         except ImportError:
             raise ValueError(f"{path} is YAML: install pyyaml to read it") from None
-        data = yaml.safe_load(raw)
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from None
     else:
         data = json.loads(raw)
     cfg = ConfigFileSettings.model_validate(data)

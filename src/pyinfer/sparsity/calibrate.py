@@ -19,6 +19,7 @@ from ..engine import Engine
 from ..gguf_model import GGUFFile, ModelLoadError
 from ..model.llama import ForwardGraph, LayerWeights
 from ..model.sparse import CATS_TARGET_KEY, CATS_THRESHOLDS_KEY
+from ..progress import bar
 from ..tensor import Context, GGMLType, Tensor, Unary, dequantize, quantize
 
 SAMPLES_PER_RUN = 1 << 16   # |a| values kept per layer and chunk (of n_tokens * n_ff)
@@ -54,37 +55,43 @@ def calibration_tokens(f: GGUFFile, text: str, n_tokens: int, from_end: bool) ->
 
 
 def collect_activations(eng: Engine, tokens: Sequence[int], n_ctx: int,
-                        samples_per_run: int = SAMPLES_PER_RUN, seed: int = 0) -> List[np.ndarray]:
+                        samples_per_run: int = SAMPLES_PER_RUN, seed: int = 0,
+                        progress: bool = False) -> List[np.ndarray]:
     """Per layer, a random sample (with replacement) of |silu(gate . h)| over `tokens`,
     run in chunks of n_ctx tokens from an empty cache (a tail shorter than 16 tokens
-    is dropped). samples_per_run <= 0 keeps every value."""
+    is dropped). samples_per_run <= 0 keeps every value. `progress`: a bar on stderr
+    (tokens run of the total, ETA)."""
     cfg = eng.cfg
     if cfg.ffn_act != "silu" or cfg.ffn_gate_both:
-        raise ModelLoadError("CATS calibration needs a SwiGLU model (silu(gate)*up)")
+        raise ModelLoadError(f"CATS calibration needs a SwiGLU model (silu(gate)*up); this one's FFN "
+                             f"is {'relu(gate)*relu(up)' if cfg.ffn_gate_both else cfg.ffn_act + '(gate)*up'}")
     if any(layer.w_down is None for layer in eng.weights.layers):
         raise ModelLoadError("CATS calibration needs a plain GGUF (ffn_down in every layer)")
     rng = np.random.default_rng(seed)
     samples: List[List[np.ndarray]] = [[] for _ in range(cfg.n_layer)]
     graphs: Dict[int, tuple] = {}
+    starts = [s for s in range(0, len(tokens), n_ctx) if len(tokens) - s >= 16]
+    if not starts:
+        raise ValueError(f"too little calibration text: {len(tokens)} tokens, at least 16 are needed")
     try:
-        for start in range(0, len(tokens), n_ctx):
-            chunk = tokens[start:start + n_ctx]
-            if len(chunk) < 16:
-                break
-            if len(chunk) not in graphs:
-                taps: List[Tensor] = []
-                g = ForwardGraph(cfg, eng.weights, eng.kv, len(chunk), len(chunk), eng.n_threads,
-                                 ffn=tap_ffn(taps))
-                graphs[len(chunk)] = (g, [t.numpy() for t in taps])
-            g, views = graphs[len(chunk)]
-            g.tokens[:] = chunk
-            g.pos[:] = np.arange(len(chunk), dtype=np.int32)
-            g.run(eng.pool)
-            for i, v in enumerate(views):
-                flat = np.abs(v.reshape(-1))
-                if 0 < samples_per_run < flat.size:
-                    flat = flat[rng.integers(0, flat.size, samples_per_run)]
-                samples[i].append(flat.copy())
+        with bar(sum(len(tokens[s:s + n_ctx]) for s in starts), "calibrating", "tok", progress) as b:
+            for start in starts:
+                chunk = tokens[start:start + n_ctx]
+                if len(chunk) not in graphs:
+                    taps: List[Tensor] = []
+                    g = ForwardGraph(cfg, eng.weights, eng.kv, len(chunk), len(chunk), eng.n_threads,
+                                     ffn=tap_ffn(taps))
+                    graphs[len(chunk)] = (g, [t.numpy() for t in taps])
+                g, views = graphs[len(chunk)]
+                g.tokens[:] = chunk
+                g.pos[:] = np.arange(len(chunk), dtype=np.int32)
+                g.run(eng.pool)
+                for i, v in enumerate(views):
+                    flat = np.abs(v.reshape(-1))
+                    if 0 < samples_per_run < flat.size:
+                        flat = flat[rng.integers(0, flat.size, samples_per_run)]
+                    samples[i].append(flat.copy())
+                b.update(len(chunk))
     finally:
         for g, _ in graphs.values():
             g.close()
@@ -104,12 +111,20 @@ def thresholds_for(samples: List[np.ndarray], target: float) -> CalibrationResul
 
 
 def calibrate(model_path: str, text: str, target: float, n_tokens: int = 8192, n_ctx: int = 512,
-              n_threads: int = 0, from_end: bool = True, seed: int = 0) -> CalibrationResult:
+              n_threads: int = 0, from_end: bool = True, seed: int = 0,
+              progress: bool = False) -> CalibrationResult:
+    """Thresholds for FFN sparsity `target` from `n_tokens` tokens of `text` (see the module
+    docstring); `progress`: a bar on stderr."""
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {target}")
     f = GGUFFile(model_path)
+    if f.is_powerinfer:
+        raise ModelLoadError(f"{model_path} is a PowerInfer file (it has a predictor already): "
+                             "calibrate a plain SwiGLU GGUF")
     toks = calibration_tokens(f, text, n_tokens, from_end)
     eng = Engine(f, ContextSettings(n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads))
     try:
-        samples = collect_activations(eng, toks, n_ctx, seed=seed)
+        samples = collect_activations(eng, toks, n_ctx, seed=seed, progress=progress)
     finally:
         eng.close()
     res = thresholds_for(samples, target)
