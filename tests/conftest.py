@@ -64,6 +64,7 @@ OPT_IN = {
     "slow": ("--run-slow", "slow test: opt in with --run-slow"),
     "llama_cpp": ("--run-llama-cpp", "compares with llama-cpp-python: opt in with --run-llama-cpp"),
     "gpu": ("--run-gpu", "needs a CUDA GPU: opt in with --run-gpu"),
+    "sanitize": ("--run-sanitize", "builds and runs under a sanitizer (minutes): opt in with --run-sanitize"),
 }
 
 
