@@ -5,9 +5,11 @@ Jinja template (`tokenizer.chat_template`) is rendered as Hugging Face and llama
 render it: an immutable sandbox, trim_blocks/lstrip_blocks, `raise_exception`, `bos_token`,
 `eos_token`, `add_generation_prompt`, `tojson` without ASCII escaping, `strftime_now`; its
 prompt already holds the special tokens (no BOS added) and generation stops on the template's
-EOS. The formats llama-cpp-python registers under "chatml", "llama-2", "llama-3",
-"mistral-instruct" and "zephyr" are written as templates below that render the same text;
-their prompts get BOS when the vocabulary wants it.
+EOS. A GGUF's template is code from the model file, so its rendering is also bounded
+(`ChatTemplateLimits`: time, prompt size, and the size of everything it builds; beyond them
+ChatTemplateError, a ValueError). The formats llama-cpp-python registers under "chatml",
+"llama-2", "llama-3", "mistral-instruct" and "zephyr" are written as templates below that
+render the same text; their prompts get BOS when the vocabulary wants it.
 
 A chat handler (`chat_formatter_to_chat_completion_handler`) tokenizes the prompt, runs
 `llama.create_completion` and converts the result: a `chat.completion` dict, or with
@@ -21,13 +23,20 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import jinja2
-import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .chat_template import (  # noqa: F401 (re-exported)
+    DEFAULT_CHAT_TEMPLATE_LIMITS,
+    ChatTemplateError,
+    ChatTemplateLimits,
+    _raise_exception,
+    _strftime_now,
+    _template_env,
+    render_bounded,
+)
 from .grammar import JSON_GBNF, LlamaGrammar
 from .sampling import StoppingCriteriaList
 
@@ -44,57 +53,29 @@ class ChatFormatterResponse:
     added_special: bool = False
 
 
-class _GenerationTag(jinja2.ext.Extension):
-    """Hugging Face's `{% generation %}...{% endgeneration %}` (marks assistant text for
-    training masks): rendered as its body."""
-    tags = {"generation"}
-
-    def parse(self, parser):
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
-            separators: Optional[Tuple[str, str]] = None, sort_keys: bool = False) -> str:
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-
-def _raise_exception(message: str):
-    raise ValueError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _template_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True,
-                                        lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    return env
-
-
 class Jinja2ChatFormatter:
-    """Renders a chat template (a Jinja string, e.g. a GGUF's tokenizer.chat_template)."""
+    """Renders a chat template (a Jinja string, e.g. a GGUF's tokenizer.chat_template)
+    within `limits`."""
 
     def __init__(self, template: str, eos_token: str, bos_token: str,
-                 add_generation_prompt: bool = True, stop_token_ids: Optional[List[int]] = None):
+                 add_generation_prompt: bool = True, stop_token_ids: Optional[List[int]] = None,
+                 limits: ChatTemplateLimits = DEFAULT_CHAT_TEMPLATE_LIMITS):
         self.template = template
         self.eos_token = eos_token
         self.bos_token = bos_token
         self.add_generation_prompt = add_generation_prompt
         self.stop_token_ids = set(stop_token_ids) if stop_token_ids is not None else None
-        self._template = _template_env().from_string(template)
+        self.limits = limits
+        self._template = _template_env().compile_template(template, limits)
 
     def __call__(self, *, messages: List[Dict[str, Any]], functions=None, function_call=None,
                  tools=None, tool_choice=None, **kwargs: Any) -> ChatFormatterResponse:
-        prompt = self._template.render(
-            messages=messages, eos_token=self.eos_token, bos_token=self.bos_token,
-            raise_exception=_raise_exception, add_generation_prompt=self.add_generation_prompt,
-            functions=functions, function_call=function_call, tools=tools,
-            tool_choice=tool_choice, strftime_now=_strftime_now, **kwargs)
+        prompt = render_bounded(
+            self._template, self.limits, messages=messages, eos_token=self.eos_token,
+            bos_token=self.bos_token, raise_exception=_raise_exception,
+            add_generation_prompt=self.add_generation_prompt, functions=functions,
+            function_call=function_call, tools=tools, tool_choice=tool_choice,
+            strftime_now=_strftime_now, **kwargs)
         criteria = None
         if self.stop_token_ids is not None:
             ids = self.stop_token_ids
@@ -200,16 +181,18 @@ def guess_chat_format_from_gguf_metadata(metadata: Dict[str, str]) -> Optional[s
 
 
 def setup_chat(metadata: Dict[str, str], chat_format: Optional[str], chat_handler,
-               bos_token: str, eos_token: str, eos_id: int, verbose: bool):
+               bos_token: str, eos_token: str, eos_id: int, verbose: bool,
+               template_limits: ChatTemplateLimits = DEFAULT_CHAT_TEMPLATE_LIMITS):
     """The chat format name Llama will use and the handlers of the GGUF's templates
     ("chat_template.default" for tokenizer.chat_template, "chat_template.NAME" for
-    tokenizer.chat_template.NAME)."""
+    tokenizer.chat_template.NAME), each rendering within `template_limits`."""
     templates = {k[len("tokenizer."):]: v for k, v in metadata.items()
                  if k.startswith("tokenizer.chat_template.")}
     if "tokenizer.chat_template" in metadata:
         templates["chat_template.default"] = metadata["tokenizer.chat_template"]
     handlers = {name: Jinja2ChatFormatter(t, eos_token=eos_token, bos_token=bos_token,
-                                          stop_token_ids=[eos_id]).to_chat_handler()
+                                          stop_token_ids=[eos_id],
+                                          limits=template_limits).to_chat_handler()
                 for name, t in templates.items()}
     if chat_format is None and chat_handler is None and "chat_template.default" in templates:
         chat_format = guess_chat_format_from_gguf_metadata(metadata) or "chat_template.default"

@@ -14,12 +14,17 @@ classes hold characters and ranges a-z, negated by a leading ^; `.` is any chara
 
 Repetitions become generated rules the way llama.cpp expands them: x{2,4} is `x x x_opt` with
 `x_opt ::= x (x)? |` nested, x* is `x_rec ::= x x_rec |`. Groups become generated rules too.
-Errors raise ValueError with the line and column.
+Repetition counts and the expanded size are bounded as limits.py describes (llama.cpp's
+repetition rule; a count too large is refused before anything is expanded). Errors raise
+ValueError with the line and column (GrammarLimitError, a ValueError, for a limit).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+from .limits import DEFAULT_GRAMMAR_LIMITS, GrammarLimits
 
 MAX_CODE_POINT = 0x10FFFF
 
@@ -31,10 +36,12 @@ Element = Tuple
 @dataclass
 class Grammar:
     """names[i] is rule i's name; rules[i] its alternatives, each a list of elements. Rule
-    ids are dense; `root` is the id of the start rule."""
+    ids are dense; `root` is the id of the start rule. notes: what the parser changed
+    (a repetition beyond max_repetitions made unbounded), for the user to see."""
     names: List[str]
     rules: List[List[List[Element]]]
     root: int
+    notes: List[str] = field(default_factory=list)
 
     def rule_id(self, name: str) -> int:
         return self.names.index(name)
@@ -49,21 +56,42 @@ def _is_word(c: str) -> bool:
     return c.isascii() and (c.isalnum() or c in "-_")
 
 
+# What prescan looks at: literals, classes and comments (skipped) and repetition counts.
+_SCAN = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n]*'
+                   r'|\{[ \t]*(\d+)[ \t]*(,[ \t]*(\d*)[ \t]*)?\}')
+
+
+def grammar_size(rules: List[List[List[Element]]]) -> int:
+    """Entries of the compiled grammar: every element and the end of every alternative."""
+    return sum(len(alt) + 1 for alts in rules for alt in alts)
+
+
 class _Parser:
-    def __init__(self, src: str):
+    def __init__(self, src: str, limits: GrammarLimits):
         self.src = src
+        self.limits = limits
         self.ids: Dict[str, int] = {}
         self.rules: Dict[int, List[List[Element]]] = {}
         self.first_use: Dict[int, int] = {}     # rule id -> position of its first reference
+        self.n_wrappers = 0         # generated rules llama.cpp does not make (see repeat)
+        self.expanded = 0           # grammar entries made by repetitions so far
+        self.notes: List[str] = []
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def error(self, pos: int, msg: str) -> ValueError:
+    def where(self, pos: int) -> str:
         line = self.src.count("\n", 0, pos) + 1
         col = pos - (self.src.rfind("\n", 0, pos) + 1) + 1
+        return f"line {line}, column {col}"
+
+    def error(self, pos: int, msg: str) -> ValueError:
         near = self.src[pos:pos + 20].split("\n")[0]
-        return ValueError(f"GBNF parse error at line {line}, column {col}: {msg}"
+        return ValueError(f"GBNF parse error at {self.where(pos)}: {msg}"
                           + (f" (near {near!r})" if near else ""))
+
+    def n_symbols(self) -> int:
+        """Symbols so far as llama.cpp counts them (its n_prev_rules for a group)."""
+        return len(self.ids) - self.n_wrappers
 
     def peek(self, pos: int) -> str:
         return self.src[pos] if pos < len(self.src) else ""
@@ -106,7 +134,8 @@ class _Parser:
             end += 1
         if end == pos:
             raise self.error(pos, "expecting an integer")
-        return int(self.src[pos:end]), end
+        digits = self.src[pos:end].lstrip("0") or "0"
+        return (int(digits) if len(digits) <= 18 else 10 ** 18), end   # any limit is below
 
     def char(self, pos: int) -> Tuple[int, int]:
         """One possibly escaped character at pos -> (code point, next pos)."""
@@ -132,6 +161,7 @@ class _Parser:
     # ---- grammar structure -----------------------------------------------------------------
 
     def parse(self) -> Grammar:
+        self.prescan()
         pos = self.space(0, True)
         while pos < len(self.src):
             pos = self.rule(pos)
@@ -144,8 +174,11 @@ class _Parser:
         names = [""] * len(self.ids)
         for n, i in self.ids.items():
             names[i] = n
-        return Grammar(names=names, rules=[self.rules[i] for i in range(len(names))],
-                       root=self.ids["root"])
+        rules = [self.rules[i] for i in range(len(names))]
+        size = grammar_size(rules)
+        if size > self.limits.max_size:
+            raise self.limits.error("max_size", f"GBNF grammar expands to {size} entries")
+        return Grammar(names=names, rules=rules, root=self.ids["root"], notes=self.notes)
 
     def rule(self, pos: int) -> int:
         name, pos = self.name(pos)
@@ -178,8 +211,11 @@ class _Parser:
     def sequence(self, pos: int, rule_name: str, nested: bool) -> Tuple[List[Element], int]:
         out: List[Element] = []
         last_start: Optional[int] = None      # where the last symbol's elements begin in out
+        n_prev = 1      # rules the last symbol stands for, times its repetitions (llama.cpp's)
         while pos < len(self.src):
             c = self.src[pos]
+            if c not in "*+?{":
+                n_prev = 1
             if c == '"':
                 last_start, pos = len(out), pos + 1
                 while self.peek(pos) != '"':
@@ -210,10 +246,12 @@ class _Parser:
                 out.append(ANY_CHAR)
                 pos = self.space(pos + 1, nested)
             elif c == "(":
+                before = self.n_symbols()
                 sub = self.generate_symbol(rule_name)
                 pos = self.alternates(self.space(pos + 1, True), rule_name, sub, nested=True)
                 if self.peek(pos) != ")":
                     raise self.error(pos, "expecting ')'")
+                n_prev = max(1, self.n_symbols() - before)
                 last_start = len(out)
                 out.append(("ref", sub))
                 pos = self.space(pos + 1, nested)
@@ -227,12 +265,35 @@ class _Parser:
             elif c in "*+?{":
                 if last_start is None:
                     raise self.error(pos, f"'{c}' has no preceding symbol to repeat")
+                at = pos
                 lo, hi, pos = self.bounds(pos)
-                out[last_start:] = self.repeat(out[last_start:], lo, hi, rule_name)
+                lo, hi, n_prev = self.check_repetition(at, lo, hi, n_prev)
+                out[last_start:] = self.repeat(out[last_start:], lo, hi, rule_name, at)
                 pos = self.space(pos, nested)
             else:
                 break
         return out, pos
+
+    def prescan(self) -> None:
+        """Refuse a grammar whose {m,n} repetitions alone would expand beyond max_size before
+        parsing it: each costs what repeat() will count, whatever it repeats."""
+        total, lim = 0, self.limits
+        for m in _SCAN.finditer(self.src):
+            if m.group(1) is None or len(m.group(1)) > 18:
+                continue                    # a literal, class or comment; or a count refused
+            lo, hi = int(m.group(1)), m.group(3)
+            if m.group(2) is None:          # {m}
+                hi = lo
+            elif not hi or len(hi) > 18 or int(hi) > lim.max_repetitions:
+                hi = None                   # {m,}, or made so
+            else:
+                hi = int(hi)
+            if lo <= lim.max_repetitions:
+                total += lo + 4 * (1 if hi is None else max(hi - lo, 0))
+            if total > lim.max_size:
+                raise lim.error("max_size", (
+                    f"GBNF grammar at {self.where(m.start())}: its repetitions expand to more "
+                    f"than {lim.max_size} entries"))
 
     def bounds(self, pos: int) -> Tuple[int, Optional[int], int]:
         """A repetition operator at pos -> (min, max or None for unbounded, next pos)."""
@@ -254,11 +315,45 @@ class _Parser:
             raise self.error(pos, "expecting '}'")
         return lo, hi, pos + 1
 
+    def check_repetition(self, at: int, lo: int, hi: Optional[int],
+                         n_prev: int) -> Tuple[int, Optional[int], int]:
+        """llama.cpp's rule (src/llama-grammar.cpp, MAX_REPETITION_THRESHOLD) with our limit:
+        a minimum above it is refused, a maximum above it becomes unbounded, and the rules
+        the repeated symbol stands for times the repetitions may not exceed it (so nested
+        repetitions cannot multiply). -> (lo, hi, the symbol's new n_prev)."""
+        limit, where = self.limits.max_repetitions, self.where(at)
+        if lo > limit:
+            raise self.limits.error("max_repetitions", (
+                f"GBNF grammar at {where}: number of repetitions exceeds sane defaults, please "
+                f"reduce the number of repetitions (at least {lo} repetitions)"))
+        if hi is not None and hi > limit:
+            self.notes.append(f"GBNF grammar at {where}: repetition {{{lo},{hi}}} is beyond "
+                              f"max_repetitions={limit}, so it is unbounded ({{{lo},}}), as "
+                              "llama.cpp makes it")
+            hi = None
+        total = hi if hi is not None and hi > 0 else lo if lo > 0 else 1
+        if n_prev * total > limit:
+            raise self.limits.error("max_repetitions", (
+                f"GBNF grammar at {where}: number of rules that are going to be repeated "
+                "multiplied by the new repetition exceeds sane defaults, please reduce the "
+                f"number of repetitions or rule complexity ({n_prev} rules x {total} "
+                "repetitions)"))
+        return lo, hi, n_prev * total
+
     def repeat(self, sym: List[Element], lo: int, hi: Optional[int],
-               rule_name: str) -> List[Element]:
-        """The elements of `sym` repeated lo..hi times (hi None: unbounded)."""
+               rule_name: str, at: int) -> List[Element]:
+        """The elements of `sym` repeated lo..hi times (hi None: unbounded). Its cost is
+        checked against max_size before anything is made."""
+        n_opt = 1 if hi is None else hi - lo
+        cost = lo + 4 * n_opt + (len(sym) + 1 if len(sym) != 1 else 0)
+        if self.expanded + cost > self.limits.max_size:
+            raise self.limits.error("max_size", (
+                f"GBNF grammar at {self.where(at)}: its repetitions expand to more than "
+                f"{self.limits.max_size} entries"))
+        self.expanded += cost
         if len(sym) != 1:            # a multi-character literal: make it one symbol
             rid = self.generate_symbol(rule_name)
+            self.n_wrappers += 1     # llama.cpp repeats the characters themselves
             self.rules[rid] = [list(sym)]
             sym = [("ref", rid)]
         out = sym * lo
@@ -343,13 +438,13 @@ def check_left_recursion(g: Grammar) -> None:
                 path.append((nxt, iter(leftmost[nxt])))
 
 
-def parse_gbnf(text: str) -> Grammar:
+def parse_gbnf(text: str, limits: GrammarLimits = DEFAULT_GRAMMAR_LIMITS) -> Grammar:
     """Parse and check a GBNF grammar (ValueError on syntax errors, undefined rules, a
-    missing root, left recursion)."""
+    missing root, left recursion; GrammarLimitError beyond `limits`)."""
     if not isinstance(text, str):
         raise ValueError(f"a GBNF grammar is text, not {type(text).__name__}")
     try:
-        g = _Parser(text).parse()
+        g = _Parser(text, limits).parse()
     except RecursionError:
         raise ValueError("GBNF grammar nests parentheses too deeply") from None
     check_left_recursion(g)

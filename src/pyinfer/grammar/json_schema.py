@@ -11,12 +11,20 @@ minItems / maxItems, string minLength / maxLength. Other keywords (format, patte
 Whitespace between tokens is bounded (`ws`: none, one space, or a newline and up to 20
 indentation characters) and numbers have at most 16 integer and 16 fraction digits, so a
 small model cannot loop forever on padding.
+
+Length and item bounds become GBNF repetitions {m,n} with the schema's numbers, as llama.cpp's
+and llama-cpp-python's converters write them, so the parser's repetition limit applies
+(limits.py, llama.cpp's MAX_REPETITION_THRESHOLD = 2000): a maximum beyond it is unbounded
+(maxLength: 10**9 is any length), a minimum beyond it is refused here with GrammarLimitError.
+Strings with the same bounds share one rule, so the repetition is expanded once.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .limits import DEFAULT_GRAMMAR_LIMITS, GrammarLimits
 
 # Shared rules (their names are reserved).
 PRIMITIVES = {
@@ -60,8 +68,9 @@ def _json_literal(value: Any) -> str:
 
 
 class SchemaConverter:
-    def __init__(self, root_schema: Any):
+    def __init__(self, root_schema: Any, limits: GrammarLimits = DEFAULT_GRAMMAR_LIMITS):
         self.root_schema = root_schema
+        self.limits = limits
         self.rules: Dict[str, str] = {}
         self.refs: Dict[str, str] = {}
 
@@ -180,14 +189,36 @@ class SchemaConverter:
         inner = _not_keys_rules(self, keys, name + "-char")
         return self.add_rule(name, f'"\\"" {inner} "\\"" ws')
 
+    def bounds(self, schema: Dict[str, Any], name: str,
+               keys: Tuple[str, str]) -> Tuple[int, Optional[int]]:
+        """minLength/maxLength (or minItems/maxItems) as non-negative integers."""
+        out: List[Optional[int]] = []
+        for key in keys:
+            v = schema.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not 0 <= v < float("inf") or v != int(v)):
+                raise ValueError(f"JSON schema at {name!r}: {key} must be a non-negative "
+                                 f"integer, not {v!r}")
+            out.append(None if v is None else int(v))
+        return out[0] or 0, out[1]
+
+    def repetition(self, lo: int, hi: Optional[int], name: str, key: str) -> str:
+        """GBNF {lo,hi} (hi None: {lo,}); a minimum beyond max_repetitions is refused here,
+        as the parser would refuse it (a maximum beyond it the parser makes unbounded)."""
+        if lo > self.limits.max_repetitions:
+            raise self.limits.error("max_repetitions", (
+                f"JSON schema at {name!r}: {key} needs {lo} repetitions of one item"))
+        return f"{{{lo},}}" if hi is None else f"{{{lo},{hi}}}"
+
     def string(self, schema: Dict[str, Any], name: str) -> str:
-        lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
+        lo, hi = self.bounds(schema, name, ("minLength", "maxLength"))
         if lo == 0 and hi is None:
             return self.add_rule(name, self.primitive("string"))
+        rep = self.repetition(lo, hi, name, "minLength")
         self.primitive("char")
         self.primitive("ws")
-        rep = f"{{{lo},}}" if hi is None else f"{{{lo},{int(hi)}}}"
-        return self.add_rule(name, f'"\\"" char{rep} "\\"" ws')
+        chars = self.add_rule(f"char-{lo}-{'' if hi is None else hi}", f"char{rep}")
+        return self.add_rule(name, f'"\\"" {chars} "\\"" ws')
 
     def array(self, schema: Dict[str, Any], name: str) -> str:
         self.primitive("ws")
@@ -196,14 +227,13 @@ class SchemaConverter:
             body = ' "," ws '.join(items)
             return self.add_rule(name, f'"[" ws {body} "]" ws')
         item = self.visit(schema.get("items", True), f"{name}-item")
-        lo, hi = int(schema.get("minItems", 0)), schema.get("maxItems")
-        if hi is not None and int(hi) == 0:
+        lo, hi = self.bounds(schema, name, ("minItems", "maxItems"))
+        if hi == 0:
             return self.add_rule(name, '"[" ws "]" ws')
-        rest_lo = max(lo - 1, 0)
-        rep = f"{{{rest_lo},}}" if hi is None else f"{{{rest_lo},{int(hi) - 1}}}"
+        rep = self.repetition(max(lo - 1, 0), None if hi is None else hi - 1, name, "minItems")
         inner = f'{item} ("," ws {item}){rep}'
-        if lo == 0:
-            inner = f"({inner})?"
+        if lo == 0:         # a rule of its own: `?` on a group would count its expansion again
+            inner = self.add_rule(f"{name}-items", inner) + "?"
         return self.add_rule(name, f'"[" ws {inner} "]" ws')
 
     def object(self, schema: Dict[str, Any], name: str) -> str:
@@ -282,15 +312,17 @@ def _not_keys_rules(conv: "SchemaConverter", keys: List[str], name: str) -> str:
     return rule(trie)
 
 
-def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool]) -> str:
-    """GBNF text for a JSON schema (text or a parsed object); ValueError when it cannot."""
+def json_schema_to_gbnf(schema: Union[str, Dict[str, Any], bool],
+                        limits: GrammarLimits = DEFAULT_GRAMMAR_LIMITS) -> str:
+    """GBNF text for a JSON schema (text or a parsed object); ValueError when it cannot
+    (GrammarLimitError beyond `limits`)."""
     if isinstance(schema, (str, bytes)):
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise ValueError(f"JSON schema is not valid JSON: {e}") from None
     try:
-        return SchemaConverter(schema).grammar()
+        return SchemaConverter(schema, limits).grammar()
     except RecursionError:
         raise ValueError("JSON schema nests too deeply") from None
     except (KeyError, TypeError, AttributeError, IndexError) as e:    # a malformed schema

@@ -14,6 +14,12 @@ holds the vocabulary's token pieces as a byte trie; `Automaton.allowed` walks it
 states, sharing each prefix's work between all tokens that start with it, dropping whole
 subtrees at the first rejected byte and taking whole subtrees whose bytes all lead back to the
 same state (the inside of a string). `GrammarMatcher` is one generation's position.
+
+The caches are bounded (limits.py): a state may hold at most max_stacks parse stacks (more
+raises GrammarLimitError: the grammar is too ambiguous), and when the cache holds more than
+max_states states or max_cached_stacks stacks in all it is emptied between steps and refilled as
+matching goes on. A matcher keeps its position as the state's content, not only its number, so
+it carries on across such a restart (the automaton's `epoch` says which numbering is current).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from typing import Dict, FrozenSet, List, Sequence, Tuple
 import numpy as np
 
 from .gbnf import Grammar
+from .limits import DEFAULT_GRAMMAR_LIMITS, GrammarLimits
 
 END = -1            # elems value: end of an alternative
 REJECT = -1         # transition value: the byte is not allowed
@@ -45,7 +52,8 @@ class Automaton:
     rule -(value + 2). rule_alts[r]: the elems index where each alternative of rule r starts.
     """
 
-    def __init__(self, g: Grammar):
+    def __init__(self, g: Grammar, limits: GrammarLimits = DEFAULT_GRAMMAR_LIMITS):
+        self.limits = limits
         self.charsets: List[Tuple[bool, Tuple[Tuple[int, int], ...]]] = []
         charset_ids: Dict[tuple, int] = {}
         self.elems: List[int] = []
@@ -65,6 +73,15 @@ class Automaton:
                         self.elems.append(charset_ids[key])
                 self.elems.append(END)
             self.rule_alts.append(starts)
+        self.epoch = 0
+        self._clear()
+        ready = set()
+        for a in self.rule_alts[g.root]:
+            ready.update(self._expand((a,) if self.elems[a] != END else ()))
+        self._start_key = (self._checked(ready), 0, 0)
+        self.start = self._intern(*self._start_key)
+
+    def _clear(self) -> None:
         self._expanded: Dict[Stack, Tuple[Stack, ...]] = {}
         # state id -> (stacks, partial character's value so far, its bytes still missing)
         self.states: List[Tuple[FrozenSet[Stack], int, int]] = []
@@ -73,10 +90,24 @@ class Automaton:
         self._ids: Dict[tuple, int] = {}
         self._masks: Dict[tuple, np.ndarray] = {}
         self._loops: Dict[int, int] = {}
-        ready = set()
-        for a in self.rule_alts[g.root]:
-            ready.update(self._expand((a,) if self.elems[a] != END else ()))
-        self.start = self._intern(frozenset(ready), 0, 0)
+        self.n_cached_stacks = 0
+
+    def restart_if_full(self) -> None:
+        """Empty the caches when they hold more than max_states states or max_cached_stacks
+        stacks (called between matcher steps, when no state number is in use but the
+        matchers', which re-intern their state after a restart)."""
+        lim = self.limits
+        if len(self.states) > lim.max_states or self.n_cached_stacks > lim.max_cached_stacks:
+            self._clear()
+            self.epoch += 1
+            self.start = self._intern(*self._start_key)
+
+    def _checked(self, stacks) -> FrozenSet[Stack]:
+        if len(stacks) > self.limits.max_stacks:
+            raise self.limits.error("max_stacks", (
+                f"the grammar is too ambiguous here: {len(stacks)} parse stacks at one "
+                "position"))
+        return frozenset(stacks)
 
     # ---- stacks ------------------------------------------------------------------------
 
@@ -99,7 +130,10 @@ class Automaton:
                 if ns not in seen:
                     seen.add(ns)
                     todo.append(ns)
+            if len(seen) > self.limits.max_stacks:
+                self._checked(seen)
         result = self._expanded[stack] = tuple(out)
+        self.n_cached_stacks += len(result)
         return result
 
     def _matches(self, charset: int, cp: int) -> bool:
@@ -132,7 +166,7 @@ class Automaton:
             if s and self._matches(elems[s[-1]], cp):
                 p = s[-1]
                 out.update(self._expand(s[:-1] + (p + 1,) if elems[p + 1] != END else s[:-1]))
-        return frozenset(out)
+        return self._checked(out)
 
     # ---- states ------------------------------------------------------------------------
 
@@ -142,6 +176,7 @@ class Automaton:
         if sid is None:
             sid = self._ids[key] = len(self.states)
             self.states.append(key)
+            self.n_cached_stacks += len(stacks)
             self.complete.append(left == 0 and () in stacks)
             self.trans.append([UNKNOWN] * 256)
         return sid
@@ -328,17 +363,33 @@ class GrammarMatcher:
         self._eog = frozenset(vocab.eog)
 
     @property
+    def state(self) -> int:
+        """The current state's number in the automaton's current numbering (the caches
+        may have been restarted since the last step: then the state is interned again)."""
+        a = self.automaton
+        a.restart_if_full()
+        if self._epoch != a.epoch:
+            self._state, self._epoch = a._intern(*self._key), a.epoch
+        return self._state
+
+    @state.setter
+    def state(self, sid: int) -> None:
+        self._state, self._epoch = sid, self.automaton.epoch
+        self._key = self.automaton.states[sid]
+
+    @property
     def complete(self) -> bool:
         """The text so far is a whole sentence of the grammar (EOG may come now)."""
         return self.automaton.complete[self.state]
 
     def _next(self, token: int) -> int:
         token = int(token)
+        state = self.state
         if token in self._eog:
-            return self.state if self.complete else REJECT
+            return state if self.automaton.complete[state] else REJECT
         if not 0 <= token < self.vocab.n_vocab or not self.vocab.pieces[token]:
             return REJECT
-        return self.automaton.walk(self.state, self.vocab.pieces[token])
+        return self.automaton.walk(state, self.vocab.pieces[token])
 
     def accepts(self, token: int) -> bool:
         return self._next(token) >= 0
