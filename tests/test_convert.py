@@ -5,7 +5,11 @@ an index-based RoPE row permutation written here, and gguf.quants for the
 quantized tensors. Error budget of the engine against the float64 reference on
 F32 files: 5e-3 of the largest |logit| (the engine keeps its KV cache in F16).
 """
+import json
 import os
+import struct
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -366,3 +370,159 @@ def test_bin_checkpoint_needs_torch_or_reads_with_it(tmp_path):
     convert(str(tmp_path / "hf"), ConvertOptions(str(out), "f32", progress=False))
     wb = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in w.items()}
     assert_logits_close(run_engine(out), forward(cfg, wb, TOKENS))
+
+
+# ---- issue 18: a checkpoint whose header or config pyinfer would refuse is refused before
+# anything is written (offsets checked as the `safetensors` library checks them) ----
+
+def _rewrite_header(path, change):
+    """Rewrite a safetensors file's JSON header through `change(header)` (which edits it or
+    returns a replacement); the data bytes are kept as they are."""
+    data = open(path, "rb").read()
+    n, = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header = change(header) or header
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + data[8 + n:])
+
+
+def _by_begin(h):
+    return sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
+
+
+def _shift(h, name, by):
+    h[name]["data_offsets"] = [o + by for o in h[name]["data_offsets"]]
+
+
+NORM0, NORM1 = "model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"
+
+SAFETENSORS_CASES = {
+    # the first tensor moved before the data section (into the header): [-256, 0)
+    "negative": (lambda h: _shift(h, _by_begin(h)[0], -h[_by_begin(h)[0]]["data_offsets"][1]),
+                 "data range [-"),
+    # two tensors of the same size sharing their bytes
+    "overlapping": (lambda h: h[NORM1].update(data_offsets=h[NORM0]["data_offsets"]), "overlaps tensor"),
+    # a tensor two bytes early: into the end of the one before it
+    "misaligned": (lambda h: _shift(h, _by_begin(h)[-1], -2), "overlaps tensor"),
+    # the last tensor past the end of the file
+    "out_of_file": (lambda h: _shift(h, _by_begin(h)[-1], 64), "does not match the file"),
+    "too_large": (lambda h: h[NORM0].update(data_offsets=[0, 2**64 + 256]), "does not match the file"),
+    "dtype_size": (lambda h: h[NORM0].update(dtype="F16"), "does not match its shape"),
+    "unknown_dtype": (lambda h: h[NORM0].update(dtype="F8_E4M3"), "unsupported dtype 'F8_E4M3'"),
+    "dtype_not_a_name": (lambda h: h[NORM0].update(dtype=["F32"]), "unsupported dtype ['F32']"),
+    "bad_shape": (lambda h: h[NORM0].update(shape=[-64]), "invalid shape [-64]"),
+    "no_offsets": (lambda h: h[NORM0].pop("data_offsets") and None, "invalid data_offsets None"),
+    "not_an_object": (lambda h: [h], "a JSON list, not an object"),
+}
+
+
+def _assert_untouched(tmp_path, existing=None):
+    """Nothing new in tmp_path (no output, no temporary file); `existing` kept byte for byte."""
+    want = ["hf"] + (["out.gguf"] if existing is not None else [])
+    assert sorted(os.listdir(tmp_path)) == want, os.listdir(tmp_path)
+    if existing is not None:
+        assert (tmp_path / "out.gguf").read_bytes() == existing
+
+
+@pytest.mark.parametrize("case", sorted(SAFETENSORS_CASES))
+def test_malformed_safetensors_headers(tmp_path, case):
+    change, words = SAFETENSORS_CASES[case]
+    make_tiny_hf(tmp_path / "hf", "llama")
+    _rewrite_header(tmp_path / "hf" / "model.safetensors", change)
+    with pytest.raises(CheckpointError) as info:
+        convert(str(tmp_path / "hf"), ConvertOptions(str(tmp_path / "out.gguf"), "f16", progress=False))
+    assert words in str(info.value)
+    _assert_untouched(tmp_path)
+
+
+def test_gap_and_trailing_bytes(tmp_path):
+    """A gap before a tensor or bytes after the last one: the header does not describe the file."""
+    make_tiny_hf(tmp_path / "hf", "llama")
+    st = tmp_path / "hf" / "model.safetensors"
+    with open(st, "ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(CheckpointError, match="8 bytes after the last tensor's data"):
+        convert(str(tmp_path / "hf"), ConvertOptions(str(tmp_path / "out.gguf"), "f16", progress=False))
+    _rewrite_header(st, lambda h: _shift(h, _by_begin(h)[-1], 8))
+    with pytest.raises(CheckpointError, match="leaves a gap of 8 bytes"):
+        convert(str(tmp_path / "hf"), ConvertOptions(str(tmp_path / "out.gguf"), "f16", progress=False))
+    _assert_untouched(tmp_path)
+
+
+CONFIG_CASES = [
+    ({"rope_theta": -1}, "'rope_theta' is -1.0, must be a finite number > 0"),
+    ({"rope_theta": 0}, "'rope_theta' is 0.0"),
+    ({"num_key_value_heads": 3}, "num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
+    ({"hidden_size": 0}, "'hidden_size' is 0, must be >= 1"),
+    ({"num_hidden_layers": -2}, "'num_hidden_layers' is -2"),
+    ({"vocab_size": "320"}, "'vocab_size' must be an integer, found '320'"),
+    ({"head_dim": 15}, "the head size 15 is odd"),
+    ({"hidden_size": 66}, "hidden_size (66) is not a multiple of num_attention_heads (4)"),
+    ({"rms_norm_eps": -1e-5}, "'rms_norm_eps' is -1e-05"),
+    ({"max_position_embeddings": 0}, "'max_position_embeddings' is 0"),
+    ({"rope_scaling": {"type": "linear", "factor": 0}}, "'rope_scaling.factor' is 0.0"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 4}},
+     "high_freq_factor (4.0) must be greater than low_freq_factor (4.0)"),
+    ({"rope_scaling": "linear"}, "'rope_scaling' must be an object"),
+    ({"architectures": "LlamaForCausalLM"}, "'architectures' must be a list of names"),
+]
+
+
+@pytest.mark.parametrize("over,words", CONFIG_CASES,
+                         ids=[f"{next(iter(o))}-{i}" for i, (o, _) in enumerate(CONFIG_CASES)])
+def test_config_values_pyinfer_would_refuse(tmp_path, over, words):
+    make_tiny_hf(tmp_path / "hf", "llama")
+    cfg_path = tmp_path / "hf" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), **over}))
+    existing = b"an older conversion"
+    (tmp_path / "out.gguf").write_bytes(existing)
+    with pytest.raises(ConfigError) as info:
+        convert(str(tmp_path / "hf"), ConvertOptions(str(tmp_path / "out.gguf"), "f16", progress=False))
+    assert words in str(info.value)
+    _assert_untouched(tmp_path, existing)
+
+
+def test_rope_theta_minus_one_would_be_refused_by_the_loader_too():
+    """The converter's refusal mirrors the loader's: ModelConfig refuses the same value."""
+    from pyinfer.config import ModelConfig, UnsupportedModelError
+    md = {"general.architecture": "llama", "llama.attention.head_count": 4, "llama.embedding_length": 64,
+          "llama.block_count": 2, "llama.feed_forward_length": 96, "llama.rope.freq_base": -1.0}
+    with pytest.raises(UnsupportedModelError, match="rope_freq_base is -1.0"):
+        ModelConfig.from_metadata(md, n_vocab=320)
+
+
+@pytest.mark.parametrize("case", ["rope_theta", "negative_offsets"])
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
+    make_tiny_hf(tmp_path / "hf", "llama")
+    if case == "rope_theta":
+        cfg_path = tmp_path / "hf" / "config.json"
+        cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "rope_theta": -1}))
+    else:
+        _rewrite_header(tmp_path / "hf" / "model.safetensors", SAFETENSORS_CASES["negative"][0])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "convert.py"), str(tmp_path / "hf"),
+                        "--outfile", str(tmp_path / "out.gguf"), "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert.py: error: "), p.stderr
+    assert ("rope_theta" if case == "rope_theta" else "data range [-") in lines[0]
+    _assert_untouched(tmp_path)
+
+
+def test_commit_failure_leaves_no_file(tmp_path, monkeypatch):
+    """The writer is atomic: data goes to a temporary file renamed at the end; if the rename
+    itself fails, the temporary file is removed and the old output stays."""
+    from pyinfer.convert import writer
+    make_tiny_hf(tmp_path / "hf", "llama")
+    (tmp_path / "out.gguf").write_bytes(b"old")
+
+    def fail(src, dst):
+        assert os.path.basename(src).startswith(".out.gguf.part") and os.path.getsize(src) > 1000
+        raise OSError(28, "No space left on device", dst)
+    monkeypatch.setattr(writer.os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        convert(str(tmp_path / "hf"), ConvertOptions(str(tmp_path / "out.gguf"), "f16", progress=False))
+    _assert_untouched(tmp_path, b"old")

@@ -66,7 +66,10 @@ class Jinja2ChatFormatter:
         self.add_generation_prompt = add_generation_prompt
         self.stop_token_ids = set(stop_token_ids) if stop_token_ids is not None else None
         self.limits = limits
-        self._template = _template_env().compile_template(template, limits)
+        try:
+            self._template = _template_env().compile_template(template, limits)
+        except jinja2.TemplateSyntaxError as e:
+            raise ChatTemplateError(f"the chat template is not valid Jinja (line {e.lineno}): {e.message}") from e
 
     def __call__(self, *, messages: List[Dict[str, Any]], functions=None, function_call=None,
                  tools=None, tool_choice=None, **kwargs: Any) -> ChatFormatterResponse:

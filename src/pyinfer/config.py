@@ -2,18 +2,35 @@
 
 ``ModelConfig.from_metadata`` takes the plain ``{key: value}`` dict of a GGUF
 file and ignores keys it does not know, deriving what the file leaves out
-(head_dim, n_head_kv, rope dims) in ``__post_init__``.
+(head_dim, n_head_kv, rope dims) in ``__post_init__``, which also refuses
+values no model can have (non-positive sizes, head counts that do not divide,
+a RoPE base <= 0, ...) with an ``UnsupportedModelError`` naming the value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "bamboo")   # bamboo: PowerInfer's ReLU Mistral
 
 
-class UnsupportedModelError(ValueError):
+class ModelLoadError(ValueError):
+    """A model file that cannot be read, or whose parts disagree (raised by
+    gguf_model's checks; defined here so that this module stays free of the C
+    library)."""
+
+
+class UnsupportedModelError(ModelLoadError):
     """The GGUF describes a model this engine cannot run."""
+
+
+# the GGUF key (after "{arch}.") each checked field comes from, for messages
+_KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "embedding_length",
+         "n_layer": "block_count", "n_ff": "feed_forward_length", "n_head": "attention.head_count",
+         "n_head_kv": "attention.head_count_kv", "head_dim": "attention.key_length",
+         "rms_eps": "attention.layer_norm_rms_epsilon", "rope_freq_base": "rope.freq_base",
+         "rope_freq_scale": "rope.scaling.factor", "rope_dims": "rope.dimension_count"}
 
 
 @dataclass
@@ -37,55 +54,95 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
+        if self.n_head <= 0:
+            raise UnsupportedModelError(f"{self.arch}: n_head is {self.n_head} "
+                                        f"(key '{self.arch}.attention.head_count'), must be > 0")
         if self.n_head_kv == 0:
             self.n_head_kv = self.n_head
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
         if self.rope_dims == 0:
             self.rope_dims = self.head_dim
+        self._check()
+
+    def _check(self) -> None:
+        """Refuse hyper-parameters no model can have (llama.cpp fails on them later,
+        at graph building or with NaN logits)."""
+        def bad(name: str, must: str):
+            return UnsupportedModelError(f"{self.arch}: {name} is {getattr(self, name)} "
+                                         f"(key '{self.arch}.{_KEYS[name]}'), must be {must}")
+        for name in ("n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim", "n_ctx_train",
+                     "rope_dims"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "> 0")
+        if self.n_vocab < 0:
+            raise bad("n_vocab", ">= 0")
         if self.n_head % self.n_head_kv:
             raise UnsupportedModelError(
                 f"n_head ({self.n_head}) is not a multiple of n_head_kv ({self.n_head_kv})")
+        if self.rope_dims > self.head_dim or self.rope_dims % 2:
+            raise UnsupportedModelError(f"{self.arch}: RoPE dimension count {self.rope_dims} must be even "
+                                        f"and at most the head size {self.head_dim}")
+        for name in ("rope_freq_base", "rope_freq_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, "a finite number > 0")
+        if not (math.isfinite(self.rms_eps) and self.rms_eps >= 0):
+            raise bad("rms_eps", "a finite number >= 0")
 
     @classmethod
     def from_metadata(cls, md: Dict[str, Any], n_vocab: Optional[int] = None) -> "ModelConfig":
         arch = md.get("general.architecture")
         if arch not in SUPPORTED_ARCHS:
             raise UnsupportedModelError(
-                f"unsupported model architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHS)})")
+                f"unsupported model architecture {_short(arch)} (supported: {', '.join(SUPPORTED_ARCHS)})")
 
-        def key(k, default=None, required=False):
+        def key(k, default=None, required=False, kind=None):
+            """The value of `{arch}.k`, checked to be an integer (kind int) or a
+            number (kind float): a malformed file must not fail with a TypeError."""
             full = f"{arch}.{k}"
             if full not in md:
                 if required:
                     raise UnsupportedModelError(f"GGUF metadata lacks the required key '{full}'")
                 return default
-            return md[full]
+            v = md[full]
+            if kind is None:
+                return v
+            ok = isinstance(v, int) if kind is int else isinstance(v, (int, float))
+            if not ok or isinstance(v, bool):
+                raise UnsupportedModelError(f"GGUF metadata key '{full}' must be "
+                                            f"{'an integer' if kind is int else 'a number'}, "
+                                            f"found {type(v).__name__} {_short(v)}")
+            return kind(v)
 
-        n_head = int(key("attention.head_count", required=True))
-        head_dim = int(key("attention.key_length", 0))
+        n_head = key("attention.head_count", required=True, kind=int)
+        head_dim = key("attention.key_length", 0, kind=int)
         rope_scale = 1.0
         scaling = key("rope.scaling.type", "none")
         if scaling == "linear":
-            rope_scale = 1.0 / float(key("rope.scaling.factor", 1.0))
+            factor = key("rope.scaling.factor", 1.0, kind=float)
+            if not (math.isfinite(factor) and factor > 0):
+                raise UnsupportedModelError(f"GGUF metadata key '{arch}.rope.scaling.factor' is {factor}, "
+                                            "must be a finite number > 0")
+            rope_scale = 1.0 / factor
         elif scaling not in ("none", None):
-            raise UnsupportedModelError(f"RoPE scaling type {scaling!r} is not supported")
+            raise UnsupportedModelError(f"RoPE scaling type {_short(scaling)} is not supported")
         if n_vocab is None:
-            n_vocab = int(key("vocab_size", 0)) or len(md.get("tokenizer.ggml.tokens", ()))
+            tokens = md.get("tokenizer.ggml.tokens", ())
+            n_vocab = key("vocab_size", 0, kind=int) or (len(tokens) if isinstance(tokens, list) else 0)
         return cls(
             arch=arch,
             n_vocab=int(n_vocab),
-            n_ctx_train=int(key("context_length", 2048)),
-            n_embd=int(key("embedding_length", required=True)),
-            n_layer=int(key("block_count", required=True)),
-            n_ff=int(key("feed_forward_length", required=True)),
+            n_ctx_train=key("context_length", 2048, kind=int),
+            n_embd=key("embedding_length", required=True, kind=int),
+            n_layer=key("block_count", required=True, kind=int),
+            n_ff=key("feed_forward_length", required=True, kind=int),
             n_head=n_head,
-            n_head_kv=int(key("attention.head_count_kv", n_head)),
+            n_head_kv=key("attention.head_count_kv", n_head, kind=int),
             head_dim=head_dim,
-            rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_freq_base=float(key("rope.freq_base", 10000.0)),
+            rms_eps=key("attention.layer_norm_rms_epsilon", 1e-5, kind=float),
+            rope_freq_base=key("rope.freq_base", 10000.0, kind=float),
             rope_freq_scale=rope_scale,
-            rope_dims=int(key("rope.dimension_count", 0)),
+            rope_dims=key("rope.dimension_count", 0, kind=int),
             rope_neox=arch in ("qwen2",),
             ffn_act="relu" if arch == "bamboo" else _ffn_activation(md),
             ffn_gate_both=arch == "bamboo",
@@ -93,12 +150,17 @@ class ModelConfig:
         )
 
 
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _ffn_activation(md: Dict[str, Any]) -> str:
     """FFN activation: `pyinfer.ffn_activation` (written by convert.py for
     ReLU models), else SiLU as llama.cpp assumes for llama/qwen2 files."""
     act = str(md.get("pyinfer.ffn_activation", "silu"))
     if act not in ("silu", "relu"):
-        raise UnsupportedModelError(f"FFN activation {act!r} is not supported (silu, relu)")
+        raise UnsupportedModelError(f"FFN activation {_short(act)} is not supported (silu, relu)")
     return act
 
 

@@ -18,10 +18,12 @@ Text goes through the same steps as llama.cpp's `llama_tokenize`:
 from __future__ import annotations
 
 import os
+import re
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .config import ModelLoadError
 from .tokenizer_bpe import ByteLevelBPE, PreTokenizer, decode_byte_level, pre_tokenizer_for
 from .tokenizer_spm import spm_encode
 
@@ -45,6 +47,7 @@ _TYPE_TO_ATTR = {TYPE_NORMAL: ATTR_NORMAL, TYPE_UNKNOWN: ATTR_UNKNOWN, TYPE_CONT
                  TYPE_BYTE: ATTR_BYTE}
 
 _SPACE = b" "
+_BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 _ESCAPED_SPACE = "\u2581".encode("utf-8")
 _C_SPACES = b" \t\n\v\f\r"  # C isspace(), used by the LSTRIP/RSTRIP attributes
 
@@ -78,23 +81,55 @@ def _field(reader, key: str):
     return reader.fields.get(key)
 
 
-def _scalar(reader, key: str, default=None):
+def _kind_name(kind) -> str:
+    return {str: "a string", bool: "a bool", int: "an integer", float: "a number"}[kind]
+
+
+def _scalar(reader, key: str, default=None, kind=None):
+    """A single metadata value: str, bool, int or float, checked against `kind` when given
+    (a malformed file gets a ModelLoadError naming the key, not a TypeError later)."""
+    from gguf import GGUFValueType as T
     f = _field(reader, key)
     if f is None:
         return default
-    v = f.parts[f.data[0]]
-    return v.tolist()[0] if v.dtype != np.uint8 else bytes(v).decode("utf-8")
+    if len(f.types) != 1 or f.types[0] == T.ARRAY:
+        raise ModelLoadError(f"metadata key '{key}' must be {_kind_name(kind or str)}, found an array")
+    t = f.types[0]
+    if t == T.STRING:
+        v = bytes(f.parts[-1]).decode("utf-8", errors="replace")
+    else:
+        v = f.parts[-1].tolist()[0]
+    ok = {None: True, str: t == T.STRING, bool: t == T.BOOL,
+          int: isinstance(v, int) and t != T.BOOL, float: isinstance(v, (int, float)) and t != T.BOOL}[kind]
+    if not ok:
+        raise ModelLoadError(f"metadata key '{key}' must be {_kind_name(kind)}, found {t.name} {v!r:.40}")
+    return v
+
+
+def _array(reader, key: str, strings: bool):
+    """The field of an array metadata value, checked to hold strings or numbers."""
+    from gguf import GGUFValueType as T
+    f = _field(reader, key)
+    if f is None:
+        return None
+    item = f.types[-1] if len(f.types) == 2 and f.types[0] == T.ARRAY else None
+    if item is None or (item == T.STRING) != strings or item == T.BOOL:
+        found = ("a single value" if f.types and f.types[0] != T.ARRAY
+                 else f"an array of {item.name if item else '?'}")
+        raise ModelLoadError(f"metadata key '{key}' must be an array of {'strings' if strings else 'numbers'}, "
+                             f"found {found}")
+    return f
 
 
 def _str_array(reader, key: str) -> Optional[List[bytes]]:
-    f = _field(reader, key)
+    f = _array(reader, key, strings=True)
     if f is None:
         return None
     return [bytes(f.parts[i]) for i in f.data]
 
 
 def _num_array(reader, key: str) -> Optional[np.ndarray]:
-    f = _field(reader, key)
+    f = _array(reader, key, strings=False)
     if f is None:
         return None
     return np.concatenate([f.parts[i] for i in f.data]) if len(f.data) else np.zeros(0)
@@ -132,7 +167,13 @@ class Tokenizer:
         self._scores: List[float] = (list(map(float, scores))[:n] if scores is not None
                                      else [0.0] * n)
         if len(self._types) < n or len(self._scores) < n:
-            raise ValueError("token_types and scores need one entry per token")
+            raise ModelLoadError(f"token_types ({len(self._types)}) and scores ({len(self._scores)}) need "
+                                 f"one entry per token ({n})")
+        has_bytes = TYPE_BYTE in self._types     # (a C-speed scan: most BPE vocabularies have none)
+        for i in [i for i, t in enumerate(self._types) if t == TYPE_BYTE] if has_bytes else []:
+            if not _BYTE_TEXT.fullmatch(self._texts[i]):   # token_to_piece reads the byte from it
+                raise ModelLoadError(f"token {i} has type BYTE, but its text {self._texts[i][:40]!r} "
+                                     "is not <0xXX>")
 
         ids = {"bos": TOKEN_NULL, "eos": TOKEN_NULL, "unk": TOKEN_NULL}
         self._bpe: Optional[ByteLevelBPE] = None
@@ -174,30 +215,33 @@ class Tokenizer:
         else:
             reader = reader_or_path
         kp = "tokenizer.ggml."
-        model = _scalar(reader, kp + "model")
+        model = _scalar(reader, kp + "model", kind=str)
         if model is None:
             raise ValueError("GGUF file has no tokenizer.ggml.model")
         tokens = _str_array(reader, kp + "tokens")
         if tokens is None:
             raise ValueError("cannot find tokenizer vocab in model file")
         types = _num_array(reader, kp + "token_type")
+        if types is not None and types.dtype.kind == "f":
+            raise ModelLoadError(f"metadata key '{kp}token_type' must be an array of integers, "
+                                 f"found {types.dtype}")
         scores = _num_array(reader, kp + "scores")
         merges = _str_array(reader, kp + "merges")
         if model == "gpt2" and merges is None:
             raise ValueError("cannot find tokenizer merges in model file")
         special = {}
         for key, name in _SPECIAL_ID_KEYS:
-            v = _scalar(reader, kp + key)
+            v = _scalar(reader, kp + key, kind=int)
             if v is not None:
-                special[name] = int(v)
+                special[name] = v
         return cls(model, tokens,
                    types.tolist() if types is not None else None,
                    scores.tolist() if scores is not None else None,
-                   merges or (), pre=_scalar(reader, kp + "pre"), special=special,
-                   add_bos=_scalar(reader, kp + "add_bos_token"),
-                   add_eos=_scalar(reader, kp + "add_eos_token"),
-                   add_space_prefix=_scalar(reader, kp + "add_space_prefix"),
-                   model_name=_scalar(reader, "general.name", "") or "")
+                   merges or (), pre=_scalar(reader, kp + "pre", kind=str), special=special,
+                   add_bos=_scalar(reader, kp + "add_bos_token", kind=bool),
+                   add_eos=_scalar(reader, kp + "add_eos_token", kind=bool),
+                   add_space_prefix=_scalar(reader, kp + "add_space_prefix", kind=bool),
+                   model_name=_scalar(reader, "general.name", "", kind=str))
 
     def _first_id(self, texts: Iterable[str]) -> int:
         found = [self._ids[t.encode()] for t in texts if t.encode() in self._ids]

@@ -80,8 +80,27 @@ class TensorEntry:
         return self.dtype in _FLOAT_DTYPES
 
 
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise CheckpointError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_safetensors_header(path: str) -> Tuple[int, Dict[str, dict]]:
-    """(offset of the data section, {name: info}) of one .safetensors file."""
+    """(offset of the data section, {name: info}) of one .safetensors file, checked as the
+    `safetensors` library checks it, before any data is read: a JSON object of tensors, each
+    with a known dtype, a shape of non-negative integers and data_offsets [begin, end] with
+    end - begin = elements x dtype size; sorted by begin, the tensors tile the data section
+    exactly (the first begins at 0, each begins where the previous one ends, the last ends at
+    the end of the file), so no offset is negative, points outside the file or into another
+    tensor. Python integers: nothing wraps. Anything else is a CheckpointError."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -91,20 +110,50 @@ def read_safetensors_header(path: str) -> Tuple[int, Dict[str, dict]]:
         if n > size - 8:
             raise CheckpointError(f"{path}: not a safetensors file (header length {n} > file size)")
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, CheckpointError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, "
+                              "not an object)")
     header.pop("__metadata__", None)
     data_start = 8 + n
+    ranges = []
     for name, info in header.items():
-        dt = info.get("dtype")
-        if dt not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dt!r}")
-        begin, end = info["data_offsets"]
-        want = int(np.prod(info["shape"], dtype=np.int64)) * _ST_DTYPES[dt].itemsize
-        if end - begin != want or data_start + end > size:
-            raise CheckpointError(f"{path}: tensor '{name}' data range [{begin}, {end}) does not match "
-                                  f"its shape {info['shape']} / dtype {dt} or the file size")
+        what = f"{path}: tensor '{name}'"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{what}: its header entry is not an object")
+        dt, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dt, str) or dt not in _ST_DTYPES:
+            raise CheckpointError(f"{what} has unsupported dtype {dt!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CheckpointError(f"{what} has an invalid shape {shape!r} (a list of integers >= 0)")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise CheckpointError(f"{what} has invalid data_offsets {offsets!r} ([begin, end])")
+        begin, end = offsets
+        n_elem = 1
+        for d in shape:
+            n_elem *= d
+        want = n_elem * _ST_DTYPES[dt].itemsize
+        if begin < 0 or end < begin or data_start + end > size:
+            raise CheckpointError(f"{what} data range [{begin}, {end}) does not match the file: "
+                                  f"the data section holds {size - data_start} bytes")
+        if end - begin != want:
+            raise CheckpointError(f"{what} data range [{begin}, {end}) does not match its shape "
+                                  f"{shape} / dtype {dt} ({want} bytes)")
+        ranges.append((begin, end, name))
+    ranges.sort()
+    pos, prev = 0, None
+    for begin, end, name in ranges:
+        if begin != pos:
+            kind = f"overlaps tensor '{prev}'" if begin < pos else f"leaves a gap of {begin - pos} bytes"
+            raise CheckpointError(f"{path}: tensor '{name}' data range [{begin}, {end}) {kind} "
+                                  f"(it should begin at {pos})")
+        pos, prev = end, name
+    if data_start + pos != size:
+        raise CheckpointError(f"{path}: {size - data_start - pos} bytes after the last tensor's data "
+                              "(the tensors do not cover the data section)")
     return data_start, header
 
 
@@ -164,7 +213,13 @@ def _weight_files(model_dir: str) -> List[str]:
         index = os.path.join(model_dir, index_name)
         if os.path.isfile(index):
             with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map", {})
+                try:
+                    doc = json.load(f)
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                    raise CheckpointError(f"{index}: not valid JSON ({e})") from None
+            weight_map = doc.get("weight_map", {}) if isinstance(doc, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
             files = sorted(set(weight_map.values()))
             missing = [p for p in files if not os.path.isfile(os.path.join(model_dir, p))]
             if missing:

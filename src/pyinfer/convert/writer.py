@@ -70,10 +70,10 @@ class OutputFile:
         ends normally and discarded (no partial file left) when it raises."""
         try:
             yield self
+            self.commit()
         except BaseException:
             self.discard()
             raise
-        self.commit()
 
     def commit(self) -> None:
         """Patch the magic (PowerInfer) and move the finished file into place."""

@@ -17,6 +17,19 @@ from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, GGMLType, Graph, RopeMode, Tensor, Unary
 
+# the types a weight may have: those with dot-product and get_rows kernels (activation-only
+# types such as Q8_1/Q8_K and the integer types are refused at load, not at the first forward)
+WEIGHT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
+                          GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K,
+                          GGMLType.Q6_K})
+
+
+def _weight_type(t, name: str):
+    if t not in WEIGHT_TYPES:
+        raise ModelLoadError(f"tensor '{name}' has type {getattr(t, 'name', t)}, which is not a weight type "
+                             f"(expected one of {', '.join(sorted(x.name for x in WEIGHT_TYPES))})")
+    return t
+
 
 CATS_THRESHOLDS_KEY = "pyinfer.sparsity.thresholds"   # see model/sparse.py
 
@@ -68,7 +81,7 @@ class LlamaWeights:
             if optional and f.get(name) is None:
                 return None
             info = f.require(name, ne)
-            t = ctx.new_tensor(info.type, info.ne, name)
+            t = ctx.new_tensor(_weight_type(info.type, name), info.ne, name)
             t.set_data(info.data)
             return t
 
@@ -76,7 +89,7 @@ class LlamaWeights:
             info = f.get(name)
             if info is None:
                 return None
-            t = ctx.new_tensor(info.type, info.ne, name)
+            t = ctx.new_tensor(_weight_type(info.type, name), info.ne, name)
             t.set_data(info.data)
             return t
 
