@@ -16,6 +16,8 @@ _LAZY = {
     "LlamaGrammar": ".grammar",
     "LogitsProcessorList": ".sampling",
     "StoppingCriteriaList": ".sampling",
+    "LlamaClosedError": ".call_lock",
+    "StreamInterruptedError": ".call_lock",
 }
 
 __all__ = sorted(_LAZY)

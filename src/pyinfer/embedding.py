@@ -22,8 +22,8 @@ def hidden_states(engine, tokens: Sequence[int]) -> np.ndarray:
     """(n_tokens, n_embd) float32 states of `tokens` at positions 0.. (the cache is reused)."""
     engine.truncate(0)
     step = engine.n_batch
-    rows = [engine.forward(tokens[i:i + step], len(tokens[i:i + step]), embeddings=True).copy()
-            for i in range(0, len(tokens), step)]
+    rows = [engine.forward(tokens[i:i + step], len(tokens[i:i + step]), embeddings=True)
+            for i in range(0, len(tokens), step)]   # copies: forward returns no views
     engine.truncate(0)
     return np.concatenate(rows)
 

@@ -4,16 +4,25 @@
 in chunks of ``n_batch`` through the batched (GEMM) path and single tokens
 through a cached decode graph: one C call per forward, Python only writes
 token ids and positions.
+
+Lifetime: every C computation and every change of the cache runs under the
+engine's lock, which `close()` takes too: closing waits for the forward pass
+in flight, then frees, and any later call raises `LlamaClosedError`. Results
+are copies, never views of memory that `close()` frees. `call_lock.CallLock`
+serialises whole calls of one `Llama` across threads.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
-from typing import Sequence, Union
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 
+from .call_lock import LlamaClosedError
 from .config import ContextSettings, ModelConfig
 from .gguf_model import GGUFFile
 from .model.llama import ForwardGraph, KVCache, LlamaWeights
@@ -61,6 +70,8 @@ class Engine:
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.n_past = 0
+        self._lock = threading.Lock()   # held by every computation, cache change and close()
+        self.closed = False
         self.load_time = time.perf_counter() - t0
 
     def _vocab_size(self) -> int:
@@ -85,8 +96,15 @@ class Engine:
         return g
 
     def forward(self, tokens: Sequence[int], n_outputs: int = 1, embeddings: bool = False) -> np.ndarray:
-        """Run `tokens` (at most n_batch) at positions n_past.. and return the
+        """Run `tokens` (at most n_batch) at positions n_past.. and return (a copy of) the
         last `n_outputs` rows of logits (or hidden states). Advances n_past."""
+        with self._lock:
+            return self._forward(tokens, n_outputs, embeddings).copy()
+
+    def _forward(self, tokens: Sequence[int], n_outputs: int, embeddings: bool) -> np.ndarray:
+        """forward() under the lock (the caller holds it); the result is the graph's output
+        view, valid until the lock is released."""
+        self._require_open()
         n = len(tokens)
         if n == 0:
             raise ValueError("forward: no tokens")
@@ -101,7 +119,8 @@ class Engine:
 
     def decode(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Append tokens in n_batch chunks; logits of the last token, or of all
-        tokens (n, n_vocab) with logits_all."""
+        tokens (n, n_vocab) with logits_all. The lock is taken per chunk, so close()
+        waits for one chunk, not the whole prompt."""
         tokens = list(tokens)
         n_vocab = self.cfg.n_vocab
         if logits_all:
@@ -109,18 +128,33 @@ class Engine:
         last = None
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i:i + self.n_batch]
-            logits = self.forward(chunk, n_outputs=len(chunk) if logits_all else 1)
-            if logits_all:
-                out[i:i + len(chunk)] = logits
-            else:
-                last = logits[-1]
-        return out if logits_all else last.copy()
+            with self._lock:
+                logits = self._forward(chunk, len(chunk) if logits_all else 1, False)
+                if logits_all:
+                    out[i:i + len(chunk)] = logits
+                else:
+                    last = logits[-1].copy()
+        return out if logits_all else last
 
     def truncate(self, n_past: int) -> None:
         """Forget cached positions >= n_past (they are overwritten when reused)."""
-        if not 0 <= n_past <= self.n_past:
-            raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.n_past}")
-        self.n_past = n_past
+        with self._lock:
+            self._require_open()
+            if not 0 <= n_past <= self.n_past:
+                raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.n_past}")
+            self.n_past = n_past
+
+    @contextmanager
+    def locked(self) -> Iterator["Engine"]:
+        """Hold the lock to read or write the KV cache directly (state save / load);
+        raises LlamaClosedError after close()."""
+        with self._lock:
+            self._require_open()
+            yield self
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise LlamaClosedError()
 
     def validate_tokens(self, tokens: Sequence[int]) -> None:
         bad = [t for t in tokens if not 0 <= t < self.cfg.n_vocab]
@@ -128,9 +162,15 @@ class Engine:
             raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.cfg.n_vocab}")
 
     def close(self) -> None:
-        for g in self._graphs.values():
-            g.close()
-        self._graphs.clear()
-        self.pool.close()
-        self.kv.close()
-        self._wctx.close()
+        """Wait for the forward pass in flight, then free the graphs, threads, KV cache and
+        weights context (idempotent); later calls raise LlamaClosedError."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for g in self._graphs.values():
+                g.close()
+            self._graphs.clear()
+            self.pool.close()
+            self.kv.close()
+            self._wctx.close()

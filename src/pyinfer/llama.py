@@ -11,32 +11,67 @@ completions live in completion.py, chat in chat.py. This module keeps the sequen
 `input_ids[:n_tokens]` are the tokens in the KV cache, `scores` their logits rows (every row
 with logits_all=True, as llama-cpp-python), and `generate` reuses the longest cached prefix
 of a new prompt.
+
+Threads: the public calls of one Llama are serialised (call_lock.CallLock: a stream holds the
+model until it ends), so two threads get what two sequential calls give; `close()` waits
+only for the forward pass in flight, and every later call raises LlamaClosedError.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import deque
+from types import GeneratorType
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import chat as chat_mod
+from .call_lock import CallLock, LlamaClosedError, StreamInterruptedError  # noqa: F401
 from .completion import CompletionRequest, create_completion, logits_to_logprobs
+from .embedding import embed_texts
 from .engine import Engine
 from .gguf_model import GGUFFile
 from .grammar import Automaton, GrammarMatcher, LlamaGrammar, VocabTrie
-from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
-                          restore_kv_state)
-from .embedding import embed_texts
-from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE,
-                            LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
-                            LLAMA_SPLIT_MODE_LAYER, LlamaOptions, load_report, metadata_strings)
-from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
-                       StoppingCriteriaList)
+from .llama_cache import (
+    BaseLlamaCache,
+    LlamaState,
+    kv_state_bytes,
+    longest_token_prefix,
+    restore_kv_state,
+)
+from .llama_options import (
+    LLAMA_ATTENTION_TYPE_UNSPECIFIED,
+    LLAMA_POOLING_TYPE_NONE,
+    LLAMA_POOLING_TYPE_UNSPECIFIED,
+    LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+    LLAMA_SPLIT_MODE_LAYER,
+    LlamaOptions,
+    load_report,
+    metadata_strings,
+)
+from .sampling import (
+    LLAMA_DEFAULT_SEED,
+    LogitsProcessorList,
+    Sampler,
+    SamplingSettings,
+    StoppingCriteriaList,
+)
 from .tokenizer import Tokenizer
 
 _GRAMMAR_CACHE_SIZE = 8     # compiled grammars a Llama keeps (by GBNF text)
+
+
+def _serialised(method):
+    """Run a public method as one call under the Llama's CallLock (waiting for a call or a
+    stream of another thread); a generator it returns holds the lock until it ends."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._calls.call():
+            out = method(self, *args, **kwargs)
+        return self._calls.stream(out) if isinstance(out, GeneratorType) else out
+    return call
 
 
 class LlamaTokenizer:
@@ -93,6 +128,7 @@ class Llama:
         `neuron_bundle=False` keeps the three FFN matrices as mapped instead of repacking
         them into one record per neuron for the fused sparse FFN op."""
         t_load = time.perf_counter()
+        self._calls = CallLock()
         self._engine: Optional[Engine] = None
         opts = LlamaOptions.from_keywords(dict(locals()), kwargs)
         opts.check_supported()
@@ -170,8 +206,8 @@ class Llama:
 
     def _require_engine(self) -> Engine:
         if self._engine is None:
-            raise RuntimeError("this Llama was loaded with vocab_only=True (or closed): it "
-                               "has no weights to evaluate")
+            raise RuntimeError("this Llama was loaded with vocab_only=True: it has no weights "
+                               "to evaluate")
         return self._engine
 
     # ---- tokens ------------------------------------------------------------------------
@@ -189,15 +225,19 @@ class Llama:
     def set_seed(self, seed: int) -> None:
         self._seed = seed
 
+    @_serialised
     def reset(self) -> None:
         """Forget the evaluated tokens (the KV cache is overwritten from position 0)."""
+        self._calls.sequence = object()
         self.n_tokens = 0
         self._requires_eval = True
 
+    @_serialised
     def eval(self, tokens: Sequence[int]) -> None:
         """Append `tokens` to the sequence in n_batch chunks, keeping their logits."""
         eng = self._require_engine()
         tokens = [int(t) for t in tokens]
+        self._calls.sequence = object()
         if eng.n_past != self.n_tokens:
             eng.truncate(min(self.n_tokens, eng.n_past))
             if eng.n_past != self.n_tokens:
@@ -234,6 +274,7 @@ class Llama:
         raise ValueError(f"no logits kept for position {idx}: only the last evaluated token's "
                          "are kept unless the model is created with logits_all=True")
 
+    @_serialised
     def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
                frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
@@ -260,6 +301,7 @@ class Llama:
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             seed=self._seed)
 
+    @_serialised
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
                  repeat_penalty: float = 1.0, reset: bool = True, frequency_penalty: float = 0.0,
@@ -294,6 +336,7 @@ class Llama:
                 reuse = prefix - 1 if consumed else prefix
                 if reuse > 0:
                     reset, tokens = False, tokens[reuse:]
+                    self._calls.sequence = object()
                     self.n_tokens = reuse
                     self._requires_eval = True
                     if self.verbose:
@@ -313,6 +356,7 @@ class Llama:
                     if stopping_criteria is not None and stopping_criteria(self._input_ids, logits):
                         return
                     extra = yield token
+                    self._sampler = sampler     # a call between two steps may have reset it
                     tokens = [token] + [int(t) for t in (extra or ())]
         finally:
             if self._sampler is sampler:
@@ -342,6 +386,7 @@ class Llama:
 
     # ---- completions -------------------------------------------------------------------
 
+    @_serialised
     def create_completion(
         self, prompt: Union[str, List[int]], suffix: Optional[str] = None,
         max_tokens: Optional[int] = 16, temperature: float = 0.8, top_p: float = 0.95,
@@ -382,6 +427,7 @@ class Llama:
             tfs_z, mirostat_mode, mirostat_tau, mirostat_eta, model, stopping_criteria,
             logits_processor, grammar, logit_bias)
 
+    @_serialised
     def create_chat_completion(
         self, messages: List[Dict[str, Any]], functions=None, function_call=None, tools=None,
         tool_choice=None, temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
@@ -431,6 +477,7 @@ class Llama:
                 "model": model if model is not None else self.model_path,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
+    @_serialised
     def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,
               return_count: bool = False):
         """Final normed hidden states of each input, pooled by the pooling type (NONE, the
@@ -448,7 +495,14 @@ class Llama:
     # ---- state ----------------------------------------------------------------------------
 
     def save_state(self) -> LlamaState:
-        """The evaluated tokens, their logits and KV cache rows (restored by load_state)."""
+        """The evaluated tokens, their logits and KV cache rows (restored by load_state).
+        Called while a stream of this Llama is suspended, it sets the stream aside: other
+        calls may then use the model, and the stream goes on once its state is loaded back
+        (it raises StreamInterruptedError if it resumes on another sequence)."""
+        with self._calls.call(set_aside=True):
+            return self._save_state()
+
+    def _save_state(self) -> LlamaState:
         eng = self._require_engine()
         kv = kv_state_bytes(eng, self.n_tokens)
         if self._logits_all:
@@ -459,10 +513,13 @@ class Llama:
         if self.verbose:
             print(f"Llama.save_state: saving {len(kv)} bytes of llama state", file=sys.stderr)
         return LlamaState(input_ids=self.input_ids.copy(), scores=scores, n_tokens=self.n_tokens,
-                          llama_state=kv, llama_state_size=len(kv), seed=self._seed)
+                          llama_state=kv, llama_state_size=len(kv), seed=self._seed,
+                          sequence=self._calls.sequence)
 
+    @_serialised
     def load_state(self, state: LlamaState) -> None:
         eng = self._require_engine()
+        self._calls.sequence = object()
         n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]))
         if n != state.n_tokens:
             raise RuntimeError("Failed to set llama state data: token count mismatch")
@@ -478,6 +535,7 @@ class Llama:
             if n and len(rows) else None
         self._seed = state.seed
         self._requires_eval = True
+        self._calls.sequence = getattr(state, "sequence", None) or object()
 
     # ---- model facts ------------------------------------------------------------------
 
@@ -506,10 +564,15 @@ class Llama:
         return self._pooling
 
     def close(self) -> None:
-        """Free the KV cache, graphs and threads (idempotent)."""
-        if self._engine is not None:
+        """Free the KV cache, graphs and threads (idempotent). A forward pass running in
+        another thread finishes first and that thread's call then raises LlamaClosedError,
+        as does every later call that evaluates or touches the sequence (tokenize, detokenize
+        and the model's facts keep working). Never waits for a call or an unfinished stream."""
+        calls = getattr(self, "_calls", None)
+        if calls is not None:
+            calls.close()
+        if getattr(self, "_engine", None) is not None:
             self._engine.close()
-            self._engine = None
 
     def __getstate__(self) -> Dict[str, Any]:
         """Pickling keeps the constructor keywords; unpickling loads the model again."""

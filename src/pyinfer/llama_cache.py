@@ -13,6 +13,7 @@ states are dropped beyond `capacity_bytes`.
 from __future__ import annotations
 
 import struct
+import threading
 from collections import OrderedDict
 from typing import Optional, Sequence, Tuple
 
@@ -26,16 +27,20 @@ _KV_HEADER = struct.Struct("<4sIIIII")
 class LlamaState:
     """input_ids: (n_ctx,) intc, the evaluated ids in [:n_tokens]; scores: float32 logits
     rows (all evaluated positions with logits_all, else the last one); llama_state: the KV
-    cache bytes (format above); seed: the sampling seed at save time."""
+    cache bytes (format above); seed: the sampling seed at save time; sequence: the saving
+    Llama's name for this sequence (call_lock.CallLock), so that a stream set aside by
+    save_state knows its sequence when the state is loaded back."""
 
     def __init__(self, input_ids: np.ndarray, scores: np.ndarray, n_tokens: int,
-                 llama_state: bytes, llama_state_size: int, seed: int):
+                 llama_state: bytes, llama_state_size: int, seed: int,
+                 sequence: Optional[object] = None):
         self.input_ids = input_ids
         self.scores = scores
         self.n_tokens = n_tokens
         self.llama_state = llama_state
         self.llama_state_size = llama_state_size
         self.seed = seed
+        self.sequence = sequence
 
 
 def _rows(t, n_tokens: int) -> np.ndarray:
@@ -44,19 +49,26 @@ def _rows(t, n_tokens: int) -> np.ndarray:
 
 
 def kv_state_bytes(engine, n_tokens: int) -> bytes:
-    """Serialize the KV cache rows of positions [0, n_tokens)."""
-    kv = engine.kv
-    head = _KV_HEADER.pack(_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1],
-                           n_tokens)
-    parts = [head]
-    for k, v in zip(kv.k, kv.v):
-        parts.append(_rows(k, n_tokens).tobytes())
-        parts.append(_rows(v, n_tokens).tobytes())
-    return b"".join(parts)
+    """Serialize the KV cache rows of positions [0, n_tokens) (under the engine's lock: the
+    rows are read from memory that close() frees)."""
+    with engine.locked():
+        kv = engine.kv
+        head = _KV_HEADER.pack(_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1],
+                               n_tokens)
+        parts = [head]
+        for k, v in zip(kv.k, kv.v):
+            parts.append(_rows(k, n_tokens).tobytes())
+            parts.append(_rows(v, n_tokens).tobytes())
+        return b"".join(parts)
 
 
 def restore_kv_state(engine, data: bytes) -> int:
     """Write serialized rows back into the engine's KV cache; returns their token count."""
+    with engine.locked():
+        return _restore_kv_rows(engine, data)
+
+
+def _restore_kv_rows(engine, data: bytes) -> int:
     kv = engine.kv
     if len(data) < _KV_HEADER.size:
         raise RuntimeError("Failed to set llama state data: the state is truncated")
@@ -102,15 +114,18 @@ class BaseLlamaCache:
 
 
 class LlamaRAMCache(BaseLlamaCache):
-    """States kept in memory, least recently used dropped first."""
+    """States kept in memory, least recently used dropped first. Safe to share between
+    Llamas used from several threads (one lock around each lookup and insertion)."""
 
     def __init__(self, capacity_bytes: int = (2 << 30)):
         super().__init__(capacity_bytes)
         self.cache_state: "OrderedDict[Tuple[int, ...], LlamaState]" = OrderedDict()
+        self._lock = threading.RLock()
 
     @property
     def cache_size(self) -> int:
-        return sum(state.llama_state_size for state in self.cache_state.values())
+        with self._lock:
+            return sum(state.llama_state_size for state in self.cache_state.values())
 
     def _find_longest_prefix_key(self, key: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
         best, best_len = None, 0
@@ -121,21 +136,24 @@ class LlamaRAMCache(BaseLlamaCache):
         return best
 
     def __getitem__(self, key: Sequence[int]) -> LlamaState:
-        k = self._find_longest_prefix_key(tuple(key))
-        if k is None:
-            raise KeyError("Key not found")
-        self.cache_state.move_to_end(k)
-        return self.cache_state[k]
+        with self._lock:
+            k = self._find_longest_prefix_key(tuple(key))
+            if k is None:
+                raise KeyError("Key not found")
+            self.cache_state.move_to_end(k)
+            return self.cache_state[k]
 
     def __contains__(self, key: Sequence[int]) -> bool:
-        return self._find_longest_prefix_key(tuple(key)) is not None
+        with self._lock:
+            return self._find_longest_prefix_key(tuple(key)) is not None
 
     def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
         key = tuple(key)
-        self.cache_state.pop(key, None)
-        self.cache_state[key] = value
-        while self.cache_size > self.capacity_bytes and len(self.cache_state) > 0:
-            self.cache_state.popitem(last=False)
+        with self._lock:
+            self.cache_state.pop(key, None)
+            self.cache_state[key] = value
+            while self.cache_size > self.capacity_bytes and len(self.cache_state) > 0:
+                self.cache_state.popitem(last=False)
 
 
 LlamaCache = LlamaRAMCache

@@ -4,6 +4,13 @@ Shapes follow ggml's convention (``ne``, innermost dimension first); a
 tensor with ``ne == (K, M)`` is seen from numpy as an array of shape
 ``(M, K)``. Contexts, graphs and thread pools are freed by ``close()`` (or a
 ``with`` block) and, as a safety net, when garbage-collected.
+
+Threads: ``Graph.compute`` holds its context's ``compute_lock`` and the pool's
+``lock``; ``Context.close`` and ``ThreadPool.close`` take them too, so closing
+waits for a computation running in another thread and never frees memory
+under it (the compute then finished; later ones raise GSStateError). A graph
+also reads tensors of other contexts (weights, KV cache): their owner keeps
+them open while it computes (the Engine's lock does).
 """
 from __future__ import annotations
 
@@ -278,6 +285,7 @@ class Context:
         check(lib.gs_context_new(params, out))
         self._ptr = ffi.gc(out[0], lib.gs_context_free, size=mem_size)
         self._keepalive: list = []   # external buffers wrapped by tensors
+        self.compute_lock = threading.Lock()   # held while a graph of this context computes
 
     def _require_open(self) -> None:
         if self._ptr is None:
@@ -289,10 +297,12 @@ class Context:
         return self._ptr
 
     def close(self) -> None:
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
-            self._keepalive.clear()
+        """Free the arena (its graphs too), after a computation in flight (idempotent)."""
+        with self.compute_lock:
+            if self._ptr is not None:
+                ffi.release(self._ptr)
+                self._ptr = None
+                self._keepalive.clear()
 
     def __enter__(self) -> "Context":
         return self
@@ -432,7 +442,8 @@ class ThreadPool:
     """A persistent pool of `n_threads` threads (the caller is one).
 
     The C call releases the GIL; `lock` serialises computations started from
-    several Python threads (a pool runs one graph at a time)."""
+    several Python threads (a pool runs one graph at a time), and close() takes
+    it, so it waits for the computation in flight."""
 
     def __init__(self, n_threads: int):
         out = ffi.new("gs_threadpool **")
@@ -448,9 +459,10 @@ class ThreadPool:
         return self._ptr
 
     def close(self) -> None:
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
+        with self.lock:
+            if self._ptr is not None:
+                ffi.release(self._ptr)
+                self._ptr = None
 
     def __enter__(self) -> "ThreadPool":
         return self
@@ -483,7 +495,9 @@ class Graph:
         return self
 
     def compute(self, pool: ThreadPool) -> None:
-        with pool.lock:
+        """Run the planned graph on `pool`; raises GSStateError when the context or the pool
+        was closed (close() in another thread waits for a compute in flight)."""
+        with self._ctx.compute_lock, pool.lock:
             check(lib.gs_graph_compute(self.ptr, pool.ptr))
 
     def mem(self) -> tuple:
