@@ -394,3 +394,32 @@ def test_runaway_gguf_template_through_create_chat_completion(runaway_model):
             next(iter(llm.create_chat_completion(USER, max_tokens=4, stream=True)))
     finally:
         llm.close()
+
+
+def test_llama_takes_chat_template_limits(tmp_path):
+    """Llama(chat_template_limits=...) bounds the model's own template: the tiny model's
+    ordinary template fits the defaults, and fails a 10-character output bound."""
+    from pyinfer import Llama
+    from pyinfer.chat import ChatTemplateError, ChatTemplateLimits
+    path = str(tiny_chat_model.write_tiny_chat_model(tmp_path / "m.gguf"))
+    msgs = [{"role": "user", "content": "hello there"}]
+    with Llama(path, n_ctx=64, verbose=False) as llm:
+        assert llm.create_chat_completion(msgs, max_tokens=1)["object"] == "chat.completion"
+    with Llama(path, n_ctx=64, verbose=False,
+               chat_template_limits=ChatTemplateLimits(max_output_chars=10)) as llm:
+        with pytest.raises(ChatTemplateError, match="max_output_chars"):
+            llm.create_chat_completion(msgs, max_tokens=1)
+
+
+def test_compiled_grammars_are_cached_per_limits(tmp_path):
+    """The same GBNF text under tighter limits is compiled again, not served from the cache."""
+    from pyinfer import Llama
+    from pyinfer.grammar import GrammarLimits, LlamaGrammar
+    path = str(tiny_chat_model.write_tiny_chat_model(tmp_path / "m.gguf"))
+    text = 'root ::= "a" ("b" | "c")*'
+    with Llama(path, n_ctx=64, verbose=False) as llm:
+        loose = llm._grammar_matcher(LlamaGrammar.from_string(text, verbose=False))
+        tight = llm._grammar_matcher(LlamaGrammar.from_string(text, verbose=False,
+                                                              limits=GrammarLimits(max_states=1)))
+        assert loose.automaton is not tight.automaton
+        assert len(llm._grammar_automata) == 2

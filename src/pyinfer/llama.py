@@ -183,7 +183,8 @@ class Llama:
             self.metadata, chat_format, chat_handler,
             bos_token=self._vocab.token_text(bos) if bos != -1 else "",
             eos_token=self._vocab.token_text(eos) if eos != -1 else "", eos_id=eos,
-            verbose=verbose)
+            verbose=verbose,
+            template_limits=self._opts.chat_template_limits or chat_mod.DEFAULT_CHAT_TEMPLATE_LIMITS)
 
     # ---- state views (as llama-cpp-python) ----------------------------------------------
 
@@ -378,8 +379,9 @@ class Llama:
             grammar = LlamaGrammar.from_string(text)
         if self._grammar_vocab is None:
             self._grammar_vocab = VocabTrie.from_tokenizer(self._vocab, self._n_vocab)
-        automaton = self._grammar_automata.pop(grammar._grammar, None) or grammar.automaton
-        self._grammar_automata[grammar._grammar] = automaton       # most recent last
+        key = (grammar._grammar, grammar.limits)      # the same text under other limits differs
+        automaton = self._grammar_automata.pop(key, None) or grammar.automaton
+        self._grammar_automata[key] = automaton       # most recent last
         while len(self._grammar_automata) > _GRAMMAR_CACHE_SIZE:
             self._grammar_automata.pop(next(iter(self._grammar_automata)))
         return GrammarMatcher(automaton, self._grammar_vocab)

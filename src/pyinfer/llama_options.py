@@ -46,7 +46,8 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 
 
 # pyinfer keywords Llama(...) receives through **kwargs (GPU index options)
-PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts")
+PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts",
+                  "chat_template_limits")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -115,6 +116,8 @@ class LlamaOptions:
     use_extra_bufts: bool = True
     # PowerInfer models: gate/up/down_t rows repacked per neuron at load (False: three matrices)
     neuron_bundle: bool = True
+    # bounds on rendering the model's chat template (pyinfer.chat.ChatTemplateLimits; None: defaults)
+    chat_template_limits: Any = None
 
     @classmethod
     def from_keywords(cls, values: Dict[str, Any], extra: Dict[str, Any]) -> "LlamaOptions":
