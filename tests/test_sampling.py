@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from pyinfer.sampling import (LLAMA_DEFAULT_SEED, CppRandom, LogitsProcessorList, Sampler,
-                              SamplingSettings, StoppingCriteriaList, apply_penalties, draw,
-                              min_p, resolve_seed, top_k, top_p, typical_p)
+                              SamplingSettings, StoppingCriteriaList, apply_logit_bias,
+                              apply_penalties, check_logit_bias, draw, min_p, resolve_seed,
+                              top_k, top_p, typical_p)
 
 # probabilities 0.5, 0.25, 0.15, 0.10 for ids 2, 0, 3, 1
 PROBS = np.array([0.25, 0.10, 0.50, 0.15])
@@ -125,3 +126,73 @@ def test_stopping_criteria_list_any():
     crit = StoppingCriteriaList([lambda ids, lg: False, lambda ids, lg: len(ids) > 2])
     assert not crit(np.array([1, 2]), np.zeros(3))
     assert crit(np.array([1, 2, 3]), np.zeros(3))
+
+
+def test_logit_bias_ids_are_checked():
+    """A negative id would be numpy's index from the end (llama-cpp-python biases the last
+    token for -1), one past the vocabulary an IndexError mid-generation: both are a
+    ValueError naming the id, before anything is sampled."""
+    assert check_logit_bias({"3": 1, 0: -np.inf}) == {3: 1.0, 0: -np.inf}
+    assert check_logit_bias(None) == {}
+    for bad, match in (({-1: 5.0}, "token id -1 is out of range"),
+                       ({"x": 1.0}, "must be integers, got 'x'"),
+                       ({1.5: 1.0}, "must be integers"),
+                       ({2: float("nan")}, "must be a number or -inf"),
+                       ({2: float("inf")}, "must be a number or -inf")):
+        with pytest.raises(ValueError, match=match):
+            check_logit_bias(bad)
+        with pytest.raises(ValueError, match=match):
+            SamplingSettings(logit_bias=bad)
+    with pytest.raises(ValueError, match=r"token id 4 is out of range \(0 to 3\)"):
+        check_logit_bias({4: 1.0}, n_vocab=4)
+    with pytest.raises(ValueError, match=r"token id 4 is out of range \(0 to 3\)"):
+        apply_logit_bias(LOGITS, {4: 1.0})
+    with pytest.raises(ValueError, match="token id -1"):
+        apply_logit_bias(LOGITS, {-1: 1.0})          # never LOGITS[-1]
+    out = apply_logit_bias(LOGITS, {3: 2.0})
+    assert out[3] == LOGITS[3] + 2.0 and (out[:3] == LOGITS[:3]).all()
+    s = Sampler(SamplingSettings(temperature=0.0, logit_bias={7: 1.0}))
+    with pytest.raises(ValueError, match="token id 7 is out of range"):
+        s.sample(LOGITS)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from tiny_chat_model import write_tiny_chat_model
+    from pyinfer import Llama
+    path = write_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+    llm = Llama(str(path), n_ctx=64, verbose=False)
+    yield llm
+    llm.close()
+
+
+def test_llama_refuses_bad_logit_bias(tiny_llama):
+    """The Python API: a negative or out-of-range id raises ValueError (a negative one when
+    the call is made, before the prompt is evaluated), and a valid one still works."""
+    n_vocab = tiny_llama.n_vocab()
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        tiny_llama.create_completion("ab", max_tokens=2, logit_bias={-1: 5.0})
+    with pytest.raises(ValueError, match=f"token id {n_vocab} is out of range"):
+        tiny_llama.create_completion("ab", max_tokens=2, logit_bias={n_vocab: 5.0})
+    z = tiny_llama.tokenize(b"z", add_bos=False)[0]
+    tiny_llama.reset()
+    out = tiny_llama.create_completion("ab", max_tokens=1, temperature=0.0,
+                                       logit_bias={z: 100.0})
+    assert out["choices"][0]["text"] == "z"
+
+
+def test_llama_refuses_bad_logit_bias_ids_before_generating(tmp_path):
+    """Through Llama: a negative id and an id past the vocabulary are ValueErrors at call time
+    (llama-cpp-python would bias the last token / fail mid-generation), a valid one applies."""
+    import pytest
+    from pyinfer import Llama
+    from tiny_chat_model import write_tiny_chat_model
+    path = str(write_tiny_chat_model(tmp_path / "m.gguf"))
+    with Llama(path, n_ctx=64, verbose=False) as llm:
+        n = llm.n_vocab()
+        for bad in ({-1: 5.0}, {n: 5.0}):
+            with pytest.raises(ValueError, match="out of range"):
+                llm("hello", max_tokens=2, logit_bias=bad)
+        forced = llm.tokenize(b"z", add_bos=False)[0]
+        out = llm("hello", max_tokens=1, temperature=0.0, logit_bias={forced: 1e4})
+        assert llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False) == [forced]

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
-from .sampling import SamplingSettings, StoppingCriteriaList
+from .sampling import SamplingSettings, StoppingCriteriaList, check_logit_bias
 
 
 @dataclass
@@ -42,7 +42,7 @@ class CompletionRequest:
                       logprobs, echo, stop, frequency_penalty, presence_penalty, repeat_penalty,
                       top_k, stream, seed, mirostat_mode, mirostat_tau, mirostat_eta, model,
                       stopping_criteria, logits_processor, grammar, logit_bias,
-                      penalty_last_n) -> "CompletionRequest":
+                      penalty_last_n, n_vocab: Optional[int] = None) -> "CompletionRequest":
         if suffix is not None:
             raise NotImplementedError("suffix (fill-in-the-middle completion) is not supported "
                                       "by pyinfer")
@@ -52,7 +52,7 @@ class CompletionRequest:
             repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, penalty_last_n=penalty_last_n,
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
-            logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()})
+            logit_bias=check_logit_bias(logit_bias, n_vocab))
         return cls(prompt=prompt, max_tokens=max_tokens, sampling=sampling, logprobs=logprobs,
                    echo=echo, stop=[s.encode("utf-8") for s in stops if s], stream=stream,
                    seed=seed, model=model, stopping_criteria=stopping_criteria,

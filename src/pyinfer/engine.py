@@ -152,6 +152,17 @@ class Engine:
             self._require_open()
             yield self
 
+    def release_batch_graphs(self) -> int:
+        """Close the cached graphs of more than one token (prompt batches: their scratch is the
+        big part of a long prompt's memory); they are rebuilt when needed. Returns how many."""
+        with self._lock:
+            if self.closed:
+                return 0
+            big = [key for key in self._graphs if key[0] > 1]
+            for key in big:
+                self._graphs.pop(key).close()
+        return len(big)
+
     def _require_open(self) -> None:
         if self.closed:
             raise LlamaClosedError()

@@ -408,7 +408,7 @@ class Llama:
             prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p, logprobs, echo,
             stop, frequency_penalty, presence_penalty, repeat_penalty, top_k, stream, seed,
             mirostat_mode, mirostat_tau, mirostat_eta, model, stopping_criteria,
-            logits_processor, grammar, logit_bias, self.last_n_tokens_size)
+            logits_processor, grammar, logit_bias, self.last_n_tokens_size, self._n_vocab)
         return create_completion(self, req)
 
     def __call__(self, prompt: str, suffix: Optional[str] = None, max_tokens: Optional[int] = 16,

@@ -48,6 +48,9 @@ class SamplingSettings:
     logit_bias: Dict[int, float] = field(default_factory=dict)
     seed: Optional[int] = None      # None or LLAMA_DEFAULT_SEED: a random seed
 
+    def __post_init__(self):
+        self.logit_bias = check_logit_bias(self.logit_bias)
+
 
 # ---- logits processors and stopping criteria (llama-cpp-python's hooks) ----
 
@@ -74,12 +77,44 @@ class StoppingCriteriaList(List[StoppingCriteria]):
 
 # ---- whole-vocabulary transforms -------------------------------------------
 
+def check_logit_bias(bias: Optional[Dict[int, float]],
+                     n_vocab: Optional[int] = None) -> Dict[int, float]:
+    """`bias` as {token id: float}, or ValueError: an id that is not an integer, negative or
+    (with `n_vocab`) past the vocabulary, or a bias that is NaN or +inf (-inf bans a token).
+    llama-cpp-python adds the bias with `scores[id]`, so there -1 silently biases the last
+    token and an id past the vocabulary fails mid-generation with an IndexError; llama.cpp's
+    server drops such ids without a word. Here they are an error, before anything runs."""
+    out: Dict[int, float] = {}
+    for tok, value in (bias or {}).items():
+        if isinstance(tok, (bool, float)) or not isinstance(tok, (int, np.integer, str)):
+            raise ValueError(f"logit_bias: token ids must be integers, got {tok!r}")
+        try:
+            tid = int(tok)
+        except ValueError:
+            raise ValueError(f"logit_bias: token ids must be integers, got {tok!r}") from None
+        if tid < 0 or (n_vocab is not None and tid >= n_vocab):
+            where = f"0 to {n_vocab - 1}" if n_vocab is not None else "0 or more"
+            raise ValueError(f"logit_bias: token id {tid} is out of range ({where})")
+        b = float(value)
+        if math.isnan(b) or b == math.inf:
+            raise ValueError(f"logit_bias: the bias of token {tid} must be a number or "
+                             f"-inf, got {b}")
+        out[tid] = b
+    return out
+
+
 def apply_logit_bias(logits: np.ndarray, bias: Dict[int, float]) -> np.ndarray:
+    """`logits` plus the bias of each token id in `bias` (a ValueError for an id outside
+    the vocabulary, never numpy's negative indexing)."""
     if not bias:
         return logits
     out = logits.copy()
+    n = out.shape[-1]
     for tok, b in bias.items():
-        out[int(tok)] += b
+        t = int(tok)
+        if not 0 <= t < n:
+            raise ValueError(f"logit_bias: token id {t} is out of range (0 to {n - 1})")
+        out[t] += b
     return out
 
 

@@ -83,6 +83,9 @@ _REGEXES: Dict[str, Tuple[str, ...]] = {
 }
 
 
+_GIL_FREE_CHARS = 4096    # texts at least this long are encoded with the GIL released
+
+
 @dataclass(frozen=True)
 class PreTokenizer:
     """How llama.cpp treats one `tokenizer.ggml.pre` name."""
@@ -247,8 +250,10 @@ class ByteLevelBPE:
     def encode(self, fragments: Sequence[bytes]) -> List[List[int]]:
         """Token ids for each raw text fragment (no special-token handling here)."""
         texts = [decode_like_llama(f) for f in fragments]
-        if len(texts) == 1:
+        if len(texts) == 1 and len(texts[0]) < _GIL_FREE_CHARS:
             return [self._tk.encode(texts[0], add_special_tokens=False).ids]
+        # encode_batch releases the GIL (encode holds it: 6 s of a 3 MB text stalled a server's
+        # event loop); the same ids
         return [e.ids for e in self._tk.encode_batch(texts, add_special_tokens=False)]
 
     def split_words(self, text: bytes) -> List[str]:

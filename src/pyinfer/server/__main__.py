@@ -7,12 +7,16 @@ JSON or YAML instead.
 
 As every pyinfer command line: a bad argument, a missing model or config file or a model
 that cannot be loaded is one line on stderr and exit code 2; `--help` shows the defaults;
-`--version` prints `pyinfer <version>`.
+`--version` prints `pyinfer <version>`. The API key is best given as PYINFER_API_KEY=... or
+--api_key_file PATH: a command-line --api_key is visible in `ps` (a warning says so).
+`kill -USR1 PID` prints the stack of every thread of a running server to stderr.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 import typing
 from typing import Any, List, Optional, Tuple
@@ -127,8 +131,17 @@ def settings_from_args(argv: Optional[List[str]] = None
 def _serve(args: argparse.Namespace) -> int:
     server_settings, model_settings = _settings(args)
     _check_models(model_settings)
+    if args.api_key is not None:
+        print(f"{PROG}: warning: an --api_key on the command line is visible to every user "
+              "of this machine (ps); prefer PYINFER_API_KEY=... or --api_key_file",
+              file=sys.stderr)
     import uvicorn
     from .app import create_app
+    if hasattr(signal, "SIGUSR1"):      # `kill -USR1 PID`: every thread's stack to stderr
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (OSError, ValueError, AttributeError):   # stderr without a file descriptor
+            pass
     app = create_app(server_settings=server_settings, model_settings=model_settings)
     uvicorn.run(app, host=server_settings.host, port=server_settings.port,
                 ssl_keyfile=server_settings.ssl_keyfile,

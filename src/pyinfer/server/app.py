@@ -6,15 +6,21 @@
 Endpoints: POST /v1/completions, /v1/chat/completions (SSE with stream=true, ending in
 `data: [DONE]`), /v1/embeddings, GET /v1/models, POST /extras/tokenize,
 /extras/tokenize/count, /extras/detokenize, GET /health. With an api_key every endpoint
-but /health needs `Authorization: Bearer KEY`. /v1/embeddings answers one vector per input
-by default, also for a model that declares no pooling (see `pooled_embedding`).
+but /health needs `Authorization: Bearer KEY` (see `security`). /v1/embeddings answers one
+vector per input by default, also for a model that declares no pooling (`pooled_embedding`).
+
+The event loop only moves bytes: everything that touches a model (preparing a request --
+grammar, chat template, tokenizing --, generating, embedding, tokenize/detokenize) runs in
+a worker thread holding the model's lease, so /health answers while a request of any size
+is prepared or generated. Bodies, prompts, logprobs and n are bounded (`limits`); after
+use, an idle model gives back the memory its requests left behind (`memory`).
 """
 from __future__ import annotations
 
 import base64
-import hmac
 import os
 import threading
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
@@ -22,17 +28,19 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..llama_options import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED
 from .errors import APIError, from_exception, install_handlers
-from .generation import ClientGone, generation_kwargs, run_watching, single_prompt
+from .generation import ClientGone, prepared_call, run_watching, single_prompt
+from .limits import BodySizeLimit, check_request
 from .models import ModelHub
+from .security import add_cors, add_keyed_docs, authenticator, docs_urls, redactor
 from .settings import ModelSettings, ServerSettings, Settings, load_config_file
-from .streaming import LeasedEventStream
+from .streaming import LeasedEventStream, first_chunk, json_response
 from .types import (CreateChatCompletionRequest, CreateCompletionRequest,
                     CreateEmbeddingRequest, DetokenizeInputRequest, TokenizeInputRequest)
+
+TRIM_INTERVAL_S = 1.0        # how often the janitor looks for an idle, used model
 
 
 def _embedding_base64(data: List[Dict[str, Any]]) -> None:
@@ -88,45 +96,61 @@ def create_app(settings: Optional[Settings] = None,
     hub = ModelHub(model_settings, server_settings.any_model_name, llama=llama)
     hub.llama                                    # load the default model now
 
+    @asynccontextmanager
+    async def lifespan(app):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_janitor, hub)
+            yield
+            tg.cancel_scope.cancel()
+
     from .. import __version__
     app = FastAPI(title="pyinfer OpenAI-compatible API", version=__version__,
-                  root_path=server_settings.root_path)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
-                       allow_methods=["*"], allow_headers=["*"])
-    install_handlers(app)
+                  root_path=server_settings.root_path, lifespan=lifespan,
+                  **docs_urls(server_settings))
+    add_cors(app, server_settings)
+    app.add_middleware(BodySizeLimit, limit=server_settings.max_request_bytes)
+    redact = redactor(m.model for m in model_settings)
+    install_handlers(app, redact)
     app.state.hub, app.state.server_settings = hub, server_settings
-    app.include_router(_router(hub, server_settings))
+    app.include_router(_router(app, hub, server_settings, redact))
     return app
 
 
-def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
-    bearer = HTTPBearer(auto_error=False)
+async def _janitor(hub: ModelHub) -> None:
+    """Once a second: if the model was used and nobody uses it now, trim its memory."""
+    while True:
+        await anyio.sleep(TRIM_INTERVAL_S)
+        try:
+            await hub.trim()
+        except Exception as e:       # never let housekeeping end the server
+            from .errors import internal_error
+            internal_error(e)
 
-    async def authenticate(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
-        if ss.api_key is None:
-            return
-        if creds is not None and hmac.compare_digest(creds.credentials.encode(),
-                                                     ss.api_key.encode()):
-            return
-        raise APIError(401, "Invalid API key", code="invalid_api_key")
 
-    router = APIRouter(dependencies=[Depends(authenticate)])
+def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
+            redact: Callable[[str], str]) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(authenticator(ss))])
     turn = ss.interleave_tokens if len(hub.settings) == 1 else 0
     public = APIRouter()
 
     async def generate(request: Request, body, call: Callable):
-        """Run `call(llama, **kwargs)` holding the lease; a stream keeps the lease until
-        it ends. A request whose client left while it waited is dropped; a non-streaming
-        one whose client leaves while it runs stops at the next token."""
+        """Prepare the request and run `call(llama, **kwargs)` in a worker thread holding the
+        lease; a stream keeps the lease until it ends (its first chunk is computed here, so
+        that errors up to the first token are HTTP errors). A request whose client left
+        while it waited is dropped; a non-streaming one whose client leaves while it runs
+        stops at the next token."""
+        check_request(body, ss)
         lease = await hub.lease(body.model)
         try:
             if await request.is_disconnected():
                 raise APIError(400, "Client closed request")
             cancel = threading.Event()
-            kwargs = generation_kwargs(lease, body, cancel)
-            fn = partial(call, lease.llama, **kwargs)
-            result = await (anyio.to_thread.run_sync(fn) if body.stream
-                            else run_watching(request, fn, cancel))
+            fn = partial(prepared_call, lease, body, call, cancel, ss)
+            if body.stream:
+                chunks = await anyio.to_thread.run_sync(fn)
+                first = await anyio.to_thread.run_sync(first_chunk, chunks)
+            else:
+                result = await run_watching(request, fn, cancel)
         except ClientGone:
             lease.release()
             raise APIError(400, "Client closed request") from None
@@ -137,10 +161,10 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
             lease.release()
             raise
         if body.stream:
-            return LeasedEventStream(result, lease, body, pings=not ss.disable_ping_events,
-                                     turn=turn)
+            return LeasedEventStream(chunks, lease, body, pings=not ss.disable_ping_events,
+                                     turn=turn, first=first, redact=redact)
         lease.release()
-        return result
+        return await json_response(result)
 
     @router.post("/v1/completions", summary="Completion")
     async def create_completion(request: Request, body: CreateCompletionRequest):
@@ -158,18 +182,21 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
 
     @router.post("/v1/embeddings", summary="Embedding")
     async def create_embedding(body: CreateEmbeddingRequest):
+        check_request(body, ss)
+
+        def embed(llama, settings):
+            out = pooled_embedding(llama, settings, body.input, lease.alias)
+            if body.encoding_format == "base64":
+                _embedding_base64(out["data"])
+            return out
         lease = await hub.lease(body.model)
         try:
-            out = await anyio.to_thread.run_sync(partial(
-                pooled_embedding, lease.llama, hub.settings[lease.alias], body.input,
-                body.model or lease.alias))
+            out = await anyio.to_thread.run_sync(embed, lease.llama, hub.settings[lease.alias])
         except Exception as e:
             raise from_exception(e, body) from e
         finally:
             lease.release()
-        if body.encoding_format == "base64":
-            _embedding_base64(out["data"])
-        return out
+        return await json_response(out)
 
     @router.get("/v1/models", summary="Models")
     async def get_models():
@@ -177,40 +204,41 @@ def _router(hub: ModelHub, ss: ServerSettings) -> APIRouter:
                 "data": [{"id": alias, "object": "model", "created": hub.created,
                           "owned_by": "me", "permissions": []} for alias in hub.settings]}
 
-    async def tokenizer_of(name: Optional[str]):
-        """The Llama whose tokenizer serves `name` (loaded, under the lease, if needed)."""
-        if hub.resolve(name) == hub.loaded_alias:
-            return hub.llama
+    async def with_model(name: Optional[str], fn: Callable, *args):
+        """`fn(llama, *args)` in a worker thread, holding the lease of the model `name`
+        (tokenizing a big input waits its turn instead of piling up threads)."""
         lease = await hub.lease(name)
-        lease.release()
-        return lease.llama
+        try:
+            return await anyio.to_thread.run_sync(partial(fn, lease.llama, *args))
+        except Exception as e:
+            raise from_exception(e) from e
+        finally:
+            lease.release()
 
-    async def tokens_of(body: TokenizeInputRequest) -> List[int]:
-        llama = await tokenizer_of(body.model)
-        return await anyio.to_thread.run_sync(
-            partial(llama.tokenize, body.input.encode("utf-8"), special=True))
+    def tokens_of(llama, text: str) -> List[int]:
+        return llama.tokenize(text.encode("utf-8"), special=True)
 
     @router.post("/extras/tokenize", summary="Tokenize")
     async def tokenize(body: TokenizeInputRequest):
-        return {"tokens": await tokens_of(body)}
+        return await json_response({"tokens": await with_model(body.model, tokens_of,
+                                                                body.input)})
 
     @router.post("/extras/tokenize/count", summary="Tokenize count")
     async def tokenize_count(body: TokenizeInputRequest):
-        return {"count": len(await tokens_of(body))}
+        return {"count": await with_model(body.model, lambda llama, text: len(
+            tokens_of(llama, text)), body.input)}
 
     @router.post("/extras/detokenize", summary="Detokenize")
     async def detokenize(body: DetokenizeInputRequest):
-        llama = await tokenizer_of(body.model)
-        try:
-            text = await anyio.to_thread.run_sync(llama.detokenize, body.tokens)
-        except Exception as e:
-            raise from_exception(e, body) from e
+        text = await with_model(body.model, lambda llama, tokens: llama.detokenize(tokens),
+                                body.tokens)
         return {"text": text.decode("utf-8", errors="replace")}
 
     @public.get("/health", summary="Health")
     async def health():
         return {"status": "ok", "model": hub.loaded_alias}
 
+    add_keyed_docs(app, router, ss)
     combined = APIRouter()
     combined.include_router(router)
     combined.include_router(public)

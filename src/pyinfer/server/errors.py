@@ -2,15 +2,18 @@
 
 Exceptions from `Llama` are mapped by their text, as llama-cpp-python's server does: a
 context overflow ("Requested tokens (N) exceed context window of C") becomes 400
-`context_length_exceeded` with llama-cpp-python's message; other ValueErrors and
-NotImplementedErrors (bad input, features pyinfer lacks) are 400; anything else is 500.
+`context_length_exceeded` with llama-cpp-python's message; other ValueErrors, TypeErrors and
+NotImplementedErrors (bad input, features pyinfer lacks), a chat template that fails on the
+messages and input nested too deeply are 400. Anything else is a 500 whose body says only
+"Internal server error": the exception and its traceback go to the server's log, never to
+the client. Every message passes through the app's redaction (no filesystem paths).
 """
 from __future__ import annotations
 
 import re
 import sys
 import traceback
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -57,9 +60,27 @@ def from_exception(exc: BaseException, body: Any = None) -> APIError:
         return APIError(400, text, code="unsupported")
     if isinstance(exc, (ValueError, TypeError)):
         return APIError(400, text)
-    print(f"Exception: {text}", file=sys.stderr)
+    if isinstance(exc, RecursionError):
+        return APIError(400, "the request is nested too deeply")
+    if _is_template_error(exc):
+        return APIError(400, f"the chat template failed on these messages: {text}",
+                        param="messages")
+    return internal_error(exc)
+
+
+def internal_error(exc: BaseException) -> APIError:
+    """A 500 with a generic message; the exception goes to the log with its traceback."""
+    print(f"pyinfer.server: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    return APIError(500, text, type="internal_server_error")
+    return APIError(500, "Internal server error", type="internal_server_error")
+
+
+def _is_template_error(exc: BaseException) -> bool:
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return False
+    return isinstance(exc, TemplateError)
 
 
 def _context_length_exceeded(body: Any, prompt_tokens: int, n_ctx: int) -> APIError:
@@ -78,18 +99,28 @@ def _context_length_exceeded(body: Any, prompt_tokens: int, n_ctx: int) -> APIEr
     return APIError(400, message, param="messages", code="context_length_exceeded")
 
 
-def install_handlers(app) -> None:
-    """Answer APIError, HTTP errors and request validation errors in OpenAI's shape."""
+def install_handlers(app, redact: Callable[[str], str] = lambda text: text) -> None:
+    """Answer APIError, HTTP errors, request validation errors and any other exception in
+    OpenAI's shape; `redact` cleans every message (the served models' paths)."""
+
+    def respond(err: APIError):
+        err.message = redact(err.message)
+        return err.response()
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
-        return exc.response()
+        return respond(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
-        return APIError(exc.status_code, str(exc.detail),
-                        type="invalid_request_error" if exc.status_code < 500
-                        else "internal_server_error").response()
+        err = APIError(exc.status_code, str(exc.detail),
+                       type="invalid_request_error" if exc.status_code < 500
+                       else "internal_server_error",
+                       code="request_too_large" if exc.status_code == 413 else None)
+        response = respond(err)
+        for k, v in (exc.headers or {}).items():
+            response.headers[k] = v
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -97,6 +128,17 @@ def install_handlers(app) -> None:
         first = errors[0] if errors else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         message = first.get("msg", "invalid request")
-        if loc:
+        if first.get("type") == "json_invalid":
+            message, loc = f"the body is not valid JSON: {message}", []
+        elif loc:
             message = f"{'.'.join(loc)}: {message}"
-        return APIError(400, message, param=".".join(loc) or None).response()
+        return respond(APIError(400, message, param=loc[0] if loc else None))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request, exc: RecursionError):
+        return respond(APIError(400, "the request is nested too deeply"))
+
+    @app.exception_handler(Exception)
+    async def _internal(request, exc: Exception):
+        # Starlette re-raises the exception after this answer: the server logs it
+        return respond(APIError(500, "Internal server error", type="internal_server_error"))

@@ -1,11 +1,15 @@
 """How a completion or chat request becomes a `Llama` call: its keywords (logit_bias
 forms, GBNF grammar, min_tokens), and the logits processors the server adds: banning
-end-of-text before min_tokens, and stopping a non-streaming generation whose client left.
+end-of-text before min_tokens, the server's prompt limit, and stopping a non-streaming
+generation whose client left. `prepared_call` does all of it, and the call, in one function
+that the app runs in a worker thread holding the model's lease: grammar parsing, template
+rendering and tokenizing never run on the event loop. `n` choices are generated one after
+another and merged into one response (or one stream, choice after choice).
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import anyio
 import anyio.to_thread
@@ -13,7 +17,9 @@ import numpy as np
 from fastapi import Request
 
 from .errors import APIError
+from .limits import PromptLimit, check_completion_prompt, check_messages_text, prompt_limit
 from .models import Lease
+from .settings import ServerSettings
 
 
 DISCONNECT_POLL_S = 0.25     # how often a non-streaming request checks for its client
@@ -100,28 +106,48 @@ def single_prompt(prompt):
     raise APIError(400, "only one prompt per request is supported", param="prompt")
 
 
-def generation_kwargs(lease: Lease, body, cancel: threading.Event) -> Dict[str, Any]:
-    """Llama keywords for a completion or chat request (`cancel`: set to stop it)."""
+def _logit_bias(llama, body) -> Dict[int, float]:
+    """The request's logit_bias as token ids -> bias, each id checked against the vocabulary
+    (llama-cpp-python would index from the end for a negative id and fail mid-generation
+    for one past the vocabulary)."""
+    from ..sampling import check_logit_bias
+    if body.logit_bias_type == "tokens":
+        bias: Dict[int, float] = {}
+        for text, value in body.logit_bias.items():
+            for tok in llama.tokenize(text.encode("utf-8"), add_bos=False, special=True):
+                bias[tok] = value
+    else:
+        try:
+            bias = {int(k): v for k, v in body.logit_bias.items()}
+        except ValueError:
+            raise APIError(400, "logit_bias keys must be token ids (or set "
+                           "logit_bias_type to 'tokens')", param="logit_bias") from None
+    try:
+        return check_logit_bias(bias, llama.n_vocab())
+    except ValueError as e:
+        raise APIError(400, str(e), param="logit_bias") from None
+
+
+def generation_kwargs(lease: Lease, body, cancel: threading.Event,
+                      limit: Optional[int] = None) -> Dict[str, Any]:
+    """Llama keywords for a completion or chat request (`cancel`: set to stop it; `limit`:
+    the server's prompt limit in tokens, None for the context size). Parses the grammar and
+    tokenizes: run it off the event loop."""
     llama = lease.llama
     kw = body.llama_kwargs()
     from ..sampling import LogitsProcessorList
     processors = LogitsProcessorList()
-    kw["model"] = body.model or lease.alias
+    kw["model"] = lease.alias
     if body.logit_bias:
-        if body.logit_bias_type == "tokens":
-            bias: Dict[int, float] = {}
-            for text, value in body.logit_bias.items():
-                for tok in llama.tokenize(text.encode("utf-8"), add_bos=False, special=True):
-                    bias[tok] = value
-            kw["logit_bias"] = bias
-        else:
-            try:
-                kw["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}
-            except ValueError:
-                raise APIError(400, "logit_bias keys must be token ids (or set "
-                               "logit_bias_type to 'tokens')", param="logit_bias") from None
+        kw["logit_bias"] = _logit_bias(llama, body)
     if body.grammar is not None:
         kw["grammar"] = _grammar(body.grammar)
+    if limit is not None:
+        if hasattr(body, "messages"):
+            check_messages_text(llama, body.messages, limit)
+            processors.append(PromptLimit(limit))
+        else:
+            check_completion_prompt(llama, single_prompt(body.prompt), limit)
     if body.min_tokens > 0:
         processors.append(MinTokensProcessor(body.min_tokens, llama.token_eos()))
     if not body.stream:     # a stream stops when its response is cancelled
@@ -129,3 +155,61 @@ def generation_kwargs(lease: Lease, body, cancel: threading.Event) -> Dict[str, 
     if processors:
         kw["logits_processor"] = processors
     return kw
+
+
+def _choice_seed(seed: Optional[int], i: int) -> Optional[int]:
+    """Choice i of a seeded request uses seed + i: reproducible, and the choices differ."""
+    return None if seed is None else (seed + i) & 0xFFFFFFFF
+
+
+def merge_choices(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """n single-choice responses -> one response with choices 0..n-1 (usage: one prompt,
+    the completions' tokens summed)."""
+    out = dict(results[0])
+    out["choices"] = [{**r["choices"][0], "index": i} for i, r in enumerate(results)]
+    usage = results[0].get("usage")
+    if usage is not None:
+        completion = sum(r["usage"]["completion_tokens"] for r in results)
+        out["usage"] = {**usage, "completion_tokens": completion,
+                        "total_tokens": usage["prompt_tokens"] + completion}
+    return out
+
+
+def _chained(first: Iterator[Dict[str, Any]], more: Callable[[int], Iterator[Dict[str, Any]]],
+             n: int) -> Iterator[Dict[str, Any]]:
+    """The chunks of choice 0, then of choices 1..n-1 (made by `more(i)` when their turn
+    comes), each chunk carrying its choice index and the first stream's id."""
+    head = None
+    for i in range(n):
+        chunks = first if i == 0 else more(i)
+        try:
+            for chunk in chunks:
+                if head is None:
+                    head = (chunk.get("id"), chunk.get("created"))
+                chunk["id"], chunk["created"] = head
+                chunk["choices"][0]["index"] = i
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+
+def prepared_call(lease: Lease, body, call: Callable, cancel: threading.Event,
+                  ss: ServerSettings):
+    """Prepare the request and run `call(llama, **kwargs)` for each of its `n` choices: the
+    merged response, or for a stream an iterator of chunks. Blocking: run it in a worker
+    thread while holding `lease`."""
+    limit = prompt_limit(ss, lease.llama)
+    n = max(body.n or 1, 1)
+
+    def one(i: int):
+        kw = generation_kwargs(lease, body, cancel, limit)
+        kw["seed"] = _choice_seed(body.seed, i)
+        return call(lease.llama, **kw)
+
+    if not body.stream:
+        results = [one(i) for i in range(n)]
+        return results[0] if n == 1 else merge_choices(results)
+    first = one(0)
+    return first if n == 1 else _chained(first, one, n)

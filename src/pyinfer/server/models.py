@@ -14,13 +14,15 @@ the waiters and, back on turn, restores it if another request used the model mea
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 from typing import Dict, List, Optional
 
 import anyio
 import anyio.to_thread
 
-from .errors import model_not_found
+from .errors import APIError, model_not_found
 from .settings import ModelSettings
 
 
@@ -67,8 +69,10 @@ class ModelHub:
             raise ValueError("no models to serve")
         self.settings: Dict[str, ModelSettings] = {}
         for m in models:
-            self.settings[m.model_alias or m.model] = m
-        self.default_alias = models[0].model_alias or models[0].model
+            if m.alias in self.settings:
+                raise ValueError(f"two models are named {m.alias!r}: give each a model_alias")
+            self.settings[m.alias] = m
+        self.default_alias = models[0].alias
         self.any_model_name = any_model_name
         self.created = int(time.time())
         self._llama = llama
@@ -76,6 +80,7 @@ class ModelHub:
         self._sem_obj: Optional[anyio.Semaphore] = None
         self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
         self.switches = 0                         # sequences restored by yield_turn
+        self.used = False                         # a lease was taken since the last trim
 
     @property
     def _sem(self) -> anyio.Semaphore:
@@ -133,10 +138,38 @@ class ModelHub:
         try:
             if self._alias != alias or self._llama is None:
                 await anyio.to_thread.run_sync(self._load, alias)
+        except Exception as e:      # the details (paths) go to the log only
+            self._sem.release()
+            print(f"pyinfer.server: loading model {alias!r} failed:", file=sys.stderr)
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+            raise APIError(500, f"The model `{alias}` could not be loaded",
+                           type="internal_server_error") from None
         except BaseException:
             self._sem.release()
             raise
+        self.used = True
         return Lease(self, self._llama, alias)
+
+    @property
+    def idle(self) -> bool:
+        """Nobody holds the lease or waits for it."""
+        sem = self._sem_obj
+        return sem is None or (sem.value == 1 and sem.statistics().tasks_waiting == 0)
+
+    async def trim(self) -> bool:
+        """If the model was used since the last trim and is idle now: give the memory its
+        last requests left behind back to the system (`memory.trim`), holding the lease.
+        Returns whether it trimmed."""
+        if not self.used or not self.idle or self._llama is None:
+            return False
+        from .memory import trim
+        await self._sem.acquire()
+        try:
+            await anyio.to_thread.run_sync(trim, self._llama)
+        finally:
+            self.used = False
+            self._sem.release()
+        return True
 
     def close(self) -> None:
         if self._llama is not None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CONFIG = SettingsConfigDict(protected_namespaces=(), extra="ignore")
@@ -32,7 +33,8 @@ class ModelSettings(BaseSettings):
 
     model: str = Field(description="The path to the GGUF model to serve.")
     model_alias: Optional[str] = Field(
-        default=None, description="The name clients use for this model (default: the path).")
+        default=None, description="The name clients use for this model (default: the file "
+        "name, without its directory).")
     n_gpu_layers: int = Field(default=0, ge=-1, description="Layers to put on the GPU.")
     vram_budget: Optional[float] = Field(
         default=None, description="GPU memory budget in GiB (pyinfer's hybrid GPU/CPU placement).")
@@ -87,6 +89,11 @@ class ModelSettings(BaseSettings):
         out["model_path"] = self.model
         return out
 
+    @property
+    def alias(self) -> str:
+        """The served name: model_alias, or the file name (never the directory)."""
+        return self.model_alias or os.path.basename(self.model) or self.model
+
 
 class ServerSettings(BaseSettings):
     """How the HTTP server runs."""
@@ -97,7 +104,34 @@ class ServerSettings(BaseSettings):
     ssl_keyfile: Optional[str] = Field(default=None, description="SSL key file for HTTPS.")
     ssl_certfile: Optional[str] = Field(default=None, description="SSL certificate file.")
     api_key: Optional[str] = Field(
-        default=None, description="If set, every request needs `Authorization: Bearer KEY`.")
+        default=None, validation_alias=AliasChoices("pyinfer_api_key", "api_key"),
+        description="If set, every request but /health needs `Authorization: Bearer KEY` "
+        "(also PYINFER_API_KEY=... or API_KEY=...; prefer those or --api_key_file: a "
+        "command-line value is visible to every user in `ps`).")
+    api_key_file: Optional[str] = Field(
+        default=None, validation_alias=AliasChoices("pyinfer_api_key_file", "api_key_file"),
+        description="Read the API key from this file (its first line).")
+    cors_origins: Optional[Union[str, List[str]]] = Field(
+        default=None, description="Web origins allowed to call the API from a browser "
+        "(CORS): comma-separated or a JSON list, e.g. http://localhost:3000; `*` allows any "
+        "origin, without credentials (default: none, CORS off).")
+    max_request_bytes: int = Field(
+        default=2 << 20, ge=1, description="Largest request body in bytes; a larger one is "
+        "refused with 413 before it is read.")
+    max_prompt_tokens: int = Field(
+        default=0, ge=0, description="Longest prompt in tokens (0: the context size); a longer "
+        "one is a 400 context_length_exceeded.")
+    max_logprobs: int = Field(
+        default=5, ge=0, description="Largest `logprobs` of /v1/completions (OpenAI's 5).")
+    max_top_logprobs: int = Field(
+        default=20, ge=0, description="Largest `top_logprobs` of /v1/chat/completions "
+        "(OpenAI's 20).")
+    max_n: int = Field(
+        default=4, ge=1, description="Largest `n` (choices per request, generated one after "
+        "another).")
+    max_embedding_inputs: int = Field(
+        default=2048, ge=1, description="Most inputs in one /v1/embeddings request "
+        "(OpenAI's 2048).")
     any_model_name: bool = Field(
         default=False, description="Serve requests naming an unknown model with the default "
         "model (llama-cpp-python's behaviour) instead of answering 404.")
@@ -108,6 +142,62 @@ class ServerSettings(BaseSettings):
     disable_ping_events: bool = Field(
         default=False, description="No SSE keep-alive pings (some clients need that).")
     root_path: str = Field(default="", description="Root path behind a reverse proxy.")
+
+    @field_validator("api_key", "api_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """API_KEY= (empty) means no key, as unsetting it does."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Optional[List[str]]:
+        """A JSON list, a comma-separated string or a list -> checked origins (None: off)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("cors_origins must be a comma-separated string or a list")
+        origins = []
+        for item in value:
+            for part in str(item).split(","):
+                if part.strip():
+                    origins.append(_origin(part.strip()))
+        return origins or None
+
+    @model_validator(mode="after")
+    def _read_api_key_file(self) -> "ServerSettings":
+        if self.api_key_file is None:
+            return self
+        try:
+            with open(self.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except OSError as e:
+            raise ValueError(f"api_key_file: cannot read {self.api_key_file}: "
+                             f"{e.strerror or e}") from None
+        if not key:
+            raise ValueError(f"api_key_file: {self.api_key_file} is empty")
+        if self.api_key is not None and self.api_key != key:
+            raise ValueError("both api_key and api_key_file are set, to different keys: give one")
+        self.api_key = key
+        return self
+
+    def cors_credentials(self) -> bool:
+        """Browsers may send cookies only to an explicit list of origins, never with `*`."""
+        return bool(self.cors_origins) and "*" not in self.cors_origins
+
+
+def _origin(text: str) -> str:
+    """`*` or a browser origin, scheme://host[:port] (a trailing slash is dropped)."""
+    if text == "*":
+        return text
+    parts = urlsplit(text.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path \
+            or parts.query or parts.fragment:
+        raise ValueError(f"not an origin (scheme://host[:port]): {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class Settings(ServerSettings, ModelSettings):
