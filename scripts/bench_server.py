@@ -29,17 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 from pyinfer.default_model import require_default_model  # noqa: E402
+from server_proc import ServerProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["Once upon a time, there was a dragon who", "The history of the Roman Empire",
@@ -52,35 +50,13 @@ def default_model() -> str:
     return require_default_model()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args, port: int) -> subprocess.Popen:
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "pyinfer.server", "--model", args.model, "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", str(args.n_ctx), "--verbose", "false",
-           "--logits_all", "false"]
+def start_server(args, port: int) -> ServerProcess:
+    extra = ["--n_ctx", str(args.n_ctx), "--verbose", "false", "--logits_all", "false"]
     if args.interleave:
-        cmd += ["--interleave_tokens", str(args.interleave)]
+        extra += ["--interleave_tokens", str(args.interleave)]
     if args.threads:
-        cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
-    log = tempfile.TemporaryFile()      # a file, not a pipe: an unread pipe can block the server
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            sys.exit(f"server exited: {log.read().decode(errors='replace')}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("server did not start in 120 s")
+        extra += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
+    return ServerProcess(args.model, extra, port=port)
 
 
 def one_request(base: str, prompt: str, max_tokens: int) -> dict:
@@ -155,16 +131,14 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     args.model = args.model or default_model()
-    port = args.port or free_port()
-    proc = start_server(args, port)
-    base = f"http://127.0.0.1:{port}"
+    proc = start_server(args, args.port)
+    base = proc.base
     try:
         one_request(base, PROMPTS[0], 4)            # warm-up
         runs = [run_level(base, proc.pid, c, args.requests, args.max_tokens)
                 for _ in range(args.rounds) for c in args.levels]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop()
     rows = [median_row([r for r in runs if r["clients"] == c]) for c in args.levels]
     print(f"model {os.path.basename(args.model)}, {args.max_tokens} tokens per request, "
           f"{args.requests} requests per client, threads {args.threads or 'default'}, "

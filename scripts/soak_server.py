@@ -41,7 +41,6 @@ import faulthandler
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import httpx
 
 from pyinfer import Llama
 from pyinfer.default_model import require_default_model
+from server_proc import ServerProcess
 
 KEY = "soak-key"
 LEGIT = [("completion", "The capital of France is", False),
@@ -80,12 +80,6 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -93,35 +87,11 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def start_server(args, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYINFER_API_KEY": KEY}
-    cmd = [sys.executable, "-m", "pyinfer.server", "--model", args.model, "--host",
-           "127.0.0.1", "--port", str(port), "--n_ctx", str(args.n_ctx), "--verbose", "false"]
+def start_server(args) -> ServerProcess:
+    extra = ["--n_ctx", str(args.n_ctx), "--verbose", "false"]
     if args.threads:
-        cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    threading.Thread(target=_keep_tail, args=(proc,), daemon=True).start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            time.sleep(0.5)
-            sys.exit(f"server exited: {''.join(SERVER_LOG)}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("server did not start in 120 s")
-
-
-SERVER_LOG: list = []        # the server's stderr, its last 400 lines
-
-
-def _keep_tail(proc: subprocess.Popen) -> None:
-    for line in proc.stderr:
-        SERVER_LOG.append(line.decode(errors="replace"))
-        del SERVER_LOG[:-400]
+        extra += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
+    return ServerProcess(args.model, extra, env={"PYINFER_API_KEY": KEY})
 
 
 def expected_answers(model: str, n_ctx: int) -> list:
@@ -266,14 +236,11 @@ def main() -> int:
     args = ap.parse_args()
     args.model = args.model or str(require_default_model())
     want = expected_answers(args.model, args.n_ctx)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port)
+    proc = start_server(args)
     try:
-        return run(args, base, proc, want)
+        return run(args, proc.base, proc, want)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop()
 
 
 def run(args, base: str, proc: subprocess.Popen, want: list) -> int:
@@ -339,7 +306,7 @@ def run(args, base: str, proc: subprocess.Popen, want: list) -> int:
         os.kill(proc.pid, signal.SIGUSR1)
         time.sleep(3)
         print(f"HUNG: clients still running after {args.deadline:.0f} s; the server's "
-              "threads:\n" + "".join(SERVER_LOG[-200:]), file=sys.stderr)
+              "threads:\n" + "".join(proc.log[-200:]), file=sys.stderr)
         print("this script's threads:", file=sys.stderr)
         faulthandler.dump_traceback(all_threads=True)
         return 1

@@ -139,3 +139,19 @@ def pytest_runtest_makereport(item, call):
     if CI and report.skipped and isinstance(report.longrepr, tuple) and _declared_missing(report.longrepr[2]):
         report.outcome = "failed"
         report.longrepr = f"CI: {report.longrepr[2]} - the project declares it, so it may not be skipped"
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """A tiny chat model (tests/tiny_chat_model.py), written once per session."""
+    from tiny_chat_model import write_tiny_chat_model
+    return str(write_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf"))
+
+
+@pytest.fixture
+def tiny(tiny_path):
+    """A Llama over the tiny chat model, closed after the test."""
+    from pyinfer import Llama
+    m = Llama(tiny_path, n_threads=2, verbose=False)
+    yield m
+    m.close()

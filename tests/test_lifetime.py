@@ -29,7 +29,6 @@ from pyinfer._lib import GSStateError
 from pyinfer import LlamaClosedError, StreamInterruptedError
 from pyinfer.llama_cache import LlamaRAMCache, LlamaState
 from pyinfer.tensor import Context, Graph, ThreadPool
-from tiny_chat_model import write_tiny_chat_model
 
 HERE = Path(__file__).resolve()
 GREEDY = dict(temperature=0.0, top_k=1, seed=1)
@@ -163,18 +162,6 @@ def call_together(m, prompts, stream_second=False, max_tokens=12):
 
 def text_of(stream) -> str:
     return "".join(c["choices"][0]["text"] for c in stream)
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return str(write_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf"))
-
-
-@pytest.fixture
-def tiny(tiny_path):
-    m = Llama(tiny_path, n_threads=2, verbose=False)
-    yield m
-    m.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from pyinfer import Llama, LlamaRAMCache, StoppingCriteriaList
 from pyinfer.llama_options import LLAMA_POOLING_TYPE_MEAN, UnsupportedOptionError
 from pyinfer.offload import GPUUnavailableError, cuda_status
-from tiny_chat_model import EOS_ID, write_tiny_chat_model
+from tiny_chat_model import EOS_ID
 
 API_DATA = Path(__file__).parent / "data" / "SmolLM2-135M-Instruct.Q4_1.llama_cpp_api.json"
 GREEDY = dict(temperature=0.0)
@@ -33,11 +33,6 @@ def llm_lp(smollm2):
     m = Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
     yield m
     m.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return str(write_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf"))
 
 
 @pytest.fixture

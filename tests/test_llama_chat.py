@@ -8,22 +8,10 @@ import pytest
 
 from pyinfer import Llama
 from pyinfer.chat import BUILTIN_FORMATS, BuiltinChatFormatter, Jinja2ChatFormatter
-from tiny_chat_model import BOS_ID, EOS_ID, write_tiny_chat_model
+from tiny_chat_model import BOS_ID, EOS_ID
 
 API_DATA = Path(__file__).parent / "data" / "SmolLM2-135M-Instruct.Q4_1.llama_cpp_api.json"
 USER = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return str(write_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf"))
-
-
-@pytest.fixture
-def tiny(tiny_path):
-    m = Llama(tiny_path, n_threads=2, verbose=False)
-    yield m
-    m.close()
 
 
 def capture(llm, messages, chat_format=None, **kw):
