@@ -1,6 +1,7 @@
 """The generation command line (python -m pyinfer): streams text, prints llama.cpp-style
 timings, and reports bad arguments and missing files as one-line errors with exit status 2
-(a request the machine cannot honour, such as a GPU option without a GPU: status 1)."""
+(a request the machine cannot honour, such as --vram-budget without a GPU: status 1). -ngl
+without a usable GPU runs on the CPU with a one-line note, as llama.cpp's CPU build does."""
 import subprocess
 import sys
 
@@ -27,14 +28,25 @@ def test_greedy_output_equals_llama(smollm2, capsys):
     assert out.rstrip("\n") == "Once upon a time" + want
 
 
-@pytest.mark.parametrize("flags", [["-ngl", "99"], ["--vram-budget", "4"]])
-def test_gpu_options_without_cuda_fail_clearly(smollm2, capsys, flags):
-    ok, _ = cuda_status()
-    if ok:
-        pytest.skip("a CUDA device is present")
-    assert main(["-m", str(smollm2), "-n", "2"] + flags) == 1
+@pytest.mark.skipif(cuda_status()[0], reason="a CUDA device is present")
+def test_vram_budget_without_cuda_fails_clearly(smollm2, capsys):
+    assert main(["-m", str(smollm2), "-n", "2", "--vram-budget", "4"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pyinfer: error: ") and "needs a CUDA GPU" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(cuda_status()[0], reason="a CUDA device is present")
+def test_ngl_without_cuda_runs_on_the_cpu_with_a_note(smollm2, capsys):
+    argv = ["-m", str(smollm2), "-p", "Once upon a time", "-n", "4", "-t", "2"]
+    assert main(argv) == 0
+    want = capsys.readouterr().out
+    assert main(argv + ["-ngl", "99"]) == 0
+    out, err = capsys.readouterr()
+    assert out == want
+    notes = [line for line in err.splitlines() if line.startswith("pyinfer: note: ")]
+    assert len(notes) == 1 and "-ngl 99" in notes[0] and "runs on the CPU" in notes[0], err
+    assert main(argv + ["-ngl", "-1", "--verbose"]) == 0      # the note once, from the load
+    assert capsys.readouterr().err.count("no usable CUDA GPU") == 1
 
 
 def _usage_error(capsys, argv):

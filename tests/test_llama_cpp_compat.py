@@ -2,8 +2,10 @@
 
 Greedy completions and chats give the same texts and dicts of the same shape; the sampler,
 fed llama.cpp's own logits, picks the tokens llama.cpp picks for the same seed; the public
-signatures accept every llama-cpp-python keyword.
+signatures accept every llama-cpp-python keyword; model_params / context_params hold the
+values of llama-cpp-python's structs, field for field.
 """
+import dataclasses
 import inspect
 
 import numpy as np
@@ -137,7 +139,8 @@ def test_signatures_accept_llama_cpp_keywords():
     llama_cpp = pytest.importorskip("llama_cpp")
     for name in ("__init__", "__call__", "create_completion", "create_chat_completion",
                  "generate", "sample", "tokenize", "detokenize", "embed", "create_embedding",
-                 "eval", "save_state", "load_state", "reset", "set_seed", "set_cache"):
+                 "eval", "save_state", "load_state", "reset", "set_seed", "set_cache",
+                 "from_pretrained"):
         ref = inspect.signature(getattr(llama_cpp.Llama, name)).parameters
         ours = inspect.signature(getattr(pyinfer.Llama, name)).parameters
         missing = [p for p in ref if p not in ours and ref[p].kind != inspect.Parameter.VAR_KEYWORD]
@@ -157,5 +160,24 @@ def test_metadata_and_embeddings_agree(smollm2):
     assert a.shape == b.shape
     cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99        # different kernels (quantized activations): close, not equal
+    ref.close()
+    ours.close()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_ctx=1000, n_batch=256, n_ubatch=64, n_threads=3,
+                                         n_gpu_layers=-1, flash_attn=True, rope_freq_base=20000.0,
+                                         pooling_type=1, no_perf=True, op_offload=False)])
+def test_params_structs_match(smollm2, kw):
+    """Every field ours has, with llama-cpp-python's value (its ctypes pointers left out)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), verbose=False, **kw)
+    ours = pyinfer.Llama(str(smollm2), verbose=False, **kw)
+    for name in ("model_params", "context_params"):
+        for f in dataclasses.fields(getattr(ours, name)):
+            if f.name in ("tensor_split", "kv_overrides"):
+                continue
+            want, got = getattr(getattr(ref, name), f.name), getattr(getattr(ours, name), f.name)
+            assert got == want and type(got) is type(want), (name, f.name, got, want)
+    assert ours.n_ctx() == ref.n_ctx() and ours._is_recurrent is ref._is_recurrent
     ref.close()
     ours.close()

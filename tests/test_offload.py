@@ -1,5 +1,6 @@
 """GPU placement planned on the host (pyinfer/offload): budget arithmetic, the hybrid and
-n_gpu_layers plans, the load report, and the errors when CUDA is asked for but missing.
+n_gpu_layers plans, the load report, the error when a VRAM budget is asked for without CUDA,
+and n_gpu_layers without CUDA left on the CPU (as llama-cpp-python's CPU build).
 
 Oracle for the accounting: the device bytes of a plan are recomputed here from the raw sizes
 (256-byte parts, a 2 MiB arena granule, the slice layout of ggml_sparse/src/cuda/ffn_hybrid.cu)
@@ -13,8 +14,8 @@ from pyinfer import Llama
 from pyinfer.config import ModelConfig
 from pyinfer.gguf_model import GGUFFile
 from pyinfer.offload import (GIB, MIB, GPUUnavailableError, OffloadBudgetError, budget_bytes,
-                             cuda_status, format_report, make_plan, plan_hybrid, plan_layers,
-                             read_gpu_buckets, spec_from_file, summary)
+                             cuda_status, format_report, gpu_layers_note, make_plan, plan_hybrid,
+                             plan_layers, read_gpu_buckets, spec_from_file, summary)
 from pyinfer.offload.budget import ScratchShape, SliceRowBytes, arena_bytes, ffn_slice_bytes, part
 from pyinfer.offload.model_spec import ModelSpec, TensorSpec, classify
 from pyinfer.offload.planner import PRIORITY
@@ -273,9 +274,22 @@ def test_gpu_options_without_cuda_name_what_is_missing(tmp_path):
     with pytest.raises(GPUUnavailableError, match=r"vram_budget=2\.0 needs a CUDA GPU, but ") as e:
         Llama(model, vram_budget=2.0, verbose=False)
     assert reason in str(e.value)
-    with pytest.raises(GPUUnavailableError, match="n_gpu_layers=4 needs a CUDA GPU"):
-        Llama(model, n_gpu_layers=4, verbose=False)
+    with pytest.raises(GPUUnavailableError, match=r"vram_budget=1\.0 needs a CUDA GPU"):
+        Llama(model, vram_budget=1.0, n_gpu_layers=4, verbose=False)
     Llama(model, n_gpu_layers=0, verbose=False).close()
+
+
+@pytest.mark.skipif(cuda_status()[0], reason="this machine has a usable CUDA device")
+def test_n_gpu_layers_without_cuda_leaves_the_model_on_the_cpu(tmp_path):
+    """As llama-cpp-python's CPU build: no plan, no error, the note names the reason."""
+    model = str(write_tiny_chat_model(tmp_path / "chat.gguf"))
+    reason = cuda_status()[1]
+    assert gpu_layers_note(0) is None
+    assert gpu_layers_note(4) == (f"n_gpu_layers=4: no usable CUDA GPU ({reason}), so every "
+                                  "layer runs on the CPU")
+    assert gpu_layers_note(-1, "-ngl -1").startswith("-ngl -1: no usable CUDA GPU")
+    with Llama(model, n_gpu_layers=4, n_ctx=64, verbose=False) as m:
+        assert m._engine.offload_plan is None and m.model_params.n_gpu_layers == 4
 
 
 def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
@@ -290,6 +304,7 @@ def test_llama_verbose_prints_the_plan(tmp_path, monkeypatch, capsys):
     # an index made for a smaller budget is reused (DESIGN.md), so the plan takes its neurons
     write_gpu_index(gpu_index_path(model), GpuIndex(1 << 20, [mask.copy() for _ in range(spec.n_layer)]))
     monkeypatch.setattr(offload, "require_cuda", lambda what: None)
+    monkeypatch.setattr(offload, "cuda_status", lambda: (True, "1 CUDA device(s)"))
     monkeypatch.setattr(offload, "mem_info", lambda device=0: (GIB, 2 * GIB))
     with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
         Llama(model, vram_budget=0.5, n_ctx=64, verbose=True).close()

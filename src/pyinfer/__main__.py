@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("-s", "--seed", type=int, default=None, help="sampling seed (default: random)")
     ap.add_argument("--verbose", action="store_true", help="print the load report")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                    help="layers on the GPU (dense models; -1: all; needs CUDA)")
+                    help="layers on the GPU (dense models; -1: all; without CUDA: the CPU)")
     ap.add_argument("--vram-budget", type=float, default=None,
                     help="GiB of VRAM for hybrid hot/cold placement (PowerInfer models; needs CUDA)")
     ap.add_argument("--reset-gpu-index", action="store_true", help="regenerate <model>.generated.gpuidx")
@@ -71,6 +71,16 @@ def llama_kwargs(args: argparse.Namespace, threads: int) -> dict:
     return kw
 
 
+def note_gpu_layers(args: argparse.Namespace, verbose: bool) -> None:
+    """-ngl without a usable GPU runs on the CPU (as llama.cpp's CPU build): one line says
+    so (a verbose Llama says it itself)."""
+    from .offload import gpu_layers_note
+    text = None if verbose or args.vram_budget is not None else \
+        gpu_layers_note(args.n_gpu_layers, f"-ngl {args.n_gpu_layers}")
+    if text:
+        print(f"pyinfer: note: {text}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     return cli_util.run(lambda: _run(args), "pyinfer")
@@ -86,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
     model = args.model or require_default_model()
     threads = args.threads or default_threads()
+    note_gpu_layers(args, args.verbose)
     t0 = time.perf_counter()
     llm = Llama(model, **llama_kwargs(args, threads))
     t_load = time.perf_counter() - t0

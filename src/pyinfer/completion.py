@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
+from .infill import infill_tokens
 from .sampling import SamplingSettings, StoppingCriteriaList, check_logit_bias
 
 
@@ -25,6 +26,7 @@ from .sampling import SamplingSettings, StoppingCriteriaList, check_logit_bias
 class CompletionRequest:
     """The keywords of `create_completion`, parsed once."""
     prompt: Union[str, List[int]]
+    suffix: Optional[str] = None    # fill-in-the-middle (infill.py)
     max_tokens: Optional[int] = 16
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     logprobs: Optional[int] = None
@@ -43,9 +45,8 @@ class CompletionRequest:
                       top_k, stream, seed, mirostat_mode, mirostat_tau, mirostat_eta, model,
                       stopping_criteria, logits_processor, grammar, logit_bias,
                       penalty_last_n, n_vocab: Optional[int] = None) -> "CompletionRequest":
-        if suffix is not None:
-            raise NotImplementedError("suffix (fill-in-the-middle completion) is not supported "
-                                      "by pyinfer")
+        if suffix is not None and not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str, not {type(suffix).__name__}")
         stops = stop if isinstance(stop, list) else [stop] if isinstance(stop, str) else []
         sampling = SamplingSettings(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
@@ -53,9 +54,9 @@ class CompletionRequest:
             presence_penalty=presence_penalty, penalty_last_n=penalty_last_n,
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             logit_bias=check_logit_bias(logit_bias, n_vocab))
-        return cls(prompt=prompt, max_tokens=max_tokens, sampling=sampling, logprobs=logprobs,
-                   echo=echo, stop=[s.encode("utf-8") for s in stops if s], stream=stream,
-                   seed=seed, model=model, stopping_criteria=stopping_criteria,
+        return cls(prompt=prompt, suffix=suffix, max_tokens=max_tokens, sampling=sampling,
+                   logprobs=logprobs, echo=echo, stop=[s.encode("utf-8") for s in stops if s],
+                   stream=stream, seed=seed, model=model, stopping_criteria=stopping_criteria,
                    logits_processor=logits_processor, grammar=grammar)
 
 
@@ -69,10 +70,13 @@ def logits_to_logprobs(logits, axis: int = -1) -> np.ndarray:
         return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
-def prompt_tokens(llama, prompt: Union[str, List[int]]) -> List[int]:
+def prompt_tokens(llama, prompt: Union[str, List[int]], suffix: Optional[str] = None) -> List[int]:
     """Prompt ids as llama-cpp-python builds them: special tokens in the text are parsed;
-    BOS (and SEP/EOS) are added when the vocabulary asks for them; a token list is used as is."""
+    BOS (and SEP/EOS) are added when the vocabulary asks for them; a token list is used as is.
+    With a suffix: the fill-in-the-middle prompt of infill.py."""
     vocab = llama._vocab
+    if suffix is not None:
+        return infill_tokens(llama, prompt, suffix)
     if not isinstance(prompt, str):
         tokens = [int(t) for t in prompt]
     else:
@@ -119,7 +123,7 @@ class _Run:
 
     def __init__(self, llama, req: CompletionRequest):
         self.llama, self.req = llama, req
-        self.prompt_tokens = prompt_tokens(llama, req.prompt)
+        self.prompt_tokens = prompt_tokens(llama, req.prompt, req.suffix)
         self.prompt_text = (req.prompt if isinstance(req.prompt, str) else
                             llama.detokenize(self.prompt_tokens).decode("utf-8", errors="ignore"))
         n_ctx, n_prompt = llama._n_ctx, len(self.prompt_tokens)

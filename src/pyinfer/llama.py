@@ -7,7 +7,10 @@
 
 Same constructor keywords, methods, return dicts, streaming chunks and error texts as
 llama-cpp-python; the keywords are resolved once by `LlamaOptions` (llama_options.py),
-completions live in completion.py, chat in chat.py. This module keeps the sequence state:
+completions live in completion.py (fill-in-the-middle in infill.py), chat in chat.py,
+`from_pretrained` in hub.py, and what code written against llama-cpp-python reads of
+llama.cpp's structs (`model_params`, `context_params`, `_model`, `_ctx`) in
+llama_params.py. This module keeps the sequence state:
 `input_ids[:n_tokens]` are the tokens in the KV cache, `scores` their logits rows (every row
 with logits_all=True, as llama-cpp-python), and `generate` reuses the longest cached prefix
 of a new prompt.
@@ -34,30 +37,16 @@ from .embedding import embed_texts
 from .engine import Engine
 from .gguf_model import GGUFFile
 from .grammar import Automaton, GrammarMatcher, LlamaGrammar, VocabTrie
-from .llama_cache import (
-    BaseLlamaCache,
-    LlamaState,
-    kv_state_bytes,
-    longest_token_prefix,
-    restore_kv_state,
-)
-from .llama_options import (
-    LLAMA_ATTENTION_TYPE_UNSPECIFIED,
-    LLAMA_POOLING_TYPE_NONE,
-    LLAMA_POOLING_TYPE_UNSPECIFIED,
-    LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
-    LLAMA_SPLIT_MODE_LAYER,
-    LlamaOptions,
-    load_report,
-    metadata_strings,
-)
-from .sampling import (
-    LLAMA_DEFAULT_SEED,
-    LogitsProcessorList,
-    Sampler,
-    SamplingSettings,
-    StoppingCriteriaList,
-)
+from .infill import FimTokens
+from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
+                          restore_kv_state)
+from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE,
+                            LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+                            LLAMA_SPLIT_MODE_LAYER, LlamaOptions, load_report, metadata_strings)
+from .llama_params import LlamaContextHandle, LlamaModelHandle
+from .llama_tokenizer import LlamaTokenizer
+from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
+                       StoppingCriteriaList)
 from .tokenizer import Tokenizer
 
 _GRAMMAR_CACHE_SIZE = 8     # compiled grammars a Llama keeps (by GBNF text)
@@ -72,26 +61,6 @@ def _serialised(method):
             out = method(self, *args, **kwargs)
         return self._calls.stream(out) if isinstance(out, GeneratorType) else out
     return call
-
-
-class LlamaTokenizer:
-    """llama-cpp-python's tokenizer wrapper around a Llama (tokenize/detokenize/encode/decode)."""
-
-    def __init__(self, llama: "Llama"):
-        self._vocab = llama._vocab
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> List[int]:
-        return self._vocab.tokenize(text, add_bos=add_bos, special=special)
-
-    def detokenize(self, tokens: List[int], prev_tokens: Optional[List[int]] = None,
-                   special: bool = False) -> bytes:
-        return self._vocab.detokenize(tokens, special=special)
-
-    def encode(self, text: str, add_bos: bool = True, special: bool = True) -> List[int]:
-        return self.tokenize(text.encode("utf-8", errors="ignore"), add_bos=add_bos, special=special)
-
-    def decode(self, tokens: List[int]) -> str:
-        return self.detokenize(tokens).decode("utf-8", errors="ignore")
 
 
 class Llama:
@@ -149,8 +118,15 @@ class Llama:
         n_ctx_train = int(md.get(f"{arch}.context_length", 0) or 2048)
         self.n_batch = opts.resolve_n_batch(n_ctx_train)
         self.n_threads, self.n_threads_batch = opts.resolve_threads()
+        self.model_params, self.context_params = opts.model_params(), opts.context_params(n_ctx_train)
         self._vocab = Tokenizer.from_gguf(self._file.reader)
         opts.apply_tokenizer_overrides(self._vocab)
+        self._fim = FimTokens.from_vocab(md, self._vocab)
+        self.metadata: Dict[str, str] = metadata_strings(self._file.metadata)
+        self._n_embd = int(md.get(f"{arch}.embedding_length", 0))
+        self._model = LlamaModelHandle(self._vocab, self._file, self.metadata, self.model_params,
+                                       n_ctx_train, self._n_embd, self._fim)
+        self._is_recurrent, self._is_hybrid = self._model.is_recurrent, self._model.is_hybrid
         self._custom_tokenizer = tokenizer is not None
         self.tokenizer_ = tokenizer or LlamaTokenizer(self)
         if not vocab_only:
@@ -162,11 +138,12 @@ class Llama:
         else:
             self._n_ctx = opts.resolve_n_ctx(n_ctx_train)
         self._n_vocab = self._engine.cfg.n_vocab if self._engine else self._vocab.n_vocab
-        self._n_embd = int(md.get(f"{arch}.embedding_length", 0))
         self._logits_all = opts.logits_all or draft_model is not None
         self._embedding = embedding
         self._pooling = pooling_type if pooling_type != LLAMA_POOLING_TYPE_UNSPECIFIED else \
             int(md.get(f"{arch}.pooling_type", LLAMA_POOLING_TYPE_NONE))
+        self._ctx = LlamaContextHandle(self._model, self.context_params, self._n_ctx, self._pooling)
+        self._token_nl, self._token_eos = self._vocab.nl_id, self._vocab.eos_id
 
         self.n_tokens = 0
         self._requires_eval = True
@@ -176,7 +153,6 @@ class Llama:
         self._logits: Optional[np.ndarray] = None   # logits after the last evaluated token
         self._sampler: Optional[Sampler] = None
 
-        self.metadata: Dict[str, str] = metadata_strings(self._file.metadata)
         eos, bos = self._vocab.eos_id, self._vocab.bos_id
         self.chat_handler = chat_handler
         self.chat_format, self._chat_handlers = chat_mod.setup_chat(
@@ -187,6 +163,14 @@ class Llama:
             template_limits=self._opts.chat_template_limits or chat_mod.DEFAULT_CHAT_TEMPLATE_LIMITS)
 
     # ---- state views (as llama-cpp-python) ----------------------------------------------
+
+    @property
+    def ctx(self) -> LlamaContextHandle:
+        return self._ctx.ctx
+
+    @property
+    def model(self) -> LlamaModelHandle:
+        return self._model.model
 
     @property
     def _input_ids(self) -> np.ndarray:
@@ -593,7 +577,16 @@ class Llama:
     longest_token_prefix = staticmethod(longest_token_prefix)
 
     @classmethod
-    def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, *args, **kwargs):
-        raise NotImplementedError(
-            "Llama.from_pretrained downloads from the Hugging Face Hub, which pyinfer does not "
-            f"do: download {repo_id!r} yourself and pass the file to Llama(model_path=...)")
+    def from_pretrained(cls, repo_id: str, filename: Optional[str],
+                        additional_files: Optional[List] = None, local_dir=None,
+                        local_dir_use_symlinks: Union[bool, str] = "auto", cache_dir=None,
+                        local_files_only: bool = False, **kwargs: Any) -> "Llama":
+        """Load the GGUF file of Hugging Face Hub repository `repo_id` that the name or glob
+        pattern `filename` matches, downloading it (and `additional_files`) first unless
+        cached; needs the huggingface-hub package. local_files_only=True (or HF_HUB_OFFLINE=1)
+        uses only the cache or local_dir; local_dir_use_symlinks is accepted and unused (recent
+        huggingface_hub versions dropped it). Other keywords go to Llama(...). See hub.py."""
+        from .hub import download_gguf
+        path = download_gguf(repo_id, filename, additional_files, local_dir, cache_dir,
+                             local_files_only)
+        return cls(model_path=path, **kwargs)

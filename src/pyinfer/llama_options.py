@@ -1,11 +1,13 @@
 """`Llama(...)` keywords, resolved once into what the engine and the API layer need.
 
 `LlamaOptions` records the keywords exactly as llama-cpp-python's `Llama` takes them (same
-names, same meaning, same enum values). `resolve()` applies llama-cpp-python's rules (n_ctx 0
-means the trained context, n_batch is capped by n_ctx, thread defaults from the CPU count)
-and says what cannot be honoured: options that would change results raise, options that only
-change where or how fast things run warn, and the rest is accepted as it does not matter
-on this engine (see the table in `check_supported`).
+names, same meaning, same enum values). The `resolve_*` methods apply llama-cpp-python's
+rules (n_ctx 0 means the trained context, n_batch is capped by n_ctx, thread defaults from
+the CPU count); `model_params` / `context_params` fill llama.cpp's parameter structs as it
+does (llama_params.py). `check_supported` says what cannot be honoured: options that would
+change results raise, options that only change where or how fast things run warn or, where
+llama-cpp-python's CPU build accepts them silently (n_gpu_layers, draft_model), give a note
+in verbose mode, and the rest is accepted as it does not matter on this engine.
 """
 from __future__ import annotations
 
@@ -17,6 +19,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional
 
 from .config import ContextSettings
+from .llama_params import (
+    INT32_MAX,
+    LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    LLAMA_LOAD_MODE_MMAP,
+    LlamaContextParams,
+    LlamaModelParams,
+)
 from .sampling import LLAMA_DEFAULT_SEED
 
 # llama.cpp enum values, as llama-cpp-python passes them
@@ -46,6 +56,10 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 
 
 # pyinfer keywords Llama(...) receives through **kwargs (GPU index options)
+# keywords older llama-cpp-python versions took and clients still pass (LangChain's LlamaCpp
+# always sends n_parts and f16_kv, its embeddings `device`): ignored without a warning, as
+# llama-cpp-python ignores them
+RETIRED = ("n_parts", "f16_kv", "device")
 PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts",
                   "chat_template_limits")
 
@@ -126,7 +140,7 @@ class LlamaOptions:
         pyinfer's own fields that `Llama.__init__` does not name (the GPU index switches,
         `vram_budget`, llama.cpp's `use_extra_bufts`) are taken from `extra`."""
         values = {**values, **{k: v for k, v in extra.items() if k in PASSED_THROUGH}}
-        extra = {k: v for k, v in extra.items() if k not in PASSED_THROUGH}
+        extra = {k: v for k, v in extra.items() if k not in PASSED_THROUGH and k not in RETIRED}
         values = {**values, "use_extra_bufts": bool(values.pop("use_extra_bufts", True))}
         if extra:
             warn(f"Llama: ignoring unknown keyword argument(s): {', '.join(sorted(extra))}",
@@ -142,7 +156,8 @@ class LlamaOptions:
         tensor_split, use_mmap (weights are always memory-mapped), use_mlock, offload_kqv,
         flash_attn, op_offload, swa_full, no_perf, numa, lora_base/lora_scale without
         lora_path, yarn_beta_*/yarn_orig_ctx (only used by YaRN), spm_infill (only with a
-        suffix).
+        suffix); with a note in verbose mode: n_gpu_layers without usable CUDA (the layers
+        stay on the CPU), draft_model (no speculation yet). vram_budget without CUDA raises.
         """
         if not os.path.exists(self.model_path):
             raise ValueError(f"Model path does not exist: {self.model_path}")
@@ -174,13 +189,19 @@ class LlamaOptions:
                 raise UnsupportedOptionError(
                     f"kv_overrides: pyinfer cannot override '{k}' (tokenizer keys it can "
                     f"override: {', '.join(TOKENIZER_OVERRIDES)})")
-        if self.vram_budget is not None or self.n_gpu_layers != 0:
+        if self.vram_budget is not None:
             from .offload import require_cuda   # GPUUnavailableError names what is missing
-            require_cuda(f"vram_budget={self.vram_budget!r}" if self.vram_budget is not None
-                         else f"n_gpu_layers={self.n_gpu_layers}")
+            require_cuda(f"vram_budget={self.vram_budget!r}")
+        elif self.n_gpu_layers != 0:
+            from .offload import gpu_layers_note
+            note(gpu_layers_note(self.n_gpu_layers), self.verbose)
         if self.draft_model is not None:
-            warn("draft_model is not used: pyinfer decodes without speculation (same tokens, "
-                 "one forward per token)", self.verbose)
+            if not callable(self.draft_model):
+                raise TypeError("draft_model must be a LlamaDraftModel (called as "
+                                "draft_model(input_ids) -> draft token ids), not "
+                                f"{type(self.draft_model).__name__}")
+            note("draft_model is not used yet: pyinfer does not verify drafts, it decodes "
+                 "one token per forward (the same tokens)", self.verbose)
 
     # ---- derived values -----------------------------------------------------------
 
@@ -219,6 +240,37 @@ class LlamaOptions:
             if key in (self.kv_overrides or {}):
                 setattr(tokenizer, attr, bool(self.kv_overrides[key]))
 
+    def model_params(self) -> LlamaModelParams:
+        """llama_model_params as llama-cpp-python fills it from these keywords."""
+        return LlamaModelParams(
+            n_gpu_layers=INT32_MAX if self.n_gpu_layers == -1 else self.n_gpu_layers,
+            split_mode=self.split_mode, load_mode=LLAMA_LOAD_MODE_MMAP, main_gpu=self.main_gpu,
+            tensor_split=list(self.tensor_split) if self.tensor_split is not None else None,
+            kv_overrides=dict(self.kv_overrides) if self.kv_overrides is not None else None,
+            vocab_only=self.vocab_only, check_tensors=False, use_extra_bufts=self.use_extra_bufts)
+
+    def context_params(self, n_ctx_train: int) -> LlamaContextParams:
+        """llama_context_params as llama-cpp-python fills it (n_ctx: the one asked for, 0
+        replaced by the trained context; llama.cpp pads it to a multiple of 256 after)."""
+        n_threads, n_threads_batch = self.resolve_threads()
+        n_batch = self.resolve_n_batch(n_ctx_train)
+        return LlamaContextParams(
+            n_ctx=self.n_ctx or n_ctx_train, n_batch=n_batch, n_ubatch=min(n_batch, self.n_ubatch),
+            n_seq_max=1, n_threads=n_threads, n_threads_batch=n_threads_batch,
+            rope_scaling_type=(LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED if self.rope_scaling_type is None
+                               else self.rope_scaling_type),
+            pooling_type=self.pooling_type, attention_type=self.attention_type,
+            flash_attn_type=(LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
+                             else LLAMA_FLASH_ATTN_TYPE_DISABLED),
+            rope_freq_base=float(self.rope_freq_base), rope_freq_scale=float(self.rope_freq_scale),
+            yarn_ext_factor=float(self.yarn_ext_factor), yarn_attn_factor=float(self.yarn_attn_factor),
+            yarn_beta_fast=float(self.yarn_beta_fast), yarn_beta_slow=float(self.yarn_beta_slow),
+            yarn_orig_ctx=int(self.yarn_orig_ctx), type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16,
+            embeddings=bool(self.embedding), offload_kqv=bool(self.offload_kqv),
+            no_perf=bool(self.no_perf),
+            op_offload=True if self.op_offload is None else bool(self.op_offload),
+            swa_full=True if self.swa_full is None else bool(self.swa_full))
+
     def context_settings(self, n_ctx_train: int) -> ContextSettings:
         n_threads, n_threads_batch = self.resolve_threads()
         base, scale = self.rope_overrides()
@@ -240,6 +292,12 @@ def warn(message: str, verbose: bool) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     if verbose:
         print(f"pyinfer: warning: {message}", file=sys.stderr)
+
+
+def note(message: Optional[str], verbose: bool) -> None:
+    """A remark for the user (no warning: nothing is lost), on stderr when verbose."""
+    if message and verbose:
+        print(f"pyinfer: note: {message}", file=sys.stderr)
 
 
 def metadata_strings(md: Dict[str, Any]) -> Dict[str, str]:

@@ -3,9 +3,10 @@
     plan = make_plan(spec, vram_budget=4.0, hot_neurons=buckets)   # GiB, per-layer ids
     print(format_report(plan, spec.n_layer, spec.n_ff))
 
-`Llama(vram_budget=..., n_gpu_layers=...)` reaches this through `plan_for_engine`; without
-CUDA (not built, or no device) those options raise GPUUnavailableError, except
-n_gpu_layers=0.
+`Llama(vram_budget=..., n_gpu_layers=...)` reaches this through `plan_for_engine`. Without
+CUDA (not built, or no device) `vram_budget` raises GPUUnavailableError, while
+`n_gpu_layers` leaves every layer on the CPU, as llama.cpp's CPU build does
+(`gpu_layers_note` says so).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "p
            "GPUUnavailableError", "cuda_status", "device_info", "mem_info", "require_cuda",
            "ModelSpec", "TensorSpec", "read_gpu_buckets", "spec_from_file", "OffloadBudgetError",
            "OffloadPlan", "plan_hybrid", "plan_layers", "summary", "format_report", "make_plan",
-           "gpu_options_requested", "plan_for_engine"]
+           "gpu_options_requested", "gpu_layers_note", "plan_for_engine"]
 
 
 def make_plan(spec: ModelSpec, vram_budget: Optional[float] = None, n_gpu_layers: int = 0,
@@ -43,12 +44,28 @@ def gpu_options_requested(vram_budget: Optional[float], n_gpu_layers: int) -> bo
     return vram_budget is not None or n_gpu_layers != 0
 
 
+def gpu_layers_note(n_gpu_layers: int, what: Optional[str] = None) -> Optional[str]:
+    """None when n_gpu_layers is 0 or CUDA is usable; else the note that the layers stay
+    on the CPU (llama-cpp-python's CPU build accepts n_gpu_layers and runs on the CPU).
+    `what` names the option in the note (default "n_gpu_layers=N")."""
+    if n_gpu_layers == 0:
+        return None
+    ok, reason = cuda_status()
+    if ok:
+        return None
+    return (f"{what or f'n_gpu_layers={n_gpu_layers}'}: no usable CUDA GPU ({reason}), so "
+            "every layer runs on the CPU")
+
+
 def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> Optional[OffloadPlan]:
-    """The plan for a loaded Engine (None when no GPU option was given). Hot neurons of a
-    sparse model come from its GPU index (`<model>.generated.gpuidx`), reused or generated
-    for the VRAM the dense parts leave (gpu_index.ensure_gpu_index; the settings' extra
-    `reset_gpu_index` / `disable_gpu_index` keep PowerInfer's meaning)."""
+    """The plan for a loaded Engine (None when no GPU option was given, or only
+    n_gpu_layers on a machine without usable CUDA). Hot neurons of a sparse model come
+    from its GPU index (`<model>.generated.gpuidx`), reused or generated for the VRAM the
+    dense parts leave (gpu_index.ensure_gpu_index; the settings' extra `reset_gpu_index` /
+    `disable_gpu_index` keep PowerInfer's meaning)."""
     if not gpu_options_requested(vram_budget, n_gpu_layers):
+        return None
+    if vram_budget is None and gpu_layers_note(n_gpu_layers) is not None:
         return None
     require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
     spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)

@@ -147,7 +147,7 @@ def generation_kwargs(lease: Lease, body, cancel: threading.Event,
             check_messages_text(llama, body.messages, limit)
             processors.append(PromptLimit(limit))
         else:
-            check_completion_prompt(llama, single_prompt(body.prompt), limit)
+            check_completion_prompt(llama, single_prompt(body.prompt), limit, body.suffix)
     if body.min_tokens > 0:
         processors.append(MinTokensProcessor(body.min_tokens, llama.token_eos()))
     if not body.stream:     # a stream stops when its response is cancelled

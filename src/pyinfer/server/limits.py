@@ -104,10 +104,11 @@ def exceeded(n_tokens: int, limit: int) -> ValueError:
     return ValueError(f"Requested tokens ({n_tokens}) exceed context window of {limit}")
 
 
-def check_completion_prompt(llama, prompt, limit: int) -> None:
-    """Count a completion prompt's tokens (as create_completion builds them)."""
+def check_completion_prompt(llama, prompt, limit: int, suffix: Optional[str] = None) -> None:
+    """Count a completion prompt's tokens (as create_completion builds them; with a suffix,
+    the fill-in-the-middle prompt with its FIM tokens)."""
     from ..completion import prompt_tokens
-    n = len(prompt_tokens(llama, prompt))
+    n = len(prompt_tokens(llama, prompt, suffix))
     if n > limit:
         raise exceeded(n, limit)
 
