@@ -155,3 +155,13 @@ def tiny(tiny_path):
     m = Llama(tiny_path, n_threads=2, verbose=False)
     yield m
     m.close()
+
+
+def real_llama_cpp(module: str = "llama_cpp"):
+    """`module` of the real llama-cpp-python (the oracle of the llama_cpp-marked tests), or a
+    skip: when it is missing, or when `llama_cpp` is pyinfer's own compat package."""
+    mod = pytest.importorskip(module, reason=f"llama-cpp-python is not installed ({module})")
+    import llama_cpp
+    if hasattr(llama_cpp, "__pyinfer_version__"):
+        pytest.skip("llama_cpp is pyinfer's compat package, not llama-cpp-python: nothing to compare with")
+    return mod

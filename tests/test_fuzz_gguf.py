@@ -324,7 +324,7 @@ def m_layout(g, rng):
     if rng.random() < 0.5:
         rng.shuffle(order)
     old = g.data
-    new, sizes = bytearray(), {}
+    new = bytearray()
     for t in order:
         block, size = TYPE_SIZES[t.type]
         n = 1

@@ -11,6 +11,7 @@ import pytest
 
 from pyinfer.grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 from pyinfer.grammar.matcher import REJECT
+from conftest import real_llama_cpp
 
 PERSON = {
     "type": "object",
@@ -81,13 +82,32 @@ def doc_accepted(grammar: LlamaGrammar, text: str) -> bool:
 
 @pytest.mark.parametrize("schema,docs", CASES)
 def test_grammar_accepts_what_jsonschema_validates(schema, docs):
+    """Written with one space or none after each token; never indented (the whitespace
+    rule: at most one space, no newline)."""
     g = LlamaGrammar.from_json_schema(json.dumps(schema))
     validator = jsonschema.Draft202012Validator(schema)
     for doc, valid in docs:
         assert validator.is_valid(doc) == valid, doc        # the case itself is right
-        for text in (json.dumps(doc, ensure_ascii=False), json.dumps(doc, indent=2),
-                     json.dumps(doc, separators=(",", ":"))):
+        for text in (json.dumps(doc, ensure_ascii=False), json.dumps(doc),
+                     json.dumps(doc, separators=(",", ":")), json.dumps(doc) + " "):
             assert doc_accepted(g, text) == valid, text
+        indented = json.dumps(doc, indent=2)
+        if "\n" in indented:
+            assert not doc_accepted(g, indented), indented
+
+
+def test_schema_whitespace_is_llama_cpp_pythons_space_rule():
+    """llama-cpp-python's converter allows one optional space after each token (its
+    SPACE_RULE '" "?'), so a document ends at its closing bracket or one space after it;
+    the old rule let a model add a newline and 20 tabs there."""
+    g = LlamaGrammar.from_json_schema({"type": "object", "properties": {"n": {"type": "integer"}},
+                                       "required": ["n"]})
+    for text in ('{"n":10}', '{"n": 10} ', '{ "n" : 10 } '):
+        assert doc_accepted(g, text), text
+    for text in ('{"n":10}\n', '{"n":10}  ', '{"n":10}\t', '{\n"n":10}', '{"n":  10}',
+                 '{"n":10}\n' + "\t" * 20):
+        assert not doc_accepted(g, text), text
+    assert 'space ::= " "?' in json_schema_to_gbnf({"type": "object"})
 
 
 def random_document(grammar: LlamaGrammar, rnd: random.Random, max_len: int = 400):
@@ -100,8 +120,8 @@ def random_document(grammar: LlamaGrammar, rnd: random.Random, max_len: int = 40
             return "".join(out)
         nxt = [(c, a.walk(s, c.encode())) for c in alphabet]
         nxt = [(c, t) for c, t in nxt if t != REJECT]
-        if not nxt:
-            return None
+        if not nxt:         # nothing may follow: a document iff complete here
+            return "".join(out) if a.complete[s] else None
         if len(out) > max_len:      # prefer closing brackets and quotes to finish
             nxt = [x for x in nxt if x[0] in '}]"0'] or nxt
         c, s = rnd.choice(nxt)
@@ -124,9 +144,15 @@ def test_random_walks_are_valid_documents(schema):
 
 
 def test_json_gbnf_is_any_object():
+    """JSON_GBNF (response_format json_object) keeps llama-cpp-python's JSON_GBNF language:
+    a newline and up to 20 spaces or tabs after a token, its number and escape quirks."""
     g = LlamaGrammar.from_string(JSON_GBNF)
     assert doc_accepted(g, '{"a": [1, -0.5e+3, "\\u00e9\\n", true, false, null, {}]}')
-    for bad in ['[1]', '{"a": 01}', '{"a": "\n"}', "{'a': 1}", '{"a": 1,}']:
+    assert doc_accepted(g, json.dumps({"a": [1, {"b": None}]}, indent=2) + "\n" + "\t" * 20)
+    assert doc_accepted(g, '{"a": 1.123456789012345678901, "b": 12e3}')
+    for bad in ['[1]', '{"a": 01}', '{"a": "\n"}', "{'a': 1}", '{"a": 1,}',
+                '{"a": 1}\n' + "\t" * 21, '{"a": 1}  ', '{"a": "\\/"}', '{"a": 1e10}',
+                '{"a": 12345678901234567}']:
         assert not doc_accepted(g, bad), bad
 
 
@@ -144,7 +170,7 @@ def test_llama_cpp_python_grammars_parse_and_match():
     """llama-cpp-python's own GBNF (its JSON_GBNF and its schema converter's output) parses
     with our parser, and on compact documents of the schemas it converts the same way as we
     do, the grammar accepts exactly what jsonschema validates."""
-    theirs = pytest.importorskip("llama_cpp.llama_grammar")
+    theirs = real_llama_cpp("llama_cpp.llama_grammar")
     g = LlamaGrammar.from_string(theirs.JSON_GBNF)
     assert doc_accepted(g, '{"a": [1, "x", {"b": null}]}') and not doc_accepted(g, "[1]")
     for schema, docs in CASES[:5]:

@@ -9,6 +9,7 @@ import pytest
 
 import pyinfer
 from pyinfer.grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+from conftest import real_llama_cpp
 
 CAT = {"type": "object",
        "properties": {"name": {"type": "string", "maxLength": 12},
@@ -57,6 +58,22 @@ def test_json_gbnf_completion_parses(llm, seed):
         assert a.walk(a.start, choice["text"].encode()) >= 0
 
 
+N_SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+N_PROMPT = "The number ten in JSON is "
+
+
+def test_schema_output_ends_at_its_closing_brace(llm):
+    """The issue's case: with a grammar whose whitespace allowed a newline and 20 tabs,
+    SmolLM2 wrote '{"n": 10}' and then 21 whitespace characters (28 tokens); with
+    llama-cpp-python's rule (at most one space) the document ends right after the brace."""
+    out = llm(N_PROMPT, grammar=LlamaGrammar.from_json_schema(N_SCHEMA), max_tokens=30,
+              temperature=0)
+    choice = out["choices"][0]
+    assert re.fullmatch(r'\{ ?"n" ?: ?[0-9]+ ?\} ?', choice["text"]), choice["text"]
+    assert choice["finish_reason"] == "stop" and out["usage"]["completion_tokens"] <= 10
+    assert json.loads(choice["text"]) == {"n": 10}
+
+
 def test_chat_json_object(llm):
     r = llm.create_chat_completion(CAT_PROMPT, response_format={"type": "json_object"},
                                    max_tokens=64, temperature=0)
@@ -102,18 +119,48 @@ def test_tool_call(llm):
                         WEATHER_TOOL["function"]["parameters"])
 
 
-def test_tool_call_stream(llm):
-    chunks = list(llm.create_chat_completion(
-        WEATHER_PROMPT, functions=[WEATHER_TOOL["function"]],
-        function_call={"name": "get_weather"}, max_tokens=40, temperature=0, stream=True))
+def openai_accumulate(chunks):
+    """The message the openai SDK's stream helper builds from chat chunks (its own
+    accumulation: strings of a tool call's deltas are concatenated by index)."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(ChatCompletionChunk(**c))
+    return state.get_final_completion().choices[0]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_tool_call_stream(llm, legacy):
+    """The call's id, type and name come in its first delta only (as OpenAI streams them),
+    so accumulating the deltas as the openai SDK does gives the name once and the
+    arguments as one JSON text."""
+    forced = (dict(functions=[WEATHER_TOOL["function"]], function_call={"name": "get_weather"})
+              if legacy else dict(tools=[WEATHER_TOOL], tool_choice={
+                  "type": "function", "function": {"name": "get_weather"}}))
+    chunks = list(llm.create_chat_completion(WEATHER_PROMPT, max_tokens=40, temperature=0,
+                                             stream=True, **forced))
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-    args = ""
-    for c in chunks[1:-1]:
-        (call,) = c["choices"][0]["delta"]["tool_calls"]
-        assert call["index"] == 0 and call["function"]["name"] == "get_weather"
-        args += call["function"]["arguments"]
-    jsonschema.validate(json.loads(args), WEATHER_TOOL["function"]["parameters"])
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
+    assert len(deltas) > 3
+    assert [d["tool_calls"][0]["function"].get("name") for d in deltas] == \
+        ["get_weather"] + [None] * (len(deltas) - 1)
+    assert all(set(d["tool_calls"][0]) == {"index", "function"} for d in deltas[1:])
+    assert all("name" not in d["function_call"] for d in deltas[1:])
+    choice = openai_accumulate(chunks)
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.type == "function"
+    assert call.id == deltas[0]["tool_calls"][0]["id"]
+    assert call.function.arguments == "".join(
+        d["tool_calls"][0]["function"]["arguments"] for d in deltas)
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+    assert choice.message.function_call.name == "get_weather"
+    assert choice.message.function_call.arguments == call.function.arguments
+    full = llm.create_chat_completion(WEATHER_PROMPT, max_tokens=40, temperature=0, **forced)
+    assert full["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == \
+        call.function.arguments
 
 
 def test_bad_grammar_argument_raises_before_streaming(llm):
@@ -172,7 +219,7 @@ def greedy_tokens(llm, prompt: str, grammar, n: int, eog):
 
 @pytest.mark.llama_cpp
 def test_greedy_tokens_equal_llama_cpp_grammar(llm, smollm2):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
     try:
         results = []
@@ -185,6 +232,22 @@ def test_greedy_tokens_equal_llama_cpp_grammar(llm, smollm2):
             results.append((same, len(theirs), ours == theirs))
         print("matching tokens per case (matched, llama.cpp's length, identical):", results)
         assert all(r[2] for r in results), results
+    finally:
+        ref.close()
+
+
+@pytest.mark.llama_cpp
+def test_schema_grammar_output_equals_llama_cpp(llm, smollm2):
+    """Each side with its own schema converter: the same greedy text (the whitespace rule)."""
+    llama_cpp = real_llama_cpp("llama_cpp")
+    ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
+    try:
+        for prompt, schema in ((N_PROMPT, N_SCHEMA), (CAT_PROMPT[0]["content"], CAT)):
+            theirs = ref(prompt, grammar=llama_cpp.LlamaGrammar.from_json_schema(
+                json.dumps(schema)), max_tokens=48, temperature=0)
+            ours = llm(prompt, grammar=LlamaGrammar.from_json_schema(schema), max_tokens=48,
+                       temperature=0)
+            assert ours["choices"][0]["text"] == theirs["choices"][0]["text"], prompt
     finally:
         ref.close()
 
@@ -203,7 +266,7 @@ def shape(x):
 def test_json_and_tool_call_shapes_equal_llama_cpp(llm, smollm2, stream):
     """The same requests through llama-cpp-python: replies of the same shape (the texts may
     differ: each side uses its own JSON grammar and schema converter), all parsing."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
     requests = [dict(messages=CAT_PROMPT, response_format={"type": "json_object"}),
                 dict(messages=WEATHER_PROMPT, tools=[WEATHER_TOOL],

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pyinfer import Llama
-from pyinfer.chat import BUILTIN_FORMATS, BuiltinChatFormatter, Jinja2ChatFormatter
+from pyinfer.chat import Jinja2ChatFormatter
+from pyinfer.chat_formats import FORMATTERS
 from tiny_chat_model import BOS_ID, EOS_ID
 
 API_DATA = Path(__file__).parent / "data" / "SmolLM2-135M-Instruct.Q4_1.llama_cpp_api.json"
@@ -97,14 +98,19 @@ def test_chat_logprobs(tiny_path):
 
 
 def test_named_formats(tiny):
+    """llama-cpp-python's named formats (all of them: tests/test_chat_formats.py) through
+    Llama: their prompt tokenized with BOS as the vocabulary wants, their stop added."""
     assert capture(tiny, USER, "chatml")["stop"] == ["<|im_end|>"]
     want = "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert BuiltinChatFormatter("chatml")(messages=USER).prompt == want
-    assert BuiltinChatFormatter("llama-2")(messages=USER).prompt == " <s>[INST]hi  [/INST]"
-    assert BuiltinChatFormatter("mistral-instruct")(messages=USER).prompt == "[INST] hi [/INST]"
-    assert set(BUILTIN_FORMATS) == {"chatml", "llama-2", "llama-3", "mistral-instruct", "zephyr"}
-    with pytest.raises(ValueError, match="Invalid chat handler: vicuna"):
-        capture(tiny, USER, "vicuna")
+    assert FORMATTERS["chatml"](messages=USER).prompt == want
+    assert FORMATTERS["llama-2"](messages=USER).prompt == " <s>[INST]hi  [/INST]"
+    assert FORMATTERS["mistral-instruct"](messages=USER).prompt == "[INST] hi [/INST]"
+    got = capture(tiny, USER, "vicuna", stop="X")
+    text = FORMATTERS["vicuna"](messages=USER).prompt
+    assert text.endswith(" USER: hi ASSISTANT:") and got["stop"] == ["X"]
+    assert got["prompt"] == tiny.tokenize(text.encode(), add_bos=True, special=True)
+    with pytest.raises(ValueError, match="Invalid chat handler: nope"):
+        capture(tiny, USER, "nope")
 
 
 def test_jinja_sandbox_and_raise_exception():

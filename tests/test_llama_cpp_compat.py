@@ -13,6 +13,7 @@ import pytest
 
 import pyinfer
 from pyinfer.sampling import Sampler, SamplingSettings
+from conftest import real_llama_cpp
 
 pytestmark = pytest.mark.llama_cpp
 
@@ -32,7 +33,7 @@ NEAR_TIE = 0.05     # logit margin under which two engines may legitimately pick
 
 @pytest.fixture(scope="module")
 def pair(smollm2):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
     ours = pyinfer.Llama(str(smollm2), n_ctx=512, n_threads=2, verbose=False)
     yield ref, ours
@@ -108,7 +109,7 @@ def test_greedy_chat_same_text_and_shape(pair, messages):
     dict(temp=1.0, repeat_penalty=1.5, frequency_penalty=0.3, presence_penalty=0.2),
     dict(temp=1.0, mirostat_mode=1), dict(temp=1.0, mirostat_mode=2)])
 def test_sampler_on_llama_cpp_logits_picks_its_tokens(smollm2, cfg):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), n_ctx=256, n_threads=2, verbose=False, logits_all=True)
     prompt = ref.tokenize(b"Once upon a time, in a small village,")
     for seed in (1, 2, 3):
@@ -136,7 +137,7 @@ def test_sampler_on_llama_cpp_logits_picks_its_tokens(smollm2, cfg):
 
 
 def test_signatures_accept_llama_cpp_keywords():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     for name in ("__init__", "__call__", "create_completion", "create_chat_completion",
                  "generate", "sample", "tokenize", "detokenize", "embed", "create_embedding",
                  "eval", "save_state", "load_state", "reset", "set_seed", "set_cache",
@@ -151,7 +152,7 @@ def test_signatures_accept_llama_cpp_keywords():
 
 
 def test_metadata_and_embeddings_agree(smollm2):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), n_ctx=256, verbose=False, embedding=True)
     ours = pyinfer.Llama(str(smollm2), n_ctx=256, verbose=False, embedding=True)
     assert ours.metadata == ref.metadata
@@ -169,7 +170,7 @@ def test_metadata_and_embeddings_agree(smollm2):
                                          pooling_type=1, no_perf=True, op_offload=False)])
 def test_params_structs_match(smollm2, kw):
     """Every field ours has, with llama-cpp-python's value (its ctypes pointers left out)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     ref = llama_cpp.Llama(str(smollm2), verbose=False, **kw)
     ours = pyinfer.Llama(str(smollm2), verbose=False, **kw)
     for name in ("model_params", "context_params"):

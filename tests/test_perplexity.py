@@ -14,6 +14,7 @@ import pytest
 from pyinfer.config import ContextSettings
 from pyinfer.engine import Engine
 from pyinfer.perplexity import chunks_of, default_corpus, evaluate, main, model_perplexity
+from conftest import real_llama_cpp
 
 
 def test_chunks_are_non_overlapping_and_drop_the_tail():
@@ -112,7 +113,7 @@ def test_default_size_is_a_prefix_of_the_corpus(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.llama_cpp
 def test_smollm2_perplexity_matches_llama_cpp(smollm2):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     text = default_corpus()[:40000]
     n_ctx, n_chunks = 256, 3
     ours = model_perplexity(str(smollm2), text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=2)

@@ -257,14 +257,8 @@ def test_context_overflow_errors(client):
 
 
 def test_unknown_model_and_bad_body(client):
-    for path, body in (("/v1/completions", {"prompt": "hi"}),
-                       ("/v1/chat/completions", {"messages": CHAT}),
-                       ("/v1/embeddings", {"input": "hi"})):
-        r = client.post(path, json={**body, "model": "gpt-9"})
-        assert r.status_code == 404, path
-        assert r.json()["error"] == {"message": "The model `gpt-9` does not exist",
-                                     "type": "invalid_request_error", "param": "model",
-                                     "code": "model_not_found"}
+    # an unknown model name: served by a one-model server, 404 with several
+    # (test_any_model_name_with_one_model)
     r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": "many"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
     # the model's file name and path also name it
@@ -474,4 +468,44 @@ def test_two_models_swap(smollm2):
         r = c.post("/v1/completions", json={"prompt": "hi " * 300, "model": "a", "max_tokens": 1})
         assert r.json()["error"]["code"] == "context_length_exceeded"
         assert app.state.hub.llama.n_ctx() == 256
+    app.state.hub.close()
+
+
+NOT_FOUND = {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error",
+             "param": "model", "code": "model_not_found"}
+
+
+def test_any_model_name_with_one_model(client, smollm2):
+    """As llama-cpp-python's server: one model answers whatever `model` a request names
+    (clients send "gpt-3.5-turbo"), the same as under its alias. With several, an unknown
+    name is 404, or the first model with --any_model_name (what llama-cpp-python's
+    LlamaProxy does with several)."""
+    requests = (("/v1/completions", {"prompt": "Hello", **GREEDY},
+                 lambda j: j["choices"][0]["text"]),
+                ("/v1/chat/completions", {"messages": CHAT, **GREEDY},
+                 lambda j: j["choices"][0]["message"]["content"]),
+                ("/v1/embeddings", {"input": "hi"}, lambda j: j["data"][0]["embedding"]))
+    for path, body, result in requests:
+        want = client.post(path, json={**body, "model": "smol"})
+        assert want.status_code == 200, path
+        for name in ("gpt-3.5-turbo", "x", "gpt-9"):
+            r = client.post(path, json={**body, "model": name})
+            assert r.status_code == 200, (path, name, r.text)
+            assert result(r.json()) == result(want.json()), (path, name)
+    chunks = client.post("/v1/chat/completions", json={"messages": CHAT, "stream": True,
+                                                       "model": "gpt-4o", **GREEDY})
+    assert chunks.status_code == 200 and sse_events(chunks.text)[-1] == "[DONE]"
+
+    models = [ModelSettings(model=str(smollm2), model_alias="a", n_ctx=256, verbose=False),
+              ModelSettings(model=str(smollm2), model_alias="b", n_ctx=256, verbose=False)]
+    app = create_app(server_settings=ServerSettings(), model_settings=models)
+    with TestClient(app) as c:
+        for path, body, _ in requests:
+            r = c.post(path, json={**body, "model": "gpt-9"})
+            assert r.status_code == 404 and r.json()["error"] == NOT_FOUND, path
+    app.state.hub.close()
+    app = create_app(server_settings=ServerSettings(any_model_name=True), model_settings=models)
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={"prompt": "hi", "model": "gpt-9", "max_tokens": 1})
+        assert r.status_code == 200 and app.state.hub.loaded_alias == "a"
     app.state.hub.close()

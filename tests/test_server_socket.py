@@ -137,9 +137,9 @@ def test_openai_errors(server):
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model=ALIAS, prompt="word " * 300, max_tokens=4)
     assert e.value.code == "context_length_exceeded"
-    with pytest.raises(openai.NotFoundError) as e:
-        c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
-    assert e.value.code == "model_not_found"
+    # one model is served under any name, as llama-cpp-python's server does, and echoed back
+    reply = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    assert reply.choices[0].message.role == "assistant" and reply.model == "gpt-4o"
     with pytest.raises(openai.AuthenticationError) as e:
         _client(server, key="wrong").models.list()
     assert e.value.code == "invalid_api_key"

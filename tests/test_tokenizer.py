@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyinfer.detokenize import StreamingDetokenizer, stream_text
+from conftest import real_llama_cpp
 from pyinfer.tokenizer import (TYPE_BYTE, TYPE_CONTROL, TYPE_NORMAL, TYPE_UNKNOWN,
                                TYPE_USER_DEFINED, Tokenizer)
 
@@ -286,7 +287,7 @@ def _piece_llama_cpp(llama_cpp, vocab, token, special):
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("name", VOCABS + ("smollm2",))
 def test_matches_llama_cpp(name, request):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     if name == "smollm2":
         path = request.getfixturevalue("smollm2")
         tok = Tokenizer.from_gguf(path)
@@ -364,7 +365,7 @@ PRE_NAMES = ("default", "llama3", "dbrx", "deepseek-llm", "deepseek-coder", "dee
 
 @pytest.mark.llama_cpp
 def test_pre_tokenizers_match_llama_cpp(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     tokens, types, merges = _arrays("gpt-2", "tokens", "token_type", "merges")
     mismatches = []
     for pre in PRE_NAMES:
@@ -388,7 +389,7 @@ def test_pre_tokenizers_match_llama_cpp(tmp_path):
                                      {"user_defined": 15043}])
 def test_spm_variants_match_llama_cpp(tmp_path, variant):
     """SPM without the space prefix, with EOS instead of BOS, with a user-defined token."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = real_llama_cpp("llama_cpp")
     tokens, types, scores = _arrays("llama-spm", "tokens", "token_type", "scores")
     kv = {"scores": scores, "bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 0}
     if "user_defined" in variant:

@@ -7,9 +7,9 @@ render it: an immutable sandbox, trim_blocks/lstrip_blocks, `raise_exception`, `
 prompt already holds the special tokens (no BOS added) and generation stops on the template's
 EOS. A GGUF's template is code from the model file, so its rendering is also bounded
 (`ChatTemplateLimits`: time, prompt size, and the size of everything it builds; beyond them
-ChatTemplateError, a ValueError). The formats llama-cpp-python registers under "chatml",
-"llama-2", "llama-3", "mistral-instruct" and "zephyr" are written as templates below that
-render the same text; their prompts get BOS when the vocabulary wants it.
+ChatTemplateError, a ValueError). llama-cpp-python's named formats ("chatml", "llama-2",
+"vicuna", ... and "chatml-function-calling") and its handler registry are in chat_formats.py;
+their prompts get BOS when the vocabulary wants it.
 
 A chat handler (`chat_formatter_to_chat_completion_handler`) tokenizes the prompt, runs
 `llama.create_completion` and converts the result: a `chat.completion` dict, or with
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .chat_template import (  # noqa: F401 (re-exported)
     DEFAULT_CHAT_TEMPLATE_LIMITS,
@@ -94,61 +93,12 @@ class Jinja2ChatFormatter:
         return chat_formatter_to_chat_completion_handler(self)
 
 
-# ---- llama-cpp-python's named formats, as templates ------------------------------------
-# Each renders exactly the text of the llama-cpp-python format of the same name: the first
-# system message only (where the format has one), user/assistant turns, an empty or
-# non-text content as a bare role marker, and the assistant prompt at the end.
-
-_SYSTEM = ("{% set ns = namespace(sys=none) %}{% for m in messages %}"
-           "{% if m['role'] == 'system' and ns.sys is none %}{% set ns.sys = m['content'] or '' %}"
-           "{% endif %}{% endfor %}{% set system = ns.sys or '' %}")
-_CONTENT = "{% set content = m['content'] if m['content'] is string else none %}"
-_TURNS = "{% for m in messages if m['role'] in ['user', 'assistant'] %}" + _CONTENT
-
-BUILTIN_FORMATS: Dict[str, Tuple[str, Optional[str]]] = {   # name -> (template, stop)
-    "chatml": (_SYSTEM + "<|im_start|>system\n{{ system }}<|im_end|>\n" + _TURNS
-               + "<|im_start|>{{ m['role'] }}\n{% if content %}{{ content }}<|im_end|>\n"
-               "{% endif %}{% endfor %}<|im_start|>assistant\n", "<|im_end|>"),
-    "zephyr": (_SYSTEM + "<|system|>\n{{ system }}</s>\n" + _TURNS
-               + "<|{{ m['role'] }}|>\n\n{% if content %}{{ content }}</s>\n{% endif %}"
-               "{% endfor %}<|assistant|>\n\n", "</s>"),
-    "llama-3": ("{% for m in messages if m['role'] in ['system', 'user', 'assistant'] %}"
-                + _CONTENT + "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                "{% if content %}{{ content }}<|eot_id|>{% endif %}{% endfor %}"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
-    "mistral-instruct": ("{% for m in messages %}"
-                         "{% if m['role'] == 'user' and m['content'] is string %}[INST] "
-                         "{{ m['content'] }}{% elif m['role'] == 'assistant' and "
-                         "m['content'] is string %} [/INST]{{ m['content'] }}</s>{% endif %}"
-                         "{% endfor %} [/INST]", "</s>"),
-    "llama-2": (_SYSTEM + "{% if system %}[INST] <<SYS>>\n{{ system }}\n<</SYS>>{% endif %} "
-                + _TURNS + "{% set sep = ' ' if loop.index0 % 2 == 0 else '</s>' %}"
-                "{% set tag = '<s>[INST]' if m['role'] == 'user' else '[/INST]' %}"
-                "{% if system and loop.first %}{{ content or '' }}{{ sep }}"
-                "{% elif content %}{{ tag }}{{ content }} {{ sep }}{% else %}{{ tag }} {% endif %}"
-                "{% endfor %}[/INST]", None),
-}
-
-
-class BuiltinChatFormatter:
-    """One of BUILTIN_FORMATS (rendered verbatim: no block trimming, trailing newline kept)."""
-
-    def __init__(self, name: str):
-        template, self.stop = BUILTIN_FORMATS[name]
-        env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), keep_trailing_newline=True)
-        self._template = env.from_string(template)
-
-    def __call__(self, *, messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
-        return ChatFormatterResponse(prompt=self._template.render(messages=messages),
-                                     stop=self.stop)
-
-
 def get_chat_completion_handler(name: str) -> ChatHandler:
-    if name not in BUILTIN_FORMATS:
-        raise ValueError(f"Invalid chat handler: {name} (pyinfer knows: "
-                         f"{', '.join(sorted(BUILTIN_FORMATS))}, and the model's own "
-                         "chat_template.* formats)")
-    return chat_formatter_to_chat_completion_handler(BuiltinChatFormatter(name))
+    """The chat handler registered under `name` (llama-cpp-python's named formats,
+    "chatml-function-calling" and those added with register_chat_format: chat_formats.py);
+    LlamaChatCompletionHandlerNotFoundException (a ValueError too) for others."""
+    from .chat_formats import get_chat_completion_handler as by_name
+    return by_name(name)
 
 
 # Templates shipped by widely used models that llama-cpp-python maps to its named formats
@@ -227,7 +177,7 @@ def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
         grammar = response_format_grammar(response_format, llama.verbose) or grammar
         tool = forced_tool(functions, function_call, tools, tool_choice)
         if tool is not None:
-            grammar = _schema_grammar(tool["function"].get("parameters", {}), llama.verbose)
+            grammar = schema_grammar(tool["function"].get("parameters", {}), llama.verbose)
         completion = llama.create_completion(
             prompt=prompt, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
             typical_p=typical_p, logprobs=top_logprobs if logprobs else None, stream=stream,
@@ -247,7 +197,7 @@ def chat_formatter_to_chat_completion_handler(formatter) -> ChatHandler:
 
 # ---- grammars for JSON replies and tool calls -------------------------------------------
 
-def _schema_grammar(schema: Any, verbose: bool) -> LlamaGrammar:
+def schema_grammar(schema: Any, verbose: bool) -> LlamaGrammar:
     """The grammar of a JSON schema; llama-cpp-python's fallback to any JSON object when the
     schema cannot be converted (the reason is printed when verbose)."""
     try:
@@ -268,7 +218,7 @@ def response_format_grammar(response_format: Optional[Dict[str, Any]],
     kind = response_format.get("type")
     if kind == "json_object":
         if "schema" in response_format:
-            return _schema_grammar(response_format["schema"], verbose)
+            return schema_grammar(response_format["schema"], verbose)
         return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
@@ -282,15 +232,23 @@ def response_format_grammar(response_format: Optional[Dict[str, Any]],
                      "(text, json_object, json_schema)")
 
 
-def forced_tool(functions, function_call, tools, tool_choice) -> Optional[Dict[str, Any]]:
-    """The tool a request forces (tool_choice / legacy function_call naming one), as
-    llama-cpp-python resolves it; None when the model may answer in text ("auto", "none")."""
+def normalize_tools(functions, function_call, tools, tool_choice) -> Tuple[Any, Any]:
+    """(tools, tool_choice) with the legacy `functions` / `function_call` turned into them,
+    as llama-cpp-python does (functions replace tools; a function_call naming a function or
+    "none" / "auto" replaces tool_choice)."""
     if functions is not None:
         tools = [{"type": "function", "function": f} for f in functions]
     if isinstance(function_call, dict) and "name" in function_call:
         tool_choice = {"type": "function", "function": {"name": function_call["name"]}}
     elif function_call in ("none", "auto"):
         tool_choice = function_call
+    return tools, tool_choice
+
+
+def forced_tool(functions, function_call, tools, tool_choice) -> Optional[Dict[str, Any]]:
+    """The tool a request forces (tool_choice / legacy function_call naming one), as
+    llama-cpp-python resolves it; None when the model may answer in text ("auto", "none")."""
+    tools, tool_choice = normalize_tools(functions, function_call, tools, tool_choice)
     if not isinstance(tool_choice, dict) or tools is None:
         return None
     name = tool_choice["function"]["name"]
@@ -320,23 +278,30 @@ def tool_call_response(name: str, completion: Dict[str, Any]) -> Dict[str, Any]:
 
 def tool_call_chunks(name: str, chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
     """Completion chunks -> chat chunks of a tool call: an empty assistant delta, the
-    arguments in pieces (every delta names the call), then finish_reason "tool_calls"."""
+    arguments in pieces, then finish_reason "tool_calls". As OpenAI streams a call, the
+    first piece carries the call's id, type and name and later ones only their arguments
+    (clients such as the openai SDK's stream helper and LangChain concatenate every string
+    of a call's deltas, so a repeated name or id would come out doubled)."""
     head = None
     for chunk in chunks:
+        choice = chunk["choices"][0]
+        args = choice["text"]
         if head is None:
             head = {"id": "chat" + chunk["id"], "object": "chat.completion.chunk",
                     "created": chunk["created"], "model": chunk["model"]}
-            call_id = f"call__0_{name}_{chunk['id']}"
             yield {**head, "choices": [{"index": 0, "finish_reason": None, "logprobs": None,
                                         "delta": {"role": "assistant", "content": None,
                                                   "function_call": None, "tool_calls": None}}]}
-        choice = chunk["choices"][0]
-        call = {"name": name, "arguments": choice["text"]}
+            call = {"index": 0, "id": f"call__0_{name}_{chunk['id']}", "type": "function",
+                    "function": {"name": name, "arguments": args}}
+            legacy = {"name": name, "arguments": args}
+        else:
+            call = {"index": 0, "function": {"arguments": args}}
+            legacy = {"arguments": args}
         yield {**head, "choices": [{
             "index": 0, "finish_reason": None, "logprobs": chat_logprobs(choice["logprobs"]),
-            "delta": {"role": None, "content": None, "function_call": call,
-                      "tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                      "function": dict(call)}]}}]}
+            "delta": {"role": None, "content": None, "function_call": legacy,
+                      "tool_calls": [call]}}]}
     if head is not None:
         yield {**head, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
                                     "delta": {"role": None, "content": None,

@@ -24,9 +24,25 @@ from .matcher import Automaton, GrammarMatcher, VocabTrie
 
 LLAMA_GRAMMAR_DEFAULT_ROOT = "root"
 
-# Any JSON object, built from the JSON-schema converter's shared rules (bounded whitespace
-# and digit runs).
-JSON_GBNF = json_schema_to_gbnf({"type": "object"})
+# Any JSON object: the language of llama-cpp-python's JSON_GBNF (llama.cpp's json.gbnf, what
+# response_format {"type": "json_object"} and a failed schema conversion constrain to), so
+# that the same logits give the same text. Unlike the schema grammars it allows a newline
+# and up to 20 indentation characters (spaces or tabs) after each token, a closing bracket
+# included; its quirks are kept: no "\/" escape, an exponent's digits after the first
+# are 1-9, integer parts up to 16 digits, fractions unbounded.
+JSON_GBNF = r"""root ::= object
+object ::= "{" ws members? "}" ws
+members ::= member ("," ws member)*
+member ::= string ":" ws value
+array ::= "[" ws elements? "]" ws
+elements ::= value ("," ws value)*
+value ::= object | array | string | number | literal
+literal ::= ("true" | "false" | "null") ws
+string ::= "\"" char* "\"" ws
+char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4})
+number ::= "-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws ::= | " " | "\n" [ \t]{0,20}
+"""
 
 
 class LlamaGrammar:

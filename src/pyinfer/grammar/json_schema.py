@@ -8,9 +8,12 @@ the document (#/$defs/..., #/definitions/..., recursion allowed), items / prefix
 minItems / maxItems, string minLength / maxLength. Other keywords (format, pattern, minimum,
 ...) are ignored, so the output is valid JSON of the right shape but unchecked there.
 
-Whitespace between tokens is bounded (`ws`: none, one space, or a newline and up to 20
-indentation characters) and numbers have at most 16 integer and 16 fraction digits, so a
-small model cannot loop forever on padding.
+Whitespace follows llama-cpp-python's converter (its SPACE_RULE, llama.cpp's
+json-schema-to-grammar): at most one space after each token (`space ::= " "?`), no newlines,
+also after the closing bracket, so a document ends where its value ends ('{"n": 10} ' at most)
+and the same logits give llama-cpp-python's text. Numbers have at most 16 digits in each of
+their integer, fraction and exponent parts, as there. (Strings are stricter than its converter
+in one way: a raw control character, which JSON does not allow in a string, is refused.)
 
 Length and item bounds become GBNF repetitions {m,n} with the schema's numbers, as llama.cpp's
 and llama-cpp-python's converters write them, so the parser's repetition limit applies
@@ -28,20 +31,22 @@ from .limits import DEFAULT_GRAMMAR_LIMITS, GrammarLimits
 
 # Shared rules (their names are reserved).
 PRIMITIVES = {
-    "ws": '| " " | "\\n" [ \\t]{0,20}',
+    "space": '" "?',
     "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
-    "string": '"\\"" char* "\\"" ws',
-    "integer": '"-"? ("0" | [1-9] [0-9]{0,15}) ws',
-    "number": '"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws',
-    "boolean": '("true" | "false") ws',
-    "null": '"null" ws',
+    "string": '"\\"" char* "\\"" space',
+    "integral-part": '"0" | [1-9] [0-9]{0,15}',
+    "integer": '"-"? integral-part space',
+    "number": '"-"? integral-part ("." [0-9]{1,16})? ([eE] [-+]? integral-part)? space',
+    "boolean": '("true" | "false") space',
+    "null": '"null" space',
     "value": "object | array | string | number | boolean | null",
-    "object": '"{" ws (string ":" ws value ("," ws string ":" ws value)*)? "}" ws',
-    "array": '"[" ws (value ("," ws value)*)? "]" ws',
+    "object": '"{" space (string ":" space value ("," space string ":" space value)*)? "}" space',
+    "array": '"[" space (value ("," space value)*)? "]" space',
 }
-_DEPENDS = {"string": ["char", "ws"], "integer": ["ws"], "number": ["ws"], "boolean": ["ws"],
-            "null": ["ws"], "value": ["object", "array", "string", "number", "boolean", "null"],
-            "object": ["ws", "string", "value"], "array": ["ws", "value"]}
+_DEPENDS = {"string": ["char", "space"], "integer": ["integral-part", "space"],
+            "number": ["integral-part", "space"], "boolean": ["space"], "null": ["space"],
+            "value": ["object", "array", "string", "number", "boolean", "null"],
+            "object": ["space", "string", "value"], "array": ["space", "value"]}
 
 
 def gbnf_literal(text: str) -> str:
@@ -113,14 +118,14 @@ class SchemaConverter:
         if "$ref" in schema:
             return self.ref(schema["$ref"], name)
         if "const" in schema:
-            self.primitive("ws")
-            return self.add_rule(name, f"{_json_literal(schema['const'])} ws")
+            self.primitive("space")
+            return self.add_rule(name, f"{_json_literal(schema['const'])} space")
         if "enum" in schema:
             if not schema["enum"]:
                 raise ValueError(f"JSON schema at {name!r} has an empty enum")
-            self.primitive("ws")
+            self.primitive("space")
             alts = " | ".join(_json_literal(v) for v in schema["enum"])
-            return self.add_rule(name, f"({alts}) ws")
+            return self.add_rule(name, f"({alts}) space")
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 alts = [self.visit(s, f"{name}-{i}") for i, s in enumerate(schema[key])]
@@ -185,9 +190,9 @@ class SchemaConverter:
         return target
 
     def other_key(self, keys: List[str], name: str) -> str:
-        """A rule for a JSON string key that is none of `keys`, with the ws after it."""
+        """A rule for a JSON string key that is none of `keys`, with the space after it."""
         inner = _not_keys_rules(self, keys, name + "-char")
-        return self.add_rule(name, f'"\\"" {inner} "\\"" ws')
+        return self.add_rule(name, f'"\\"" {inner} "\\"" space')
 
     def bounds(self, schema: Dict[str, Any], name: str,
                keys: Tuple[str, str]) -> Tuple[int, Optional[int]]:
@@ -216,54 +221,54 @@ class SchemaConverter:
             return self.add_rule(name, self.primitive("string"))
         rep = self.repetition(lo, hi, name, "minLength")
         self.primitive("char")
-        self.primitive("ws")
+        self.primitive("space")
         chars = self.add_rule(f"char-{lo}-{'' if hi is None else hi}", f"char{rep}")
-        return self.add_rule(name, f'"\\"" {chars} "\\"" ws')
+        return self.add_rule(name, f'"\\"" {chars} "\\"" space')
 
     def array(self, schema: Dict[str, Any], name: str) -> str:
-        self.primitive("ws")
+        self.primitive("space")
         if "prefixItems" in schema:
             items = [self.visit(s, f"{name}-{i}") for i, s in enumerate(schema["prefixItems"])]
-            body = ' "," ws '.join(items)
-            return self.add_rule(name, f'"[" ws {body} "]" ws')
+            body = ' "," space '.join(items)
+            return self.add_rule(name, f'"[" space {body} "]" space')
         item = self.visit(schema.get("items", True), f"{name}-item")
         lo, hi = self.bounds(schema, name, ("minItems", "maxItems"))
         if hi == 0:
-            return self.add_rule(name, '"[" ws "]" ws')
+            return self.add_rule(name, '"[" space "]" space')
         rep = self.repetition(max(lo - 1, 0), None if hi is None else hi - 1, name, "minItems")
-        inner = f'{item} ("," ws {item}){rep}'
+        inner = f'{item} ("," space {item}){rep}'
         if lo == 0:         # a rule of its own: `?` on a group would count its expansion again
             inner = self.add_rule(f"{name}-items", inner) + "?"
-        return self.add_rule(name, f'"[" ws {inner} "]" ws')
+        return self.add_rule(name, f'"[" space {inner} "]" space')
 
     def object(self, schema: Dict[str, Any], name: str) -> str:
         props: Dict[str, Any] = schema.get("properties", {}) or {}
         extra = schema.get("additionalProperties")
         if not props and (extra is None or extra is True):
             return self.add_rule(name, self.primitive("object"))
-        self.primitive("ws")
+        self.primitive("space")
         required = set(schema.get("required", []))
         kvs = []
         for key, sub in props.items():
             value = self.visit(sub, f"{name}-{key}")
-            kvs.append((f'{_json_literal(key)} ws ":" ws {value}', key in required))
+            kvs.append((f'{_json_literal(key)} space ":" space {value}', key in required))
         extra_kv = None
         if extra is not None and extra is not False:
             value = self.visit(extra, f"{name}-additional") if extra is not True \
                 else self.primitive("value")
             key = self.other_key(list(props), f"{name}-additional-key") if props \
                 else self.primitive("string")
-            extra_kv = f'{key} ":" ws {value}'
+            extra_kv = f'{key} ":" space {value}'
         memo: Dict[tuple, str] = {}
 
         def rest(i: int, comma: bool) -> str:
             """Grammar text for properties i.. given whether one was written before."""
             if (i, comma) in memo:
                 return memo[(i, comma)]
-            sep = '"," ws ' if comma else ""
+            sep = '"," space ' if comma else ""
             if i == len(kvs):
-                text = "" if extra_kv is None else (
-                    f'("," ws {extra_kv})*' if comma else f'({extra_kv} ("," ws {extra_kv})*)?')
+                text = "" if extra_kv is None else f'("," space {extra_kv})*' if comma \
+                    else f'({extra_kv} ("," space {extra_kv})*)?'
             else:
                 kv, req = kvs[i]
                 after = rest(i + 1, True)
@@ -276,7 +281,7 @@ class SchemaConverter:
             memo[(i, comma)] = text
             return text
 
-        return self.add_rule(name, f'"{{" ws {rest(0, False)} "}}" ws')
+        return self.add_rule(name, f'"{{" space {rest(0, False)} "}}" space')
 
 
 def _class_char(c: str) -> str:

@@ -185,7 +185,7 @@ def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
         check_request(body, ss)
 
         def embed(llama, settings):
-            out = pooled_embedding(llama, settings, body.input, lease.alias)
+            out = pooled_embedding(llama, settings, body.input, lease.answer_name)
             if body.encoding_format == "base64":
                 _embedding_base64(out["data"])
             return out

@@ -137,7 +137,7 @@ def generation_kwargs(lease: Lease, body, cancel: threading.Event,
     kw = body.llama_kwargs()
     from ..sampling import LogitsProcessorList
     processors = LogitsProcessorList()
-    kw["model"] = lease.alias
+    kw["model"] = lease.answer_name
     if body.logit_bias:
         kw["logit_bias"] = _logit_bias(llama, body)
     if body.grammar is not None:

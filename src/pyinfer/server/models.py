@@ -2,7 +2,8 @@
 
 One `Llama` (one KV cache) is loaded at a time; a config file may list several models,
 and a request naming another one swaps it in (the previous one is closed), as
-llama-cpp-python's server does. Every request that touches a model holds the hub's lease
+llama-cpp-python's server does. With one model every request gets it, whatever `model` it
+names (`ModelHub.resolve`). Every request that touches a model holds the hub's lease
 for its whole duration, streaming included: requests are served one after another in
 arrival order (an anyio Semaphore is FIFO), so no two can interleave on the KV cache.
 
@@ -29,8 +30,11 @@ from .settings import ModelSettings
 class Lease:
     """Exclusive use of the loaded model until `release()` (idempotent)."""
 
-    def __init__(self, hub: "ModelHub", llama, alias: str):
+    def __init__(self, hub: "ModelHub", llama, alias: str, answer_name: Optional[str] = None):
+        """`answer_name`: the `model` answers carry (the alias, or the unknown name a client
+        asked for, echoed as llama-cpp-python's server does)."""
         self.llama, self.alias = llama, alias
+        self.answer_name = answer_name or alias
         self._hub = hub
         self._held = True
         hub.turn_owner = self
@@ -106,7 +110,10 @@ class ModelHub:
 
     def resolve(self, name: Optional[str]) -> str:
         """The alias a request's `model` names: an alias, a model path or its file name;
-        None is the default model. Unknown names raise 404 unless any_model_name is set."""
+        None is the default model. A server of one model serves it under any name, as
+        llama-cpp-python's does (clients send "gpt-3.5-turbo" and the like). With several,
+        an unknown name is 404 unless any_model_name is set; llama-cpp-python's LlamaProxy
+        gives it the default (first) model, which any_model_name does here."""
         if name is None or name == "":
             return self.default_alias
         if name in self.settings:
@@ -114,9 +121,14 @@ class ModelHub:
         for alias, s in self.settings.items():
             if name in (s.model, os.path.basename(s.model)):
                 return alias
-        if self.any_model_name:
+        if self.any_model_name or len(self.settings) == 1:
             return self.default_alias
         raise model_not_found(name)
+
+    def _names(self, name: Optional[str]) -> bool:
+        """Whether `name` is empty or names a served model (alias, path or file name)."""
+        return not name or name in self.settings or any(
+            name in (s.model, os.path.basename(s.model)) for s in self.settings.values())
 
     def _load(self, alias: str) -> None:
         from ..llama import Llama
@@ -148,7 +160,7 @@ class ModelHub:
             self._sem.release()
             raise
         self.used = True
-        return Lease(self, self._llama, alias)
+        return Lease(self, self._llama, alias, None if self._names(name) else name)
 
     @property
     def idle(self) -> bool:
