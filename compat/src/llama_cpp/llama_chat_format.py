@@ -4,11 +4,10 @@ under the same names: the formats registered by name (`chat_format="chatml"`, ..
 `Jinja2ChatFormatter`, `ChatFormatterResponse`, the `format_*` formatters.
 
 pyinfer.chat holds the handler machinery and pyinfer.chat_formats the named formats; both
-are re-exported whole, so a name either gains is here too.
+are re-exported whole, so a name either gains is here too. llama-cpp-python names its vicuna
+formatter `format` (shadowing the built-in in this module, as there); pyinfer calls it
+`format_vicuna`.
 """
-import importlib.util
-
 from pyinfer.chat import *  # noqa: F401,F403
-
-if importlib.util.find_spec("pyinfer.chat_formats") is not None:
-    from pyinfer.chat_formats import *  # noqa: F401,F403
+from pyinfer.chat_formats import *  # noqa: F401,F403
+from pyinfer.chat_formats import format_vicuna as format  # noqa: F401,A001
