@@ -312,9 +312,10 @@ def test_health_answers_while_a_request_is_prepared(smollm2, oracle):
         thread.join(timeout=30)
     assert done["r"].status_code == 200, done["r"].text
     assert done["s"] > 1.0 and len(latencies) >= 5, (done["s"], latencies)
-    # on the event loop the whole preparation would be one stall; in a thread what is left
-    # are the tokenizer's own short holds of the GIL (converting its results)
-    assert max(latencies) < min(1.0, 0.5 * done["s"]), (done["s"], sorted(latencies)[-5:])
+    # on the event loop the whole preparation would be one stall (one /health waiting about as
+    # long as the request); in a thread what is left are the tokenizer's own short holds of the
+    # GIL. Relative, not absolute: a loaded CI machine slows both sides alike.
+    assert max(latencies) < 0.75 * done["s"], (done["s"], sorted(latencies)[-5:])
 
 
 def rss_mib() -> float:
