@@ -102,9 +102,10 @@ def test_dense_relu_models_run_like_hf_math(tmp_path, arch):
 
 def test_without_permutation_the_logits_differ(tmp_path, monkeypatch):
     """The oracle sees the q/k permutation: converting without it misses the budget by far."""
+    import dataclasses
     from pyinfer.convert import tensor_map
     cfg, w = make_tiny_hf(tmp_path / "hf", "llama", seed=3)
-    monkeypatch.setitem(tensor_map.ARCH_SPECS, "llama", tensor_map.ArchSpec("llama", False, False, "gated"))
+    monkeypatch.setitem(tensor_map.ARCH_SPECS, "llama", dataclasses.replace(tensor_map.ARCH_SPECS["llama"], rope="neox"))
     out = tmp_path / "m.gguf"
     convert(str(tmp_path / "hf"), ConvertOptions(str(out), "f32", progress=False))
     ref = forward(cfg, w, TOKENS)
@@ -318,7 +319,7 @@ def _assert_nothing_written(tmp_path):
 @pytest.mark.parametrize("case,exc,words", [
     ("missing", ConvertError, "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
     ("shape", ConvertError, "'model.layers.0.self_attn.k_proj.weight' has shape [64, 64], expected [32, 64]"),
-    ("arch", UnsupportedArchitectureError, "GPTNeoXForCausalLM"),
+    ("arch", UnsupportedArchitectureError, "MambaForCausalLM"),
     ("extra", ConvertError, "unexpected tensor 'model.layers.0.mlp.extra.weight'"),
     ("act", ConfigError, "hidden_act 'gelu'"),
     ("silu_sparse", ConvertError, "needs a ReLU model"),
@@ -330,7 +331,7 @@ def test_malformed_checkpoints(tmp_path, case, exc, words):
     elif case == "shape":
         kw["reshape"] = {"model.layers.0.self_attn.k_proj.weight": (64, 64)}
     elif case == "arch":
-        kw["config_over"] = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"}
+        kw["config_over"] = {"architectures": ["MambaForCausalLM"], "model_type": "mamba"}
     elif case == "extra":
         kw["reshape"] = {"model.layers.0.mlp.extra.weight": (4, 4)}
     elif case == "act":

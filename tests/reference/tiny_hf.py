@@ -53,6 +53,23 @@ def write_safetensors(path: str, tensors: Dict[str, np.ndarray], dtype: str = "F
             f.write(b)
 
 
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+    """Minimal safetensors reader (F32, F16, BF16): {name: float32 array}."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        blob = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        raw = np.frombuffer(blob[a:b], dtype={"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[info["dtype"]])
+        a32 = from_bf16_bits(raw) if info["dtype"] == "BF16" else raw.astype(np.float32)
+        out[name] = a32.reshape(info["shape"])
+    return out
+
+
 def train_bpe_tokenizer(vocab_size: int, style: str = "gpt2"):
     """A byte-level BPE `tokenizers.Tokenizer` trained on TEXT: `style` "gpt2" (ByteLevel
     pre-tokenizer with the GPT-2 regex) or "llama3" (Llama-3 split regex, then ByteLevel)."""
@@ -123,12 +140,30 @@ def random_weights(cfg: dict, seed: int = 0) -> Dict[str, np.ndarray]:
     return w
 
 
-def write_tokenizer(d: str, vocab_size: int, style: str = "gpt2") -> None:
+def write_tokenizer(d: str, vocab_size: int, style: str = "gpt2", tokenizer_class: Optional[str] = None) -> None:
     tk = train_bpe_tokenizer(vocab_size, style)
     tk.save(os.path.join(d, "tokenizer.json"))
+    cfg = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
+           "chat_template": CHAT_TEMPLATE, "model_max_length": 256}
+    if tokenizer_class:
+        cfg["tokenizer_class"] = tokenizer_class
     with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
-                   "chat_template": CHAT_TEMPLATE, "model_max_length": 256}, f)
+        json.dump(cfg, f)
+
+
+def train_sentencepiece(vocab_size: int) -> bytes:
+    """A SentencePiece BPE model (tokenizer.model bytes) trained on TEXT: byte fallback,
+    identity normalisation (no 240 KB character map), ids <pad>=0 </s>=1 <s>=2 <unk>=3."""
+    import io
+
+    import sentencepiece as spm
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([TEXT] * 8), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2,
+        unk_id=3, normalization_rule_name="identity", add_dummy_prefix=False, split_digits=True,
+        remove_extra_whitespaces=False, minloglevel=2)
+    return out.getvalue()
 
 
 def make_tiny_hf(d, arch: str = "llama", *, seed: int = 0, dtype: str = "F32", shards: int = 1,

@@ -48,10 +48,11 @@ def output_file(path: str) -> str:
 def convert_parser(prog: str = "convert.py") -> cli_util.ArgumentParser:
     ap = cli_util.ArgumentParser(
         prog=prog,
-        description="Convert a Hugging Face checkpoint (llama, mistral, qwen2, ReLU-llama/ProSparse,\n"
-                    "bamboo) to GGUF, or to a PowerInfer GGUF (PWRI) when a predictor directory or\n"
-                    "--sparse is given. A progress bar on stderr shows the bytes written, the total\n"
-                    "and the ETA.\n\n"
+        description="Convert a Hugging Face checkpoint (llama, mistral, qwen2, qwen3, gemma2, gemma3,\n"
+                    "phi3, falcon, opt, stablelm, starcoder2, gpt-neox, ReLU-llama/ProSparse, bamboo)\n"
+                    "to GGUF, or to a PowerInfer GGUF (PWRI: ReLU llama, bamboo, falcon, opt) when a\n"
+                    "predictor directory or --sparse is given. A progress bar on stderr shows the\n"
+                    "bytes written, the total and the ETA.\n\n"
                     "Offline planning for PowerInfer models:\n"
                     f"  {prog} profile|train-predictor|gpu-index ...   (see `{prog} profile --help`)")
     ap.add_argument("model", type=cli_util.existing_dir,

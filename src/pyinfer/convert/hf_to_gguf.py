@@ -2,9 +2,10 @@
 
 ``convert(model_dir, ConvertOptions(...))`` reads config.json and the
 tokenizer files, checks every weight's presence and shape against the
-architecture, declares the output's metadata and tensors, then reads,
-transforms (q/k RoPE permutation, ffn_down transpose), quantizes and writes one
-tensor at a time into a temporary file that replaces ``outfile`` only when
+architecture's table (tensor_map.py), declares the output's metadata and
+tensors, then reads, transforms (``TRANSFORMS``: q/k RoPE permutation, Gemma's
+norm offset, fused-QKV regrouping, ffn_down transpose), quantizes and writes
+one tensor at a time into a temporary file that replaces ``outfile`` only when
 complete.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import gguf
@@ -22,7 +23,7 @@ from pyinfer.progress import bar
 from .checkpoint import Checkpoint, load_predictor_dir
 from .hf_config import HFParams, llama3_rope_factors, load_params
 from .quant_types import encode, outtype, tensor_type
-from .tensor_map import PlannedTensor, gguf_name, layer_tensors, source_shape
+from .tensor_map import PlannedTensor, canonical_name, check_names, plan_rules, source_shape
 from .vocab import load_vocab, sampling_defaults
 from .writer import OutputFile, type_counts
 
@@ -62,62 +63,88 @@ def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def falcon_qkv(w: np.ndarray, p: HFParams) -> np.ndarray:
+    """Falcon's fused QKV rows, grouped per KV head as [its q heads..., k, v], regrouped as
+    [all q heads, all k heads, all v heads] (llama.cpp's "jploski" layout)."""
+    g, hd = p.n_head_kv, p.head_dim
+    x = w.reshape(g, p.n_head // g + 2, hd, *w.shape[1:])
+    q = x[:, :-2].reshape(p.n_head * hd, *w.shape[1:])
+    k = x[:, -2].reshape(g * hd, *w.shape[1:])
+    v = x[:, -1].reshape(g * hd, *w.shape[1:])
+    return np.concatenate([q, k, v])
+
+
+def neox_qkv(w: np.ndarray, p: HFParams) -> np.ndarray:
+    """GPT-NeoX's fused QKV rows, per head [q, k, v], regrouped as [all q, all k, all v]."""
+    x = w.reshape(p.n_head, 3, p.head_dim, *w.shape[1:])
+    return np.concatenate([x[:, j].reshape(p.n_head * p.head_dim, *w.shape[1:]) for j in range(3)])
+
+
+# PlannedTensor.op -> (float32 array in HF layout, params) -> array in GGUF layout
+TRANSFORMS: Dict[str, Callable[[np.ndarray, HFParams], np.ndarray]] = {
+    "": lambda x, p: x,
+    "rope_q": lambda x, p: permute_rope(x, p.n_head) if p.arch.permute_qk else x,
+    "rope_k": lambda x, p: permute_rope(x, p.n_head_kv) if p.arch.permute_qk else x,
+    "norm_shift": lambda x, p: x + np.float32(p.arch.norm_shift),
+    "falcon_qkv": falcon_qkv,
+    "neox_qkv": neox_qkv,
+    "transpose": lambda x, p: np.ascontiguousarray(x.T),
+}
+
+
 def plan_tensors(p: HFParams, ckpt: Checkpoint, pred: Optional[Checkpoint], sparse: bool) -> List[PlannedTensor]:
     """Every GGUF tensor to write, in file order, after checking the checkpoint against it."""
-    for name in ckpt.names():
-        mapped = gguf_name(name)
-        if mapped is None:
-            raise ConvertError(f"unexpected tensor '{name}' in the checkpoint: no GGUF name for it in "
-                               f"architecture {p.arch.gguf_arch} ({p.hf_arch})")
-        if mapped.startswith("blk.") and int(mapped.split(".")[1]) >= p.n_layer:
-            raise ConvertError(f"tensor '{name}' belongs to layer {mapped.split('.')[1]}, "
-                               f"but config.json has num_hidden_layers = {p.n_layer}")
-    E, V = p.n_embd, p.n_vocab
-    planned = [PlannedTensor("token_embd.weight", (E, V), "model.embed_tokens.weight")]
-    if p.rope_scaling.get("type") == "llama3":
-        planned.append(PlannedTensor("rope_freqs.weight", (p.head_dim // 2,), ""))
-    for i in range(p.n_layer):
-        hidden = None
-        if pred is not None:
+    names = {canonical_name(p.arch, n): n for n in ckpt.names()}
+    why = check_names(p.arch, names, p.n_layer)
+    if why:
+        raise ConvertError(f"{why} ({p.hf_arch})")
+    hidden = None
+    if pred is not None:
+        hidden = []
+        for i in range(p.n_layer):
             fc1 = pred.entries[f"{i}.fc1.weight"]
             if len(fc1.shape) != 2:
                 raise ConvertError(f"predictor {fc1.source}: fc1.weight has shape {list(fc1.shape)}, "
-                                   f"expected [H, {E}]")
-            hidden = fc1.shape[0]
-        planned += layer_tensors(p, i, sparse, hidden)
-    planned.append(PlannedTensor("output_norm.weight", (E,), "model.norm.weight"))
-    if "lm_head.weight" in ckpt or p.tie_embeddings is False:
-        planned.append(PlannedTensor("output.weight", (E, V), "lm_head.weight"))
+                                   f"expected [H, {p.n_embd}]")
+            hidden.append(fc1.shape[0])
+    planned, missing = plan_rules(p.arch, p.dims, p.n_layer, names, p.tie_embeddings, sparse, hidden)
+    if missing:
+        raise ConvertError(f"missing tensor '{missing[0]}' in the checkpoint ({p.hf_arch})")
+    # generated tensors (no HF source)
+    if p.rope_scaling.get("type") == "llama3":
+        planned.insert(1, PlannedTensor("rope_freqs.weight", (p.head_dim // 2,), ""))
+    for kind in ("long", "short"):
+        if kind in p.rope_factors:
+            planned.insert(1, PlannedTensor(f"rope_factors_{kind}.weight", (p.rope_dims // 2,), ""))
+    out = []
     for t in planned:
-        if not t.source:
-            continue
-        src = pred if t.from_predictor else ckpt
-        if t.source not in src:
-            raise ConvertError(f"missing tensor '{t.source}' (GGUF '{t.name}') in the checkpoint")
-        want, have = source_shape(t), src.shape(t.source)
-        if tuple(have) != want:
-            raise ConvertError(f"tensor '{t.source}' has shape {list(have)}, expected {list(want)} "
-                               f"from config.json (GGUF '{t.name}')")
-    return planned
+        if t.source and not t.from_predictor:
+            t = PlannedTensor(t.name, t.ne, names[t.source], t.from_predictor, t.op)
+        if t.source:
+            src = pred if t.from_predictor else ckpt
+            if t.source not in src:
+                raise ConvertError(f"missing tensor '{t.source}' (GGUF '{t.name}') in the checkpoint")
+            want, have = source_shape(t), src.shape(t.source)
+            if tuple(have) != want:
+                raise ConvertError(f"tensor '{t.source}' has shape {list(have)}, expected {list(want)} "
+                                   f"from config.json (GGUF '{t.name}')")
+        out.append(t)
+    return out
+
+
+_VALUE_WRITERS = {bool: "add_bool", str: "add_string", int: "add_uint32", float: "add_float32"}
 
 
 def _write_metadata(w: gguf.GGUFWriter, p: HFParams, vocab, ot, powerinfer: bool,
                     threshold: Optional[float]) -> None:
+    arch = p.arch.gguf_arch
     w.add_name(p.name)
-    w.add_vocab_size(p.n_vocab)
-    w.add_context_length(p.n_ctx)
-    w.add_embedding_length(p.n_embd)
-    w.add_feed_forward_length(p.n_ff)
-    w.add_block_count(p.n_layer)
-    w.add_head_count(p.n_head)
-    w.add_head_count_kv(p.n_head_kv)
-    w.add_rope_freq_base(p.rope_theta)
-    w.add_layer_norm_rms_eps(p.rms_eps)
-    if p.arch.permute_qk:
-        w.add_rope_dimension_count(p.head_dim)
-    if p.head_dim_explicit:
-        w.add_key_length(p.head_dim)
-        w.add_value_length(p.head_dim)
+    for key, value in p.gguf_values().items():
+        if isinstance(value, list):
+            w.add_key_value(f"{arch}.{key}", [int(v) for v in value], gguf.GGUFValueType.ARRAY,
+                            sub_type=gguf.GGUFValueType.UINT32)
+        else:
+            getattr(w, _VALUE_WRITERS[type(value)])(f"{arch}.{key}", value)
     kind = p.rope_scaling.get("type")
     if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -148,6 +175,9 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
     if opts.predictor_dir:
         pred, threshold = load_predictor_dir(opts.predictor_dir, p.n_layer)
     powerinfer = pred is not None or opts.sparse
+    if powerinfer and not p.arch.powerinfer:
+        raise ConvertError(f"PowerInfer has no layout for {p.arch.gguf_arch} ({p.hf_arch}); write it densely, "
+                           f"without a predictor dir or --sparse")
     if powerinfer and not p.relu:
         raise ConvertError(f"a PowerInfer file needs a ReLU model; config.json has hidden_act "
                            f"{p.hidden_act!r} (write it densely, without a predictor dir or --sparse)")
@@ -179,14 +209,9 @@ def _load(t: PlannedTensor, p: HFParams, ckpt: Checkpoint, pred: Optional[Checkp
     """The float32 data of one planned tensor in GGUF layout (numpy order = reversed ne)."""
     if t.name == "rope_freqs.weight":
         return llama3_rope_factors(p)
+    if t.name.startswith("rope_factors_"):
+        return np.asarray(p.rope_factors[t.name[len("rope_factors_"):-len(".weight")]], dtype=np.float32)
     x = (pred if t.from_predictor else ckpt).load(t.source)
     if x.dtype != np.float32:
         raise ConvertError(f"tensor '{t.source}' has integer dtype {x.dtype}; expected floating point")
-    if t.op == "permute_q":
-        x = permute_rope(x, p.n_head)
-    elif t.op == "permute_k":
-        x = permute_rope(x, p.n_head_kv)
-    elif t.op == "transpose":
-        x = np.ascontiguousarray(x.T)
-    return x
-
+    return TRANSFORMS[t.op](x, p)

@@ -1,10 +1,33 @@
-"""Architectures and the one Hugging Face -> GGUF tensor name map.
+"""Architectures and their Hugging Face -> GGUF tensor maps, as data.
 
-Everything here is data: which HF architectures map to which GGUF
-architecture, how each HF tensor is named in GGUF, which HF tensors carry
-nothing a GGUF needs, and each tensor's expected shape. ``plan`` turns a
-checkpoint's tensor list into the ordered list of GGUF tensors to write,
-checking that every tensor is present with the right shape.
+One table per architecture (``ARCH_SPECS``): the GGUF architecture it writes,
+the HF names of its tensors with their GGUF names, ggml shapes and data
+transforms, the hyper-parameter keys it writes (``keys``, values in
+``hf_config.HFParams``), and its conventions (RoPE pair layout, Gemma's norm
+offset, norm kind). Names, shapes, keys and transforms are those of llama.cpp's
+``convert_hf_to_gguf.py`` (llama-cpp-python 0.3.36's vendor/llama.cpp), and
+PowerInfer's (its convert-hf-to-powerinfer-gguf.py) for the sparse layout:
+``ffn_down`` stored transposed as ``ffn_down_t`` (its bias, OPT's, renamed with
+it) and the predictor ``fc1``/``fc2``.
+
+``plan`` turns a checkpoint's tensor list into the ordered GGUF tensors to
+write, checking that every required tensor is present with the right shape and
+that the checkpoint holds nothing the map does not know.
+
+Shapes are ggml ``ne`` (innermost first), written with the symbols of
+``HFParams.dims``: E n_embd, F n_ff, V n_vocab, Q n_head*head_dim, K
+n_head_kv*head_dim, D head_dim, P position rows (OPT); "Q+2K" sums, "2F" scales.
+Transforms (``op``, applied in hf_to_gguf.py): ``rope_q``/``rope_k`` (HF's
+rotate-half rows -> llama.cpp's interleaved pairs, only for ``rope="normal"``),
+``falcon_qkv`` (Falcon's grouped [q.., k, v] per KV group -> all q, all k, all
+v), ``neox_qkv`` (GPT-NeoX's per-head [q, k, v] -> all q, all k, all v).
+
+Adding an architecture: an ``ArchSpec`` here (its tensor rules and keys) and its
+``HF_ARCHITECTURES`` / ``HF_MODEL_TYPES`` names; in hf_config.py only a config
+name no architecture used yet (or a variant to refuse), in hf_to_gguf.py only a
+transform no architecture needed yet; and a row of ``ARCHS`` in
+scripts/make_arch_oracles.py, whose fixture tests/test_arch_oracle.py then
+compares with llama.cpp's conversion and runs against transformers.
 """
 from __future__ import annotations
 
@@ -12,66 +35,254 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+REQUIRED, OPTIONAL, UNTIED = "required", "optional", "untied"   # TensorRule.need
+
 
 class UnsupportedArchitectureError(ValueError):
     """config.json names an architecture this converter does not know."""
 
 
 @dataclass(frozen=True)
-class ArchSpec:
-    gguf_arch: str          # general.architecture
-    permute_qk: bool        # HF rotate_half q/k rows -> GGUF interleaved pairs (llama.cpp "normal" RoPE)
-    qkv_bias: bool          # q/k/v projections carry biases (qwen2)
-    ffn: str                # "gated": act(gate)*up; "gated_both": act(gate)*act(up) (bamboo)
+class TensorRule:
+    gguf: str                   # GGUF name ("blk.{i}." is prefixed to a layer tensor's)
+    hf: Tuple[str, ...]         # HF names, alternatives (the arch's layer prefix is prefixed)
+    ne: str                     # ggml shape (see the module doc)
+    op: str = ""                # data transform
+    need: str = REQUIRED        # REQUIRED; OPTIONAL: written when the checkpoint has it;
+                                # UNTIED: required unless config.json ties it to the embeddings
 
+
+def _r(gguf: str, hf, ne: str, op: str = "", need: str = REQUIRED) -> TensorRule:
+    return TensorRule(gguf, (hf,) if isinstance(hf, str) else tuple(hf), ne, op, need)
+
+
+def _wb(gguf: str, hf, ne: str, w_op: str = "", bias: str = OPTIONAL, b_op: str = "") -> Tuple[TensorRule, ...]:
+    """A weight and its bias (`bias`: REQUIRED, OPTIONAL or "" for none)."""
+    hfs = (hf,) if isinstance(hf, str) else tuple(hf)
+    out = [_r(gguf + ".weight", [h + ".weight" for h in hfs], ne, w_op)]
+    if bias:
+        out.append(_r(gguf + ".bias", [h + ".bias" for h in hfs], ne.split(",")[-1], b_op, bias))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    gguf_arch: str                          # general.architecture
+    layer_prefix: str                       # HF prefix of layer i's tensors ("{i}" the index)
+    globals: Tuple[TensorRule, ...]         # before the layers: embeddings
+    layer: Tuple[TensorRule, ...]
+    tail: Tuple[TensorRule, ...]            # after the layers: output norm, output
+    keys: Tuple[str, ...]                   # "{arch}." keys written (values: HFParams.gguf_values)
+    activations: Tuple[str, ...]            # accepted FFN activations of config.json
+    rope: str = "neox"                      # "normal": q/k rows permuted; "neox": kept; "none"
+    norm: str = "rms"                       # "rms" (rms_norm_eps) or "layer" (LayerNorm eps)
+    norm_shift: float = 0.0                 # added to every *norm.weight (Gemma: x * (1 + w))
+    powerinfer: bool = False                # has a PowerInfer layout (ReLU FFN, ffn_down_t)
+    gated_both: bool = False                # act(gate) * act(up) (bamboo)
+    ignored: Tuple[str, ...] = ()           # HF tensors that hold nothing a GGUF stores
+    aliases: Tuple[Tuple[str, str], ...] = ()   # HF name prefixes read as another (old layouts)
+    spm_add_space_prefix: Optional[bool] = None  # tokenizer.ggml.add_space_prefix of SPM vocabs
+
+    @property
+    def permute_qk(self) -> bool:
+        return self.rope == "normal"
+
+
+# ---- the tables -------------------------------------------------------------------------------
+
+_ROPE_IGNORED = ("{L}self_attn.rotary_emb.inv_freq",)
+_LM_EMBD = (_r("token_embd.weight", "model.embed_tokens.weight", "E,V"),)
+_LM_TAIL = (_r("output_norm.weight", "model.norm.weight", "E"),
+            _r("output.weight", "lm_head.weight", "E,V", need=UNTIED))
+_LM_TAIL_BIASED = (*_wb("output_norm", "model.norm", "E"),
+                   _r("output.weight", "lm_head.weight", "E,V", need=UNTIED))
+
+_ATTN = (
+    *_wb("attn_q", "self_attn.q_proj", "E,Q", "rope_q", OPTIONAL, "rope_q"),
+    *_wb("attn_k", "self_attn.k_proj", "E,K", "rope_k", OPTIONAL, "rope_k"),
+    *_wb("attn_v", "self_attn.v_proj", "E,K"),
+)
+_GATED_FFN = (
+    _r("ffn_gate.weight", "mlp.gate_proj.weight", "E,F"),
+    _r("ffn_up.weight", "mlp.up_proj.weight", "E,F"),
+    _r("ffn_down.weight", "mlp.down_proj.weight", "F,E"),
+)
+_LLAMA_LAYER = (
+    _r("attn_norm.weight", "input_layernorm.weight", "E"),
+    *_ATTN,
+    _r("attn_output.weight", "self_attn.o_proj.weight", "Q,E"),
+    _r("ffn_norm.weight", "post_attention_layernorm.weight", "E"),
+    *_GATED_FFN,
+)
+_QK_NORM = (_r("attn_q_norm.weight", "self_attn.q_norm.weight", "D"),
+            _r("attn_k_norm.weight", "self_attn.k_norm.weight", "D"))
+_GEMMA_LAYER = (
+    _r("attn_norm.weight", "input_layernorm.weight", "E"),
+    *_ATTN,
+    _r("attn_output.weight", "self_attn.o_proj.weight", "Q,E"),
+    _r("post_attention_norm.weight", "post_attention_layernorm.weight", "E"),
+    _r("ffn_norm.weight", "pre_feedforward_layernorm.weight", "E"),
+    _r("post_ffw_norm.weight", "post_feedforward_layernorm.weight", "E"),
+    *_GATED_FFN,
+)
+
+
+def _required_biases(rules: Tuple[TensorRule, ...]) -> Tuple[TensorRule, ...]:
+    return tuple(TensorRule(t.gguf, t.hf, t.ne, t.op, REQUIRED)
+                 if t.gguf in ("attn_q.bias", "attn_k.bias", "attn_v.bias") else t for t in rules)
+
+
+_LM_KEYS = ("context_length", "embedding_length", "block_count", "feed_forward_length",
+            "attention.head_count", "attention.head_count_kv", "rope.freq_base",
+            "attention.layer_norm_rms_epsilon", "attention.key_length", "attention.value_length")
+_SILU = ("silu",)
+_SILU_RELU = ("silu", "relu", "fatrelu")
+_GELU = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python")
 
 ARCH_SPECS: Dict[str, ArchSpec] = {
-    "llama": ArchSpec("llama", permute_qk=True, qkv_bias=False, ffn="gated"),
-    "qwen2": ArchSpec("qwen2", permute_qk=False, qkv_bias=True, ffn="gated"),
-    "bamboo": ArchSpec("bamboo", permute_qk=True, qkv_bias=False, ffn="gated_both"),
+    "llama": ArchSpec(
+        "llama", "model.layers.{i}.", _LM_EMBD, _LLAMA_LAYER, _LM_TAIL,
+        _LM_KEYS + ("vocab_size", "rope.dimension_count", "attention.sliding_window"),
+        _SILU_RELU, rope="normal", powerinfer=True, ignored=_ROPE_IGNORED),
+    "bamboo": ArchSpec(
+        "bamboo", "model.layers.{i}.", _LM_EMBD, _LLAMA_LAYER, _LM_TAIL,
+        _LM_KEYS + ("vocab_size", "rope.dimension_count"), ("relu", "fatrelu"), rope="normal", powerinfer=True,
+        gated_both=True, ignored=_ROPE_IGNORED),
+    "qwen2": ArchSpec(
+        "qwen2", "model.layers.{i}.", _LM_EMBD, _required_biases(_LLAMA_LAYER), _LM_TAIL, _LM_KEYS,
+        _SILU, ignored=_ROPE_IGNORED),
+    "qwen3": ArchSpec(
+        "qwen3", "model.layers.{i}.", _LM_EMBD, _LLAMA_LAYER + _QK_NORM, _LM_TAIL, _LM_KEYS, _SILU,
+        ignored=_ROPE_IGNORED),
+    "gemma2": ArchSpec(
+        "gemma2", "model.layers.{i}.", _LM_EMBD, _GEMMA_LAYER, _LM_TAIL[:1],
+        ("context_length", "embedding_length", "block_count", "feed_forward_length",
+         "attention.head_count", "attention.head_count_kv", "rope.freq_base",
+         "attention.layer_norm_rms_epsilon", "attention.key_length", "attention.value_length",
+         "attn_logit_softcapping", "final_logit_softcapping", "attention.sliding_window",
+         "attention.sliding_window_pattern"),
+        ("gelu_pytorch_tanh", "gelu"), norm_shift=1.0, ignored=("lm_head.weight",),
+        spm_add_space_prefix=False),
+    "gemma3": ArchSpec(
+        "gemma3", "model.layers.{i}.", _LM_EMBD, _GEMMA_LAYER + _QK_NORM, _LM_TAIL[:1],
+        _LM_KEYS + ("rope.freq_base_swa", "final_logit_softcapping", "attention.sliding_window",
+                    "attention.sliding_window_pattern"),
+        ("gelu_pytorch_tanh", "gelu"), norm_shift=1.0, ignored=("lm_head.weight",),
+        spm_add_space_prefix=False),
+    "phi3": ArchSpec(
+        "phi3", "model.layers.{i}.", _LM_EMBD,
+        (_r("attn_norm.weight", "input_layernorm.weight", "E"),
+         _r("attn_qkv.weight", "self_attn.qkv_proj.weight", "E,Q+2K"),
+         _r("attn_output.weight", "self_attn.o_proj.weight", "Q,E"),
+         _r("ffn_norm.weight", "post_attention_layernorm.weight", "E"),
+         _r("ffn_up.weight", "mlp.gate_up_proj.weight", "E,2F"),
+         _r("ffn_down.weight", "mlp.down_proj.weight", "F,E")),
+        _LM_TAIL,
+        ("context_length", "rope.scaling.original_context_length", "embedding_length",
+         "feed_forward_length", "block_count", "attention.head_count", "attention.head_count_kv",
+         "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base",
+         "attention.sliding_window", "rope.scaling.attn_factor"),
+        _SILU, ignored=_ROPE_IGNORED),
+    "stablelm": ArchSpec(
+        "stablelm", "model.layers.{i}.", _LM_EMBD,
+        (*_wb("attn_norm", "input_layernorm", "E", bias=REQUIRED),
+         *_ATTN,
+         _r("attn_output.weight", "self_attn.o_proj.weight", "Q,E"),
+         *_wb("ffn_norm", "post_attention_layernorm", "E", bias=REQUIRED),
+         *_GATED_FFN),
+        _LM_TAIL_BIASED,
+        ("context_length", "embedding_length", "block_count", "feed_forward_length",
+         "rope.dimension_count", "attention.head_count", "attention.head_count_kv", "rope.freq_base",
+         "use_parallel_residual", "attention.layer_norm_epsilon"),
+        _SILU, norm="layer", ignored=_ROPE_IGNORED),
+    "starcoder2": ArchSpec(
+        "starcoder2", "model.layers.{i}.", _LM_EMBD,
+        (*_wb("attn_norm", "input_layernorm", "E", bias=REQUIRED),
+         *_ATTN,
+         *_wb("attn_output", "self_attn.o_proj", "Q,E"),
+         *_wb("ffn_norm", "post_attention_layernorm", "E", bias=REQUIRED),
+         *_wb("ffn_up", "mlp.c_fc", "E,F"),
+         *_wb("ffn_down", "mlp.c_proj", "F,E")),
+        _LM_TAIL_BIASED,
+        ("block_count", "context_length", "embedding_length", "feed_forward_length",
+         "attention.head_count", "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_epsilon"),
+        _GELU, norm="layer", ignored=_ROPE_IGNORED),
+    "falcon": ArchSpec(
+        "falcon", "transformer.h.{i}.",
+        (_r("token_embd.weight", "transformer.word_embeddings.weight", "E,V"),),
+        (*_wb("attn_norm", ("input_layernorm", "ln_mlp"), "E", bias=REQUIRED),
+         _r("attn_norm_2.weight", "ln_attn.weight", "E", need=OPTIONAL),
+         _r("attn_norm_2.bias", "ln_attn.bias", "E", need=OPTIONAL),
+         *_wb("attn_qkv", "self_attention.query_key_value", "E,Q+2K", "falcon_qkv", OPTIONAL, "falcon_qkv"),
+         *_wb("attn_output", "self_attention.dense", "Q,E"),
+         *_wb("ffn_up", "mlp.dense_h_to_4h", "E,F"),
+         *_wb("ffn_down", "mlp.dense_4h_to_h", "F,E")),
+        (*_wb("output_norm", "transformer.ln_f", "E", bias=REQUIRED),
+         _r("output.weight", "lm_head.weight", "E,V", need=UNTIED)),
+        ("context_length", "tensor_data_layout", "embedding_length", "feed_forward_length", "block_count",
+         "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon", "rope.freq_base"),
+        ("gelu", "relu"), norm="layer", powerinfer=True),
+    "gptneox": ArchSpec(
+        "gptneox", "gpt_neox.layers.{i}.",
+        (_r("token_embd.weight", "gpt_neox.embed_in.weight", "E,V"),),
+        (*_wb("attn_norm", "input_layernorm", "E", bias=REQUIRED),
+         *_wb("attn_qkv", "attention.query_key_value", "E,Q+2K", "neox_qkv", OPTIONAL, "neox_qkv"),
+         *_wb("attn_output", "attention.dense", "Q,E"),
+         *_wb("ffn_norm", "post_attention_layernorm", "E", bias=REQUIRED),
+         *_wb("ffn_up", "mlp.dense_h_to_4h", "E,F"),
+         *_wb("ffn_down", "mlp.dense_4h_to_h", "F,E")),
+        (*_wb("output_norm", "gpt_neox.final_layer_norm", "E", bias=REQUIRED),
+         _r("output.weight", "embed_out.weight", "E,V", need=UNTIED)),
+        ("context_length", "embedding_length", "block_count", "feed_forward_length", "rope.dimension_count",
+         "attention.head_count", "use_parallel_residual", "attention.layer_norm_epsilon", "rope.freq_base"),
+        _GELU, norm="layer",
+        ignored=("{L}attention.bias", "{L}attention.masked_bias", "{L}attention.rotary_emb.inv_freq")),
+    "opt": ArchSpec(
+        "opt", "model.decoder.layers.{i}.",
+        (_r("token_embd.weight", "model.decoder.embed_tokens.weight", "E,V"),
+         _r("position_embd.weight", "model.decoder.embed_positions.weight", "E,P")),
+        (*_wb("attn_norm", "self_attn_layer_norm", "E", bias=REQUIRED),
+         *_wb("attn_q", "self_attn.q_proj", "E,Q", bias=REQUIRED),
+         *_wb("attn_k", "self_attn.k_proj", "E,K", bias=REQUIRED),
+         *_wb("attn_v", "self_attn.v_proj", "E,K", bias=REQUIRED),
+         *_wb("attn_output", "self_attn.out_proj", "Q,E", bias=REQUIRED),
+         *_wb("ffn_norm", "final_layer_norm", "E", bias=REQUIRED),
+         *_wb("ffn_up", "fc1", "E,F", bias=REQUIRED),
+         *_wb("ffn_down", "fc2", "F,E", bias=REQUIRED)),
+        (*_wb("output_norm", "model.decoder.final_layer_norm", "E", bias=REQUIRED),
+         _r("output.weight", "lm_head.weight", "E,V", need=UNTIED)),
+        ("context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count",
+         "attention.head_count_kv", "attention.layer_norm_epsilon"),
+        ("relu",), rope="none", norm="layer", powerinfer=True, aliases=(("decoder.", "model.decoder."),)),
 }
 
-# config.json "architectures"[0] (or "model_type") -> key of ARCH_SPECS
+# config.json "architectures"[0] -> key of ARCH_SPECS
 HF_ARCHITECTURES: Dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
     "BambooForCausalLM": "bamboo",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
+    "StableLmForCausalLM": "stablelm",
+    "Starcoder2ForCausalLM": "starcoder2",
+    "FalconForCausalLM": "falcon",
+    "RWForCausalLM": "falcon",
+    "GPTNeoXForCausalLM": "gptneox",
+    "OPTForCausalLM": "opt",
 }
-HF_MODEL_TYPES: Dict[str, str] = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "bamboo": "bamboo"}
-
-# HF name -> GGUF name; "{i}" is the layer index
-TENSOR_NAMES: Dict[str, str] = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
-    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
-    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
-    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+# config.json "model_type", used when "architectures" is absent
+HF_MODEL_TYPES: Dict[str, str] = {
+    "llama": "llama", "mistral": "llama", "bamboo": "bamboo", "qwen2": "qwen2", "qwen3": "qwen3",
+    "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "stablelm": "stablelm",
+    "starcoder2": "starcoder2", "falcon": "falcon", "gpt_neox": "gptneox", "opt": "opt",
 }
-# HF tensors that hold nothing a GGUF stores (recomputed at run time)
-IGNORED_TENSORS = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)
-
-
-def _pattern(template: str) -> "re.Pattern[str]":
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
-
-
-_FORWARD = [(_pattern(hf), gg) for hf, gg in TENSOR_NAMES.items()]
-_IGNORED = [_pattern(t) for t in IGNORED_TENSORS]
-_REVERSE = {gg: hf for hf, gg in TENSOR_NAMES.items()}
 
 
 def detect_arch(cfg: dict) -> Tuple[str, ArchSpec]:
+    """(the HF architecture name, its ArchSpec); bamboo's model_type wins over architectures."""
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type")
     key = None
@@ -89,64 +300,34 @@ def detect_arch(cfg: dict) -> Tuple[str, ArchSpec]:
     return (archs[0] if archs else str(model_type)), ARCH_SPECS[key]
 
 
-def gguf_name(hf_name: str) -> Optional[str]:
-    """The GGUF name of an HF tensor, '' for one to skip, None for an unknown one."""
-    for pat, gg in _FORWARD:
-        m = pat.match(hf_name)
-        if m:
-            return gg.replace("{i}", m.group(1)) if m.groups() else gg
-    if any(p.match(hf_name) for p in _IGNORED):
-        return ""
-    return None
+# ---- shapes ------------------------------------------------------------------------------------
+
+_TERM = re.compile(r"^(\d*)([A-Z])$")
 
 
-def hf_name(gguf_tensor: str) -> str:
-    """The HF name of a GGUF tensor of the name map (layer index filled in)."""
-    m = re.match(r"^blk\.(\d+)\.(.*)$", gguf_tensor)
-    if m:
-        return _REVERSE["blk.{i}." + m.group(2)].replace("{i}", m.group(1))
-    return _REVERSE[gguf_tensor]
+def eval_ne(ne: str, dims: Dict[str, int]) -> Tuple[int, ...]:
+    """A shape string ("E,Q+2K") with the sizes of `dims` ({"E": 64, ...})."""
+    out = []
+    for dim in ne.split(","):
+        total = 0
+        for term in dim.split("+"):
+            m = _TERM.match(term.strip())
+            if not m:
+                raise ValueError(f"bad shape term {term!r} in {ne!r}")
+            total += int(m.group(1) or 1) * dims[m.group(2)]
+        out.append(total)
+    return tuple(out)
 
+
+# ---- planning ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PlannedTensor:
     name: str                       # GGUF name
     ne: Tuple[int, ...]             # ggml shape, innermost first
-    source: str                     # HF tensor name (in the model or predictor checkpoint)
+    source: str                     # HF tensor name (in the model or predictor checkpoint); "" generated
     from_predictor: bool = False
-    op: str = ""                    # "", "permute_q", "permute_k", "transpose"
-
-
-def layer_tensors(p, i: int, sparse: bool, pred_hidden: Optional[int]) -> List[PlannedTensor]:
-    """The GGUF tensors of layer `i` with their ggml shapes."""
-    E, F, hd = p.n_embd, p.n_ff, p.head_dim
-    q, kv = p.n_head * hd, p.n_head_kv * hd
-    b = f"blk.{i}."
-    permute = p.arch.permute_qk
-    out = [
-        (b + "attn_norm.weight", (E,), ""),
-        (b + "attn_q.weight", (E, q), "permute_q" if permute else ""),
-        (b + "attn_k.weight", (E, kv), "permute_k" if permute else ""),
-        (b + "attn_v.weight", (E, kv), ""),
-    ]
-    if p.arch.qkv_bias:
-        out += [(b + "attn_q.bias", (q,), ""), (b + "attn_k.bias", (kv,), ""), (b + "attn_v.bias", (kv,), "")]
-    out += [
-        (b + "attn_output.weight", (q, E), ""),
-        (b + "ffn_norm.weight", (E,), ""),
-        (b + "ffn_gate.weight", (E, F), ""),
-        (b + "ffn_up.weight", (E, F), ""),
-    ]
-    planned = [PlannedTensor(n, ne, hf_name(n), op=op) for n, ne, op in out]
-    if sparse:
-        # HF down_proj [E, F] transposed: one contiguous row of n_embd values per neuron
-        planned.append(PlannedTensor(b + "ffn_down_t.weight", (E, F), hf_name(b + "ffn_down.weight"), op="transpose"))
-    else:
-        planned.append(PlannedTensor(b + "ffn_down.weight", (F, E), hf_name(b + "ffn_down.weight")))
-    if pred_hidden is not None:
-        planned.append(PlannedTensor(b + "fc1.weight", (E, pred_hidden), f"{i}.fc1.weight", True))
-        planned.append(PlannedTensor(b + "fc2.weight", (pred_hidden, F), f"{i}.fc2.weight", True))
-    return planned
+    op: str = ""                    # rope_q, rope_k, falcon_qkv, neox_qkv, transpose, norm_shift
 
 
 def source_shape(t: PlannedTensor) -> Tuple[int, ...]:
@@ -154,3 +335,87 @@ def source_shape(t: PlannedTensor) -> Tuple[int, ...]:
     if t.op == "transpose":
         return tuple(t.ne)                  # [E, F] in torch order is ne {E, F} transposed
     return tuple(reversed(t.ne))
+
+
+def canonical_name(spec: ArchSpec, name: str) -> str:
+    """`name` with the architecture's old-layout prefixes rewritten (OPT's "decoder.")."""
+    for old, new in spec.aliases:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _patterns(spec: ArchSpec) -> List["re.Pattern[str]"]:
+    """Regexes of every HF name the map knows (mapped or ignored), layer index as group 1."""
+    lp = re.escape(spec.layer_prefix).replace(r"\{i\}", r"(\d+)")
+    pats = [re.escape(h) for t in spec.globals + spec.tail for h in t.hf]
+    pats += [lp + re.escape(h) for t in spec.layer for h in t.hf]
+    pats += [re.escape(g).replace(re.escape("{L}"), lp) if g.startswith("{L}") else re.escape(g)
+             for g in spec.ignored]
+    return [re.compile("^" + p + "$") for p in pats]
+
+
+def check_names(spec: ArchSpec, names, n_layer: int) -> Optional[str]:
+    """The first checkpoint tensor the map does not know (or of a layer >= n_layer), with why."""
+    pats = _patterns(spec)
+    for name in names:
+        m = next((m for m in (p.match(name) for p in pats) if m), None)
+        if m is None:
+            return f"unexpected tensor '{name}' in the checkpoint: no GGUF name for it in " \
+                   f"architecture {spec.gguf_arch}"
+        if m.groups() and m.group(1) is not None and int(m.group(1)) >= n_layer:
+            return f"tensor '{name}' belongs to layer {m.group(1)}, but config.json has " \
+                   f"num_hidden_layers = {n_layer}"
+    return None
+
+
+def _pick(t: TensorRule, present, prefix: str = "") -> Optional[str]:
+    for h in t.hf:
+        if prefix + h in present:
+            return prefix + h
+    return None
+
+
+def plan_rules(spec: ArchSpec, dims: Dict[str, int], n_layer: int, present, tied: Optional[bool],
+               sparse: bool, pred_hidden: Optional[List[int]] = None) -> Tuple[List[PlannedTensor], List[str]]:
+    """(GGUF tensors in file order, HF names of required tensors that are missing).
+    `present`: the checkpoint's names; `tied`: config.json's tie_word_embeddings (None: unstated);
+    `sparse`: PowerInfer layout; `pred_hidden`: per layer, the hidden size of its predictor."""
+    planned: List[PlannedTensor] = []
+    missing: List[str] = []
+
+    def add(t: TensorRule, prefix: str, gguf_prefix: str) -> None:
+        src = _pick(t, present, prefix)
+        need = t.need
+        if need == UNTIED:
+            need = OPTIONAL if tied is not False else REQUIRED
+        if src is None:
+            if need == REQUIRED:
+                missing.append(prefix + t.hf[0])
+            return
+        name, op = gguf_prefix + t.gguf, t.op
+        if spec.norm_shift and name.endswith("norm.weight"):
+            op = "norm_shift"
+        ne = eval_ne(t.ne, dims)
+        if sparse and t.gguf.startswith("ffn_down."):
+            name = name.replace("ffn_down.", "ffn_down_t.")
+            if t.gguf.endswith(".weight"):
+                ne, op = (ne[1], ne[0]), "transpose"
+        planned.append(PlannedTensor(name, ne, src, op=op))
+
+    for t in spec.globals:
+        add(t, "", "")
+    for i in range(n_layer):
+        for t in spec.layer:
+            add(t, spec.layer_prefix.replace("{i}", str(i)), f"blk.{i}.")
+        if pred_hidden is not None:
+            planned += predictor_tensors(i, dims["E"], dims["F"], pred_hidden[i])
+    for t in spec.tail:
+        add(t, "", "")
+    return planned, missing
+
+
+def predictor_tensors(i: int, n_embd: int, n_ff: int, hidden: int) -> List[PlannedTensor]:
+    """PowerInfer's predictor of layer i: fc1 (ne {E, H}) and fc2 (ne {H, F})."""
+    return [PlannedTensor(f"blk.{i}.fc1.weight", (n_embd, hidden), f"{i}.fc1.weight", True),
+            PlannedTensor(f"blk.{i}.fc2.weight", (hidden, n_ff), f"{i}.fc2.weight", True)]

@@ -47,6 +47,7 @@ class Vocab:
     scores: Optional[List[float]]
     special: gguf.SpecialVocab
     note: str = ""
+    add_space_prefix: Optional[bool] = None     # tokenizer.ggml.add_space_prefix (None: not written)
 
     def add_to(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
@@ -56,6 +57,8 @@ class Vocab:
             w.add_token_scores(self.scores)
         w.add_token_types(self.types)
         self.special.add_to_gguf(w, quiet=True)
+        if self.add_space_prefix is not None:
+            w.add_add_space_prefix(self.add_space_prefix)
 
 
 def looks_special(text: str) -> bool:
@@ -85,6 +88,7 @@ def load_vocab(model_dir: str, p: HFParams) -> Vocab:
     tj = read_json(tj_path) if os.path.isfile(tj_path) else None
     if os.path.isfile(spm) and p.arch.gguf_arch != "qwen2":
         v = _sentencepiece(model_dir, spm, p)
+        v.add_space_prefix = p.arch.spm_add_space_prefix      # gemma: False, as llama.cpp writes
     elif tj is not None and _is_spm_bpe(tj):
         v = _llama_hf(model_dir, tj_path, tj, p)
     elif tj is not None:
