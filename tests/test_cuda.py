@@ -136,7 +136,10 @@ def test_elementwise_and_norms(pool, device, rng):
     cases["glu_bamboo"] = lambda ctx: ctx.glu(ctx.from_numpy(a), ctx.from_numpy(a[::-1].copy()), Unary.RELU, True)
     for name, build in cases.items():
         cpu, got = cpu_and_gpu(pool, device, build)
-        np.testing.assert_allclose(got, cpu, rtol=1e-5, atol=1e-5 * np.abs(cpu).max(), err_msg=name)
+        # GELU is rounded to F16 (llama.cpp's table) on both sides, but the GPU's tanhf may land
+        # one F16 step away on rare elements: a budget of one F16 step (about 1e-3 relative)
+        tol = 1e-3 if "GELU" in name else 1e-5
+        np.testing.assert_allclose(got, cpu, rtol=tol, atol=tol * np.abs(cpu).max(), err_msg=name)
 
 
 @gpu

@@ -116,8 +116,12 @@ def test_fim_ids_from_metadata_keys(tmp_path):
 def test_fim_ids_from_token_texts(texts):
     tokens = ["a", "b"] + texts + ["<PRE>"]
     tok = Tokenizer("gpt2", [t.encode() for t in tokens], [1, 1, 3, 3, 3, 3], pre="gpt-2")
-    assert FimTokens.from_vocab({}, tok) == FimTokens(2, 3, 4)   # "<PRE>" too: the lowest id wins
-    assert FimTokens.from_vocab({"tokenizer.ggml.fim_pre_token_id": 5}, tok).prefix == 5
+    # "<PRE>" (id 5) matches too: which one wins is llama.cpp's map order, which the tokenizer
+    # reproduces (tests/test_tokenizer_vocabs.py checks it against llama.cpp)
+    assert FimTokens.from_vocab(tok) == FimTokens(tok.fim_pre_id, 3, 4) and tok.fim_pre_id in (2, 5)
+    keyed = Tokenizer("gpt2", [t.encode() for t in tokens], [1, 1, 3, 3, 3, 3], pre="gpt-2",
+                      special={"fim_pre": 5})
+    assert FimTokens.from_vocab(keyed).prefix == 5
 
 
 def test_model_without_fim_tokens_refuses(tiny):

@@ -6,12 +6,15 @@ results must be identical byte for byte. Error budgets are stated per test:
 sized for float32 arithmetic. Shapes are written in ggml order (ne); numpy
 arrays have the reversed shape.
 """
+import hashlib
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
-from pyinfer.tensor import Context, GGMLType, Graph, Unary, type_info
+from pyinfer.tensor import Context, GGMLType, Graph, Unary, quantize_activations, type_info
 from op_util import i32, permute_np, run
 
 
@@ -249,6 +252,10 @@ def test_scale(pools, rng):
     np.testing.assert_array_equal(out, x * np.float32(-0.37))
 
 
+def gelu_exact(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
 def act_ref(op, x):
     x = x.astype(np.float64)
     if op == Unary.RELU:
@@ -256,20 +263,36 @@ def act_ref(op, x):
     if op == Unary.SILU:
         return x / (1 + np.exp(-x))
     if op == Unary.GELU:
-        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        # ggml's CPU GELU: 0 at or below -10, x at or above 10, else the F16 table
+        # (input and output rounded to F16: error budget `gelu_budget`)
+        h = x.astype(np.float16).astype(np.float64)
+        return np.where(x <= -10, 0.0, np.where(x >= 10, x, gelu_exact(h)))
+    if op == Unary.TANH:
+        return np.tanh(x)
     return np.maximum(x, 0) ** 2
 
 
-UNARY = [Unary.RELU, Unary.SILU, Unary.GELU, Unary.SQR_RELU]
+def gelu_budget(x):
+    """|error| allowed against act_ref's GELU: the table's F16 rounding of the
+    result (half an F16 ulp, 2^-11 relative) plus float32 evaluation slack."""
+    y = np.abs(act_ref(Unary.GELU, x))
+    return 2.0 ** -11 * y + 1e-7
+
+
+UNARY = [Unary.RELU, Unary.SILU, Unary.GELU, Unary.SQR_RELU, Unary.TANH]
 
 
 @pytest.mark.parametrize("op", UNARY, ids=lambda o: o.name)
 def test_unary(pools, rng, op):
-    """Budget: 1e-6 relative + 1e-6 absolute (float32 math functions)."""
+    """Budget: 1e-6 relative + 1e-6 absolute (float32 math functions); GELU as
+    ggml computes it (gelu_budget)."""
     x = np.concatenate([rng.standard_normal(60) * 4, [-100.0, -30.0, 0.0, 30.0]]).astype(np.float32)
     x = x.reshape(2, 32)
     out = run(pools, lambda ctx: ctx.unary(ctx.from_numpy(x), op))
-    np.testing.assert_allclose(out, act_ref(op, x), rtol=1e-6, atol=1e-6)
+    if op == Unary.GELU:
+        assert np.all(np.abs(out - act_ref(op, x)) <= gelu_budget(x))
+    else:
+        np.testing.assert_allclose(out, act_ref(op, x), rtol=1e-6, atol=1e-6)
     assert np.all(np.isfinite(out))
 
 
@@ -281,7 +304,45 @@ def test_glu(pools, rng, op, gate_b):
     b = (rng.standard_normal((3, 40)) * 3).astype(np.float32)
     out = run(pools, lambda ctx: ctx.glu(ctx.from_numpy(a), ctx.from_numpy(b), op, gate_b))
     expected = act_ref(op, a) * (act_ref(op, b) if gate_b else b)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    if op == Unary.GELU:
+        fb = np.abs(act_ref(op, b)) if gate_b else np.abs(b)
+        fa = np.abs(act_ref(op, a))
+        budget = gelu_budget(a) * fb + (gelu_budget(b) * fa if gate_b else 0) + 1e-6 * np.abs(expected)
+        assert np.all(np.abs(out - expected) <= budget)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# sha256 of llama.cpp's ggml_table_gelu_f16 (the F16 results, uint16) over the half
+# inputs h with -10 < h < 10 (37376 entries, in index order), read from
+# libggml-cpu.so of llama-cpp-python 0.3.36 built natively on x86-64 (AVX-512)
+LLAMA_CPP_GELU_TABLE_SHA256 = "941d5b3ccda9cd5ca0a10eb534559bb12b9a4512387d4ba59e4532bb9644d812"
+
+
+def test_gelu_is_llama_cpps_table(pools):
+    """Every half input in (-10, 10) maps to the F16 value of llama.cpp's GELU
+    table (bit for bit, through the recorded hash); outside, 0 and x."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    inside = h[np.isfinite(h) & (h > -10) & (h < 10)]
+    pad = -len(inside) % 64
+    x = np.concatenate([inside, np.zeros(pad, np.float32)]).reshape(-1, 64)
+    out = run(pools, lambda ctx: ctx.unary(ctx.from_numpy(x), Unary.GELU)).reshape(-1)[:len(inside)]
+    assert np.array_equal(out.astype(np.float16).astype(np.float32), out)     # F16 values
+    digest = hashlib.sha256(out.astype(np.float16).view(np.uint16).tobytes()).hexdigest()
+    assert digest == LLAMA_CPP_GELU_TABLE_SHA256
+    edge = np.array([[-1e30, -10.0, -10.5, 10.0, 11.25, 1e30] + [0.0] * 10], np.float32)
+    out = run(pools, lambda ctx: ctx.unary(ctx.from_numpy(edge), Unary.GELU))
+    np.testing.assert_array_equal(out[0, :6], np.array([0, 0, 0, 10.0, 11.25, 1e30], np.float32))
+
+
+def test_geglu_below_minus_ten_is_plus_zero(pools):
+    """ggml's GeGLU writes +0 for a gate at or below -10, whatever the value
+    (not 0 * b: no -0, no NaN from an infinite b)."""
+    a = np.array([[-10.0, -50.0, -11.0, 10.0] + [1.0] * 12], np.float32)
+    b = np.array([[-3.0, np.inf, -np.inf, -2.0] + [1.0] * 12], np.float32)
+    out = run(pools, lambda ctx: ctx.glu(ctx.from_numpy(a), ctx.from_numpy(b), Unary.GELU))
+    assert out[0, :3].tolist() == [0.0, 0.0, 0.0] and not np.signbit(out[0, :3]).any()
+    assert out[0, 3] == -20.0
 
 
 def test_rms_norm_and_norm(pools, rng):
@@ -336,3 +397,78 @@ def test_mul_mat_f32_broadcast(pools, rng):
     ab = np.repeat(np.repeat(a, 2, axis=1), 3, axis=0).astype(np.float64)
     expected = np.einsum("pqmk,pqnk->pqnm", ab, b.astype(np.float64))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# repacked Q4_K: llama.cpp's repacked order (ggml_sparse.h, gs_tensor_repack)
+# ---------------------------------------------------------------------------
+def _round_f32(exact: Fraction) -> np.float32:
+    """The float32 nearest to an exact rational (ties to even)."""
+    x = np.float32(float(exact))
+    cands = [np.nextafter(x, np.float32(-np.inf)), x, np.nextafter(x, np.float32(np.inf))]
+    return min(cands, key=lambda y: (abs(Fraction(float(y)) - exact), int(np.float32(y).view(np.uint32)) & 1))
+
+
+def _fmaf(a, b, c) -> np.float32:
+    return _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+def _q4k_blocks(raw: np.ndarray):
+    """(d, dmin, sc[8], m[8], q[8][32]) of each 144-byte Q4_K block (ggml's layout)."""
+    for blk in raw.reshape(-1, 144):
+        d, dmin = blk[0:4].view(np.float16).astype(np.float32)
+        s = blk[4:16].astype(int)
+        sc = [s[j] & 63 if j < 4 else (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4) for j in range(8)]
+        m = [s[j + 4] & 63 if j < 4 else (s[j + 4] >> 4) | ((s[j] >> 6) << 4) for j in range(8)]
+        qs = blk[16:].astype(int)
+        q = [(qs[32 * (j // 2): 32 * (j // 2) + 32] >> (4 * (j % 2))) & 15 for j in range(8)]
+        yield d, dmin, sc, m, q
+
+
+def q4k_repacked_ref(w_raw: np.ndarray, y_raw: np.ndarray, pairs: bool) -> np.float32:
+    """One output in llama.cpp's repacked Q4_K order, from the weight row's and the
+    Q8_K activation row's bytes, with exact integer sums and exactly rounded fmaf."""
+    acc = accm = np.float32(0)
+    for (d, dmin, sc, m, q), yb in zip(_q4k_blocks(w_raw), y_raw.reshape(-1, 292)):
+        dy = yb[0:4].view(np.float32)[0]
+        yq = yb[4:260].view(np.int8).astype(int)
+        bs = yb[260:292].view(np.int16).astype(int)
+        s1 = [sc[j] * int(q[j] @ yq[32 * j: 32 * j + 32]) for j in range(8)]
+        s2 = [m[j] * int(bs[2 * j] + bs[2 * j + 1]) for j in range(8)]
+        steps = [(s1[2 * k] + s1[2 * k + 1], s2[2 * k] + s2[2 * k + 1]) for k in range(4)] if pairs \
+            else [(sum(s1), sum(s2))]
+        for i1, i2 in steps:
+            acc = _fmaf(np.float32(i1), np.float32(d) * dy, acc)
+            accm = _fmaf(np.float32(i2), np.float32(dmin) * dy, accm)
+    return np.float32(acc - accm)
+
+
+@pytest.mark.parametrize("N", [1, 3, 4, 6])
+def test_repacked_q4_k_follows_llama_cpps_order(pools, rng, level, N):
+    """A repacked Q4_K weight {512, 16} times N activation rows: each output equals,
+    bit for bit, the order stated in ggml_sparse.h (per super-block for rows taken
+    one at a time, per 64 weights for rows n < N - N % 4 when N >= 4), computed here
+    with exact integers and exactly rounded fmaf; at each SIMD level, 1 and 2 threads.
+    The row-major product (another order) differs, within rounding."""
+    K, M = 512, 16
+    w = random_k_rows(GGMLType.Q4_K, M, K, rng)
+    x = rng.standard_normal((N, K)).astype(np.float32)
+
+    def build(repacked):
+        def f(ctx):
+            a = new_from(ctx, GGMLType.Q4_K, w, (K, M))
+            if repacked:
+                assert a.can_repack
+                a.repack()
+                assert a.is_repacked
+            return ctx.mul_mat(a, ctx.from_numpy(x))
+        return f
+
+    out = run(pools, build(True))
+    y = quantize_activations(x, GGMLType.Q4_K)
+    n_pairs = N - N % 4 if N >= 4 else 0
+    expected = np.array([[q4k_repacked_ref(w[m], y[n], n < n_pairs) for m in range(M)] for n in range(N)])
+    np.testing.assert_array_equal(out.view(np.uint32), expected.astype(np.float32).view(np.uint32))
+    plain = run(pools, build(False))
+    assert not np.array_equal(plain, out)
+    np.testing.assert_allclose(out, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())

@@ -132,19 +132,24 @@ def test_soft_max_large_values_stable(pools):
 # ---------------------------------------------------------------------------
 # attention
 # ---------------------------------------------------------------------------
-def attention_ref(q, k, v, pos, scale):
+def attention_ref(q, k, v, pos, scale, window=0, softcap=0.0):
     """q (T, H, D); k, v (n_ctx, Hkv, D); float64. With F16 caches the op
     follows llama.cpp's rounding: q is rounded to F16 before the K dot
-    products and the softmax weights are rounded to F16 before the V sum."""
+    products and the softmax weights are rounded to F16 before the V sum.
+    window > 0: token t sees slots pos[t] - window < j <= pos[t]; softcap > 0:
+    scores become softcap * tanh(score / softcap)."""
     T, H, D = q.shape
     group = H // k.shape[1]
     out = np.zeros((T, H, D))
     for t in range(T):
+        lo = max(0, pos[t] + 1 - window) if window else 0
         for h in range(H):
-            kk = k[: pos[t] + 1, h // group].astype(np.float64)
-            vv = v[: pos[t] + 1, h // group].astype(np.float64)
+            kk = k[lo: pos[t] + 1, h // group].astype(np.float64)
+            vv = v[lo: pos[t] + 1, h // group].astype(np.float64)
             qq = q[t, h].astype(np.float16) if k.dtype == np.float16 else q[t, h]
             s = kk @ qq.astype(np.float64) * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             w = np.exp(s - s.max())
             w = w / w.sum()
             if v.dtype == np.float16:
@@ -229,3 +234,90 @@ def test_decode_steps_append_then_attend(pools, rng):
             values.append(vv.astype(np.float16).reshape(Hkv, D))
             expected = attention_ref(qv, np.stack(keys), np.stack(values), [step], scale)
             np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------
+# attention with a sliding window and soft-capped scores (gs_attention_ext)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cache_t", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("window,softcap", [(1, 0.0), (3, 0.0), (16, 0.0), (70, 0.0), (0, 2.5), (20, 4.0)])
+def test_attention_window_softcap(pools, rng, level, cache_t, window, softcap):
+    """Queries at positions before, at and past the window (so the first visible
+    slot moves through 16- and 64-slot groups); GQA 8 over 2 heads, D 64. Each
+    SIMD level on 1 and 2 threads (identical bytes); budget 2e-5 absolute against
+    float64. Scores are scaled by 3 so that the cap bends them."""
+    n_ctx, H, Hkv, D = 150, 8, 2, 64
+    pos = np.array([0, 2, 15, 16, 63, 64, 65, 80, 149], dtype=np.int32)
+    q = (3.0 * rng.standard_normal((len(pos), H, D))).astype(np.float32)
+    k = rng.standard_normal((n_ctx, Hkv, D)).astype(cache_t)
+    v = rng.standard_normal((n_ctx, Hkv, D)).astype(cache_t)
+    scale = D ** -0.5
+    out = run(pools, lambda ctx: ctx.attention(ctx.from_numpy(q), ctx.from_numpy(k), ctx.from_numpy(v),
+                                               i32(ctx, pos), scale, window=window, softcap=softcap))
+    expected = attention_ref(q, k, v, pos, scale, window, softcap)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+    if window:   # the window is really applied: without it the result differs
+        plain = attention_ref(q, k, v, pos, scale, 0, softcap)
+        assert np.abs(plain - expected)[pos >= window].max() > 1e-3
+
+
+def _attend(q, k, v, pos, scale, window, softcap, level, n_threads):
+    from pyinfer.tensor import ThreadPool, set_simd_level
+    set_simd_level(level)
+    try:
+        with Context(64 << 20) as ctx, ThreadPool(n_threads) as pool:
+            out = ctx.attention(ctx.from_numpy(q), ctx.from_numpy(k), ctx.from_numpy(v),
+                                i32(ctx, pos), scale, window=window, softcap=softcap)
+            Graph(ctx).build(out).plan(n_threads).compute(pool)
+            return out.numpy().copy()
+    finally:
+        set_simd_level("auto")
+
+
+@pytest.mark.parametrize("T", [1, 4], ids=["decode", "batch"])
+@pytest.mark.parametrize("window,softcap", [(5, 0.0), (64, 0.0), (100, 0.0), (37, 3.0)])
+def test_attention_window_simd_bit_identical(level, T, window, softcap):
+    """F16 caches: the SIMD kernels equal the scalar one bit for bit with a
+    window (the visible slots keep their lane and tree places), for one query
+    token (llama.cpp's decode order) and for batches whose padded slot count is a
+    multiple of 16 (its batched order), on 1 and 2 threads."""
+    rng = np.random.default_rng(window * 10 + T)
+    n_ctx, H, Hkv, D = 320, 4, 1, 64
+    # the batch's padded slot count is n_ctx (a multiple of 16): llama.cpp's batched order
+    pos = np.array([n_ctx - 1, 300, 257, 130] if T > 1 else [299], dtype=np.int32)
+    q = (2.0 * rng.standard_normal((T, H, D))).astype(np.float32)
+    k = rng.standard_normal((n_ctx, Hkv, D)).astype(np.float16)
+    v = rng.standard_normal((n_ctx, Hkv, D)).astype(np.float16)
+    want = _attend(q, k, v, pos, 0.125, window, softcap, "scalar", 1)
+    np.testing.assert_allclose(want, attention_ref(q, k, v, pos, 0.125, window, softcap), rtol=0, atol=2e-5)
+    for n_threads in (1, 2):
+        got = _attend(q, k, v, pos, 0.125, window, softcap, level, n_threads)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_attention_window_wider_than_context_is_plain(pools, rng):
+    """A window at least as long as the attended slots changes nothing (same bytes)."""
+    n_ctx, H, D = 40, 2, 32
+    pos = np.array([0, 20, 39], dtype=np.int32)
+    q = rng.standard_normal((3, H, D)).astype(np.float32)
+    k = rng.standard_normal((n_ctx, 1, D)).astype(np.float16)
+    v = rng.standard_normal((n_ctx, 1, D)).astype(np.float16)
+
+    def build(window):
+        return lambda ctx: ctx.attention(ctx.from_numpy(q), ctx.from_numpy(k), ctx.from_numpy(v),
+                                         i32(ctx, pos), 0.2, window=window)
+
+    np.testing.assert_array_equal(run(pools, build(40)), run(pools, build(0)))
+
+
+def test_attention_ext_rejects_bad_params(rng):
+    with Context(1 << 20) as ctx:
+        q = ctx.from_numpy(rng.standard_normal((1, 2, 8)).astype(np.float32))
+        kv = ctx.from_numpy(rng.standard_normal((4, 1, 8)).astype(np.float32))
+        pos = i32(ctx, [0])
+        with pytest.raises(ValueError, match="n_swa"):
+            ctx.attention(q, kv, kv, pos, 1.0, window=-1)
+        with pytest.raises(ValueError, match="softcap"):
+            ctx.attention(q, kv, kv, pos, 1.0, softcap=-2.0)
+        with pytest.raises(ValueError, match="softcap"):
+            ctx.attention(q, kv, kv, pos, 1.0, softcap=float("inf"))

@@ -1,5 +1,7 @@
-"""Tokenizer tests: llama.cpp's own test vectors, hand-checked tiny vocabularies, SmolLM2, the
-streaming detokenizer, and (opt-in, --run-llama-cpp) a comparison with llama-cpp-python."""
+"""Tokenizer tests: llama.cpp's own test vectors, hand-checked tiny vocabularies (SPM, WordPiece,
+Unigram, RWKV, Gemma 4's BPE), llama.cpp's special-token choice order, SmolLM2, the streaming
+detokenizer, and (opt-in, --run-llama-cpp) a comparison with llama-cpp-python. Every vocabulary
+file of llama.cpp's own tokenizer tests: test_tokenizer_vocabs.py."""
 import ctypes
 import random
 from pathlib import Path
@@ -164,6 +166,96 @@ def test_special_tokens_longest_first():
     assert tok.tokenize(b"<a><a><a>", add_bos=False) == [ids["<a><a>"], ids["<a>"]]
 
 
+def _vocab(model, entries, **kw):
+    """Tokenizer of `model` over (text, type[, score]) entries; returns it and text -> id."""
+    tokens = [e[0].encode("utf-8") if isinstance(e[0], str) else e[0] for e in entries]
+    scores = [e[2] if len(e) > 2 else 0.0 for e in entries]
+    tok = Tokenizer(model, tokens, [e[1] for e in entries], scores, **kw)
+    return tok, {e[0]: i for i, e in enumerate(entries)}
+
+
+N, C, U = TYPE_NORMAL, TYPE_CONTROL, TYPE_UNKNOWN
+
+
+def test_wordpiece_split_and_greedy_pieces():
+    """BERT: lowercase, accents stripped, punctuation and CJK alone, "▁" on word starts,
+    longest pieces from the left; a word with an uncovered position is one [UNK]; add_bos adds
+    [CLS] and [SEP]."""
+    tok, ids = _vocab("bert", [("[PAD]", C), ("[UNK]", C), ("[CLS]", C), ("[SEP]", C)] + [
+        (t, N) for t in ("▁hello", "▁world", "▁un", "aff", "able", "▁,", "▁!", "▁你", "▁好",
+                         "▁naive", "▁cafe", "▁u", "n")], special={"unk": 1, "bos": 2, "sep": 3})
+    enc = lambda text, **kw: tok.tokenize(text.encode("utf-8"), **kw)  # noqa: E731
+    assert enc("Hello,  WORLD!", add_bos=False) == [ids[t] for t in ("▁hello", "▁,", "▁world", "▁!")]
+    assert enc("unaffable", add_bos=False) == [ids["▁un"], ids["aff"], ids["able"]]
+    assert enc("naïve Café", add_bos=False) == [ids["▁naive"], ids["▁cafe"]]
+    assert enc("你好", add_bos=False) == [ids["▁你"], ids["▁好"]]
+    assert enc("unaffablex hello", add_bos=False) == [ids["[UNK]"], ids["▁hello"]]
+    assert enc("hello\x00\u200b", add_bos=True) == [ids["[CLS]"], ids["▁hello"], ids["[SEP]"]]
+    assert tok.detokenize([ids["▁un"], ids["aff"], ids["able"], ids["▁!"]]) == b" unaffable !"
+    assert tok.vocab_type == "WPM" and tok.nl_id == 0   # llama.cpp: the pad id
+
+
+def test_unigram_viterbi_and_unknowns():
+    """T5/UGM: the best total score wins; an uncovered character is an unknown scored at the
+    lowest normal score minus 10, and consecutive unknowns merge into one."""
+    entries = [("<pad>", C), ("</s>", C), ("<unk>", U), ("▁", N, -2.0), ("a", N, -2.0),
+               ("b", N, -2.0), ("▁a", N, -1.5), ("ab", N, -1.0), ("▁ab", N, -4.0), ("c", N, -9.0)]
+    tok, ids = _vocab("t5", entries, add_space_prefix=True, remove_extra_whitespaces=True)
+    enc = lambda text: tok.tokenize(text.encode("utf-8"), add_bos=False)  # noqa: E731
+    # "▁ab": ▁a + b = -3.5 and ▁ + ab = -3.0 both beat ▁ab = -4.0
+    assert enc("ab") == [ids["▁"], ids["ab"]]
+    assert enc("  a   b ") == [ids["▁a"], ids["▁"], ids["b"]]     # spaces collapsed
+    assert enc("azzc") == [ids["▁a"], ids["<unk>"], ids["c"]]    # "zz": one unknown
+    assert tok.tokenize(b"ab") == [ids["▁"], ids["ab"], ids["</s>"]]  # add_eos by default
+    keep = Tokenizer("t5", [e[0].encode() for e in entries], [e[1] for e in entries],
+                     [e[2] if len(e) > 2 else 0.0 for e in entries])
+    assert keep.tokenize(b"a  b", add_bos=False) == [ids["a"], ids["▁"], ids["▁"], ids["b"]]
+
+
+def test_rwkv_greedy_longest_match_on_escaped_tokens():
+    tokens = [b"<s>", b"a", b"b", b"ab", b"abc", b"\\n", b"\\xff", b"\\\\", b"\\'"]
+    tok = Tokenizer("rwkv", tokens, [C] + [N] * 8, special={"unk": 0})
+    assert tok.tokenize(b"abcab\n\xffba\\'", add_bos=True) == [4, 3, 5, 6, 2, 1, 7, 8]
+    assert tok.tokenize(b"xa", add_bos=False) == [0, 1]      # no token starts with "x"
+    assert [tok.token_to_piece(i) for i in (5, 6, 7, 8)] == [b"\n", b"\xff", b"\\", b"'"]
+    assert tok.token_to_piece(0) == b"" and tok.token_to_piece(0, special=True) == b"<s>"
+
+
+def test_gemma4_space_piece_bpe():
+    """Gemma 4: spaces become "▁", merges by rank over raw characters, byte tokens for what no
+    piece covers, a run of newlines that is a token stays whole; BOS is always added."""
+    entries = [("<pad>", C), ("<eos>", C), ("<bos>", C), ("<unk>", U)]
+    entries += [(f"<0x{b:02X}>", TYPE_BYTE) for b in range(256)]
+    entries += [(t, N) for t in ("▁", "a", "b", "▁a", "ab", "▁ab", "\n", "\n\n", "\n\n\n\n")]
+    merges = [m.encode("utf-8") for m in ("▁ a", "a b", "▁a b", "\n \n")]
+    tok, ids = _vocab("gemma4", entries, merges=merges, add_bos=False,
+                      special={"bos": 2, "eos": 1, "unk": 3})
+    assert tok.add_bos and tok.vocab_type == "BPE"
+    assert tok.tokenize(b"ab ab", add_bos=False) == [ids["ab"], ids["▁ab"]]
+    assert tok.tokenize(b"\n\n\n\n", add_bos=False) == [ids["\n\n\n\n"]]
+    assert tok.tokenize(b"a\n\n\n", add_bos=False) == [ids["a"], ids["\n\n"], ids["\n"]]
+    assert tok.tokenize("é".encode("utf-8"), add_bos=True) == [2, ids["<0xC3>"], ids["<0xA9>"]]
+    assert tok.detokenize([2, ids["ab"], ids["▁ab"], ids["<0xC3>"], ids["<0xA9>"]]) == "ab abé".encode()
+
+
+def test_std_unordered_map_order():
+    """llama.cpp takes the first EOT/FIM candidate its std::unordered_map yields: the hashes
+    and iteration order below are libstdc++'s (g++ 12: std::hash<std::string>, and a map of
+    "t0", "t7", ... "t273" filled in order)."""
+    from pyinfer.tokenizer_specials import map_iteration_order, std_string_hashes
+    texts = [b"", b"a", b"abcdefg", b"abcdefgh", b"abcdefghi", b"<|eot_id|>",
+             "▁the".encode("utf-8"), b"0123456789abcdef0123"]
+    assert ["%016x" % h for h in std_string_hashes(texts)] == [
+        "553e93901e462a6e", "454ddee488c1ed6b", "deee6830a3af82af", "783db3e38db898bb",
+        "b4ec9257851c8aaf", "de65aa0867862ca2", "e13dd80a2bc57315", "ec4b61c29f6a1075"]
+    order = map_iteration_order(std_string_hashes([b"t%d" % (7 * i) for i in range(40)]))
+    assert order.tolist() == [38, 37, 35, 32, 31, 30, 39, 10, 6, 9, 13, 11, 8, 20, 5, 4, 12, 15, 36,
+                              33, 2, 14, 16, 3, 1, 18, 7, 0, 17, 24, 19, 21, 34, 29, 27, 23, 25,
+                              26, 22, 28]
+    # Llama 3 has both "<|end_of_text|>" (128001) and "<|eot_id|>" (128009): llama.cpp's EOT
+    assert load_vocab("llama-bpe").eot_id == 128009
+
+
 # --- SmolLM2 (gpt2 model, pre "smollm") ------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -308,7 +400,8 @@ def test_matches_llama_cpp(name, request):
         for special in (False, True):
             if tok.detokenize(ids, special=special) != ref.detokenize(ids, special=special):
                 mismatches.append(("detokenize", text, special))
-    for data in (b"\xff", b"a\xe2\x82", b"\xe2\x82a", b"\x80\x80b", b"\xc0\x80", b"\xf0\x9f\x98"):
+    for data in (b"\xff", b"a\xe2\x82", b"\xe2\x82a", b"\x80\x80b", b"\xc0\x80", b"\xf0\x9f\x98",
+                 b"a\xed\xa0\x80b", b"!\xed\xbf\xbf?"):
         if tok.tokenize(data, add_bos=False) != ref.tokenize(data, add_bos=False, special=False):
             mismatches.append(("invalid utf-8", data))
     assert mismatches == []
@@ -357,10 +450,17 @@ def _arrays(name, *keys):
     return out
 
 
-# one `tokenizer.ggml.pre` name per regex family, on the GPT-2 vocabulary
-PRE_NAMES = ("default", "llama3", "dbrx", "deepseek-llm", "deepseek-coder", "deepseek-v3",
-             "falcon", "starcoder", "mpt", "qwen2", "qwen35", "poro-chat", "viking", "tekken",
-             "gpt-4o", "bailingmoe", "seed-coder")
+def _one_name_per_behaviour():
+    from pyinfer.tokenizer_pre import PRE_TOKENIZERS
+    seen = {}
+    for name, pre in sorted(PRE_TOKENIZERS.items()):
+        if not pre.escape_whitespaces:      # those need a U+2581 vocabulary (gemma-4's)
+            seen.setdefault(pre, name)
+    return tuple(sorted(seen.values()))
+
+
+# one `tokenizer.ggml.pre` name per distinct behaviour of llama.cpp's table, on GPT-2's vocabulary
+PRE_NAMES = _one_name_per_behaviour()
 
 
 @pytest.mark.llama_cpp
@@ -375,7 +475,9 @@ def test_pre_tokenizers_match_llama_cpp(tmp_path):
         ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
         tok = Tokenizer("gpt2", tokens, types, merges=merges, pre=pre,
                         special={"bos": 50256, "eos": 50256})
-        for text in _compare_strings(seed=3, n=150):
+        digits = ["1234567 12345678 x123456789y 9876543210 3.14159", "HTTPServer iPhone ＡＢＣ",
+                  "<sentinel:12> IMGIMGABCZ 日本語のテキスト 한국어", "a" + " " * 600 + "b"]
+        for text in _compare_strings(seed=3, n=150) + digits:
             for add_bos in (False, True):
                 data = text.encode("utf-8")
                 if tok.tokenize(data, add_bos) != ref.tokenize(data, add_bos, False):

@@ -205,9 +205,17 @@ gs_status gs_tensor_set_output(gs_tensor * t);
  * acc = fma((float) isum, d_w * d_x, acc) (isum: the exact integer dot of
  * the weights minus 8 with the Q8_0 activations). Row-major Q4_0 products
  * follow llama.cpp's non-repacked order instead.
+ * A repacked Q4_K matrix keeps its bytes; its products follow llama.cpp's
+ * repacked Q4_K order on x86: per output two accumulators, acc =
+ * fma((float) s1, d_w * d_x, acc) and accm = fma((float) s2, dmin_w * d_x,
+ * accm) (s1, s2: the exact integer sums of the scaled weight codes times
+ * the Q8_K activations, and of the mins times the activation sums), result
+ * acc - accm, one step per super-block for activation rows taken one at a
+ * time and per 64 weights for those taken four at a time (of N rows, rows
+ * n < N - N % 4 when N >= 4; src/cpu/repack.h).
  * ------------------------------------------------------------------------- */
-/* Whether t qualifies: a contiguous 2-D Q4_0 leaf tensor {K, M} with data,
- * M % 8 == 0, not yet repacked. */
+/* Whether t qualifies: a contiguous 2-D Q4_0 or Q4_K leaf tensor {K, M}
+ * with data, M % 8 == 0, not yet repacked. */
 bool      gs_tensor_can_repack(const gs_tensor * t);
 /* Write t's data repacked into dst (dst_size >= gs_tensor_nbytes(t) bytes,
  * not overlapping t's data; any alignment) and point t at dst, which the
@@ -265,13 +273,23 @@ gs_status gs_scale(gs_context * ctx, gs_tensor * a, float s, gs_tensor ** out);
 typedef enum {
     GS_UNARY_RELU = 0,
     GS_UNARY_SILU = 1,
-    GS_UNARY_GELU = 2,       /* tanh approximation, as ggml_gelu */
-    GS_UNARY_SQR_RELU = 3    /* relu(x)^2                         */
+    GS_UNARY_GELU = 2,       /* tanh approximation, with ggml's CPU numerics (below) */
+    GS_UNARY_SQR_RELU = 3,   /* relu(x)^2                         */
+    GS_UNARY_TANH = 4        /* tanhf(x)                          */
 } gs_unary_op;
-/* out = f(a), F32. */
+/* out = f(a), F32.
+ * GELU is computed as ggml's CPU backend does for F32 (its GGML_GELU_FP16
+ * table): x <= -10 gives 0, x >= 10 gives x, any other x is rounded to F16
+ * (nearest even) and mapped to gelu(h) = 0.5 h (1 + tanhf(sqrt(2/pi) h
+ * (1 + 0.044715 h^2))) rounded to F16, with (1 + 0.044715 h^2) as one
+ * fused multiply-add of (0.044715 h) and h, as the table was measured in
+ * llama.cpp's build. So GELU results are F16 values (relative error up to
+ * 2^-11 against the exact function), bit-identical to llama.cpp's. */
 gs_status gs_unary(gs_context * ctx, gs_tensor * a, gs_unary_op op, gs_tensor ** out);
 /* Gated product: out = f(a) * b (a, b same shape, F32). SwiGLU is SILU;
- * ReLU-llama is RELU. With gate_b set, out = f(a) * f(b) (bamboo). */
+ * ReLU-llama is RELU; GeGLU is GELU (gated by ggml's rule: a <= -10 gives
+ * +0 whatever b is, a >= 10 gives a * b). With gate_b set, out = f(a) *
+ * f(b) (bamboo). */
 gs_status gs_glu(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_unary_op op,
                  bool gate_b, gs_tensor ** out);
 
@@ -320,6 +338,28 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
  * h / (n_head / n_head_kv). out F32 {head_dim, n_head, n_tokens}. */
 gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v,
                        gs_tensor * pos, float scale, gs_tensor ** out);
+/* gs_attention with a sliding window and logit soft-capping:
+ *   scale    scores are scale * (q . k)
+ *   n_swa    0: no window; else query token t sees only the slots j with
+ *            pos[t] - n_swa < j <= pos[t] (llama.cpp's LLAMA_SWA_TYPE_STANDARD
+ *            with slot j holding position j: masked iff pos - j >= n_swa)
+ *   softcap  0: none; else each score s becomes softcap * tanhf(s *
+ *            (1 / softcap)) before the softmax (gemma2; llama.cpp's scale,
+ *            tanh, scale, with 1 / softcap rounded to float first)
+ * With F16 caches, the slots before the window take part in llama.cpp's
+ * order of operations as masked slots (weight 0) do: the visible slots keep
+ * their places in its lane and tree sums, so the result is bit-identical to
+ * llama.cpp's masked attention over a cache whose slot j holds position j.
+ * Other caches sum the visible slots only. gs_attention is n_swa = 0,
+ * softcap = 0. */
+typedef struct {
+    float scale;
+    int32_t n_swa;
+    float softcap;
+} gs_attention_params;
+gs_attention_params gs_attention_default_params(float scale);   /* no window, no cap */
+gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v,
+                           gs_tensor * pos, const gs_attention_params * p, gs_tensor ** out);
 
 /* ---------------------------------------------------------------------------
  * Neuron-sparse FFN (PowerInfer). An FFN of M = n_ff neurons: neuron m owns

@@ -32,6 +32,9 @@ gs_bf16 gs_float_to_bf16(float f);
 /* Table of all 65536 half -> float values, filled by gs_init(). */
 extern float gs_half_table[1 << 16];
 #define GS_H2F(h) (gs_half_table[(uint16_t)(h)])
+/* ggml's GELU table: gelu of every half value, rounded to half (the formula
+ * and rounding: gs_unary_op's GELU in ggml_sparse.h), filled by gs_init(). */
+extern gs_half gs_gelu_half_table[1 << 16];
 
 /* One-time process initialisation (tables, CPU detection). Idempotent and
  * thread-safe; every public entry point that needs it calls it. */

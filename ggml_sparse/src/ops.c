@@ -4,6 +4,7 @@
  */
 #include "gs_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 
 static const char * const op_names[GS_OP_COUNT] = {
@@ -279,7 +280,7 @@ gs_status gs_scale(gs_context * ctx, gs_tensor * a, float s, gs_tensor ** out) {
 }
 
 gs_status gs_unary(gs_context * ctx, gs_tensor * a, gs_unary_op op, gs_tensor ** out) {
-    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_SQR_RELU) {
+    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_TANH) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_unary: unknown unary op %d", (int) op);
     }
     gs_status st = unary_like(ctx, GS_OP_UNARY, "gs_unary", a, out);
@@ -291,7 +292,7 @@ gs_status gs_glu(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_unary_op op,
                  gs_tensor ** out) {
     CHECK_OUT(ctx, out);
     GS_CHECK_ARG(a && b, "gs_glu: NULL tensor argument");
-    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_SQR_RELU) {
+    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_TANH) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_glu: unknown unary op %d", (int) op);
     }
     if (a->type != GS_TYPE_F32) return type_error("gs_glu", a, "f32");
@@ -406,9 +407,24 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
     return GS_OK;
 }
 
+gs_attention_params gs_attention_default_params(float scale) {
+    gs_attention_params p = { .scale = scale, .n_swa = 0, .softcap = 0.0f };
+    return p;
+}
+
 gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v, gs_tensor * pos,
                        float scale, gs_tensor ** out) {
+    const gs_attention_params p = gs_attention_default_params(scale);
+    return gs_attention_ext(ctx, q, k, v, pos, &p, out);
+}
+
+gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v, gs_tensor * pos,
+                           const gs_attention_params * p, gs_tensor ** out) {
     CHECK_OUT(ctx, out);
+    GS_CHECK_ARG(p != NULL, "gs_attention: NULL params");
+    GS_CHECK_ARG(p->n_swa >= 0, "gs_attention: n_swa %d must be >= 0", (int) p->n_swa);
+    GS_CHECK_ARG(isfinite(p->softcap) && p->softcap >= 0.0f, "gs_attention: softcap must be a finite number >= 0");
+    GS_CHECK_ARG(isfinite(p->scale), "gs_attention: scale must be finite");
     CHECK_T(q);
     CHECK_T(k);
     CHECK_T(v);
@@ -434,6 +450,8 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
     t->src[1] = k;
     t->src[2] = v;
     t->src[3] = pos;
-    memcpy(&t->op_params[0], &scale, sizeof(float));
+    memcpy(&t->op_params[0], &p->scale, sizeof(float));
+    t->op_params[1] = p->n_swa;
+    memcpy(&t->op_params[2], &p->softcap, sizeof(float));
     return GS_OK;
 }

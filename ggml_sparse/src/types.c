@@ -173,8 +173,19 @@ void gs_cpu_detect(void);  /* cpu/dispatch.c */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+gs_half gs_gelu_half_table[1 << 16];
+
+/* gelu(x) as llama.cpp's build computes the entries of its F16 GELU table
+ * (its compiler fused 1 + 0.044715 x^2 into one multiply-add; measured: all
+ * 65536 entries of ggml_table_gelu_f16 agree). */
+static float gelu_entry(float x) {
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * fmaf(0.044715f * x, x, 1.0f)));
+}
+
 static void init_impl(void) {
     for (uint32_t i = 0; i < (1u << 16); i++) gs_half_table[i] = gs_half_to_float((gs_half) i);
+    for (uint32_t i = 0; i < (1u << 16); i++) gs_gelu_half_table[i] = gs_float_to_half(gelu_entry(gs_half_table[i]));
     gs_cpu_detect();
 }
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "bamboo")   # bamboo: PowerInfer's ReLU Mistral
+from .model.arch import ARCHS, swa_layers
+
+SUPPORTED_ARCHS = tuple(ARCHS)   # model/arch.py describes each (bamboo: PowerInfer's ReLU Mistral)
 
 
 class ModelLoadError(ValueError):
@@ -30,7 +32,9 @@ _KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "em
          "n_layer": "block_count", "n_ff": "feed_forward_length", "n_head": "attention.head_count",
          "n_head_kv": "attention.head_count_kv", "head_dim": "attention.key_length",
          "rms_eps": "attention.layer_norm_rms_epsilon", "rope_freq_base": "rope.freq_base",
-         "rope_freq_scale": "rope.scaling.factor", "rope_dims": "rope.dimension_count"}
+         "rope_freq_scale": "rope.scaling.factor", "rope_dims": "rope.dimension_count",
+         "n_swa": "attention.sliding_window", "rope_freq_base_swa": "rope.freq_base_swa",
+         "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping"}
 
 
 @dataclass
@@ -49,9 +53,18 @@ class ModelConfig:
     rope_freq_scale: float = 1.0    # positions are multiplied by this
     rope_dims: int = 0              # 0: head_dim
     rope_neox: bool = False         # NEOX pair layout (qwen2) vs normal (llama)
-    ffn_act: str = "silu"           # "silu": silu(gate)*up; "relu": relu(gate)*up (ReLU-llama)
+    ffn_act: str = "silu"           # "silu": silu(gate)*up; "relu": relu(gate)*up (ReLU-llama);
+                                    # "gelu": gelu(gate)*up (GeGLU, gemma)
     ffn_gate_both: bool = False     # bamboo: act(gate)*act(up)
     name: str = ""
+    attn_scale: float = 0.0         # scores = attn_scale * q.k; 0: 1/sqrt(head_dim)
+    n_swa: int = 0                  # sliding window: a local layer's query at position p sees
+                                    # positions p0 with p - p0 < n_swa; 0: no window
+    swa_layers: Tuple[bool, ...] = ()   # per layer: local (windowed)? () with n_swa: all
+    rope_freq_base_swa: float = 10000.0  # RoPE of the local layers (the global ones: rope_freq_*)
+    rope_freq_scale_swa: float = 1.0
+    final_logit_softcap: float = 0.0     # logits = c * tanh(logits / c); 0: none
+    attn_logit_softcap: float = 0.0      # scores = c * tanh(scores / c) before the softmax; 0: none
 
     def __post_init__(self):
         if self.n_head <= 0:
@@ -63,7 +76,24 @@ class ModelConfig:
             self.head_dim = self.n_embd // self.n_head
         if self.rope_dims == 0:
             self.rope_dims = self.head_dim
+        if self.n_swa and not self.swa_layers:
+            self.swa_layers = (True,) * self.n_layer
         self._check()
+
+    def is_swa(self, layer: int) -> bool:
+        """Whether `layer` attends through the sliding window."""
+        return bool(self.n_swa) and self.swa_layers[layer]
+
+    def window(self, layer: int) -> int:
+        """The attention window of `layer` (0: every earlier position)."""
+        return self.n_swa if self.is_swa(layer) else 0
+
+    def rope(self, layer: int) -> Tuple[float, float]:
+        """(freq_base, freq_scale) of `layer`'s RoPE: local layers have their own (llama.cpp's
+        get_rope_freq_base/scale)."""
+        if self.is_swa(layer):
+            return self.rope_freq_base_swa, self.rope_freq_scale_swa
+        return self.rope_freq_base, self.rope_freq_scale
 
     def _check(self) -> None:
         """Refuse hyper-parameters no model can have (llama.cpp fails on them later,
@@ -83,16 +113,26 @@ class ModelConfig:
         if self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise UnsupportedModelError(f"{self.arch}: RoPE dimension count {self.rope_dims} must be even "
                                         f"and at most the head size {self.head_dim}")
-        for name in ("rope_freq_base", "rope_freq_scale"):
+        for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a finite number > 0")
         if not (math.isfinite(self.rms_eps) and self.rms_eps >= 0):
             raise bad("rms_eps", "a finite number >= 0")
+        for name in ("final_logit_softcap", "attn_logit_softcap"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a finite number >= 0")
+        if self.n_swa < 0:
+            raise bad("n_swa", ">= 0")
+        if self.n_swa and len(self.swa_layers) != self.n_layer:
+            raise UnsupportedModelError(f"{self.arch}: the sliding-window pattern has {len(self.swa_layers)} "
+                                        f"entries for {self.n_layer} layers")
+        if not (math.isfinite(self.attn_scale) and self.attn_scale >= 0):
+            raise UnsupportedModelError(f"{self.arch}: attention scale {self.attn_scale} must be a finite number >= 0")
 
     @classmethod
     def from_metadata(cls, md: Dict[str, Any], n_vocab: Optional[int] = None) -> "ModelConfig":
         arch = md.get("general.architecture")
-        if arch not in SUPPORTED_ARCHS:
+        if arch not in ARCHS:
             raise UnsupportedModelError(
                 f"unsupported model architecture {_short(arch)} (supported: {', '.join(SUPPORTED_ARCHS)})")
 
@@ -129,7 +169,9 @@ class ModelConfig:
         if n_vocab is None:
             tokens = md.get("tokenizer.ggml.tokens", ())
             n_vocab = key("vocab_size", 0, kind=int) or (len(tokens) if isinstance(tokens, list) else 0)
-        return cls(
+        spec = ARCHS[arch]
+        extra = {h.field: key(h.key, h.default, kind=h.kind) for h in spec.hparams}
+        cfg = cls(
             arch=arch,
             n_vocab=int(n_vocab),
             n_ctx_train=key("context_length", 2048, kind=int),
@@ -139,20 +181,44 @@ class ModelConfig:
             n_head=n_head,
             n_head_kv=key("attention.head_count_kv", n_head, kind=int),
             head_dim=head_dim,
-            rms_eps=key("attention.layer_norm_rms_epsilon", 1e-5, kind=float),
+            rms_eps=key("attention.layer_norm_rms_epsilon", spec.rms_eps, kind=float),
             rope_freq_base=key("rope.freq_base", 10000.0, kind=float),
             rope_freq_scale=rope_scale,
             rope_dims=key("rope.dimension_count", 0, kind=int),
-            rope_neox=arch in ("qwen2",),
-            ffn_act="relu" if arch == "bamboo" else _ffn_activation(md),
-            ffn_gate_both=arch == "bamboo",
+            rope_neox=spec.rope_neox,
+            ffn_act=_ffn_activation(md) if spec.ffn_act == "silu" else spec.ffn_act,
+            ffn_gate_both=spec.ffn_gate_both,
             name=str(md.get("general.name", "")),
+            **extra,
         )
+        if cfg.n_swa > 0:
+            cfg.swa_layers = _swa_pattern(md, arch, cfg.n_layer, spec.swa_period)
+        if spec.attn_scale is not None:
+            cfg.attn_scale = spec.attn_scale(cfg)
+        cfg._check()
+        return cfg
 
 
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _swa_pattern(md: Dict[str, Any], arch: str, n_layer: int, period: int) -> Tuple[bool, ...]:
+    """Which layers are local: `{arch}.attention.sliding_window_pattern` as one flag per
+    layer, or as the period n (layer i local iff i % n < n - 1; 0: all), else the
+    architecture's period (llama.cpp's load_swa_pattern)."""
+    full = f"{arch}.attention.sliding_window_pattern"
+    pattern = md.get(full, period)
+    if isinstance(pattern, (list, tuple)):
+        if len(pattern) != n_layer or not all(isinstance(v, (bool, int)) for v in pattern):
+            raise UnsupportedModelError(f"GGUF metadata key '{full}' must hold one flag per layer "
+                                        f"({n_layer}), found {_short(pattern)}")
+        return tuple(bool(v) for v in pattern)
+    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
+        raise UnsupportedModelError(f"GGUF metadata key '{full}' must be an integer >= 0 or an "
+                                    f"array of flags, found {_short(pattern)}")
+    return swa_layers(n_layer, pattern)
 
 
 def _ffn_activation(md: Dict[str, Any]) -> str:

@@ -13,9 +13,9 @@ a FIM token), the suffix too, and without the space an SPM vocabulary puts befor
 (the suffix continues the middle; llama-cpp-python strips that space by tokenizing
 "☺" + suffix and dropping two tokens, pyinfer tokenizes without the prefix).
 
-The FIM token ids come from the metadata (`tokenizer.ggml.fim_{pre,suf,mid}_token_id`, the
-older `tokenizer.ggml.{prefix,suffix,middle}_token_id` taking precedence as in llama.cpp),
-else from the token texts llama.cpp recognizes. A model without all three cannot fill in:
+The FIM token ids are the tokenizer's (pyinfer.tokenizer resolves them as llama.cpp does: the
+metadata's `tokenizer.ggml.fim_{pre,suf,mid}_token_id` or older `prefix/suffix/middle` keys,
+else the token texts llama.cpp recognizes). A model without all three cannot fill in:
 `suffix=` then raises ValueError (llama-cpp-python would give the suffix to the model as
 garbage or drop it; llama.cpp's server refuses with the same words).
 """
@@ -23,24 +23,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, List, Union
+from typing import List, Union
 
 TOKEN_NULL = -1
 
-# role -> (metadata keys, later ones win), token texts llama.cpp recognizes
-_KEYS = {
-    "prefix": ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
-    "suffix": ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
-    "middle": ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
-}
-_TEXTS = {
-    "prefix": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
-               "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
-    "suffix": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
-               "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
-    "middle": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
-               "▁<MID>", "<|code_middle|>", "<|middle|>"),
-}
 _NAMES = {"prefix": "fim_pre", "suffix": "fim_suf", "middle": "fim_mid"}
 
 
@@ -52,21 +38,10 @@ class FimTokens:
     middle: int = TOKEN_NULL
 
     @classmethod
-    def from_vocab(cls, metadata: Dict[str, Any], vocab) -> "FimTokens":
-        """From the GGUF metadata, else by token text (the lowest id when several match)."""
-        n = vocab.n_vocab
-        ids = {}
-        for role, keys in _KEYS.items():
-            found = TOKEN_NULL
-            for key in keys:
-                v = metadata.get(key)
-                if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n:
-                    found = v
-            if found == TOKEN_NULL:
-                hits = [vocab.token_to_id(t) for t in _TEXTS[role]]
-                found = min((i for i in hits if i != TOKEN_NULL), default=TOKEN_NULL)
-            ids[role] = found
-        return cls(**ids)
+    def from_vocab(cls, vocab) -> "FimTokens":
+        """The tokenizer's FIM ids, which it resolves as llama.cpp does (metadata keys, else
+        the token texts llama.cpp recognizes, in its order)."""
+        return cls(vocab.fim_pre_id, vocab.fim_suf_id, vocab.fim_mid_id)
 
     def missing(self) -> List[str]:
         return [_NAMES[r] for r in ("prefix", "suffix", "middle") if getattr(self, r) == TOKEN_NULL]

@@ -121,7 +121,7 @@ class Llama:
         self.model_params, self.context_params = opts.model_params(), opts.context_params(n_ctx_train)
         self._vocab = Tokenizer.from_gguf(self._file.reader)
         opts.apply_tokenizer_overrides(self._vocab)
-        self._fim = FimTokens.from_vocab(md, self._vocab)
+        self._fim = FimTokens.from_vocab(self._vocab)
         self.metadata: Dict[str, str] = metadata_strings(self._file.metadata)
         self._n_embd = int(md.get(f"{arch}.embedding_length", 0))
         self._model = LlamaModelHandle(self._vocab, self._file, self.metadata, self.model_params,

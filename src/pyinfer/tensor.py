@@ -51,8 +51,9 @@ class GGMLType(enum.IntEnum):
 class Unary(enum.IntEnum):
     RELU = lib.GS_UNARY_RELU
     SILU = lib.GS_UNARY_SILU
-    GELU = lib.GS_UNARY_GELU
+    GELU = lib.GS_UNARY_GELU        # ggml's CPU GELU (F16 table numerics, see ggml_sparse.h)
     SQR_RELU = lib.GS_UNARY_SQR_RELU
+    TANH = lib.GS_UNARY_TANH
 
 
 class RopeMode(enum.IntEnum):
@@ -215,7 +216,7 @@ class Tensor:
 
     @property
     def can_repack(self) -> bool:
-        """Whether :meth:`repack` accepts this tensor (2-D Q4_0 leaf with data, rows % 8 == 0)."""
+        """Whether :meth:`repack` accepts this tensor (2-D Q4_0 or Q4_K leaf with data, rows % 8 == 0)."""
         return bool(lib.gs_tensor_can_repack(self.ptr))
 
     @property
@@ -223,10 +224,10 @@ class Tensor:
         return bool(lib.gs_tensor_is_repacked(self.ptr))
 
     def repack(self) -> np.ndarray:
-        """Rewrite the data into the interleaved-rows layout (gs_tensor_repack)
-        in a new 64-byte aligned buffer that the context keeps alive, and
-        return that buffer. Afterwards the tensor may only be a mul_mat's
-        weights; its old data is no longer read."""
+        """Rewrite the data into the interleaved-rows layout (gs_tensor_repack; Q4_K: the
+        same bytes, products in llama.cpp's repacked order) in a new 64-byte aligned
+        buffer that the context keeps alive, and return that buffer. Afterwards the
+        tensor may only be a mul_mat's weights; its old data is no longer read."""
         n = self.nbytes
         store = np.empty(n + 64, dtype=np.uint8)
         start = -store.ctypes.data % 64
@@ -403,8 +404,13 @@ class Context:
     def mul_mat(self, a: Tensor, b: Tensor) -> Tensor:
         return self._op(lib.gs_mul_mat, a.ptr, b.ptr)
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float) -> Tensor:
-        return self._op(lib.gs_attention, q.ptr, k.ptr, v.ptr, pos.ptr, scale)
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float,
+                  window: int = 0, softcap: float = 0.0) -> Tensor:
+        """Causal attention over a KV cache (gs_attention_ext): scores scale * q.k;
+        window > 0: a query at position p sees slots p - window < j <= p only;
+        softcap > 0: scores become softcap * tanh(score / softcap)."""
+        p = ffi.new("gs_attention_params *", {"scale": scale, "n_swa": window, "softcap": softcap})
+        return self._op(lib.gs_attention_ext, q.ptr, k.ptr, v.ptr, pos.ptr, p)
 
     # ---- neuron-sparse FFN (index format: ggml_sparse.h) ----
     def sparse_index(self, score: Tensor, threshold: float) -> Tensor:

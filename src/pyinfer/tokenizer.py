@@ -1,8 +1,16 @@
 """Tokenizers built from GGUF metadata, token-exact with llama.cpp.
 
-`Tokenizer.from_gguf(path_or_reader)` reads the `tokenizer.ggml.*` keys and builds either a
-SentencePiece-style tokenizer (`model == "llama"`, see tokenizer_spm) or a byte-level BPE one
-(`model == "gpt2"`, see tokenizer_bpe). The public methods follow llama-cpp-python's `Llama`:
+`Tokenizer.from_gguf(path_or_reader)` reads the `tokenizer.ggml.*` keys and builds the
+tokenizer llama.cpp would for the `tokenizer.ggml.model` value:
+
+    llama   SPM   SentencePiece-style score merges (tokenizer_spm)
+    gpt2    BPE   byte-level BPE after the `tokenizer.ggml.pre` word split (tokenizer_bpe)
+    gemma4  BPE   BPE over raw UTF-8 with U+2581 spaces (tokenizer_bpe.SpacePieceBPE)
+    bert    WPM   BERT word splitting + greedy WordPiece (tokenizer_wpm)
+    t5      UGM   precompiled-charsmap normalization + unigram Viterbi (tokenizer_ugm)
+    rwkv    RWKV  greedy longest match over byte strings (tokenizer_rwkv)
+
+The public methods follow llama-cpp-python's `Llama`:
 
     tok = Tokenizer.from_gguf("model.gguf")
     ids = tok.tokenize(b"Hello", add_bos=True, special=False)
@@ -13,7 +21,8 @@ Text goes through the same steps as llama.cpp's `llama_tokenize`:
      tokens (always) written literally in the text become single tokens, longest token first;
   2. every remaining raw fragment is tokenized on its own (SPM: with a leading space when it
      starts the text or follows a special token, if add_space_prefix);
-  3. with add_bos (llama.cpp's add_special), BOS/EOS are added when the vocab asks for them.
+  3. with add_bos (llama.cpp's add_special) the vocabulary's own rule adds special tokens:
+     BOS/EOS when it asks for them (SPM, BPE, UGM), always [CLS] ... [SEP] (WPM), none (RWKV).
 """
 from __future__ import annotations
 
@@ -24,57 +33,49 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from .config import ModelLoadError
-from .tokenizer_bpe import ByteLevelBPE, PreTokenizer, decode_byte_level, pre_tokenizer_for
+from .tokenizer_bpe import ByteLevelBPE, SpacePieceBPE, decode_byte_level, pre_tokenizer_for
+from .tokenizer_rwkv import RwkvGreedy
+from .tokenizer_specials import (ATTR_BYTE, ATTR_CONTROL, ATTR_LSTRIP, ATTR_NORMAL,  # noqa: F401
+                                 ATTR_RSTRIP, ATTR_UNKNOWN, ATTR_UNUSED, ATTR_USER_DEFINED,
+                                 TOKEN_NULL, SpecialRules)
 from .tokenizer_spm import spm_encode
-
-TOKEN_NULL = -1
+from .tokenizer_ugm import Unigram
+from .tokenizer_wpm import WordPiece
 
 # GGUF tokenizer.ggml.token_type values
 TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, TYPE_BYTE = 1, 2, 3, 4, 5, 6
-
-# llama.cpp token attribute bits (llama_token_attr)
-ATTR_UNKNOWN = 1 << 0
-ATTR_UNUSED = 1 << 1
-ATTR_NORMAL = 1 << 2
-ATTR_CONTROL = 1 << 3
-ATTR_USER_DEFINED = 1 << 4
-ATTR_BYTE = 1 << 5
-ATTR_LSTRIP = 1 << 7
-ATTR_RSTRIP = 1 << 8
 
 _TYPE_TO_ATTR = {TYPE_NORMAL: ATTR_NORMAL, TYPE_UNKNOWN: ATTR_UNKNOWN, TYPE_CONTROL: ATTR_CONTROL,
                  TYPE_USER_DEFINED: ATTR_USER_DEFINED, TYPE_UNUSED: ATTR_UNUSED,
                  TYPE_BYTE: ATTR_BYTE}
 
+# tokenizer.ggml.model -> llama.cpp vocabulary type
+VOCAB_TYPES = {"llama": "SPM", "gpt2": "BPE", "gemma4": "BPE", "bert": "WPM", "t5": "UGM",
+               "rwkv": "RWKV"}
+# per vocabulary type: llama.cpp's default special ids and add_bos, add_eos, add_sep,
+# add_space_prefix, clean_spaces (BPE: the pre-tokenizer decides some of these)
+_DEFAULT_IDS = {"SPM": {"bos": 1, "eos": 2, "unk": 0}, "BPE": {"bos": 11, "eos": 11},
+                "WPM": {"bos": 101, "unk": 100, "sep": 102, "pad": 0, "mask": 103},
+                "UGM": {"eos": 1, "unk": 2, "pad": 0}, "RWKV": {}}
+_DEFAULT_FLAGS = {"SPM": (True, False, False, True, False), "WPM": (True, False, True, False, True),
+                  "UGM": (False, True, False, False, False), "RWKV": (False, False, False, False, False)}
+
 _SPACE = b" "
 _BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 _ESCAPED_SPACE = "\u2581".encode("utf-8")
 _C_SPACES = b" \t\n\v\f\r"  # C isspace(), used by the LSTRIP/RSTRIP attributes
+_SLOTS = ("bos", "eos", "eot", "eom", "unk", "sep", "pad", "mask", "fim_pre", "fim_suf", "fim_mid",
+          "fim_pad", "fim_rep", "fim_sep")
 
-# Token texts llama.cpp recognizes when the metadata does not name the token. When several
-# are present llama.cpp takes whichever its hash map yields first; the lowest id is taken here,
-# which agrees with it on the Llama-3 and SmolLM2 vocabularies. Recognized tokens are forced
-# to be control tokens.
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
-_EOM_TEXTS = ("<|eom_id|>",)
-_FIM_PAD_TEXTS = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")
-_FIM_REP_TEXTS = ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>")
-_FIM_SEP_TEXTS = ("<|file_sep|>",)
-# texts that end generation
-_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
-              "<|calls|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
-              "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>",
-              "<｜end▁of▁sentence｜>")
-# gpt-oss channel markers are always rendered
-_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
-
-# metadata key suffix -> attribute holding the id
+# metadata key suffix -> special slot (the deprecated FIM keys last: they win, as in llama.cpp)
 _SPECIAL_ID_KEYS = (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("eot_token_id", "eot"),
                     ("eom_token_id", "eom"), ("unknown_token_id", "unk"),
                     ("seperator_token_id", "sep"), ("padding_token_id", "pad"),
-                    ("mask_token_id", "mask"), ("fim_pad_token_id", "fim_pad"),
-                    ("fim_rep_token_id", "fim_rep"), ("fim_sep_token_id", "fim_sep"))
+                    ("mask_token_id", "mask"), ("fim_pre_token_id", "fim_pre"),
+                    ("fim_suf_token_id", "fim_suf"), ("fim_mid_token_id", "fim_mid"),
+                    ("fim_pad_token_id", "fim_pad"), ("fim_rep_token_id", "fim_rep"),
+                    ("fim_sep_token_id", "fim_sep"), ("prefix_token_id", "fim_pre"),
+                    ("suffix_token_id", "fim_suf"), ("middle_token_id", "fim_mid"))
 
 
 def _field(reader, key: str):
@@ -116,8 +117,8 @@ def _array(reader, key: str, strings: bool):
     if item is None or (item == T.STRING) != strings or item == T.BOOL:
         found = ("a single value" if f.types and f.types[0] != T.ARRAY
                  else f"an array of {item.name if item else '?'}")
-        raise ModelLoadError(f"metadata key '{key}' must be an array of {'strings' if strings else 'numbers'}, "
-                             f"found {found}")
+        what = "strings" if strings else "numbers"
+        raise ModelLoadError(f"metadata key '{key}' must be an array of {what}, found {found}")
     return f
 
 
@@ -135,24 +136,46 @@ def _num_array(reader, key: str) -> Optional[np.ndarray]:
     return np.concatenate([f.parts[i] for i in f.data]) if len(f.data) else np.zeros(0)
 
 
+def _read_gguf(path: str):
+    """gguf_model's reader (one pass over metadata arrays, each read inside the file), without
+    GGUFFile's model checks: the tokenizer checks the keys it reads itself."""
+    import struct
+    from .gguf_model import POWERINFER_MAGIC, _check_path, _open_reader
+    magic = _check_path(path)
+    try:
+        return _open_reader(path, magic == POWERINFER_MAGIC)
+    except (ValueError, IndexError, KeyError, OSError, OverflowError, struct.error) as e:
+        raise ModelLoadError(f"Failed to load model from file: {path} ({e})") from e
+
+
 class Tokenizer:
     """A GGUF vocabulary with llama.cpp's tokenize / token_to_piece semantics.
 
     tokens: token texts by id (raw GGUF bytes); token_types: GGUF token_type per id (1 normal,
-    2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte); scores: SPM merge scores per id;
-    merges: BPE merge strings "left right" in rank order (gpt2 model only); special: ids from
-    the metadata by name (bos, eos, eot, eom, unk, sep, pad, mask, fim_pad, fim_rep, fim_sep).
+    2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte); scores: SPM/UGM scores per id;
+    merges: BPE merge strings "left right" in rank order; special: ids from the metadata by
+    slot (bos, eos, eot, eom, unk, sep, pad, mask, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep,
+    fim_sep); add_bos / add_eos / add_sep / add_space_prefix / remove_extra_whitespaces: the
+    metadata flags (None: the vocabulary type's default); charsmap: UGM's precompiled
+    normalization map; lowercase / strip_accents: WPM's normalizer options; model_name, arch:
+    general.name and general.architecture (a few per-model rules read them).
     """
 
     def __init__(self, model: str, tokens: Sequence[bytes], token_types: Optional[Sequence[int]],
                  scores: Optional[Sequence[float]] = None, merges: Sequence[bytes] = (),
                  pre: Optional[str] = None, special: Optional[Dict[str, int]] = None,
                  add_bos: Optional[bool] = None, add_eos: Optional[bool] = None,
-                 add_space_prefix: Optional[bool] = None, model_name: str = ""):
+                 add_space_prefix: Optional[bool] = None, model_name: str = "",
+                 add_sep: Optional[bool] = None, remove_extra_whitespaces: Optional[bool] = None,
+                 charsmap: bytes = b"", lowercase: Optional[bool] = None,
+                 strip_accents: Optional[bool] = None, arch: str = ""):
         n = len(tokens)
         if n == 0:
             raise ValueError("the vocabulary is empty")
-        self.model = model
+        vtype = VOCAB_TYPES.get(model)
+        if vtype is None:
+            raise ValueError(f"unsupported tokenizer model: '{model}'")
+        self.model, self.vocab_type = model, vtype
         self.pre = pre
         # empty texts get a unique placeholder, as in llama.cpp
         self._texts: List[bytes] = [t if t else b"[EMPTY_%d]" % i for i, t in enumerate(tokens)]
@@ -174,35 +197,45 @@ class Tokenizer:
             if not _BYTE_TEXT.fullmatch(self._texts[i]):   # token_to_piece reads the byte from it
                 raise ModelLoadError(f"token {i} has type BYTE, but its text {self._texts[i][:40]!r} "
                                      "is not <0xXX>")
-
-        ids = {"bos": TOKEN_NULL, "eos": TOKEN_NULL, "unk": TOKEN_NULL}
-        self._bpe: Optional[ByteLevelBPE] = None
-        if model == "llama":
-            ids.update(bos=1, eos=2, unk=0)
-            add_bos_default, add_eos_default, space_default = True, False, True
-        elif model == "gpt2":
-            bpe_pre: PreTokenizer = pre_tokenizer_for(pre)
-            ids.update(bos=11, eos=11)
-            add_bos_default, add_eos_default, space_default = bpe_pre.add_bos, False, False
-            self._bpe = ByteLevelBPE(self._texts, merges, bpe_pre)
+        ids = dict.fromkeys(_SLOTS, TOKEN_NULL)
+        ids.update(_DEFAULT_IDS[vtype])
+        bpe_pre = None
+        if vtype == "BPE":
+            if model == "gemma4":
+                self.pre = "gemma4"       # llama.cpp: the gemma4 model implies its pre-tokenizer
+            bpe_pre = pre_tokenizer_for(self.pre)
+            flags = (bpe_pre.add_bos, False, bpe_pre.add_sep, False, bpe_pre.clean_spaces)
+            if bpe_pre.no_bos:
+                ids["bos"] = TOKEN_NULL
         else:
-            raise ValueError(f"unsupported tokenizer model: '{model}'")
+            flags = _DEFAULT_FLAGS[vtype]
+        add_bos_default, add_eos_default, add_sep_default, space_default, self.clean_spaces = flags
+        self.add_space_prefix = space_default if add_space_prefix is None else bool(add_space_prefix)
+        self.remove_extra_whitespaces = bool(remove_extra_whitespaces)
+        # spaces are U+2581 in the token texts of every type but byte-level BPE
+        self.escape_whitespaces = bpe_pre.escape_whitespaces if bpe_pre else True
+        self._encoder = self._make_encoder(bpe_pre, merges, charsmap, lowercase, strip_accents)
         ids = {k: (v if v < n else TOKEN_NULL) for k, v in ids.items()}
+        self.nl_id = self._newline_id(ids)      # (before the metadata's ids, as in llama.cpp)
         for k, v in (special or {}).items():
             if v is not None and 0 <= v < n:
                 ids[k] = v
         self.add_bos = add_bos_default if add_bos is None else bool(add_bos)
         self.add_eos = add_eos_default if add_eos is None else bool(add_eos)
-        self.add_space_prefix = space_default if add_space_prefix is None else bool(add_space_prefix)
+        self.add_sep = add_sep_default if add_sep is None else bool(add_sep)
+        if bpe_pre is not None and bpe_pre.family == "gemma4":
+            self.add_bos = True     # llama.cpp's Gemma 4 override
+        if isinstance(self._encoder, (WordPiece, Unigram, RwkvGreedy)):
+            self._encoder.unk_id = ids["unk"]
         self._special_ids = ids
-        self._eog = self._detect_specials(ids, model_name)
-
+        rules = SpecialRules(self._texts, self._ids, self._attrs, ids)
+        self._eog = rules.apply()
         # special-token partition order: longest text first, ties by id
         cands = [i for i, a in enumerate(self._attrs)
                  if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         self._special_order = sorted(cands, key=lambda i: (-len(self._texts[i]), i))
+        rules.fix_attributes(self.pre or "", arch, model_name)
         self._pieces: List[Optional[bytes]] = [None] * n  # token_to_piece(special=True) cache
-        self.nl_id = self._newline_id()
 
     # --- construction ---------------------------------------------------------------------
 
@@ -210,8 +243,7 @@ class Tokenizer:
     def from_gguf(cls, reader_or_path) -> "Tokenizer":
         """Build from a `gguf.GGUFReader` or the path of a GGUF file."""
         if isinstance(reader_or_path, (str, bytes, os.PathLike)):
-            import gguf
-            reader = gguf.GGUFReader(reader_or_path)
+            reader = _read_gguf(os.fsdecode(reader_or_path))
         else:
             reader = reader_or_path
         kp = "tokenizer.ggml."
@@ -227,76 +259,60 @@ class Tokenizer:
                                  f"found {types.dtype}")
         scores = _num_array(reader, kp + "scores")
         merges = _str_array(reader, kp + "merges")
-        if model == "gpt2" and merges is None:
+        pre = _scalar(reader, kp + "pre", kind=str)
+        if model in ("gpt2", "gemma4") and merges is None:
             raise ValueError("cannot find tokenizer merges in model file")
+        charsmap = _num_array(reader, kp + "precompiled_charsmap")
         special = {}
         for key, name in _SPECIAL_ID_KEYS:
             v = _scalar(reader, kp + key, kind=int)
-            if v is not None:
+            if v is not None and 0 <= v < len(tokens):   # llama.cpp skips a bad id (keeps the earlier)
                 special[name] = v
+        flag = lambda key: _scalar(reader, kp + key, kind=bool)  # noqa: E731
         return cls(model, tokens,
                    types.tolist() if types is not None else None,
                    scores.tolist() if scores is not None else None,
-                   merges or (), pre=_scalar(reader, kp + "pre", kind=str), special=special,
-                   add_bos=_scalar(reader, kp + "add_bos_token", kind=bool),
-                   add_eos=_scalar(reader, kp + "add_eos_token", kind=bool),
-                   add_space_prefix=_scalar(reader, kp + "add_space_prefix", kind=bool),
-                   model_name=_scalar(reader, "general.name", "", kind=str))
+                   merges or (), pre=pre, special=special,
+                   add_bos=flag("add_bos_token"), add_eos=flag("add_eos_token"),
+                   add_space_prefix=flag("add_space_prefix"),
+                   model_name=_scalar(reader, "general.name", "", kind=str),
+                   add_sep=flag("add_sep_token"),
+                   remove_extra_whitespaces=flag("remove_extra_whitespaces"),
+                   charsmap=charsmap.astype(np.uint8).tobytes() if charsmap is not None else b"",
+                   lowercase=flag("normalizer.lowercase"),
+                   strip_accents=flag("normalizer.strip_accents"),
+                   arch=_scalar(reader, "general.architecture", "", kind=str))
 
-    def _first_id(self, texts: Iterable[str]) -> int:
-        found = [self._ids[t.encode()] for t in texts if t.encode() in self._ids]
-        return min(found) if found else TOKEN_NULL
+    def _make_encoder(self, bpe_pre, merges, charsmap, lowercase, strip_accents):
+        """The tokenizer of raw text fragments for this vocabulary type (SPM: None, its merge
+        function needs no state)."""
+        vtype = self.vocab_type
+        if vtype == "BPE":
+            if bpe_pre.escape_whitespaces:
+                return SpacePieceBPE(self._texts, merges, newline_runs=bpe_pre.family == "gemma4")
+            return ByteLevelBPE(self._texts, merges, bpe_pre)
+        if vtype == "WPM":
+            lower = True if lowercase is None else bool(lowercase)
+            strip = lower if strip_accents is None else bool(strip_accents)
+            return WordPiece(self._texts, TOKEN_NULL, lower, strip)
+        if vtype == "UGM":
+            return Unigram(self._texts, self._scores, self._attrs, TOKEN_NULL, charsmap,
+                           self.add_space_prefix, self.remove_extra_whitespaces)
+        if vtype == "RWKV":
+            return RwkvGreedy(self._texts, TOKEN_NULL)
+        return None
 
-    def _make_control(self, i: int) -> None:
-        self._attrs[i] |= ATTR_CONTROL
-
-    def _detect_specials(self, ids: Dict[str, int], model_name: str) -> frozenset:
-        """llama.cpp's text-based detection of EOT/EOM/FIM tokens and the end-of-generation set;
-        also applies its per-token attribute fixes. Returns the EOG ids."""
-        for name, texts in (("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS), ("fim_pad", _FIM_PAD_TEXTS),
-                            ("fim_rep", _FIM_REP_TEXTS), ("fim_sep", _FIM_SEP_TEXTS)):
-            if ids.get(name, TOKEN_NULL) == TOKEN_NULL:
-                ids[name] = self._first_id(texts)
-                if ids[name] != TOKEN_NULL:
-                    self._make_control(ids[name])
-        for i, t in enumerate(self._texts):  # control tokens named "unused" are unused
-            if self._attrs[i] & ATTR_CONTROL and b"unused" in t:
-                self._attrs[i] |= ATTR_UNUSED
-        eog = {ids[k] for k in ("fim_pad", "fim_rep", "fim_sep") if ids[k] != TOKEN_NULL}
-        for t in _EOG_TEXTS:
-            i = self._ids.get(t.encode())
-            if i is not None:
-                eog.add(i)
-                self._make_control(i)
-        for t in _ALWAYS_RENDERED:
-            i = self._ids.get(t.encode())
-            if i is not None:
-                self._attrs[i] = ATTR_USER_DEFINED
-        eog |= {ids[k] for k in ("eos", "eot", "eom") if ids[k] != TOKEN_NULL}
-        texts = {self._texts[i] for i in eog}
-        end = self._ids.get(b"<|end|>")
-        has_call = b"<|call|>" in texts or b"<|calls|>" in texts
-        if end in eog and has_call and (b"<|return|>" in texts or b"<|flush|>" in texts):
-            eog.discard(end)  # harmony-style vocabularies: <|end|> ends a message only
-            self._attrs[end] = ATTR_USER_DEFINED
-        name = model_name.lower()
-        if "phi-3" in name or "phi3" in name:  # Phi-3 special tokens eat following spaces
-            for i, a in enumerate(self._attrs):
-                if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN):
-                    self._attrs[i] |= ATTR_RSTRIP
-            for t, on in ((b"</s>", True), (b"<unk>", False), (b"<s>", False),
-                          (b"<|endoftext|>", False)):
-                i = self._ids.get(t)
-                if i is not None:
-                    self._attrs[i] = (self._attrs[i] | ATTR_RSTRIP if on
-                                      else self._attrs[i] & ~ATTR_RSTRIP)
-        return frozenset(eog)
-
-    def _newline_id(self) -> int:
-        if self.model == "llama":
-            return self._byte_token(0x0A)
-        ids = self.tokenize(b"\n", add_bos=False)
-        return ids[0] if ids else self._special_ids.get("pad", TOKEN_NULL)
+    def _newline_id(self, defaults: Dict[str, int]) -> int:
+        """llama.cpp's linefeed token, found before the metadata's special ids are read."""
+        if self.vocab_type == "SPM":
+            tok = self._ids.get(b"<0x0A>", self._ids.get(b"\n"))
+            return defaults["pad"] if tok is None else tok
+        if self.vocab_type == "WPM":
+            return defaults["pad"]
+        if isinstance(self._encoder, Unigram):
+            self._encoder.unk_id = defaults["unk"]
+        ids = self._encode_raw([b"\n"])[0]
+        return ids[0] if ids else defaults["pad"]
 
     # --- properties -----------------------------------------------------------------------
 
@@ -309,8 +325,15 @@ class Tokenizer:
     eot_id = property(lambda self: self._special_ids["eot"])
     eom_id = property(lambda self: self._special_ids["eom"])
     unk_id = property(lambda self: self._special_ids["unk"])
-    pad_id = property(lambda self: self._special_ids.get("pad", TOKEN_NULL))
-    sep_id = property(lambda self: self._special_ids.get("sep", TOKEN_NULL))
+    pad_id = property(lambda self: self._special_ids["pad"])
+    sep_id = property(lambda self: self._special_ids["sep"])
+    mask_id = property(lambda self: self._special_ids["mask"])
+    fim_pre_id = property(lambda self: self._special_ids["fim_pre"])
+    fim_suf_id = property(lambda self: self._special_ids["fim_suf"])
+    fim_mid_id = property(lambda self: self._special_ids["fim_mid"])
+    fim_pad_id = property(lambda self: self._special_ids["fim_pad"])
+    fim_rep_id = property(lambda self: self._special_ids["fim_rep"])
+    fim_sep_id = property(lambda self: self._special_ids["fim_sep"])
 
     @property
     def eog_ids(self) -> frozenset:
@@ -370,42 +393,66 @@ class Tokenizer:
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> List[int]:
         """Token ids of UTF-8 `text` (llama_tokenize semantics).
 
-        add_bos: add the special tokens the vocab asks for (BOS if add_bos_token, EOS if
-        add_eos_token); special: also match control tokens written in the text.
+        add_bos: add the special tokens the vocabulary asks for (llama.cpp's add_special: BOS
+        if add_bos_token and EOS if add_eos_token; BERT vocabularies always [CLS] and [SEP]);
+        special: also match control tokens written in the text.
         """
         if isinstance(text, str):
             raise TypeError("tokenize() takes bytes; encode the text as UTF-8 first")
         frags = self._partition(bytes(text), special) if text else []
+        vtype = self.vocab_type
+        bos = vtype == "WPM" or (self.add_bos and vtype != "RWKV")
+        eos = self.add_eos and vtype in ("SPM", "BPE", "UGM")
         out: List[int] = []
-        if add_bos and self.add_bos:
-            if self.bos_id == TOKEN_NULL:
-                raise ValueError("add_bos_token is set but the vocab has no BOS token")
-            out.append(self.bos_id)
-        if self._bpe is not None:
+        if add_bos and bos:
+            out.append(self._required("bos"))
+        if vtype == "SPM":
+            self._encode_spm(frags, out)
+        else:
             raw = [f for f in frags if isinstance(f, bytes)]
-            encoded = iter(self._bpe.encode(raw) if raw else [])
+            encoded = iter(self._encode_raw(raw) if raw else [])
             for f in frags:
                 if isinstance(f, bytes):
                     out.extend(next(encoded))
                 else:
                     out.append(f)
-        else:
-            prev_special = True
-            for f in frags:
-                if isinstance(f, bytes):
-                    if self.add_space_prefix and prev_special:
-                        f = _SPACE + f
-                    spm_encode(f.replace(_SPACE, _ESCAPED_SPACE), self._ids, self._scores,
-                               self._byte_token, out)
-                    prev_special = False
-                else:
-                    out.append(f)
-                    prev_special = True
-        if add_bos and self.add_eos:
-            if self.eos_id == TOKEN_NULL:
-                raise ValueError("add_eos_token is set but the vocab has no EOS token")
-            out.append(self.eos_id)
+        if add_bos and eos:
+            out.append(self._required("eos"))
+        if add_bos and vtype == "WPM":
+            out.append(self._required("sep"))
         return out
+
+    def _required(self, slot: str) -> int:
+        tok = self._special_ids[slot]
+        if tok == TOKEN_NULL:
+            raise ValueError(f"tokenizing with add_bos (llama.cpp's add_special) needs a "
+                             f"{slot.upper()} token here, but the vocab has none")
+        return tok
+
+    def _encode_raw(self, fragments: List[bytes]) -> List[List[int]]:
+        """Token ids of raw text fragments, for every type but SPM."""
+        enc = self._encoder
+        if isinstance(enc, Unigram):      # (kv_overrides may change the flags after loading)
+            enc.add_space_prefix = self.add_space_prefix
+            enc.remove_extra_whitespaces = self.remove_extra_whitespaces
+        if isinstance(enc, (ByteLevelBPE, SpacePieceBPE)):
+            if self.escape_whitespaces:
+                fragments = [f.replace(_SPACE, _ESCAPED_SPACE) for f in fragments]
+            return enc.encode(fragments)
+        return [enc.encode(f) for f in fragments]
+
+    def _encode_spm(self, frags: List[Union[bytes, int]], out: List[int]) -> None:
+        prev_special = True
+        for f in frags:
+            if isinstance(f, bytes):
+                if self.add_space_prefix and prev_special:
+                    f = _SPACE + f
+                spm_encode(f.replace(_SPACE, _ESCAPED_SPACE), self._ids, self._scores,
+                           self._byte_token, out)
+                prev_special = False
+            else:
+                out.append(f)
+                prev_special = True
 
     def _partition(self, text: bytes, parse_special: bool) -> List[Union[bytes, int]]:
         """Split `text` into raw fragments (bytes) and special tokens (int ids): each special
@@ -459,13 +506,15 @@ class Tokenizer:
 
     def _make_piece(self, token: int, attr: int) -> bytes:
         text = self._texts[token]
+        if isinstance(self._encoder, RwkvGreedy):
+            return self._encoder.pieces[token]
         if attr & (ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED):
             return text
         if attr & ATTR_NORMAL:
-            if self.model == "llama":
+            if self.escape_whitespaces:
                 return text.replace(_ESCAPED_SPACE, _SPACE)
             return decode_byte_level(text.decode("utf-8", errors="replace"))
-        if attr & ATTR_BYTE:
+        if attr & ATTR_BYTE and self.vocab_type != "WPM":
             return bytes((int(text[3:5], 16),))
         return b""
 
@@ -486,4 +535,3 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(model={self.model!r}, pre={self.pre!r}, n_vocab={self.n_vocab}, "
                 f"bos={self.bos_id}, eos={self.eos_id}, add_bos={self.add_bos})")
-

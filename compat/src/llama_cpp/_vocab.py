@@ -20,19 +20,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from pyinfer.tokenizer import Tokenizer
 
 from . import _handles
-from ._constants import LLAMA_TOKEN_NULL, LLAMA_VOCAB_TYPE_BPE, LLAMA_VOCAB_TYPE_SPM
+from ._constants import (LLAMA_TOKEN_NULL, LLAMA_VOCAB_TYPE_BPE, LLAMA_VOCAB_TYPE_RWKV,
+                         LLAMA_VOCAB_TYPE_SPM, LLAMA_VOCAB_TYPE_UGM, LLAMA_VOCAB_TYPE_WPM)
 
-# BPE pre-tokenizers for which llama.cpp turns clean_spaces off (llama-vocab.cpp); every other
-# BPE vocabulary cleans " ." / " 's" ... when detokenizing, SPM vocabularies never do.
-_KEEPS_SPACES = frozenset({
-    "deepseek-llm", "deepseek-coder", "deepseek-v3", "spark2_5", "youtu", "command-r", "qwen2",
-    "deepseek-r1-qwen", "kormo", "f2llmv2", "qwen35", "poro-chat", "viking", "tekken", "smollm",
-    "chameleon", "gpt-4o", "llama4", "kanana2", "talkie", "granite-embed-multi-97m", "tiny_aya",
-    "cohere2moe", "superbpe", "trillion", "granite-docling", "bailingmoe", "bailingmoe2",
-    "llada-moe", "seed-coder", "hunyuan", "hunyuan-dense", "hy_v4", "joyai-llm", "kimi-k2",
-    "ufakzeka", "grok-2", "afmoe", "laguna", "minimax-m2", "solar-open", "sarvam-moe"})
-# BPE pre-tokenizers for which llama.cpp's add_special also appends the SEP token
-_ADDS_SEP = frozenset({"jina-v1-en", "jina-v2-code", "roberta-bpe"})
+_VOCAB_TYPES = {"SPM": LLAMA_VOCAB_TYPE_SPM, "BPE": LLAMA_VOCAB_TYPE_BPE, "WPM": LLAMA_VOCAB_TYPE_WPM,
+                "UGM": LLAMA_VOCAB_TYPE_UGM, "RWKV": LLAMA_VOCAB_TYPE_RWKV}
 
 _HANDLE_ATTR = "_llama_cpp_vocab_handle"    # where a Tokenizer keeps its pointer's record
 
@@ -42,10 +34,8 @@ class Vocab:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
-        self.type = LLAMA_VOCAB_TYPE_SPM if tokenizer.model == "llama" else LLAMA_VOCAB_TYPE_BPE
-        bpe = self.type == LLAMA_VOCAB_TYPE_BPE
-        self.clean_spaces = bpe and (tokenizer.pre or "default") not in _KEEPS_SPACES
-        self.add_sep = bpe and tokenizer.pre in _ADDS_SEP
+        self.type = _VOCAB_TYPES[tokenizer.vocab_type]
+        self.clean_spaces = tokenizer.clean_spaces       # llama.cpp's rule, kept by the tokenizer
 
     @property
     def n_tokens(self) -> int:
@@ -74,10 +64,9 @@ class Vocab:
         return piece[n:]
 
     def tokenize(self, text: bytes, add_special: bool, parse_special: bool) -> List[int]:
-        out = self.tok.tokenize(text, add_bos=add_special, special=parse_special)
-        if add_special and self.add_sep and self.special("sep") != LLAMA_TOKEN_NULL:
-            out.append(self.special("sep"))
-        return out
+        # llama_tokenize adds BOS/EOS as the vocabulary asks; never SEP (only llama.cpp's server
+        # reads add_sep)
+        return self.tok.tokenize(text, add_bos=add_special, special=parse_special)
 
     def detokenize(self, tokens: Sequence[int], remove_special: bool,
                    unparse_special: bool) -> bytes:

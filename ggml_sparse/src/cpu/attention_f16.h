@@ -8,12 +8,15 @@
 
 #include "../gs_internal.h"
 
+#include <math.h>
+
 #define GS_ATTN_KV_PAD 256   /* llama.cpp pads the attended slot count to this */
 #define GS_ATTN_CHUNK 64     /* elements per step of an F16 dot product        */
 
 /* One thread's view of an attention call plus its scratch. */
 typedef struct {
     int64_t D;           /* head size                                          */
+    float softcap;       /* > 0: scores become softcap * tanhf(s / softcap)    */
     int64_t n_kv;        /* slots the softmax spans: the used slot count
                             rounded up to GS_ATTN_KV_PAD, at most n_ctx        */
     float scale;
@@ -26,37 +29,54 @@ typedef struct {
     float * q16;         /* D: the query rounded to F16                        */
 } gs_attn_f16_scratch;
 
-/* Attention of one query row q (D floats) over slots 0..n-1 of one kv head:
- * slot j's K row (D halves) is at k_rows + j * k_slot, its V row at
- * v_rows + j * v_slot. Writes D floats to out. */
+/* Attention of one query row q (D floats) over slots lo..n-1 of one kv head
+ * (slots before lo are masked: the sliding window): slot j's K row (D
+ * halves) is at k_rows + j * k_slot, its V row at v_rows + j * v_slot.
+ * Masked slots keep their places in the lane and tree sums with weight 0,
+ * as llama.cpp's masked slots. Writes D floats to out. */
 typedef void (*gs_attend_f16_fn)(const gs_attn_f16_scratch * S, const float * q,
                                  const uint8_t * k_rows, size_t k_slot,
-                                 const uint8_t * v_rows, size_t v_slot, int64_t n, float * out);
+                                 const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
+                                 float * out);
 
 /* out[d] += the slots np..n-1 (past the last full 64-slot chunk of n_kv) of
  * v_j[d] * p[j], summed in double after out[d] (0 when np == 0), as
- * llama.cpp adds the tail of its F16 dot products. */
+ * llama.cpp adds the tail of its F16 dot products; slots before lo have
+ * weight 0 and are skipped (adding 0 changes no sum). */
 static inline void gs_attn_v_tail(const uint8_t * v_rows, size_t v_slot, const float * p, int64_t D,
-                                  int64_t np, int64_t n, float * out) {
+                                  int64_t np, int64_t lo, int64_t n, float * out) {
+    const int64_t j0 = lo > np ? lo : np;
     for (int64_t d = 0; d < D; d++) {
         double s = np ? (double) out[d] : 0.0;
-        for (int64_t j = np; j < n; j++) s += (double) (GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]) * p[j]);
+        for (int64_t j = j0; j < n; j++) s += (double) (GS_H2F(((const gs_half *) (v_rows + j * v_slot))[d]) * p[j]);
         out[d] = (float) s;
     }
+}
+
+/* Soft-cap scores lo..n-1 (llama.cpp: scale by 1/cap, tanhf, scale by cap);
+ * returns their new maximum. */
+static inline float gs_attn_softcap(float * sc, int64_t lo, int64_t n, float cap) {
+    const float inv = 1.0f / cap;
+    float max = -INFINITY;
+    for (int64_t j = lo; j < n; j++) {
+        sc[j] = tanhf(sc[j] * inv) * cap;
+        max = sc[j] > max ? sc[j] : max;
+    }
+    return max;
 }
 
 /* SIMD versions (NULL-free: callers check the CPU level first). They need
  * D to be a multiple of 16 (AVX-512) or 8 (AVX2); the dispatcher uses the
  * scalar kernel otherwise. */
 void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                          size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                          size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                           float * out);
 /* The batched (prompt) order, AVX-512 only. */
 void gs_avx512_attend_f16_batch(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                                 float * out);
 void gs_avx2_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                        size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                        size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                         float * out);
 
 #endif /* GS_ATTENTION_F16_H */

@@ -22,7 +22,8 @@
  * first). Each output then has one 16-lane accumulator: the gemm_tile
  * kernels (vec_generic.c) reproduce it, and such products use them.
  *
- * Weights repacked at load (gs_tensor_repack) take repack.c's path.
+ * Weights repacked at load (gs_tensor_repack) take repack.c's path (Q4_0)
+ * or repack_q4k.c's (Q4_K).
  */
 #include "repack.h"
 
@@ -49,6 +50,7 @@ bool gs_cpu_gemm_order(gs_type type, int64_t K, int64_t M, int64_t N, bool b_con
 
 size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
     const gs_tensor * a = dst->src[0];
+    if ((a->flags & GS_FLAG_REPACKED) && a->type == GS_TYPE_Q4_K) return gs_cpu_mul_mat_q4kx8_work_size(dst, n_threads);
     if (a->flags & GS_FLAG_REPACKED) return gs_cpu_mul_mat_r8_work_size(dst, n_threads);
     const gs_tensor * b = dst->src[1];
     const gs_type vt = gs_get_type_traits(a->type)->vec_dot_type;
@@ -60,7 +62,8 @@ size_t gs_cpu_mul_mat_work_size(const gs_tensor * dst, int n_threads) {
 void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
     const gs_tensor * a = dst->src[0];
     if (a->flags & GS_FLAG_REPACKED) {
-        gs_cpu_op_mul_mat_r8(p, dst);
+        if (a->type == GS_TYPE_Q4_K) gs_cpu_op_mul_mat_q4kx8(p, dst);
+        else gs_cpu_op_mul_mat_r8(p, dst);
         return;
     }
     const gs_tensor * b = dst->src[1];

@@ -9,10 +9,12 @@
  * pos  I32 {T}, contiguous: token t attends to slots 0..pos[t]; a position
  *      outside 0..n_ctx-1 fails the compute with GS_ERR_RUNTIME before
  *      anything is read.
- * op_params[0]: scale (float bits).
+ * op_params[0]: scale (float bits); [1]: n_swa (0: no window); [2]: softcap
+ *      (float bits, 0: none).
  * dst  F32 {D, H, T}, contiguous:
- *      dst[t][h] = sum_j softmax_j(scale * q[t][h] . k[j][c]) * v[j][c],
- *      j = 0..pos[t], c = h / (H / Hkv).
+ *      dst[t][h] = sum_j softmax_j(cap(scale * q[t][h] . k[j][c])) * v[j][c],
+ *      j = lo..pos[t], c = h / (H / Hkv), lo = max(0, pos[t] + 1 - n_swa)
+ *      with a window (else 0), cap(s) = softcap tanh(s / softcap) or s.
  *
  * Work split: the T*H (token, head) pairs are split across threads. A
  * thread handles its pairs in runs of up to GROUP heads of one token. A run
@@ -33,6 +35,8 @@
  */
 #include "../gs_internal.h"
 
+#include "attention_f16.h"
+
 #include <assert.h>
 #include <math.h>
 
@@ -50,6 +54,7 @@ typedef struct {
     int h0;                      /* first query head of the run                */
     int per_kv;                  /* query heads per kv head                    */
     float scale;
+    float softcap;               /* > 0: soft-capped scores                    */
     const float * q[GROUP];      /* query rows                                 */
     float * out[GROUP];          /* output rows                                */
     const uint8_t * k, * v;      /* slot 0, kv head 0 of the caches            */
@@ -332,6 +337,9 @@ static ALWAYS_INLINE void attend_run_body(const attn_run * R, half_row_fn half_r
             for (int64_t j = 0; j < n; j++) R->scores[r * ss + j] *= R->scale;
         }
     }
+    if (R->softcap > 0.0f) {
+        for (int r = 0; r < g; r++) gs_attn_softcap(R->scores + r * ss, 0, n, R->softcap);
+    }
     /* softmax per head (n >= 1 finite scores: no fully masked rows) */
     float inv_sum[GROUP];
     for (int r = 0; r < g; r++) {
@@ -461,6 +469,8 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
         .rows = scratch + gmax * ss + 2 * gmax * D,
     };
     memcpy(&R.scale, &dst->op_params[0], sizeof(float));
+    memcpy(&R.softcap, &dst->op_params[2], sizeof(float));
+    const int64_t n_swa = dst->op_params[1];
     const attend_run_fn run = pick_kernel();
 
     int64_t u0, u1;
@@ -473,7 +483,11 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
         if (end > u1) end = u1;
         R.g = (int) (end - u);
         R.h0 = (int) h;
-        R.n = (int64_t) pos[t] + 1;
+        /* the window: slots lo..pos[t], seen as a cache starting at slot lo */
+        const int64_t n = (int64_t) pos[t] + 1, lo = n_swa && n > n_swa ? n - n_swa : 0;
+        R.n = n - lo;
+        R.k = (const uint8_t *) k->data + lo * k->nb[2];
+        R.v = (const uint8_t *) v->data + lo * v->nb[2];
         for (int r = 0; r < R.g; r++) {
             R.q[r] = (const float *) ((const uint8_t *) q->data + (h + r) * q->nb[1] + t * q->nb[2]);
             R.out[r] = (float *) ((uint8_t *) dst->data + (h + r) * dst->nb[1] + t * dst->nb[2]);

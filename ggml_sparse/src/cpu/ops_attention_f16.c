@@ -16,8 +16,9 @@
  * take another path: one set of 16 lanes (element i to lane i % 16, one
  * fused multiply-add each, in order), summed with the same 16-lane tree.
  * Its softmax sums exp values 16 at a time with the same tree, in double,
- * with its own exp (gs_expf_compat). This file follows those rules
- * exactly.
+ * with its own exp (gs_expf_compat). A sliding window masks slots (-inf,
+ * weight 0) that keep their places in those sums: the kernels skip their
+ * products but not their positions. This file follows those rules exactly.
  *
  * The kernel here (attend_one) is the reference; vec_avx2_attn.c and
  * vec_avx512_attn.c compute the same values with SIMD registers and are
@@ -88,31 +89,33 @@ static ALWAYS_INLINE void widen(const gs_half * h, float * out, int64_t n) {
 
 static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, const uint8_t * k_rows,
                                      size_t k_slot, const uint8_t * v_rows, size_t v_slot,
-                                     int64_t n, float * out) {
+                                     int64_t lo, int64_t n, float * out) {
     const int64_t D = S->D, n_kv = S->n_kv;
     float * sc = S->scores;
     for (int64_t i = 0; i < D; i++) S->q16[i] = round_to_half(q[i]);
     float max = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = lo; j < n; j++) {
         widen((const gs_half *) (k_rows + j * k_slot), S->row, D);
         sc[j] = (S->batch ? dot_batch_order(S->row, S->q16, D) : dot_f16_order(S->row, S->q16, D)) * S->scale;
         max = sc[j] > max ? sc[j] : max;
     }
-    /* softmax over n_kv slots; slots >= n are masked and contribute 0 */
-    for (int64_t j = 0; j < n; j++) sc[j] = gs_expf_compat(sc[j] - max);
+    if (S->softcap > 0.0f) max = gs_attn_softcap(sc, lo, n, S->softcap);
+    /* softmax over n_kv slots; slots < lo and >= n are masked and contribute 0 */
+    for (int64_t j = 0; j < lo; j++) sc[j] = 0.0f;
+    for (int64_t j = lo; j < n; j++) sc[j] = gs_expf_compat(sc[j] - max);
     for (int64_t j = n; j < n_kv; j++) sc[j] = 0.0f;
     double sum = 0.0;
     int64_t j = 0;
     for (; j + 16 <= n_kv; j += 16) sum += (double) tree16(sc + j);
     for (; j < n_kv; j++) sum += (double) sc[j];
     const float inv = (float) (1.0 / sum);
-    for (j = 0; j < n; j++) sc[j] = round_to_half(sc[j] * inv);
+    for (j = lo; j < n; j++) sc[j] = round_to_half(sc[j] * inv);
 
     if (S->batch) {
         /* out[d] = dot over slots of v[.][d] and p, 16 lanes: slot j adds
-         * its row into lane accumulator j % 16 (slots >= n add zeros) */
+         * its row into lane accumulator j % 16 (masked slots add zeros) */
         memset(S->acc, 0, (size_t) (16 * D) * sizeof(float));
-        for (j = 0; j < n; j++) {
+        for (j = lo; j < n; j++) {
             float * acc = S->acc + (j % 16) * D;
             widen((const gs_half *) (v_rows + j * v_slot), S->row, D);
             for (int64_t d = 0; d < D; d++) acc[d] = fmaf(S->row[d], sc[j], acc[d]);
@@ -128,16 +131,14 @@ static ALWAYS_INLINE void attend_one(const f16_scratch * S, const float * q, con
      * slot adds its whole row into lane accumulator (j % 64) */
     const int64_t np = n_kv & ~(int64_t) (CHUNK - 1);
     const int64_t n_lanes = n < np ? n : np;
-    for (int64_t a = 0; a < CHUNK && a < n_lanes; a++) memset(S->acc + a * D, 0, (size_t) D * sizeof(float));
-    for (j = 0; j < n_lanes; j++) {
+    memset(S->acc, 0, (size_t) (CHUNK * D) * sizeof(float));
+    for (j = lo; j < n_lanes; j++) {
         float * acc = S->acc + (j % CHUNK) * D;
         widen((const gs_half *) (v_rows + j * v_slot), S->row, D);
         for (int64_t d = 0; d < D; d++) acc[d] = fmaf(S->row[d], sc[j], acc[d]);
     }
-    /* lanes never touched (n_lanes < 64) are zero */
-    for (int64_t a = n_lanes; a < CHUNK && n_lanes < CHUNK; a++) memset(S->acc + a * D, 0, (size_t) D * sizeof(float));
     for (int64_t d = 0; d < D; d++) out[d] = np ? fold64(S->acc + d, (size_t) D) : 0.0f;
-    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, n, out);
+    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, lo, n, out);
 }
 
 size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst) {
@@ -146,16 +147,16 @@ size_t gs_cpu_attention_f16_scratch(const gs_tensor * dst) {
 }
 
 static void attend_generic(const f16_scratch * S, const float * q, const uint8_t * k_rows, size_t k_slot,
-                           const uint8_t * v_rows, size_t v_slot, int64_t n, float * out) {
-    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, n, out);
+                           const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n, float * out) {
+    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, lo, n, out);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 /* the same code with FMA instructions (fmaf is exact either way) */
 __attribute__((target("avx2,fma,f16c")))
 static void attend_fma(const f16_scratch * S, const float * q, const uint8_t * k_rows, size_t k_slot,
-                       const uint8_t * v_rows, size_t v_slot, int64_t n, float * out) {
-    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, n, out);
+                       const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n, float * out) {
+    attend_one(S, q, k_rows, k_slot, v_rows, v_slot, lo, n, out);
 }
 #endif
 
@@ -189,6 +190,8 @@ void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, 
         .row = scratch + n_ctx + CHUNK * D, .q16 = scratch + n_ctx + (CHUNK + 1) * D,
     };
     memcpy(&S.scale, &dst->op_params[0], sizeof(float));
+    memcpy(&S.softcap, &dst->op_params[2], sizeof(float));
+    const int64_t n_swa = dst->op_params[1];
     const gs_attend_f16_fn attend = pick_kernel(D, S.batch);
     int64_t u0, u1;
     gs_split_rows(T * H, p->ith, p->nth, &u0, &u1);
@@ -196,7 +199,8 @@ void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, 
         const int64_t t = u / H, h = u % H, c = h / per_kv;
         const float * qr = (const float *) ((const uint8_t *) q->data + h * q->nb[1] + t * q->nb[2]);
         float * out = (float *) ((uint8_t *) dst->data + h * dst->nb[1] + t * dst->nb[2]);
+        const int64_t n = (int64_t) pos[t] + 1;
         attend(&S, qr, (const uint8_t *) k->data + c * k->nb[1], k->nb[2],
-               (const uint8_t *) v->data + c * v->nb[1], v->nb[2], (int64_t) pos[t] + 1, out);
+               (const uint8_t *) v->data + c * v->nb[1], v->nb[2], n_swa && n > n_swa ? n - n_swa : 0, n, out);
     }
 }

@@ -1,6 +1,7 @@
 /*
  * ops_elementwise.c - F32 element-wise kernels: add/mul with broadcast,
- * scale, unary activations and gated products. Rows split across threads;
+ * scale, unary activations and gated products (GELU through ggml's F16
+ * table, gs_gelu_half_table, so results are llama.cpp's bit for bit). Rows split across threads;
  * with fewer rows than threads (a decode step's single row), the elements of
  * each row are split instead (split_work).
  */
@@ -84,6 +85,13 @@ void gs_cpu_op_scale(const gs_compute_params * p, gs_tensor * dst) {
     }
 }
 
+/* GELU as ggml's CPU backend computes it for F32 (ggml_sparse.h, gs_unary_op). */
+static inline __attribute__((always_inline)) float gelu_compat(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    return GS_H2F(gs_gelu_half_table[gs_float_to_half(x)]);
+}
+
 /* f(x) for element i of a row whose first n16 elements llama.cpp computes
  * with its vector SiLU (gs_silu_compat) and the rest with libm's expf: the
  * same split keeps SwiGLU bit-identical to it. */
@@ -91,11 +99,9 @@ static inline __attribute__((always_inline)) float act(gs_unary_op op, float x, 
     switch (op) {
         case GS_UNARY_RELU: return x > 0.0f ? x : 0.0f;
         case GS_UNARY_SILU: return i < n16 ? gs_silu_compat(x) : x / (1.0f + expf(-x));
-        case GS_UNARY_GELU: {
-            const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-            return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-        }
+        case GS_UNARY_GELU: return gelu_compat(x);
         case GS_UNARY_SQR_RELU: return x > 0.0f ? x * x : 0.0f;
+        case GS_UNARY_TANH: return tanhf(x);
     }
     return x;
 }
@@ -133,6 +139,8 @@ static inline __attribute__((always_inline)) void glu_body(const gs_compute_para
         float * z = ROW_PTR(dst, i1, i2, i3);
         if (gate_b) {
             for (int64_t i = e0; i < e1; i++) z[i] = act(op, x[i * sa], i, n16) * act(op, y[i * sb], i, n16);
+        } else if (op == GS_UNARY_GELU) {   /* ggml's GeGLU: +0 below -10, whatever y is */
+            for (int64_t i = e0; i < e1; i++) z[i] = x[i * sa] <= -10.0f ? 0.0f : gelu_compat(x[i * sa]) * y[i * sb];
         } else {
             for (int64_t i = e0; i < e1; i++) z[i] = act(op, x[i * sa], i, n16) * y[i * sb];
         }

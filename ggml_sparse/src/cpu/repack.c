@@ -2,13 +2,15 @@
  * repack.c - load-time repacking of Q4_0 weights into groups of 8
  * interleaved rows (layout: repack.h), the scalar reference kernel over
  * that layout, and the matrix product with a repacked weight tensor.
+ * Repacked Q4_K weights keep their layout (products: repack_q4k.c).
  */
 #include "repack.h"
 
 #include <math.h>
 
 bool gs_tensor_can_repack(const gs_tensor * t) {
-    return t && t->op == GS_OP_NONE && !t->view_src && t->data && t->type == GS_TYPE_Q4_0 &&
+    return t && t->op == GS_OP_NONE && !t->view_src && t->data &&
+           (t->type == GS_TYPE_Q4_0 || t->type == GS_TYPE_Q4_K) &&
            !(t->flags & GS_FLAG_REPACKED) && t->ne[2] == 1 && t->ne[3] == 1 &&
            t->ne[1] % GS_R8_ROWS == 0 && gs_is_contiguous(t);
 }
@@ -20,8 +22,8 @@ bool gs_tensor_is_repacked(const gs_tensor * t) {
 gs_status gs_tensor_repack(gs_tensor * t, void * dst, size_t dst_size) {
     GS_CHECK_ARG(t && dst, "gs_tensor_repack: NULL argument");
     if (!gs_tensor_can_repack(t)) {
-        return gs_set_error(GS_ERR_TYPE, "tensor '%s' cannot be repacked: only a contiguous 2-D Q4_0 leaf "
-                            "tensor with data, a multiple of 8 rows and not already repacked", t->name);
+        return gs_set_error(GS_ERR_TYPE, "tensor '%s' cannot be repacked: only a contiguous 2-D Q4_0 or Q4_K "
+                            "leaf tensor with data, a multiple of 8 rows and not already repacked", t->name);
     }
     const size_t n = gs_tensor_nbytes(t);
     if (dst_size < n) {
@@ -32,6 +34,12 @@ gs_status gs_tensor_repack(gs_tensor * t, void * dst, size_t dst_size) {
     uint8_t * out = dst;
     if (out < src + n && src < out + n) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_tensor_repack: the buffer overlaps tensor '%s''s data", t->name);
+    }
+    if (t->type == GS_TYPE_Q4_K) {   /* same bytes, llama.cpp's repacked order (repack.h) */
+        memcpy(out, src, n);
+        t->data = dst;
+        t->flags = (t->flags & ~(uint32_t) GS_FLAG_ARENA) | GS_FLAG_REPACKED;
+        return GS_OK;
     }
     const int64_t nb = t->ne[0] / QK4_0, M = t->ne[1];
     for (int64_t g = 0; g < M / GS_R8_ROWS; g++) {

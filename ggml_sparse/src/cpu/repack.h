@@ -1,7 +1,8 @@
 /*
  * repack.h - the interleaved-rows layout of repacked Q4_0 weights and the
  * matrix-product kernels over it (repack.c: layout, scalar kernel, mul_mat
- * path; vec_avx512_repack.c, vec_avx2_repack.c: SIMD kernels).
+ * path; vec_avx512_repack.c, vec_avx2_repack.c: SIMD kernels); repacked
+ * Q4_K weights (their order of operations, below).
  *
  * Weights {K, M} (M % 8 == 0) become M / 8 groups of 8 rows, GS_R8_GROUP(nb)
  * bytes apart (nb = K / 32 blocks per row). Group g holds, per block b in
@@ -52,5 +53,37 @@ void gs_avx512_r8_gemm(int nb, float * s, size_t bs, const uint8_t * x, size_t b
 /* mul_mat with a repacked src[0] (called from matmul.c). */
 size_t gs_cpu_mul_mat_r8_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_mul_mat_r8(const gs_compute_params * p, gs_tensor * dst);
+
+/* ---- Q4_K in llama.cpp's repacked order (repack_q4k.c) --------------------
+ * A repacked Q4_K weight {K, M} (M % 8 == 0) keeps its row-major blocks (the
+ * repack copies them byte for byte): what changes is the order of the float
+ * operations of its products, which follow llama.cpp's repacked Q4_K GEMV
+ * and GEMM on x86 (ggml_gemv_q4_K_8x8_q8_K, ggml_gemm_q4_K_8x8_q8_K). Per
+ * output (weight row, Q8_K activation row), from acc = accm = 0, per step:
+ *   s1   = sum over the step's sub-blocks j of sc_j (q_j . y_j)   (exact int)
+ *   s2   = sum over them of m_j (bsums_2j + bsums_2j+1)           (exact int)
+ *   acc  = fmaf((float) s1, d_x * d_y, acc)
+ *   accm = fmaf((float) s2, dmin_x * d_y, accm)
+ * and the result is acc - accm. A step is a super-block (256 weights) for
+ * activation rows taken one at a time (its GEMV), a pair of sub-blocks (64
+ * weights) for rows taken four at a time (its GEMM): of N activation rows,
+ * llama.cpp takes rows n < N - N % 4 four at a time when N >= 4.
+ * `pairs` selects the step. */
+typedef void (*gs_q4kx8_dot_fn)(int n, float * s, const void * x, const void * y, int pairs);
+void gs_q4kx8_dot_scalar(int n, float * s, const void * x, const void * y, int pairs);
+void gs_avx2_q4kx8_dot(int n, float * s, const void * x, const void * y, int pairs);
+void gs_avx512_q4kx8_dot(int n, float * s, const void * x, const void * y, int pairs);
+/* The same products for a tile: s[c * bs + r] for weight rows r < nr (bx
+ * bytes apart) and activation rows c < nc (by bytes apart), all in one step
+ * kind. AVX-512 only (vec_avx512_ktile.c). */
+typedef void (*gs_q4kx8_tile_fn)(int n, float * s, size_t bs, const void * x, size_t bx,
+                                 const void * y, size_t by, int nr, int nc, int pairs);
+void gs_avx512_q4kx8_tile(int n, float * s, size_t bs, const void * x, size_t bx,
+                          const void * y, size_t by, int nr, int nc, int pairs);
+/* the kernels of the active SIMD level (the tile kernel NULL below AVX-512) */
+gs_q4kx8_dot_fn gs_q4kx8_kernel(void);
+gs_q4kx8_tile_fn gs_q4kx8_tile_kernel(void);
+size_t gs_cpu_mul_mat_q4kx8_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_mul_mat_q4kx8(const gs_compute_params * p, gs_tensor * dst);
 
 #endif /* GS_REPACK_H */

@@ -94,20 +94,21 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_blendv_ps(r, ovf, big);
 }
 
-/* scores[j] = scale * (k_j . q16) for j < n; returns their maximum. */
-static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t n) {
+/* scores[j] = scale * (k_j . q16) for lo <= j < n; returns their maximum. */
+static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t lo, int64_t n) {
     const int64_t D = S->D, np = D & ~(int64_t) (CHUNK - 1);
     float max = -INFINITY;
-    for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    for (int64_t j0 = lo & ~(int64_t) 7; j0 < n; j0 += 8) {
         const int64_t m = n - j0 < 8 ? n - j0 : 8;
+        const int r0 = j0 >= lo ? 0 : (int) (lo - j0);   /* first visible slot of the group */
         __m256 t[8];
         for (int r = 0; r < 8; r++) {
-            t[r] = r < m ? k_lanes((const gs_half *) (k_rows + (j0 + r) * k_slot), S->q16, np)
-                         : _mm256_setzero_ps();
+            t[r] = r < m && r >= r0 ? k_lanes((const gs_half *) (k_rows + (j0 + r) * k_slot), S->q16, np)
+                                    : _mm256_setzero_ps();
         }
         float f[8];
         _mm256_storeu_ps(f, tree8_x8(t));
-        for (int r = 0; r < m; r++) {
+        for (int r = r0; r < m; r++) {
             if (np < D) {   /* elements past the last chunk, added in double */
                 const gs_half * k = (const gs_half *) (k_rows + (j0 + r) * k_slot);
                 double sum = np ? (double) f[r] : 0.0;
@@ -122,20 +123,23 @@ static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_
     return max;
 }
 
-/* scores[j] = f16(exp(scores[j] - max) / sum) for j < n, the sum running
- * over n_kv slots (those >= n are 0) in 16-slot trees added in double. */
-static void softmax(const gs_attn_f16_scratch * S, int64_t n, float max) {
+/* scores[j] = f16(exp(scores[j] - max) / sum) for lo <= j < n (0 for the
+ * masked j < lo of the first group), the sum running over n_kv slots (the
+ * masked ones 0) in 16-slot trees added in double. */
+static void softmax(const gs_attn_f16_scratch * S, int64_t lo, int64_t n, float max) {
     float * sc = S->scores;
     const __m256 vmax = _mm256_set1_ps(max);
     double sum = 0.0;
-    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    for (int64_t j0 = lo & ~(int64_t) 15; j0 < n; j0 += 16) {
         const int64_t m = n - j0 < 16 ? n - j0 : 16;
+        const int64_t r0 = j0 >= lo ? 0 : lo - j0;
         float e[16] = { 0 };
-        memcpy(e, sc + j0, (size_t) m * sizeof(float));
-        const __m256 lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(e), vmax));
-        const __m256 hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(e + 8), vmax));
-        _mm256_storeu_ps(e, lo);
-        _mm256_storeu_ps(e + 8, hi);
+        memcpy(e + r0, sc + j0 + r0, (size_t) (m - r0) * sizeof(float));
+        const __m256 e_lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(e), vmax));
+        const __m256 e_hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(e + 8), vmax));
+        _mm256_storeu_ps(e, e_lo);
+        _mm256_storeu_ps(e + 8, e_hi);
+        for (int64_t r = 0; r < r0; r++) e[r] = 0.0f;
         for (int64_t r = m; r < 16; r++) e[r] = 0.0f;
         memcpy(sc + j0, e, (size_t) m * sizeof(float));
         if (j0 + 16 <= S->n_kv) {
@@ -145,7 +149,7 @@ static void softmax(const gs_attn_f16_scratch * S, int64_t n, float max) {
         }
     }
     const __m256 inv = _mm256_set1_ps((float) (1.0 / sum));
-    int64_t j = 0;
+    int64_t j = lo & ~(int64_t) 15;
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(sc + j, round_h8(_mm256_mul_ps(_mm256_loadu_ps(sc + j), inv)));
     if (j < n) {
         float e[8] = { 0 };
@@ -155,24 +159,26 @@ static void softmax(const gs_attn_f16_scratch * S, int64_t n, float max) {
     }
 }
 
-/* out[d] = sum over slots j < n of v_j[d] * p[j], in llama.cpp's order. */
-static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t n,
+/* out[d] = sum over slots lo <= j < n of v_j[d] * p[j], in llama.cpp's
+ * order (slot j into lane j % 64; a lane's first slot is < lo + 64). */
+static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                    float * out) {
     const int64_t D = S->D, n_kv = S->n_kv;
     const float * sc = S->scores;
     float * acc = S->acc;
     const int64_t np = n_kv & ~(int64_t) (CHUNK - 1);
     const int64_t n_lanes = n < np ? n : np;
-    for (int64_t j = 0; j < n_lanes; j++) {
+    for (int64_t j = lo; j < n_lanes; j++) {
         const gs_half * v = (const gs_half *) (v_rows + j * v_slot);
         float * a = acc + (j % CHUNK) * D;
         const __m256 pj = _mm256_set1_ps(sc[j]);
         for (int64_t d = 0; d < D; d += 8) {
-            const __m256 prev = j < CHUNK ? _mm256_setzero_ps() : _mm256_loadu_ps(a + d);
+            const __m256 prev = j - lo < CHUNK ? _mm256_setzero_ps() : _mm256_loadu_ps(a + d);
             _mm256_storeu_ps(a + d, _mm256_fmadd_ps(load_h8(v + d), pj, prev));
         }
     }
-    for (int64_t j = n_lanes; j < CHUNK; j++) memset(acc + j * D, 0, (size_t) D * sizeof(float));
+    /* lanes no visible slot reached are zero */
+    for (int64_t j = n_lanes > lo ? n_lanes : lo; j < lo + CHUNK; j++) memset(acc + (j % CHUNK) * D, 0, (size_t) D * sizeof(float));
     for (int64_t d = 0; d < D; d += 8) {
         if (!np) {
             _mm256_storeu_ps(out + d, _mm256_setzero_ps());
@@ -187,14 +193,15 @@ static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t
         for (int i = 0; i < 4; i++) u[i] = _mm256_add_ps(t[4 + i], t[i]);
         _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(u[0], u[2]), _mm256_add_ps(u[1], u[3])));
     }
-    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, n, out);
+    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, lo, n, out);
 }
 
 void gs_avx2_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                        size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                        size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                         float * out) {
     for (int64_t i = 0; i < S->D; i += 8) _mm256_storeu_ps(S->q16 + i, round_h8(_mm256_loadu_ps(q + i)));
-    const float max = k_pass(S, k_rows, k_slot, n);
-    softmax(S, n, max);
-    v_pass(S, v_rows, v_slot, n, out);
+    float max = k_pass(S, k_rows, k_slot, lo, n);
+    if (S->softcap > 0.0f) max = gs_attn_softcap(S->scores, lo, n, S->softcap);
+    softmax(S, lo, n, max);
+    v_pass(S, v_rows, v_slot, lo, n, out);
 }

@@ -10,6 +10,7 @@
  * applied once per super-block through the activation sums bsums.
  */
 #include "vec_avx2.h"
+#include "repack.h"
 #include "vec_k_scales.h"
 
 #include <math.h>
@@ -276,3 +277,47 @@ void gs_avx2_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t bx
 GEMM_TILE(q4_K, gemm_k4_row(n, o, bs, xr, yc, by, cc, 0))
 GEMM_TILE(q5_K, gemm_k4_row(n, o, bs, xr, yc, by, cc, 1))
 GEMM_TILE(q6_K, gemm_q6_row(n, o, bs, xr, yc, by, cc))
+
+/* Q4_K in llama.cpp's repacked order (repack.h): the integer sums of one
+ * step exact, then one fused multiply-add each for the scales and mins. */
+void gs_avx2_q4kx8_dot(int n, float * s, const void * vx, const void * vy, int pairs) {
+    const block_q4_K * x = vx;
+    const block_q8_K * y = vy;
+    const __m256i m0F = _mm256_set1_epi8(0x0F);
+    float acc = 0.0f, accm = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        uint64_t sc, m;
+        gs_unpack_scales_k4(x[b].scales, &sc, &m);
+        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long) sc)));
+        const __m128i m8 = _mm_cvtsi64_si128((long long) m);
+        int32_t mins[8];   /* m_j (bsums_2j + bsums_2j+1) */
+        _mm256_storeu_si256((__m256i *) mins, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums),
+                                                               _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8))));
+        const float d = _cvtsh_ss(x[b].d) * y[b].d, dmin = _cvtsh_ss(x[b].dmin) * y[b].d;
+        __m256i sum = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {   /* sub-blocks 2k, 2k + 1 */
+            const __m256i q = _mm256_loadu_si256((const __m256i *) (x[b].qs + 32 * k));
+            const __m256i lo = _mm256_and_si256(q, m0F);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0F);
+            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k)));
+            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k + 32)));
+            const __m256i t = _mm256_add_epi32(_mm256_madd_epi16(plo, word_bcast(sc16, 2 * k)),
+                                               _mm256_madd_epi16(phi, word_bcast(sc16, 2 * k + 1)));
+            if (pairs) {
+                const int s1 = gs_hsum4_epi32(_mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)));
+                acc = fmaf((float) s1, d, acc);
+                accm = fmaf((float) (mins[2 * k] + mins[2 * k + 1]), dmin, accm);
+            } else {
+                sum = _mm256_add_epi32(sum, t);
+            }
+        }
+        if (!pairs) {
+            int s2 = 0;
+            for (int j = 0; j < 8; j++) s2 += mins[j];
+            const int s1 = gs_hsum4_epi32(_mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1)));
+            acc = fmaf((float) s1, d, acc);
+            accm = fmaf((float) s2, dmin, accm);
+        }
+    }
+    *s = acc - accm;
+}

@@ -101,23 +101,29 @@ static inline __mmask16 first_lanes(int64_t m) {
     return m >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << m) - 1);
 }
 
-/* scores[j] = scale * (k_j . q16) for j < n; returns their maximum. */
-static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t n) {
+/* Lanes of the 16-slot group at j0 that hold visible slots (lo <= j < n). */
+static inline __mmask16 visible_lanes(int64_t j0, int64_t lo, int64_t n) {
+    const __mmask16 below = lo > j0 ? first_lanes(lo - j0) : 0;
+    return (__mmask16) (first_lanes(n - j0) & ~below);
+}
+
+/* scores[j] = scale * (k_j . q16) for lo <= j < n; returns their maximum. */
+static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t lo, int64_t n) {
     const int64_t D = S->D, np = D & ~(int64_t) (CHUNK - 1);
     const __m512 scale = _mm512_set1_ps(S->scale);
     __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    for (int64_t j0 = lo & ~(int64_t) 15; j0 < n; j0 += 16) {
         const int64_t m = n - j0 < 16 ? n - j0 : 16;
         __m512 s[16];
         for (int r = 0; r < 16; r++) {
-            s[r] = r < m ? k_lanes((const gs_half *) (k_rows + (j0 + r) * k_slot), S->q16, np)
-                         : _mm512_setzero_ps();
+            s[r] = r < m && j0 + r >= lo ? k_lanes((const gs_half *) (k_rows + (j0 + r) * k_slot), S->q16, np)
+                                         : _mm512_setzero_ps();
         }
         __m512 dots = tree16_x16(s);
         if (np < D) {  /* elements past the last chunk, added in double */
             float f[16];
             _mm512_storeu_ps(f, dots);
-            for (int r = 0; r < m; r++) {
+            for (int r = j0 >= lo ? 0 : (int) (lo - j0); r < m; r++) {
                 const gs_half * k = (const gs_half *) (k_rows + (j0 + r) * k_slot);
                 double sum = np ? (double) f[r] : 0.0;
                 for (int64_t i = np; i < D; i++) sum += (double) (GS_H2F(k[i]) * S->q16[i]);
@@ -125,7 +131,7 @@ static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_
             }
             dots = _mm512_loadu_ps(f);
         }
-        const __mmask16 mk = first_lanes(m);
+        const __mmask16 mk = visible_lanes(j0, lo, n);
         const __m512 sc = _mm512_mul_ps(dots, scale);
         _mm512_mask_storeu_ps(S->scores + j0, mk, sc);
         vmax = _mm512_mask_max_ps(vmax, mk, vmax, sc);
@@ -133,17 +139,19 @@ static float k_pass(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_
     return _mm512_reduce_max_ps(vmax);
 }
 
-/* scores[j] = f16(exp(scores[j] - max) / sum) for j < n, the sum running
- * over n_kv slots (those >= n are 0) in 16-slot trees added in double. */
-static void softmax(const gs_attn_f16_scratch * S, int64_t n, float max) {
+/* scores[j] = f16(exp(scores[j] - max) / sum) for lo <= j < n (and 0 for
+ * the masked j < lo of the first group), the sum running over n_kv slots
+ * (the masked ones 0) in 16-slot trees added in double. */
+static void softmax(const gs_attn_f16_scratch * S, int64_t lo, int64_t n, float max) {
     float * sc = S->scores;
     const __m512 vmax = _mm512_set1_ps(max);
     double sum = 0.0;
-    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t g0 = lo & ~(int64_t) 15;
+    for (int64_t j0 = g0; j0 < n; j0 += 16) {
         const int64_t m = n - j0 < 16 ? n - j0 : 16;
-        const __mmask16 mk = first_lanes(m);
+        const __mmask16 mk = visible_lanes(j0, lo, n);
         const __m512 e = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sc + j0), vmax)));
-        _mm512_mask_storeu_ps(sc + j0, mk, e);
+        _mm512_mask_storeu_ps(sc + j0, first_lanes(m), e);
         if (j0 + 16 <= S->n_kv) {
             sum += (double) tree16_h(e);
         } else {   /* the last slots when n_kv is not a multiple of 16 */
@@ -151,30 +159,32 @@ static void softmax(const gs_attn_f16_scratch * S, int64_t n, float max) {
         }
     }
     const __m512 inv = _mm512_set1_ps((float) (1.0 / sum));
-    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    for (int64_t j0 = g0; j0 < n; j0 += 16) {
         const __mmask16 mk = first_lanes(n - j0);
         _mm512_mask_storeu_ps(sc + j0, mk, round_h16(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, sc + j0), inv)));
     }
 }
 
-/* out[d] = sum over slots j < n of v_j[d] * p[j], in llama.cpp's order. */
-static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t n,
+/* out[d] = sum over slots lo <= j < n of v_j[d] * p[j], in llama.cpp's
+ * order (slot j into lane j % 64; a lane's first slot is < lo + 64). */
+static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                    float * out) {
     const int64_t D = S->D, n_kv = S->n_kv;
     const float * sc = S->scores;
     float * acc = S->acc;
     const int64_t np = n_kv & ~(int64_t) (CHUNK - 1);
     const int64_t n_lanes = n < np ? n : np;
-    for (int64_t j = 0; j < n_lanes; j++) {
+    for (int64_t j = lo; j < n_lanes; j++) {
         const gs_half * v = (const gs_half *) (v_rows + j * v_slot);
         float * a = acc + (j % CHUNK) * D;
         const __m512 pj = _mm512_set1_ps(sc[j]);
         for (int64_t d = 0; d < D; d += 16) {
-            const __m512 prev = j < CHUNK ? _mm512_setzero_ps() : _mm512_loadu_ps(a + d);
+            const __m512 prev = j - lo < CHUNK ? _mm512_setzero_ps() : _mm512_loadu_ps(a + d);
             _mm512_storeu_ps(a + d, _mm512_fmadd_ps(load_h16(v + d), pj, prev));
         }
     }
-    for (int64_t j = n_lanes; j < CHUNK; j++) memset(acc + j * D, 0, (size_t) D * sizeof(float));
+    /* lanes no visible slot reached are zero */
+    for (int64_t j = n_lanes > lo ? n_lanes : lo; j < lo + CHUNK; j++) memset(acc + (j % CHUNK) * D, 0, (size_t) D * sizeof(float));
     for (int64_t d = 0; d < D; d += 16) {
         if (!np) {
             _mm512_storeu_ps(out + d, _mm512_setzero_ps());
@@ -189,36 +199,38 @@ static void v_pass(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t
         for (int i = 0; i < 4; i++) u[i] = _mm512_add_ps(t[4 + i], t[i]);
         _mm512_storeu_ps(out + d, _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3])));
     }
-    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, n, out);
+    if (n > np) gs_attn_v_tail(v_rows, v_slot, sc, D, np, lo, n, out);
 }
 
 void gs_avx512_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                          size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                          size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                           float * out) {
     for (int64_t i = 0; i < S->D; i += 16) _mm512_storeu_ps(S->q16 + i, round_h16(_mm512_loadu_ps(q + i)));
-    const float max = k_pass(S, k_rows, k_slot, n);
-    softmax(S, n, max);
-    v_pass(S, v_rows, v_slot, n, out);
+    float max = k_pass(S, k_rows, k_slot, lo, n);
+    if (S->softcap > 0.0f) max = gs_attn_softcap(S->scores, lo, n, S->softcap);
+    softmax(S, lo, n, max);
+    v_pass(S, v_rows, v_slot, lo, n, out);
 }
 
 /* The batch order's K pass: each slot's dot is one 16-lane register
  * (element i to lane i % 16, D % 16 == 0), tree-summed 16 slots at once. */
-static float k_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t n) {
+static float k_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * k_rows, size_t k_slot, int64_t lo,
+                          int64_t n) {
     const int64_t D = S->D;
     const __m512 scale = _mm512_set1_ps(S->scale);
     __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    for (int64_t j0 = lo & ~(int64_t) 15; j0 < n; j0 += 16) {
         const int64_t m = n - j0 < 16 ? n - j0 : 16;
         __m512 s[16];
         for (int r = 0; r < 16; r++) {
             __m512 a = _mm512_setzero_ps();
-            if (r < m) {
+            if (r < m && j0 + r >= lo) {
                 const gs_half * k = (const gs_half *) (k_rows + (j0 + r) * k_slot);
                 for (int64_t i = 0; i < D; i += 16) a = _mm512_fmadd_ps(load_h16(k + i), _mm512_loadu_ps(S->q16 + i), a);
             }
             s[r] = a;
         }
-        const __mmask16 mk = first_lanes(m);
+        const __mmask16 mk = visible_lanes(j0, lo, n);
         const __m512 sc = _mm512_mul_ps(tree16_x16(s), scale);
         _mm512_mask_storeu_ps(S->scores + j0, mk, sc);
         vmax = _mm512_mask_max_ps(vmax, mk, vmax, sc);
@@ -228,21 +240,21 @@ static float k_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * k_rows,
 
 /* The batch order's V pass: slot j adds v_j * p[j] into accumulator row
  * j % 16; out[d] is the 16-lane tree of those rows. */
-static void v_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t n,
-                         float * out) {
+static void v_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * v_rows, size_t v_slot, int64_t lo,
+                         int64_t n, float * out) {
     const int64_t D = S->D;
     const float * sc = S->scores;
     float * acc = S->acc;
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = lo; j < n; j++) {
         const gs_half * v = (const gs_half *) (v_rows + j * v_slot);
         float * a = acc + (j % 16) * D;
         const __m512 pj = _mm512_set1_ps(sc[j]);
         for (int64_t d = 0; d < D; d += 16) {
-            const __m512 prev = j < 16 ? _mm512_setzero_ps() : _mm512_loadu_ps(a + d);
+            const __m512 prev = j - lo < 16 ? _mm512_setzero_ps() : _mm512_loadu_ps(a + d);
             _mm512_storeu_ps(a + d, _mm512_fmadd_ps(load_h16(v + d), pj, prev));
         }
     }
-    for (int64_t j = n; j < 16; j++) memset(acc + j * D, 0, (size_t) D * sizeof(float));
+    for (int64_t j = n > lo ? n : lo; j < lo + 16; j++) memset(acc + (j % 16) * D, 0, (size_t) D * sizeof(float));
     for (int64_t d = 0; d < D; d += 16) {
         __m512 t[8], u[4];
         for (int i = 0; i < 8; i++) t[i] = _mm512_add_ps(_mm512_loadu_ps(acc + (8 + i) * D + d), _mm512_loadu_ps(acc + i * D + d));
@@ -252,10 +264,11 @@ static void v_pass_batch(const gs_attn_f16_scratch * S, const uint8_t * v_rows, 
 }
 
 void gs_avx512_attend_f16_batch(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
-                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t n,
+                                size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                                 float * out) {
     for (int64_t i = 0; i < S->D; i += 16) _mm512_storeu_ps(S->q16 + i, round_h16(_mm512_loadu_ps(q + i)));
-    const float max = k_pass_batch(S, k_rows, k_slot, n);
-    softmax(S, n, max);
-    v_pass_batch(S, v_rows, v_slot, n, out);
+    float max = k_pass_batch(S, k_rows, k_slot, lo, n);
+    if (S->softcap > 0.0f) max = gs_attn_softcap(S->scores, lo, n, S->softcap);
+    softmax(S, lo, n, max);
+    v_pass_batch(S, v_rows, v_slot, lo, n, out);
 }

@@ -11,6 +11,7 @@
  * once per super-block through the activation sums bsums.
  */
 #include "vec_avx512.h"
+#include "repack.h"
 #include "vec_k_scales.h"
 
 #include <math.h>
@@ -168,4 +169,43 @@ void gs_avx512_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
         facc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * _cvtsh_ss(x[b].d)), k_lanes(acc), facc);
     }
     *s = gs256_hsum(facc);
+}
+
+/* Q4_K in llama.cpp's repacked order (repack.h): the integer sums of one
+ * step exact, then one fused multiply-add each for the scales and mins. */
+void gs_avx512_q4kx8_dot(int n, float * s, const void * vx, const void * vy, int pairs) {
+    const block_q4_K * x = vx;
+    const block_q8_K * y = vy;
+    const __m512i m0F = _mm512_set1_epi8(0x0F);
+    float acc = 0.0f, accm = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        uint64_t sc, m;
+        gs_unpack_scales_k4(x[b].scales, &sc, &m);
+        const __m512i scb = _mm512_broadcast_i32x4(_mm_cvtsi64_si128((long long) sc));
+        int32_t mins[8];   /* m_j (bsums_2j + bsums_2j+1) */
+        _mm256_storeu_si256((__m256i *) mins, mins_dot8(m, y[b].bsums));
+        const float d = _cvtsh_ss(x[b].d) * y[b].d, dmin = _cvtsh_ss(x[b].dmin) * y[b].d;
+        __m512i sum = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {   /* sub-blocks 2k, 2k + 1 */
+            const __m256i q = _mm256_loadu_si256((const __m256i *) (x[b].qs + 32 * k));
+            const __m512i qz = _mm512_and_si512(
+                _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m0F);
+            const __m512i v = _mm512_loadu_si512(y[b].qs + 64 * k);
+            const __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(qz, v),
+                                                  scale_pair(scb, k));
+            if (pairs) {
+                acc = fmaf((float) _mm512_reduce_add_epi32(t), d, acc);
+                accm = fmaf((float) (mins[2 * k] + mins[2 * k + 1]), dmin, accm);
+            } else {
+                sum = _mm512_add_epi32(sum, t);
+            }
+        }
+        if (!pairs) {
+            int s2 = 0;
+            for (int j = 0; j < 8; j++) s2 += mins[j];
+            acc = fmaf((float) _mm512_reduce_add_epi32(sum), d, acc);
+            accm = fmaf((float) s2, dmin, accm);
+        }
+    }
+    *s = acc - accm;
 }

@@ -303,3 +303,97 @@ void gs_avx512_gemm_##name(int n, float * s, size_t bs, const void * vx, size_t 
 DEFINE_KTILE(q4_K, 0, gs_avx512_dot_q4_K)
 DEFINE_KTILE(q5_K, 1, gs_avx512_dot_q5_K)
 DEFINE_KTILE(q6_K, 2, gs_avx512_dot_q6_K)
+
+/* ---- Q4_K in llama.cpp's repacked order (repack.h) --------------------------
+ * The micro-kernel above's integer part, 4 weight rows x 4 activation rows,
+ * then per step (a pair of sub-blocks with `pairs`, else a super-block) the
+ * exact s1 (reduce16 of the step's accumulators) and s2 (the step's mins
+ * times bsums, rowcol_dot over its sub-blocks) per output, lane 4r + c, and
+ * acc = fma(s1, d_r d_y,c, acc), accm = fma(s2, dmin_r d_y,c, accm). */
+static inline __m512i rowcol_dot_sub(const __m256i rows[TR], const __m256i cols[TC], int q0, int q1) {
+    const __m512i r01 = _mm512_inserti64x4(_mm512_castsi256_si512(rows[0]), rows[1], 1);
+    const __m512i r23 = _mm512_inserti64x4(_mm512_castsi256_si512(rows[2]), rows[3], 1);
+    const __m512i c01 = _mm512_inserti64x4(_mm512_castsi256_si512(cols[0]), cols[1], 1);
+    const __m512i c23 = _mm512_inserti64x4(_mm512_castsi256_si512(cols[2]), cols[3], 1);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i ir = _mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 3);
+    const __m512i ic = _mm512_slli_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(3)), 3);
+    __m512i acc = _mm512_setzero_si512();
+    for (int q = q0; q < q1; q++) {
+        const __m512i vq = _mm512_set1_epi32(q);
+        acc = _mm512_dpwssd_epi32(acc, _mm512_permutex2var_epi32(r01, _mm512_add_epi32(ir, vq), r23),
+                                  _mm512_permutex2var_epi32(c01, _mm512_add_epi32(ic, vq), c23));
+    }
+    return acc;
+}
+
+static inline __attribute__((always_inline)) void
+micro_q4kx8(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
+            const uint8_t * y, size_t by, int nc, const int pairs) {
+    const block_q4_K * xr[TR];
+    const block_q8_K * yc[TC];
+    for (int r = 0; r < TR; r++) xr[r] = (const block_q4_K *) (x + (size_t) (r < nr ? r : nr - 1) * bx);
+    for (int c = 0; c < TC; c++) yc[c] = (const block_q8_K *) (y + (size_t) (c < nc ? c : nc - 1) * by);
+    __m512 facc = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    const __m512i zero16 = _mm512_setzero_si512();
+    for (int b = 0; b < nb; b++) {
+        uint64_t sc[TR];
+        __m256i rv[TR], cv[TC];
+        float dr[TR], mr[TR], dy[TC];
+        for (int r = 0; r < TR; r++) {
+            uint64_t m;
+            gs_unpack_scales_k4(xr[r][b].scales, &sc[r], &m);
+            const __m128i m8 = _mm_cvtsi64_si128((long long) m);
+            rv[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));   /* (m_q, m_q) pairs */
+            dr[r] = _cvtsh_ss(xr[r][b].d);
+            mr[r] = _cvtsh_ss(xr[r][b].dmin);
+        }
+        for (int c = 0; c < TC; c++) {
+            cv[c] = _mm256_loadu_si256((const __m256i *) yc[c][b].bsums);
+            dy[c] = yc[c][b].d;
+        }
+        const __m512 d = outer4(_mm_loadu_ps(dr), _mm_loadu_ps(dy));
+        const __m512 dmin = outer4(_mm_loadu_ps(mr), _mm_loadu_ps(dy));
+        __m512i acc[TR * TC];
+        for (int i = 0; i < TR * TC; i++) acc[i] = zero16;
+        for (int k = 0; k < 4; k++) {
+            __m512i w[TR], scv[TR];
+            for (int r = 0; r < TR; r++) {
+                w[r] = k4_weights(xr[r][b].qs, zero16, k, 0);
+                scv[r] = scale_pair(sc[r], k);
+            }
+            for (int c = 0; c < TC; c++) {
+                const __m512i v = _mm512_loadu_si512(yc[c][b].qs + 64 * k);
+                for (int r = 0; r < TR; r++) {
+                    acc[4 * r + c] = _mm512_dpwssd_epi32(acc[4 * r + c], _mm512_maddubs_epi16(w[r], v), scv[r]);
+                }
+            }
+            if (pairs) {   /* step: sub-blocks 2k, 2k + 1 */
+                facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(acc)), d, facc);
+                macc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rowcol_dot_sub(rv, cv, 2 * k, 2 * k + 2)), dmin, macc);
+                for (int i = 0; i < TR * TC; i++) acc[i] = zero16;
+            }
+        }
+        if (!pairs) {      /* step: the super-block */
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(acc)), d, facc);
+            macc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rowcol_dot_sub(rv, cv, 0, 8)), dmin, macc);
+        }
+    }
+    float out[16];
+    _mm512_storeu_ps(out, _mm512_sub_ps(facc, macc));
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr; r++) s[(size_t) c * bs + r] = out[4 * r + c];
+    }
+}
+
+void gs_avx512_q4kx8_tile(int n, float * s, size_t bs, const void * vx, size_t bx,
+                          const void * vy, size_t by, int nr, int nc, int pairs) {
+    const uint8_t * x = vx, * y = vy;
+    for (int r0 = 0; r0 < nr; r0 += TR) {
+        for (int c0 = 0; c0 < nc; c0 += TC) {
+            micro_q4kx8(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,
+                        nr - r0 < TR ? nr - r0 : TR, y + (size_t) c0 * by, by,
+                        nc - c0 < TC ? nc - c0 : TC, pairs);
+        }
+    }
+}

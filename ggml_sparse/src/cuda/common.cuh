@@ -68,7 +68,7 @@ gs_status gs_cuda_rope(const gs_dt * a, const gs_dt * pos, const int32_t * param
 gs_status gs_cuda_soft_max(const gs_dt * a, const gs_dt * mask, float scale, gs_dt * out,
                            cudaStream_t s);
 gs_status gs_cuda_attention(const gs_dt * q, const gs_dt * k, const gs_dt * v, const gs_dt * pos,
-                            float scale, gs_dt * out, cudaStream_t s);
+                            float scale, int n_swa, float softcap, gs_dt * out, cudaStream_t s);
 gs_status gs_cuda_sparse_index(const gs_dt * score, float threshold, gs_dt * out, cudaStream_t s);
 /* Row-sparse product and axpy (sparse.cu); idx/skip may have NULL data. */
 gs_status gs_cuda_mul_mat_sparse(const gs_dt * a, const gs_dt * b, const gs_dt * idx,

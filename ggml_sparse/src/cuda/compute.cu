@@ -81,7 +81,11 @@ static gs_status launch(gs_tensor * node, node_run * r) {
         case GS_OP_ROPE: return gs_cuda_rope(&s[0], &s[1], node->op_params, &r->dst, r->stream);
         case GS_OP_SOFT_MAX: return gs_cuda_soft_max(&s[0], s[1].data ? &s[1] : NULL, f, &r->dst, r->stream);
         case GS_OP_MUL_MAT: return gs_cuda_mul_mat(&s[0], &s[1], &r->dst, r->stream);
-        case GS_OP_ATTENTION: return gs_cuda_attention(&s[0], &s[1], &s[2], &s[3], f, &r->dst, r->stream);
+        case GS_OP_ATTENTION: {
+            float cap;
+            memcpy(&cap, &node->op_params[2], sizeof(float));
+            return gs_cuda_attention(&s[0], &s[1], &s[2], &s[3], f, node->op_params[1], cap, &r->dst, r->stream);
+        }
         case GS_OP_SPARSE_INDEX: return gs_cuda_sparse_index(&s[0], f, &r->dst, r->stream);
         case GS_OP_MUL_MAT_SPARSE: return gs_cuda_mul_mat_sparse(&s[0], &s[1], &s[2], &s[3], &r->dst, r->stream);
         case GS_OP_AXPY_SPARSE: return gs_cuda_axpy_sparse(&s[0], &s[1], &s[2], &s[3], &r->dst, r->stream);

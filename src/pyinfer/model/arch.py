@@ -1,0 +1,151 @@
+"""Architectures: what a GGUF of each `general.architecture` holds and how its layers run.
+
+An architecture is a small declarative description (`Arch`) plus the block function that
+runs one layer. The description says which hyper-parameters the file's metadata gives
+(beyond the keys every architecture shares, read by `ModelConfig.from_metadata`) and their
+defaults, which per-layer tensors it must or may hold (names and shapes: `LAYER_TENSORS`),
+and the choices the shared pieces read: RoPE pair layout, FFN activation, embedding
+scale, sliding-window layout, attention scale. The block function is the layer's math,
+written with the operations of a `LayerBuilder` (model/llama.py: norm, attention, ffn,
+add, outputs), e.g. llama's
+
+    x = x + attention(norm(x, attn_norm))
+    x = x + ffn(norm(x, ffn_norm))
+
+This module does not load the C library: configuration code and the converters can read
+the descriptions (the hyper-parameter keys, the tensor names) without it.
+
+Adding an architecture touches: an `Arch` entry in `ARCHS` (plus a block function here
+when its residual structure differs from an existing one), rows in `LAYER_TENSORS` for
+tensors no architecture had, fields in `LayerWeights` (model/llama.py) for them, and
+`ModelConfig` fields (config.py) for hyper-parameters no architecture had; a new kind of
+operation inside attention or the FFN goes into `LayerBuilder`.
+
+Values follow llama.cpp (llama-cpp-python 0.3.36's vendor/llama.cpp: src/models/*.cpp,
+llama-model.cpp, llama-hparams.cpp), so that files run as llama.cpp runs them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+
+import numpy as np
+
+# LayerWeights field -> (tensor name after "blk.{i}.", shape from the config (ggml order)).
+# Shapes of None are the file's (checked by the ops that read them).
+LAYER_TENSORS: Dict[str, Tuple[str, Optional[Callable[[Any], tuple]]]] = {
+    "attn_norm": ("attn_norm.weight", lambda c: (c.n_embd,)),
+    "wq": ("attn_q.weight", lambda c: (c.n_embd, c.n_head * c.head_dim)),
+    "wk": ("attn_k.weight", lambda c: (c.n_embd, c.n_head_kv * c.head_dim)),
+    "wv": ("attn_v.weight", lambda c: (c.n_embd, c.n_head_kv * c.head_dim)),
+    "wo": ("attn_output.weight", lambda c: (c.n_head * c.head_dim, c.n_embd)),
+    "bq": ("attn_q.bias", lambda c: (c.n_head * c.head_dim,)),
+    "bk": ("attn_k.bias", lambda c: (c.n_head_kv * c.head_dim,)),
+    "bv": ("attn_v.bias", lambda c: (c.n_head_kv * c.head_dim,)),
+    "attn_q_norm": ("attn_q_norm.weight", lambda c: (c.head_dim,)),
+    "attn_k_norm": ("attn_k_norm.weight", lambda c: (c.head_dim,)),
+    "attn_post_norm": ("post_attention_norm.weight", lambda c: (c.n_embd,)),
+    "ffn_norm": ("ffn_norm.weight", lambda c: (c.n_embd,)),
+    "w_gate": ("ffn_gate.weight", lambda c: (c.n_embd, c.n_ff)),
+    "w_up": ("ffn_up.weight", lambda c: (c.n_embd, c.n_ff)),
+    "w_down": ("ffn_down.weight", lambda c: (c.n_ff, c.n_embd)),
+    "ffn_post_norm": ("post_ffw_norm.weight", lambda c: (c.n_embd,)),
+    # PowerInfer layout (model/sparse.py): ffn_down transposed and the activation predictor
+    "w_down_t": ("ffn_down_t.weight", lambda c: (c.n_embd, c.n_ff)),
+    "fc1": ("fc1.weight", None),
+    "fc2": ("fc2.weight", None),
+}
+# the norm weights (read as F32, as llama.cpp requires of them)
+NORM_TENSORS = frozenset({"attn_norm", "attn_q_norm", "attn_k_norm", "attn_post_norm", "ffn_norm",
+                          "ffn_post_norm"})
+
+LLAMA_TENSORS = frozenset({"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"})
+ATTN_BIASES = frozenset({"bq", "bk", "bv"})
+POWERINFER_TENSORS = frozenset({"w_down_t", "fc1", "fc2"})   # ffn_down may then be absent
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One architecture-specific hyper-parameter: ModelConfig `field` from the GGUF key
+    `{arch}.{key}`, `default` when the file lacks it; `kind` int or float."""
+    field: str
+    key: str
+    default: Any
+    kind: type = float
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    block: Callable               # (b: LayerBuilder, layer: LayerWeights, x) -> x: one layer
+    tensors: FrozenSet[str] = LLAMA_TENSORS          # LayerWeights fields every layer must hold
+    optional: FrozenSet[str] = ATTN_BIASES | POWERINFER_TENSORS   # ... and may hold (PowerInfer's
+                                  # FFN tensors: the sparse FFNs of model/sparse.py run on them)
+    rope_neox: bool = False       # RoPE pairs (x[i], x[i + n/2]) instead of (x[2i], x[2i + 1])
+    ffn_act: str = "silu"         # gated FFN act(gate) * up: "silu", "gelu" (tanh, ggml's) or "relu"
+    ffn_gate_both: bool = False   # act(gate) * act(up) (bamboo)
+    embd_scale: bool = False      # token embeddings times sqrt(n_embd) (gemma)
+    q_prescale: bool = False      # queries times the attention scale before attention (gemma:
+                                  # llama.cpp scales Q, then attends with scale 1)
+    rms_eps: float = 1e-5         # default of attention.layer_norm_rms_epsilon
+    hparams: Tuple[HParam, ...] = ()
+    swa_period: int = 0           # with a sliding window and no attention.sliding_window_pattern:
+                                  # layer i is local iff i % swa_period < swa_period - 1
+    attn_scale: Optional[Callable[[Any], float]] = None   # cfg -> scale (None: 1/sqrt(head_dim))
+
+
+def _f32_inv_sqrt(x: float) -> float:
+    """1.0f / sqrtf(x) in float32, as llama.cpp computes its attention scales."""
+    return float(np.float32(1.0) / np.sqrt(np.float32(x)))
+
+
+def gemma3_attn_scale(cfg) -> float:
+    # llama.cpp (after gemma_pytorch's config): the 27B model (62 layers) scales by
+    # 1/sqrt(n_embd / n_head), the others by 1/sqrt(head_dim); query_pre_attn_scalar is
+    # not read from the file
+    if cfg.n_layer == 62:
+        return _f32_inv_sqrt(float(cfg.n_embd // cfg.n_head))
+    return _f32_inv_sqrt(float(cfg.head_dim))
+
+
+def llama_block(b, layer, x):
+    """Pre-norm attention and FFN (llama, qwen2, mistral, bamboo)."""
+    x = b.add(x, b.attention(layer, b.norm(x, layer.attn_norm)))
+    x = b.outputs(x)
+    return b.add(x, b.ffn(layer, x, b.norm(x, layer.ffn_norm)))
+
+
+def gemma3_block(b, layer, x):
+    """Gemma 2/3: pre- and post-norms around attention and the FFN (the residual
+    adds the post-normed output); Q/K norms live inside b.attention."""
+    a = b.attention(layer, b.norm(x, layer.attn_norm))
+    a, x = b.outputs(a), b.outputs(x)
+    x = b.add(x, b.norm(a, layer.attn_post_norm))
+    h = b.norm(x, layer.ffn_norm)
+    return b.add(x, b.norm(b.ffn(layer, x, h), layer.ffn_post_norm))
+
+
+ARCHS: Dict[str, Arch] = {a.name: a for a in (
+    Arch("llama", llama_block),
+    Arch("qwen2", llama_block, rope_neox=True),
+    # PowerInfer's ReLU Mistral: relu(gate) * relu(up)
+    Arch("bamboo", llama_block, ffn_act="relu", ffn_gate_both=True),
+    Arch("gemma3", gemma3_block,
+         tensors=LLAMA_TENSORS | {"attn_q_norm", "attn_k_norm", "attn_post_norm", "ffn_post_norm"},
+         optional=frozenset(), rope_neox=True, ffn_act="gelu", embd_scale=True, q_prescale=True,
+         rms_eps=1e-6, swa_period=6, attn_scale=gemma3_attn_scale,
+         hparams=(HParam("n_swa", "attention.sliding_window", 0, int),
+                  HParam("rope_freq_base_swa", "rope.freq_base_swa", 10000.0),
+                  HParam("final_logit_softcap", "final_logit_softcapping", 0.0))),
+)}
+
+
+def get_arch(name: str) -> Arch:
+    """The description of architecture `name` (KeyError when unknown: see ARCHS)."""
+    return ARCHS[name]
+
+
+def swa_layers(n_layer: int, period: int) -> Tuple[bool, ...]:
+    """llama.cpp's sliding-window layout (llama_hparams::set_swa_pattern, dense last):
+    layer i is local iff period == 0 or i % period < period - 1."""
+    return tuple(period == 0 or i % period < period - 1 for i in range(n_layer))

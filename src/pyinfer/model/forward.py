@@ -1,0 +1,137 @@
+"""The forward pass as a ggml_sparse graph: embeddings, the architecture's block per
+layer (model/arch.py), the final norm and the logits.
+
+A block function sees a `LayerBuilder`: the operations of one layer with everything
+the layer needs bound (its KV cache, positions, RoPE, window, the FFN builder), so that
+the block reads like the architecture's math. The shared pieces follow llama.cpp's
+graph operation for operation (so both engines give bit-identical results where the
+kernels do): e.g. gemma's queries are scaled before attention, as llama.cpp does,
+rather than the scores after it.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..tensor import Context, RopeMode, Tensor, Unary
+from .arch import Arch, get_arch
+
+if TYPE_CHECKING:
+    from .llama import KVCache, LayerWeights, LlamaWeights
+
+# An FFN graph builder: (ctx, layer, x, h) -> the FFN's output, where x is the
+# residual stream entering the FFN and h = ffn_norm(x) (PowerInfer's predictor
+# reads x). ffn_block below is the dense gated FFN; model/sparse.py has the
+# ReLU-family FFNs of PowerInfer files.
+FFN = Callable[[Context, "LayerWeights", Tensor, Tensor], Tensor]
+
+_ACTS = {"silu": Unary.SILU, "relu": Unary.RELU, "gelu": Unary.GELU}
+
+
+class LayerBuilder:
+    """The operations of layer `i` for its block function (model/arch.py)."""
+
+    def __init__(self, ctx: Context, cfg: ModelConfig, spec: Arch, i: int, kv: "KVCache",
+                 pos: Tensor, ffn: FFN, rope_freqs: Optional[Tensor], n_outputs: Optional[int]):
+        self.ctx, self.cfg, self.spec, self.i = ctx, cfg, spec, i
+        self.k_cache, self.v_cache = kv.k[i], kv.v[i]
+        self.pos, self._ffn, self.rope_freqs = pos, ffn, rope_freqs
+        n_tokens = pos.ne[0]
+        last = i == cfg.n_layer - 1
+        self.n_keep = n_outputs if last and n_outputs is not None and n_outputs < n_tokens else None
+
+    def norm(self, x: Tensor, w: Tensor) -> Tensor:
+        """RMS norm times the weight w."""
+        return self.ctx.mul(self.ctx.rms_norm(x, self.cfg.rms_eps), w)
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.ctx.add(a, b)
+
+    def outputs(self, x: Tensor) -> Tensor:
+        """x {n, n_tokens} reduced to the rows whose outputs are wanted (the last
+        layer of a graph with fewer outputs than tokens; elsewhere x itself). As
+        llama.cpp, what follows in the last layer runs on those rows only, which also
+        makes its matmuls the same single-row or batched kernels."""
+        if self.n_keep is None:
+            return x
+        n_tokens = x.ne[1]
+        return self.ctx.view(x, (x.ne[0], self.n_keep), (4, x.nb[1]), (n_tokens - self.n_keep) * x.nb[1])
+
+    def ffn(self, layer: "LayerWeights", x: Tensor, h: Tensor) -> Tensor:
+        return self._ffn(self.ctx, layer, x, h)
+
+    def attention(self, layer: "LayerWeights", h: Tensor) -> Tensor:
+        """Self-attention of h {n_embd, n} through this layer's KV cache, after the output
+        projection: q/k/v projections (+ biases), per-head Q/K RMS norms where the layer
+        has them, RoPE with the layer's base and scale, the sliding window of local
+        layers, logit soft-capping."""
+        ctx, cfg = self.ctx, self.cfg
+        n = h.ne[1] if len(h.ne) > 1 else 1
+        hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+
+        def proj(wt, bias):
+            y = ctx.mul_mat(wt, h)
+            return ctx.add(y, bias) if bias is not None else y
+
+        q = ctx.reshape(proj(layer.wq, layer.bq), (hd, nh, n))
+        k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
+        v = proj(layer.wv, layer.bv)
+        if layer.attn_q_norm is not None:
+            q = self.norm(q, layer.attn_q_norm)
+        if layer.attn_k_norm is not None:
+            k = self.norm(k, layer.attn_k_norm)
+        mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
+        base, scale = cfg.rope(self.i)
+        q = ctx.rope(q, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
+        k = ctx.rope(k, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
+        kq_scale = cfg.attn_scale or 1.0 / math.sqrt(hd)
+        if self.spec.q_prescale:
+            q, kq_scale = ctx.scale(q, kq_scale), 1.0
+        k_all = ctx.set_rows(self.k_cache, ctx.reshape(k, (hd * nkv, n)), self.pos)
+        v_all = ctx.set_rows(self.v_cache, v, self.pos)
+        n_ctx = self.k_cache.ne[1]
+        esz = self.k_cache.nb[0]
+        k_all = ctx.view(k_all, (hd, nkv, n_ctx), (esz, hd * esz, self.k_cache.nb[1]))
+        v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, self.v_cache.nb[1]))
+        attn = ctx.attention(q, k_all, v_all, self.pos, kq_scale, window=cfg.window(self.i),
+                             softcap=cfg.attn_logit_softcap)
+        return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
+
+
+def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",
+                  tokens: Tensor, pos: Tensor, ffn: FFN, n_outputs: Optional[int] = None) -> Tensor:
+    """Final normed hidden states {n_embd, n_outputs} of the last n_outputs (default: all)
+    of `tokens` at positions `pos`, through the layers of cfg's architecture."""
+    spec = get_arch(cfg.arch)
+    x = ctx.get_rows(w.tok_embd, tokens)
+    if spec.embd_scale:
+        x = ctx.scale(x, float(np.sqrt(np.float32(cfg.n_embd))))   # sqrtf(n_embd), as llama.cpp
+    for i, layer in enumerate(w.layers):
+        b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_freqs, n_outputs)
+        x = spec.block(b, layer, x)
+    return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
+
+
+def logits(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", hidden: Tensor) -> Tensor:
+    """The output projection of the final hidden states, soft-capped where the model
+    says (c tanh(logits / c), as llama.cpp: a scale by 1/c, tanh, a scale by c)."""
+    out = ctx.mul_mat(w.output, hidden)
+    cap = cfg.final_logit_softcap
+    if cap:
+        out = ctx.scale(ctx.unary(ctx.scale(out, float(np.float32(1.0) / np.float32(cap))), Unary.TANH), cap)
+    return out
+
+
+def dense_ffn(cfg: ModelConfig) -> FFN:
+    """The dense FFN of `cfg`'s activation as an FFN builder."""
+    return lambda ctx, layer, x, h: ffn_block(ctx, cfg, layer, h)
+
+
+def ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) -> Tensor:
+    """down . (act(gate . h) * (up . h)); bamboo: act(gate . h) * act(up . h)."""
+    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), _ACTS[cfg.ffn_act],
+                  cfg.ffn_gate_both)
+    return ctx.mul_mat(layer.w_down, act)
