@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))   # a llama.cpp child may run in a venv without pyinfer
+sys.path.append(str(ROOT / "src"))   # last: an installed pyinfer wins; a llama.cpp child may run in a venv without it
 
 # Prompt text (written for this benchmark); repeated when --n-prompt needs more.
 PROMPT_TEXT = (
