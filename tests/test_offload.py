@@ -342,3 +342,67 @@ def test_llama_generates_a_missing_gpu_index(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="does not run on the GPU yet"):
         Llama(model, vram_budget=0.5, reset_gpu_index=True, n_ctx=64, verbose=False).close()
     assert os.stat(path).st_mtime_ns != first          # regenerated
+
+
+# ---- other architectures' tensors (issue 15) ---------------------------------------------
+
+# the planner's role of every tensor a falcon, opt, gpt-neox or gemma3 file holds (by the name
+# between "blk.N." and ".weight"/".bias"), written out here as the oracle
+LAYER_KINDS = {
+    "attn_norm": "norm", "attn_norm_2": "norm", "ffn_norm": "norm", "attn_q_norm": "norm",
+    "attn_k_norm": "norm", "post_attention_norm": "norm", "post_ffw_norm": "norm",
+    "attn_q": "attention", "attn_k": "attention", "attn_v": "attention", "attn_qkv": "attention",
+    "attn_output": "attention", "fc1": "predictor", "fc2": "predictor",
+    "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn", "ffn_down_t": "ffn",
+}
+GLOBAL_KINDS = {"token_embd.weight": "embedding", "position_embd.weight": "embedding",
+                "output_norm.weight": "norm", "output_norm.bias": "norm", "output.weight": "output"}
+ARCH_FILES = ("falcon", "falcon40b", "gptneox", "gemma3", "opt", "falcon-pwri", "opt-pwri")
+
+
+@pytest.fixture(scope="module")
+def arch_files(tmp_path_factory):
+    from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
+    from reference.pwri_arch import DATA, write_pwri
+    d = tmp_path_factory.mktemp("arch_specs")
+    out = {n: f"{DATA}/{n}/llama_cpp.f32.gguf" for n in ("falcon", "falcon40b", "gptneox", "gemma3")}
+    out["opt"] = str(d / "opt.gguf")          # llama.cpp has no OPT: ours
+    convert(f"{DATA}/opt/hf", ConvertOptions(out["opt"], "f32", progress=False))
+    for n in ("falcon", "opt"):
+        out[n + "-pwri"] = write_pwri(n, str(d))
+    return out
+
+
+@pytest.mark.parametrize("name", ARCH_FILES)
+def test_spec_counts_every_tensor_once(arch_files, name):
+    """Each tensor of the file is in the spec once, with its role (norms are norms, not
+    attention or FFN weights), the tied output once more as the GPU's output matrix; one
+    neuron's rows times n_ff are the FFN matrices' bytes; a whole-model layer plan places
+    every tensor but the lookups exactly once."""
+    spec, f = _spec(arch_files[name])
+    from_file = [t for t in spec.tensors if t.name in f.tensors]
+    assert sorted(t.name for t in from_file) == sorted(f.tensors)
+    assert sum(t.nbytes for t in from_file) == f.nbytes
+    tied = "output.weight" not in f.tensors
+    assert [t.name for t in spec.tensors if t.name not in f.tensors] == \
+        (["token_embd.weight (as output)"] if tied else [])
+    for t in from_file:
+        if t.layer is None:
+            assert t.kind == GLOBAL_KINDS[t.name], t.name
+        else:
+            base = t.name.split(".", 2)[2].rsplit(".", 1)[0]
+            assert (t.kind, t.layer) == (LAYER_KINDS[base], int(t.name.split(".")[1])), t.name
+    kinds = {t.kind for t in from_file}
+    assert {"norm", "attention", "ffn", "embedding"} <= kinds
+    assert ("predictor" in kinds) == name.endswith("-pwri") == spec.sparse
+    for i in range(spec.n_layer):
+        mats = [f.get(f"blk.{i}.{m}.weight") for m in ("ffn_gate", "ffn_up", "ffn_down", "ffn_down_t")]
+        rows = spec.ffn_rows[i]
+        assert spec.n_ff * (rows.gate + rows.up + rows.down) == sum(m.nbytes for m in mats if m is not None)
+        assert rows.gate == 0 if f.get(f"blk.{i}.ffn_gate.weight") is None else rows.gate > 0
+    plan = plan_layers(spec, 64 * GIB, -1)
+    placed = [it.name for it in plan.items if it.on_gpu and it.kind != "kv"]
+    want = [t.name for t in spec.tensors if t.kind != "embedding"]
+    assert sorted(placed) == sorted(want)
+    assert sum(it.nbytes for it in plan.items if it.on_gpu and it.kind != "kv") == \
+        sum(up(t.nbytes, A) for t in spec.tensors if t.kind != "embedding")

@@ -34,7 +34,8 @@ _KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "em
          "rms_eps": "attention.layer_norm_rms_epsilon", "rope_freq_base": "rope.freq_base",
          "rope_freq_scale": "rope.scaling.factor", "rope_dims": "rope.dimension_count",
          "n_swa": "attention.sliding_window", "rope_freq_base_swa": "rope.freq_base_swa",
-         "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping"}
+         "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping",
+         "norm_eps": "attention.layer_norm_epsilon"}
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ModelConfig:
     rope_freq_scale_swa: float = 1.0
     final_logit_softcap: float = 0.0     # logits = c * tanh(logits / c); 0: none
     attn_logit_softcap: float = 0.0      # scores = c * tanh(scores / c) before the softmax; 0: none
+    norm_eps: float = 1e-5          # LayerNorm's epsilon (architectures with norm "layer")
+    parallel_residual: bool = True  # gpt-neox: x + attn(ln1(x)) + mlp(ln2(x)) (else sequential)
 
     def __post_init__(self):
         if self.n_head <= 0:
@@ -116,8 +119,9 @@ class ModelConfig:
         for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a finite number > 0")
-        if not (math.isfinite(self.rms_eps) and self.rms_eps >= 0):
-            raise bad("rms_eps", "a finite number >= 0")
+        for name in ("rms_eps", "norm_eps"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a finite number >= 0")
         for name in ("final_logit_softcap", "attn_logit_softcap"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "a finite number >= 0")
@@ -146,6 +150,11 @@ class ModelConfig:
                 return default
             v = md[full]
             if kind is None:
+                return v
+            if kind is bool:
+                if not isinstance(v, bool):
+                    raise UnsupportedModelError(f"GGUF metadata key '{full}' must be a boolean, "
+                                                f"found {type(v).__name__} {_short(v)}")
                 return v
             ok = isinstance(v, int) if kind is int else isinstance(v, (int, float))
             if not ok or isinstance(v, bool):
@@ -182,11 +191,12 @@ class ModelConfig:
             n_head_kv=key("attention.head_count_kv", n_head, kind=int),
             head_dim=head_dim,
             rms_eps=key("attention.layer_norm_rms_epsilon", spec.rms_eps, kind=float),
+            norm_eps=key("attention.layer_norm_epsilon", 1e-5, kind=float),
             rope_freq_base=key("rope.freq_base", 10000.0, kind=float),
             rope_freq_scale=rope_scale,
             rope_dims=key("rope.dimension_count", 0, kind=int),
             rope_neox=spec.rope_neox,
-            ffn_act=_ffn_activation(md) if spec.ffn_act == "silu" else spec.ffn_act,
+            ffn_act=_ffn_activation(md, spec.ffn_act) if spec.ffn_act in ("silu", "gelu") else spec.ffn_act,
             ffn_gate_both=spec.ffn_gate_both,
             name=str(md.get("general.name", "")),
             **extra,
@@ -195,6 +205,10 @@ class ModelConfig:
             cfg.swa_layers = _swa_pattern(md, arch, cfg.n_layer, spec.swa_period)
         if spec.attn_scale is not None:
             cfg.attn_scale = spec.attn_scale(cfg)
+        if spec.pos_offset:
+            # the learned position table has context_length rows, the first pos_offset of which
+            # no position reads (OPT: PowerInfer's context_length 2050 for 2048 positions)
+            cfg.n_ctx_train -= spec.pos_offset
         cfg._check()
         return cfg
 
@@ -221,10 +235,13 @@ def _swa_pattern(md: Dict[str, Any], arch: str, n_layer: int, period: int) -> Tu
     return swa_layers(n_layer, pattern)
 
 
-def _ffn_activation(md: Dict[str, Any]) -> str:
+def _ffn_activation(md: Dict[str, Any], default: str = "silu") -> str:
     """FFN activation: `pyinfer.ffn_activation` (written by convert.py for
-    ReLU models), else SiLU as llama.cpp assumes for llama/qwen2 files."""
-    act = str(md.get("pyinfer.ffn_activation", "silu"))
+    ReLU models: ReLU-llama, ReluFalcon), else the architecture's as llama.cpp
+    assumes (SiLU for llama/qwen2 files, GELU for falcon)."""
+    act = str(md.get("pyinfer.ffn_activation", default))
+    if act == default:
+        return act
     if act not in ("silu", "relu"):
         raise UnsupportedModelError(f"FFN activation {_short(act)} is not supported (silu, relu)")
     return act

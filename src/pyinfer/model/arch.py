@@ -54,10 +54,23 @@ LAYER_TENSORS: Dict[str, Tuple[str, Optional[Callable[[Any], tuple]]]] = {
     "w_down_t": ("ffn_down_t.weight", lambda c: (c.n_embd, c.n_ff)),
     "fc1": ("fc1.weight", None),
     "fc2": ("fc2.weight", None),
+    # LayerNorm biases, fused QKV, output and FFN biases (falcon, opt, gpt-neox)
+    "attn_norm_b": ("attn_norm.bias", lambda c: (c.n_embd,)),
+    "attn_norm_2": ("attn_norm_2.weight", lambda c: (c.n_embd,)),   # falcon-40b: ln_attn
+    "attn_norm_2_b": ("attn_norm_2.bias", lambda c: (c.n_embd,)),
+    "ffn_norm_b": ("ffn_norm.bias", lambda c: (c.n_embd,)),
+    "wqkv": ("attn_qkv.weight", lambda c: (c.n_embd, (c.n_head + 2 * c.n_head_kv) * c.head_dim)),
+    "bqkv": ("attn_qkv.bias", lambda c: ((c.n_head + 2 * c.n_head_kv) * c.head_dim,)),
+    "bo": ("attn_output.bias", lambda c: (c.n_embd,)),
+    "b_up": ("ffn_up.bias", lambda c: (c.n_ff,)),
+    "b_down": ("ffn_down.bias", lambda c: (c.n_embd,)),
+    "b_down_t": ("ffn_down_t.bias", lambda c: (c.n_embd,)),   # PowerInfer OPT: ffn_down's bias
 }
 # the norm weights (read as F32, as llama.cpp requires of them)
 NORM_TENSORS = frozenset({"attn_norm", "attn_q_norm", "attn_k_norm", "attn_post_norm", "ffn_norm",
-                          "ffn_post_norm"})
+                          "ffn_post_norm", "attn_norm_b", "attn_norm_2", "attn_norm_2_b", "ffn_norm_b"})
+# a PowerInfer file stores ffn_down transposed: its tensors replace these (model/llama.py)
+POWERINFER_REPLACES = {"w_down": "w_down_t", "b_down": "b_down_t"}
 
 LLAMA_TENSORS = frozenset({"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"})
 ATTN_BIASES = frozenset({"bq", "bk", "bv"})
@@ -92,6 +105,14 @@ class Arch:
     swa_period: int = 0           # with a sliding window and no attention.sliding_window_pattern:
                                   # layer i is local iff i % swa_period < swa_period - 1
     attn_scale: Optional[Callable[[Any], float]] = None   # cfg -> scale (None: 1/sqrt(head_dim))
+    norm: str = "rms"             # "rms": RMS norm times the weight (eps cfg.rms_eps); "layer":
+                                  # LayerNorm times the weight plus the bias (eps cfg.norm_eps)
+    rope: bool = True             # False: no rotary embedding (OPT's positions are learned)
+    ffn: str = "gated"            # "gated": down . (act(gate . h) * (up . h)); "plain": down .
+                                  # act(up . h + b_up) + b_down. Each kind has a dense builder
+                                  # (model/forward.py) and a PowerInfer one (model/sparse.py)
+    pos_offset: Optional[int] = None   # learned absolute positions (position_embd.weight): position
+                                  # p reads row p + pos_offset (OPT: 2); None: none
 
 
 def _f32_inv_sqrt(x: float) -> float:
@@ -109,10 +130,11 @@ def gemma3_attn_scale(cfg) -> float:
 
 
 def llama_block(b, layer, x):
-    """Pre-norm attention and FFN (llama, qwen2, mistral, bamboo)."""
-    x = b.add(x, b.attention(layer, b.norm(x, layer.attn_norm)))
+    """Pre-norm attention and FFN (llama, qwen2, mistral, bamboo; with LayerNorms and their
+    biases: opt, gpt-neox without parallel residual)."""
+    x = b.add(x, b.attention(layer, b.norm(x, layer.attn_norm, layer.attn_norm_b)))
     x = b.outputs(x)
-    return b.add(x, b.ffn(layer, x, b.norm(x, layer.ffn_norm)))
+    return b.add(x, b.ffn(layer, x, b.norm(x, layer.ffn_norm, layer.ffn_norm_b)))
 
 
 def gemma3_block(b, layer, x):
@@ -124,6 +146,31 @@ def gemma3_block(b, layer, x):
     h = b.norm(x, layer.ffn_norm)
     return b.add(x, b.norm(b.ffn(layer, x, h), layer.ffn_post_norm))
 
+
+def falcon_block(b, layer, x):
+    """Falcon: attention and MLP side by side on the layer input, x + mlp(n(x)) + attn(n2(x)):
+    Falcon-7B normalises once (n2 = n: attn_norm), Falcon-40B has ln_mlp (attn_norm) and ln_attn
+    (attn_norm_2). The MLP's predictor (PowerInfer) reads the layer input x."""
+    h = b.norm(x, layer.attn_norm, layer.attn_norm_b)
+    h_attn = h if layer.attn_norm_2 is None else b.norm(x, layer.attn_norm_2, layer.attn_norm_2_b)
+    a = b.outputs(b.attention(layer, h_attn))
+    x, h = b.outputs(x), b.outputs(h)
+    return b.add(b.add(b.ffn(layer, x, h), a), x)
+
+
+def gptneox_block(b, layer, x):
+    """GPT-NeoX with use_parallel_residual (Pythia's): x + attn(ln1(x)) + mlp(ln2(x));
+    without it, llama_block's sequential form."""
+    if not b.cfg.parallel_residual:
+        return llama_block(b, layer, x)
+    a = b.outputs(b.attention(layer, b.norm(x, layer.attn_norm, layer.attn_norm_b)))
+    x = b.outputs(x)
+    return b.add(b.add(b.ffn(layer, x, b.norm(x, layer.ffn_norm, layer.ffn_norm_b)), x), a)
+
+
+LN_NORMS = frozenset({"attn_norm", "attn_norm_b"})
+PLAIN_FFN = frozenset({"w_up", "w_down"})
+PLAIN_FFN_BIASES = frozenset({"b_up", "b_down"})
 
 ARCHS: Dict[str, Arch] = {a.name: a for a in (
     Arch("llama", llama_block),
@@ -137,6 +184,22 @@ ARCHS: Dict[str, Arch] = {a.name: a for a in (
          hparams=(HParam("n_swa", "attention.sliding_window", 0, int),
                   HParam("rope_freq_base_swa", "rope.freq_base_swa", 10000.0),
                   HParam("final_logit_softcap", "final_logit_softcapping", 0.0))),
+    # Falcon 7B/40B (fused QKV as llama.cpp's converter regroups it); PowerInfer's ReluFalcon is a
+    # PWRI falcon file, whose FFN is relu(up) (model/sparse.py)
+    Arch("falcon", falcon_block, tensors=LN_NORMS | {"wqkv", "wo"} | PLAIN_FFN,
+         optional=frozenset({"attn_norm_2", "attn_norm_2_b", "bqkv", "bo", "b_down_t"}) | PLAIN_FFN_BIASES
+         | POWERINFER_TENSORS,
+         rope_neox=True, ffn_act="gelu", norm="layer", ffn="plain"),
+    # OPT in PowerInfer's layout (llama.cpp has no OPT): learned positions, ReLU MLP, biases everywhere
+    Arch("opt", llama_block,
+         tensors=LN_NORMS | LLAMA_TENSORS - {"attn_norm", "w_gate"} | ATTN_BIASES | {"bo", "ffn_norm_b"}
+         | PLAIN_FFN_BIASES,
+         optional=POWERINFER_TENSORS | {"b_down_t"}, ffn_act="relu", norm="layer", rope=False, ffn="plain",
+         pos_offset=2),
+    Arch("gptneox", gptneox_block,
+         tensors=LN_NORMS | {"wqkv", "bqkv", "wo", "bo", "ffn_norm", "ffn_norm_b"} | PLAIN_FFN | PLAIN_FFN_BIASES,
+         optional=frozenset(), rope_neox=True, ffn_act="gelu", norm="layer", ffn="plain",
+         hparams=(HParam("parallel_residual", "use_parallel_residual", True, bool),)),
 )}
 
 

@@ -43,9 +43,10 @@ class LayerBuilder:
         last = i == cfg.n_layer - 1
         self.n_keep = n_outputs if last and n_outputs is not None and n_outputs < n_tokens else None
 
-    def norm(self, x: Tensor, w: Tensor) -> Tensor:
-        """RMS norm times the weight w."""
-        return self.ctx.mul(self.ctx.rms_norm(x, self.cfg.rms_eps), w)
+    def norm(self, x: Tensor, w: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """The architecture's norm of x: RMS norm times the weight w, or LayerNorm times w
+        plus the bias (norm "layer")."""
+        return _norm(self.ctx, self.cfg, self.spec, x, w, bias)
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:
         return self.ctx.add(a, b)
@@ -76,21 +77,29 @@ class LayerBuilder:
             y = ctx.mul_mat(wt, h)
             return ctx.add(y, bias) if bias is not None else y
 
-        q = ctx.reshape(proj(layer.wq, layer.bq), (hd, nh, n))
-        k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
-        v = proj(layer.wv, layer.bv)
+        if layer.wqkv is not None:     # fused: rows [q heads | k heads | v heads], viewed apart
+            qkv = proj(layer.wqkv, layer.bqkv)
+            row, f = qkv.nb[1], qkv.nb[0]
+            q = ctx.view(qkv, (hd, nh, n), (f, hd * f, row))
+            k = ctx.view(qkv, (hd, nkv, n), (f, hd * f, row), nh * hd * f)
+            v = ctx.view(qkv, (hd * nkv, n), (f, row), (nh + nkv) * hd * f)
+        else:
+            q = ctx.reshape(proj(layer.wq, layer.bq), (hd, nh, n))
+            k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
+            v = proj(layer.wv, layer.bv)
         if layer.attn_q_norm is not None:
             q = self.norm(q, layer.attn_q_norm)
         if layer.attn_k_norm is not None:
             k = self.norm(k, layer.attn_k_norm)
-        mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
-        base, scale = cfg.rope(self.i)
-        q = ctx.rope(q, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
-        k = ctx.rope(k, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
+        if self.spec.rope:
+            mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
+            base, scale = cfg.rope(self.i)
+            q = ctx.rope(q, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
+            k = ctx.rope(k, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
         kq_scale = cfg.attn_scale or 1.0 / math.sqrt(hd)
         if self.spec.q_prescale:
             q, kq_scale = ctx.scale(q, kq_scale), 1.0
-        k_all = ctx.set_rows(self.k_cache, ctx.reshape(k, (hd * nkv, n)), self.pos)
+        k_all = ctx.set_rows(self.k_cache, ctx.view(k, (hd * nkv, n), (k.nb[0], k.nb[2])), self.pos)
         v_all = ctx.set_rows(self.v_cache, v, self.pos)
         n_ctx = self.k_cache.ne[1]
         esz = self.k_cache.nb[0]
@@ -98,7 +107,8 @@ class LayerBuilder:
         v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, self.v_cache.nb[1]))
         attn = ctx.attention(q, k_all, v_all, self.pos, kq_scale, window=cfg.window(self.i),
                              softcap=cfg.attn_logit_softcap)
-        return ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
+        out = ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
+        return ctx.add(out, layer.bo) if layer.bo is not None else out
 
 
 def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",
@@ -109,10 +119,28 @@ def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCach
     x = ctx.get_rows(w.tok_embd, tokens)
     if spec.embd_scale:
         x = ctx.scale(x, float(np.sqrt(np.float32(cfg.n_embd))))   # sqrtf(n_embd), as llama.cpp
+    if w.pos_embd is not None:
+        x = ctx.add(x, ctx.get_rows(_position_rows(ctx, spec, w.pos_embd, kv.n_ctx), pos))
     for i, layer in enumerate(w.layers):
         b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_freqs, n_outputs)
         x = spec.block(b, layer, x)
-    return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w.out_norm)
+    return _norm(ctx, cfg, spec, x, w.out_norm, w.out_norm_b)
+
+
+def _norm(ctx: Context, cfg: ModelConfig, spec: Arch, x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+    if spec.norm == "layer":       # as llama.cpp's LLM_NORM: norm, times w, plus the bias
+        y = ctx.mul(ctx.norm(x, cfg.norm_eps), w)
+        return ctx.add(y, bias) if bias is not None else y
+    return ctx.mul(ctx.rms_norm(x, cfg.rms_eps), w)
+
+
+def _position_rows(ctx: Context, spec: Arch, table: Tensor, n_ctx: int) -> Tensor:
+    """The rows of a learned position table that positions 0.. read (row p + pos_offset)."""
+    n_pos = table.ne[1] - spec.pos_offset
+    if n_ctx > n_pos:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the {n_pos} positions the model's learned "
+                         "position embeddings cover")
+    return ctx.view(table, (table.ne[0], n_pos), table.nb[:2], spec.pos_offset * table.nb[1])
 
 
 def logits(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", hidden: Tensor) -> Tensor:
@@ -126,8 +154,10 @@ def logits(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", hidden: Tensor) ->
 
 
 def dense_ffn(cfg: ModelConfig) -> FFN:
-    """The dense FFN of `cfg`'s activation as an FFN builder."""
-    return lambda ctx, layer, x, h: ffn_block(ctx, cfg, layer, h)
+    """The dense FFN of `cfg`'s architecture (its kind: gated or plain) and activation as an
+    FFN builder."""
+    block = DENSE_FFNS[get_arch(cfg.arch).ffn]
+    return lambda ctx, layer, x, h: block(ctx, cfg, layer, h)
 
 
 def ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) -> Tensor:
@@ -135,3 +165,16 @@ def ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) 
     act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), _ACTS[cfg.ffn_act],
                   cfg.ffn_gate_both)
     return ctx.mul_mat(layer.w_down, act)
+
+
+def plain_ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) -> Tensor:
+    """down . act(up . h + b_up) + b_down (no gate; biases where the layer has them)."""
+    up = ctx.mul_mat(layer.w_up, h)
+    if layer.b_up is not None:
+        up = ctx.add(up, layer.b_up)
+    out = ctx.mul_mat(layer.w_down, ctx.unary(up, _ACTS[cfg.ffn_act]))
+    return ctx.add(out, layer.b_down) if layer.b_down is not None else out
+
+
+# Arch.ffn -> the dense FFN of that kind (model/sparse.py has the PowerInfer ones)
+DENSE_FFNS = {"gated": ffn_block, "plain": plain_ffn_block}

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, GGMLType, Graph, Tensor
-from .arch import LAYER_TENSORS, NORM_TENSORS, get_arch
+from .arch import LAYER_TENSORS, NORM_TENSORS, POWERINFER_REPLACES, get_arch
 from .forward import FFN, build_forward, dense_ffn, ffn_block, logits  # noqa: F401
 
 # the types a weight may have: those with dot-product and get_rows kernels (activation-only
@@ -42,12 +42,12 @@ class LayerWeights:
     """One layer's tensors (model/arch.py's LAYER_TENSORS names them in the file); the
     architecture decides which are present (None: absent)."""
     attn_norm: Tensor       # {n_embd}
-    wq: Tensor              # {n_embd, n_head*head_dim}
-    wk: Tensor              # {n_embd, n_head_kv*head_dim}
-    wv: Tensor              # {n_embd, n_head_kv*head_dim}
+    wq: Optional[Tensor]    # {n_embd, n_head*head_dim} (None: fused in wqkv)
+    wk: Optional[Tensor]    # {n_embd, n_head_kv*head_dim}
+    wv: Optional[Tensor]    # {n_embd, n_head_kv*head_dim}
     wo: Tensor              # {n_head*head_dim, n_embd}
-    ffn_norm: Tensor        # {n_embd}
-    w_gate: Tensor          # {n_embd, n_ff}
+    ffn_norm: Optional[Tensor]    # {n_embd} (None: falcon, whose FFN reads attn_norm's output)
+    w_gate: Optional[Tensor]      # {n_embd, n_ff} (None: the "plain" FFNs, model/arch.py)
     w_up: Tensor            # {n_embd, n_ff}
     w_down: Optional[Tensor]      # {n_ff, n_embd}; None in PowerInfer files, which have:
     bq: Optional[Tensor] = None   # qwen2 attention biases
@@ -60,6 +60,17 @@ class LayerWeights:
     attn_k_norm: Optional[Tensor] = None     # {head_dim}: ... of each key head
     attn_post_norm: Optional[Tensor] = None  # {n_embd}: norm of the attention output (gemma)
     ffn_post_norm: Optional[Tensor] = None   # {n_embd}: norm of the FFN output (gemma)
+    # LayerNorm architectures (falcon, opt, gpt-neox): norm biases, fused QKV, biases
+    attn_norm_b: Optional[Tensor] = None     # {n_embd}
+    attn_norm_2: Optional[Tensor] = None     # {n_embd}: falcon-40b's ln_attn (attn_norm: ln_mlp)
+    attn_norm_2_b: Optional[Tensor] = None
+    ffn_norm_b: Optional[Tensor] = None
+    wqkv: Optional[Tensor] = None       # {n_embd, (n_head + 2 n_head_kv) head_dim}: q, k, v rows
+    bqkv: Optional[Tensor] = None
+    bo: Optional[Tensor] = None         # {n_embd}: attention output bias
+    b_up: Optional[Tensor] = None       # {n_ff}
+    b_down: Optional[Tensor] = None     # {n_embd}
+    b_down_t: Optional[Tensor] = None   # {n_embd}: PowerInfer OPT's ffn_down_t.bias (= ffn_down's)
 
 
 @dataclass
@@ -69,6 +80,8 @@ class LlamaWeights:
     out_norm: Tensor        # {n_embd}
     output: Tensor          # {n_embd, n_vocab} (tok_embd when tied)
     rope_freqs: Optional[Tensor] = None   # {rope_dims/2} F32: Llama 3.1's RoPE frequency factors
+    out_norm_b: Optional[Tensor] = None   # {n_embd}: the final LayerNorm's bias (norm "layer")
+    pos_embd: Optional[Tensor] = None     # {n_embd, n_ctx_train + pos_offset}: learned positions (OPT)
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context,
@@ -100,16 +113,16 @@ class LlamaWeights:
         layers = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
-            fields = {}
+            fields = dict.fromkeys(LAYER_TENSORS)
             powerinfer = f.get(p + LAYER_TENSORS["w_down_t"][0]) is not None
             for field_name in sorted(spec.tensors | spec.optional):
                 suffix, shape = LAYER_TENSORS[field_name]
-                optional = field_name not in spec.tensors or (field_name == "w_down" and powerinfer)
+                # a PowerInfer layer holds ffn_down_t (and its bias) in place of ffn_down
+                optional = field_name not in spec.tensors or (field_name in POWERINFER_REPLACES and powerinfer)
                 t = wrap(p + suffix, shape(cfg) if shape else None, optional)
                 if t is not None and field_name in NORM_TENSORS:
                     _f32(t, p + suffix)
                 fields[field_name] = t
-            fields.setdefault("w_down", None)
             layers.append(LayerWeights(**fields))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
@@ -118,19 +131,25 @@ class LlamaWeights:
             # a CATS-calibrated file (model/sparse.py) reads ffn_up by rows (mul_mat_sparse)
             cats = CATS_THRESHOLDS_KEY in f.metadata
             for layer in layers:
-                mats += [layer.wq, layer.wk, layer.wv, layer.wo]
+                mats += [layer.wq, layer.wk, layer.wv, layer.wqkv, layer.wo]
                 if layer.w_down_t is None and layer.fc1 is None:
                     mats += [layer.w_gate, layer.w_down] + ([] if cats else [layer.w_up])
             for t in mats:
-                if t.can_repack:
+                if t is not None and t.can_repack:
                     mapped = f.get(t.name).data
                     t.repack()
                     _release_pages(mapped)
         rope_freqs = wrap("rope_freqs.weight", (cfg.rope_dims // 2,), optional=True)
         if rope_freqs is not None:
             _f32(rope_freqs, "rope_freqs.weight")
+        out_norm_b = None
+        if spec.norm == "layer":
+            out_norm_b = _f32(wrap("output_norm.bias", (E,)), "output_norm.bias")
+        pos_embd = None
+        if spec.pos_offset is not None:
+            pos_embd = wrap("position_embd.weight", (E, cfg.n_ctx_train + spec.pos_offset))
         return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"),
-                   output, rope_freqs)
+                   output, rope_freqs, out_norm_b, pos_embd)
 
 
 def _release_pages(data: np.ndarray) -> None:

@@ -14,7 +14,11 @@ firing neurons are computed, h being ffn_norm(x):
 
 ``sparse_ffn`` builds that graph; ``dense_relu_ffn`` computes every neuron (the
 same file run densely, to compare speed and output); ``make_ffn`` picks the
-builder for a loaded model.
+builder for a loaded model. The architectures whose FFN has no gate (model/arch.py's
+"plain" FFN: ReluFalcon, OPT) have their own pair, ``sparse_plain_ffn`` and
+``dense_plain_relu_ffn`` (model/sparse_plain.py), with the up and down biases OPT has:
+
+    act[i] = relu(up_i . h + b_up[i])     out = sum over firing i of act[i] * ffn_down_t[i] + b_down
 
 Neuron bundles (``NeuronBundles``, on by default): at load time each layer's
 gate, up and ffn_down_t rows are repacked into one record per neuron, [gate
@@ -53,7 +57,9 @@ import numpy as np
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, Tensor, Unary, row_size
+from .arch import get_arch
 from .llama import CATS_THRESHOLDS_KEY, FFN, LayerWeights, LlamaWeights
+from .sparse_plain import make_plain_ffn
 
 THRESHOLD_KEY = "powerinfer.sparse_threshold"
 # CATS_THRESHOLDS_KEY (model/llama.py): f32 [n_layer], the |silu(gate)| cut per layer
@@ -208,6 +214,14 @@ def file_threshold(md: Dict[str, Any]) -> float:
     return float(md.get(THRESHOLD_KEY, 0.0))
 
 
+def predictor_threshold(md: Dict[str, Any], sparse_threshold: Optional[float]) -> float:
+    """The predictor's threshold: `sparse_threshold`, or the file's when it is None."""
+    threshold = file_threshold(md) if sparse_threshold is None else float(sparse_threshold)
+    if math.isnan(threshold):
+        raise ValueError("sparse_threshold must be a number, got NaN")
+    return threshold
+
+
 def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
              sparse_threshold: Optional[float] = None, dense: bool = False,
              bundle: bool = False, release: Optional[GGUFFile] = None) -> Tuple[Optional[FFN], str]:
@@ -241,11 +255,13 @@ def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
         return None, ""
     if not all(powerinfer):
         raise ModelLoadError("ffn_down_t is missing in some layers: a PowerInfer model needs it in all")
-    both_relu = cfg.arch == "bamboo"
-    act = "relu(gate)*relu(up)" if both_relu else "relu(gate)*up"
     for i, layer in enumerate(w.layers):
         if not dense:
             check_predictor(cfg, i, layer)
+    if get_arch(cfg.arch).ffn == "plain":
+        return make_plain_ffn(w, None if dense else predictor_threshold(md, sparse_threshold), bundle)
+    both_relu = cfg.arch == "bamboo"
+    act = "relu(gate)*relu(up)" if both_relu else "relu(gate)*up"
     bundles, layout = None, ""
     if bundle:
         why = NeuronBundles.unsupported(w)
@@ -254,9 +270,7 @@ def make_ffn(cfg: ModelConfig, w: LlamaWeights, md: Dict[str, Any],
     if dense:
         return (functools.partial(dense_relu_ffn, both_relu=both_relu, bundles=bundles),
                 f"dense ReLU FFN {act} (dense=True){layout}")
-    threshold = file_threshold(md) if sparse_threshold is None else float(sparse_threshold)
-    if math.isnan(threshold):
-        raise ValueError("sparse_threshold must be a number, got NaN")
+    threshold = predictor_threshold(md, sparse_threshold)
     hidden = sorted({layer.fc1.ne[1] for layer in w.layers})
     desc = (f"sparse FFN {act}, predictor hidden {'/'.join(map(str, hidden))}, "
             f"threshold {threshold:g}{layout}")

@@ -23,9 +23,11 @@ _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 _ROLE = {
     "attn_q": "attention", "attn_k": "attention", "attn_v": "attention", "attn_output": "attention",
     "attn_qkv": "attention", "fc1": "predictor", "fc2": "predictor",
-    "attn_norm": "norm", "ffn_norm": "norm",
     "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn", "ffn_down_t": "ffn",
 }
+# every per-layer norm, weight or bias: attn_norm, attn_norm_2 (falcon-40b), ffn_norm, attn_q_norm
+# and attn_k_norm (per-head Q/K norms), post_attention_norm and post_ffw_norm (gemma)
+_NORM = re.compile(r"(^|_)norm(_\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,14 @@ def classify(name: str) -> TensorSpec:
     m = _LAYER.match(name)
     if m:
         base = m.group(2).rsplit(".", 1)[0]     # drop .weight / .bias
-        return TensorSpec(name, _ROLE.get(base, "attention" if base.startswith("attn") else "ffn"),
-                          int(m.group(1)), 0)
+        kind = _ROLE.get(base) or ("norm" if _NORM.search(base) else
+                                   "attention" if base.startswith("attn") else "ffn")
+        return TensorSpec(name, kind, int(m.group(1)), 0)
     if name.startswith("output_norm"):
         return TensorSpec(name, "norm", None, 0)
     if name.startswith("output"):
         return TensorSpec(name, "output", None, 0)
-    return TensorSpec(name, "embedding", None, 0)
+    return TensorSpec(name, "embedding", None, 0)   # token_embd, position_embd (OPT): lookups
 
 
 @dataclass
