@@ -79,6 +79,14 @@ class Arch:
 ARCHS: Dict[str, Arch] = {
     "llama": Arch("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=10000.0)),
     "qwen2": Arch("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6)),
+    "qwen2_yarn": Arch("Qwen2Config", "Qwen2ForCausalLM",
+                       dict(hidden_size=32, max_position_embeddings=128,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                             "original_max_position_embeddings": 32}),
+                       note="YaRN (Qwen2.5's long-context scheme), factor 4 over a 32-token original "
+                            "context: the 24-token sequence is inside it, but YaRN changes every angle "
+                            "and the magnitude from position 0, in transformers and llama.cpp alike; "
+                            "hidden 32 keeps it small"),
     "mistral": Arch("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=WINDOW),
                     window=WINDOW, note="llama.cpp's converter writes no sliding window for Mistral "
                                         "(its llama architecture has none)"),

@@ -302,19 +302,51 @@ typedef enum {
     GS_ROPE_NORMAL = 0,      /* rotate pairs (x[2i], x[2i+1])  (llama)       */
     GS_ROPE_NEOX = 2         /* rotate pairs (x[i], x[i+n/2])  (qwen2, neox) */
 } gs_rope_mode;
+/* RoPE parameters; start from gs_rope_default_params(n_dims) (attn_factor
+ * 1, ext_factor 0: plain RoPE) and set what a model needs. With pair i's
+ * extrapolated angle t_e = pos * freq_base^(-2i/n_dims) / freq_factors[i]
+ * and interpolated angle t_i = freq_scale * t_e, pair i turns by
+ *   t = t_i                                      (ext_factor == 0)
+ *   t = t_i * (1 - m_i) + t_e * m_i              (YaRN: ext_factor != 0)
+ * with m_i = ext_factor * (1 - clamp((i - lo) / max(0.001, hi - lo), 0, 1)),
+ *   lo = max(0, floor(d(beta_fast))), hi = min(n_dims - 1, ceil(d(beta_slow))),
+ *   d(b) = n_dims * ln(n_ctx_orig / (2 pi b)) / (2 ln(freq_base))
+ * (ext_factor 1: pairs below lo extrapolate, above hi interpolate), and
+ * cos t, sin t are multiplied by
+ *   mscale = attn_factor                         (ext_factor == 0)
+ *   mscale = attn_factor * (1 + 0.1 ln(1 / freq_scale))   (YaRN)
+ * in llama.cpp's float32 steps (ggml_rope_ext: the same cos and sin bits).
+ * YaRN models pass attn_factor = gs_rope_yarn_attn_factor(...), LongRoPE
+ * (Phi-3) the file's rope.scaling.attn_factor with ext_factor 0. */
 typedef struct {
     int   n_dims;            /* leading elements of each head to rotate       */
     int   mode;              /* gs_rope_mode                                  */
     float freq_base;         /* theta base, e.g. 10000                        */
     float freq_scale;        /* linear scaling: pos * freq_scale              */
+    float attn_factor;       /* cos and sin times it; finite, > 0 (default 1) */
+    float ext_factor;        /* YaRN's blend weight; finite, >= 0; 0: no YaRN */
+    float beta_fast;         /* YaRN: rotations where extrapolation ends (32) */
+    float beta_slow;         /* YaRN: rotations where interpolation starts (1) */
+    int   n_ctx_orig;        /* YaRN: training context, > 0 when ext_factor != 0 */
 } gs_rope_params;
+/* n_dims as given, GS_ROPE_NORMAL, freq_base 10000, freq_scale 1,
+ * attn_factor 1, ext_factor 0, beta_fast 32, beta_slow 1, n_ctx_orig 0. */
 gs_rope_params gs_rope_default_params(int n_dims);
-/* a {head_dim, n_head, n_tokens} F32, pos I32 {n_tokens}. */
+/* The attn_factor llama.cpp gives the ropes of a YaRN model of freq_scale
+ * 1/factor: get_mscale(factor) = factor <= 1 ? 1 : 0.1 ln(factor) + 1,
+ * over the (1 + 0.1 ln(factor)) the rope multiplies in, times
+ * file_attn_factor (rope.scaling.attn_factor, 1 when absent): the net
+ * magnitude is transformers' YaRN attention factor (times the file's). */
+float gs_rope_yarn_attn_factor(float freq_scale, float file_attn_factor);
+/* a {head_dim, n_head, n_tokens} F32, pos I32 {n_tokens}. GS_ERR_INVALID_ARG
+ * for n_dims odd or outside 2..head_dim, an unknown mode, and parameters
+ * outside the ranges above (freq_base, freq_scale > 0). */
 gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos,
                   const gs_rope_params * p, gs_tensor ** out);
-/* gs_rope with per-pair frequency factors (Llama 3.1's `rope_freqs.weight`):
- * freq_factors NULL or F32 contiguous {n_dims/2}; pair i turns by
- * theta_i / freq_factors[i] instead of theta_i. */
+/* gs_rope with per-pair frequency factors (Llama 3.1's `rope_freqs.weight`,
+ * LongRoPE's rope_factors_long/short): freq_factors NULL or F32 contiguous
+ * {n_dims/2}; pair i's extrapolated angle is theta_i / freq_factors[i]
+ * instead of theta_i. */
 gs_status gs_rope_ext(gs_context * ctx, gs_tensor * a, gs_tensor * pos, gs_tensor * freq_factors,
                       const gs_rope_params * p, gs_tensor ** out);
 

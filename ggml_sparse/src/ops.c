@@ -322,8 +322,24 @@ gs_status gs_norm(gs_context * ctx, gs_tensor * a, float eps, gs_tensor ** out) 
 }
 
 gs_rope_params gs_rope_default_params(int n_dims) {
-    gs_rope_params p = { .n_dims = n_dims, .mode = GS_ROPE_NORMAL, .freq_base = 10000.0f, .freq_scale = 1.0f };
+    gs_rope_params p = { .n_dims = n_dims, .mode = GS_ROPE_NORMAL, .freq_base = 10000.0f, .freq_scale = 1.0f,
+                         .attn_factor = 1.0f, .ext_factor = 0.0f, .beta_fast = 32.0f, .beta_slow = 1.0f,
+                         .n_ctx_orig = 0 };
     return p;
+}
+
+/* llama.cpp's context (libllama, plain float steps, no fused multiply-add) */
+float gs_rope_yarn_attn_factor(float freq_scale, float file_attn_factor) {
+    const float factor = 1.0f / freq_scale;
+    float m = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
+    m *= 1.0f / (1.0f + 0.1f * logf(factor));
+    return m * file_attn_factor;
+}
+
+/* YaRN's correction dims (ggml_rope_yarn_corr_dims): the pair index at which
+ * a pair turns `rot` times over n_ctx_orig positions, in float steps. */
+static float yarn_corr_dim(int n_dims, int n_ctx_orig, float rot, float base) {
+    return (float) n_dims * logf((float) n_ctx_orig / (rot * 2.0f * (float) M_PI)) / (2.0f * logf(base));
 }
 
 gs_status gs_rope(gs_context * ctx, gs_tensor * a, gs_tensor * pos, const gs_rope_params * p,
@@ -348,6 +364,22 @@ gs_status gs_rope_ext(gs_context * ctx, gs_tensor * a, gs_tensor * pos, gs_tenso
     if (!(p->freq_base > 0.0f) || !(p->freq_scale > 0.0f)) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: freq_base and freq_scale must be > 0");
     }
+    if (!isfinite(p->attn_factor) || !(p->attn_factor > 0.0f)) {
+        return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: attn_factor %g must be finite and > 0", p->attn_factor);
+    }
+    if (!isfinite(p->ext_factor) || !(p->ext_factor >= 0.0f)) {
+        return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: ext_factor %g must be finite and >= 0", p->ext_factor);
+    }
+    if (p->ext_factor != 0.0f) {
+        if (p->n_ctx_orig <= 0) {
+            return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: YaRN (ext_factor %g) needs n_ctx_orig > 0, got %d",
+                                p->ext_factor, p->n_ctx_orig);
+        }
+        if (!isfinite(p->beta_fast) || !(p->beta_fast > 0.0f) || !isfinite(p->beta_slow) || !(p->beta_slow > 0.0f)) {
+            return gs_set_error(GS_ERR_INVALID_ARG, "gs_rope: YaRN's beta_fast %g and beta_slow %g must be finite and > 0",
+                                p->beta_fast, p->beta_slow);
+        }
+    }
     if (freq_factors) {
         if (freq_factors->type != GS_TYPE_F32) return type_error("gs_rope", freq_factors, "f32");
         if (!gs_is_contiguous(freq_factors) || gs_nelements(freq_factors) != p->n_dims / 2) {
@@ -363,6 +395,20 @@ gs_status gs_rope_ext(gs_context * ctx, gs_tensor * a, gs_tensor * pos, gs_tenso
     t->op_params[1] = p->mode;
     memcpy(&t->op_params[2], &p->freq_base, sizeof(float));
     memcpy(&t->op_params[3], &p->freq_scale, sizeof(float));
+    /* the scaling as the kernels use it (ops_rope.c's op_params) */
+    float mscale = p->attn_factor, lo = 0.0f, hi = 0.0f;
+    if (p->ext_factor != 0.0f) {
+        mscale *= fmaf(0.1f, logf(1.0f / p->freq_scale), 1.0f);   /* llama.cpp's compiled FMA */
+        lo = floorf(yarn_corr_dim(p->n_dims, p->n_ctx_orig, p->beta_fast, p->freq_base));
+        hi = ceilf(yarn_corr_dim(p->n_dims, p->n_ctx_orig, p->beta_slow, p->freq_base));
+        lo = 0.0f > lo ? 0.0f : lo;
+        hi = (float) (p->n_dims - 1) < hi ? (float) (p->n_dims - 1) : hi;
+    }
+    memcpy(&t->op_params[4], &mscale, sizeof(float));
+    memcpy(&t->op_params[5], &p->ext_factor, sizeof(float));
+    memcpy(&t->op_params[6], &lo, sizeof(float));
+    memcpy(&t->op_params[7], &hi, sizeof(float));
+    t->op_params[8] = freq_factors != NULL;
     return GS_OK;
 }
 

@@ -35,7 +35,8 @@ _KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "em
          "rope_freq_scale": "rope.scaling.factor", "rope_dims": "rope.dimension_count",
          "n_swa": "attention.sliding_window", "rope_freq_base_swa": "rope.freq_base_swa",
          "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping",
-         "norm_eps": "attention.layer_norm_epsilon"}
+         "norm_eps": "attention.layer_norm_epsilon", "rope_attn_factor": "rope.scaling.attn_factor",
+         "n_ctx_orig": "rope.scaling.original_context_length"}
 
 
 @dataclass
@@ -62,10 +63,15 @@ class ModelConfig:
     n_swa: int = 0                  # sliding window: a local layer's query at position p sees
                                     # positions p0 with p - p0 < n_swa; 0: no window
     swa_layers: Tuple[bool, ...] = ()   # per layer: local (windowed)? () with n_swa: all
-    rope_freq_base_swa: float = 10000.0  # RoPE of the local layers (the global ones: rope_freq_*)
+    rope_freq_base_swa: Optional[float] = None  # RoPE of the local layers (None: the global one,
+                                    # rope_freq_*; gemma3: 10000 unless the file says)
     rope_freq_scale_swa: float = 1.0
     final_logit_softcap: float = 0.0     # logits = c * tanh(logits / c); 0: none
     attn_logit_softcap: float = 0.0      # scores = c * tanh(scores / c) before the softmax; 0: none
+    rope_attn_factor: float = 1.0   # cos and sin times it (rope.scaling.attn_factor: LongRoPE)
+    rope_ext_factor: float = 0.0    # YaRN's blend weight (rope.scaling.type yarn: 1; 0: no YaRN)
+    n_ctx_orig: int = 0             # the training context RoPE scaling refers to
+                                    # (rope.scaling.original_context_length; 0: n_ctx_train)
     norm_eps: float = 1e-5          # LayerNorm's epsilon (architectures with norm "layer")
     parallel_residual: bool = True  # gpt-neox: x + attn(ln1(x)) + mlp(ln2(x)) (else sequential)
 
@@ -79,6 +85,10 @@ class ModelConfig:
             self.head_dim = self.n_embd // self.n_head
         if self.rope_dims == 0:
             self.rope_dims = self.head_dim
+        if self.rope_freq_base_swa is None:   # the local layers' RoPE is the global one (gemma2)
+            self.rope_freq_base_swa, self.rope_freq_scale_swa = self.rope_freq_base, self.rope_freq_scale
+        if self.n_ctx_orig == 0:
+            self.n_ctx_orig = self.n_ctx_train
         if self.n_swa and not self.swa_layers:
             self.swa_layers = (True,) * self.n_layer
         self._check()
@@ -105,7 +115,7 @@ class ModelConfig:
             return UnsupportedModelError(f"{self.arch}: {name} is {getattr(self, name)} "
                                          f"(key '{self.arch}.{_KEYS[name]}'), must be {must}")
         for name in ("n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim", "n_ctx_train",
-                     "rope_dims"):
+                     "rope_dims", "n_ctx_orig"):
             if getattr(self, name) <= 0:
                 raise bad(name, "> 0")
         if self.n_vocab < 0:
@@ -116,7 +126,7 @@ class ModelConfig:
         if self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise UnsupportedModelError(f"{self.arch}: RoPE dimension count {self.rope_dims} must be even "
                                         f"and at most the head size {self.head_dim}")
-        for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa"):
+        for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa", "rope_attn_factor"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a finite number > 0")
         for name in ("rms_eps", "norm_eps"):
@@ -165,15 +175,23 @@ class ModelConfig:
 
         n_head = key("attention.head_count", required=True, kind=int)
         head_dim = key("attention.key_length", 0, kind=int)
-        rope_scale = 1.0
-        scaling = key("rope.scaling.type", "none")
-        if scaling == "linear":
-            factor = key("rope.scaling.factor", 1.0, kind=float)
-            if not (math.isfinite(factor) and factor > 0):
+        # llama.cpp: no type means linear (with the factor when there is one); "none" ignores the factor
+        rope_scale, ext_factor = 1.0, 0.0
+        scaling = key("rope.scaling.type", "linear")
+        if scaling in ("linear", "yarn"):
+            factor = key("rope.scaling.factor", None, kind=float)    # None: no scaling
+            if factor is not None and not (math.isfinite(factor) and factor > 0):
                 raise UnsupportedModelError(f"GGUF metadata key '{arch}.rope.scaling.factor' is {factor}, "
                                             "must be a finite number > 0")
-            rope_scale = 1.0 / factor
-        elif scaling not in ("none", None):
+            rope_scale = 1.0 / factor if factor else 1.0
+            if scaling == "yarn":
+                # llama.cpp (with llama-cpp-python's defaults): ext_factor 1, beta_fast 32,
+                # beta_slow 1 whatever the file says; the magnitude from the factor (tensor.py's
+                # yarn_attn_factor); DeepSeek's log multiplier is another formula
+                ext_factor = 1.0
+                if key("rope.scaling.yarn_log_multiplier", 0.0, kind=float):
+                    raise UnsupportedModelError("YaRN with rope.scaling.yarn_log_multiplier is not supported")
+        elif scaling != "none":
             raise UnsupportedModelError(f"RoPE scaling type {_short(scaling)} is not supported")
         if n_vocab is None:
             tokens = md.get("tokenizer.ggml.tokens", ())
@@ -195,6 +213,9 @@ class ModelConfig:
             rope_freq_base=key("rope.freq_base", 10000.0, kind=float),
             rope_freq_scale=rope_scale,
             rope_dims=key("rope.dimension_count", 0, kind=int),
+            rope_attn_factor=key("rope.scaling.attn_factor", 1.0, kind=float),
+            rope_ext_factor=ext_factor,
+            n_ctx_orig=key("rope.scaling.original_context_length", 0, kind=int),
             rope_neox=spec.rope_neox,
             ffn_act=_ffn_activation(md, spec.ffn_act) if spec.ffn_act in ("silu", "gelu") else spec.ffn_act,
             ffn_gate_both=spec.ffn_gate_both,

@@ -15,6 +15,7 @@ them open while it computes (the Engine's lock does).
 from __future__ import annotations
 
 import enum
+import math
 import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -25,7 +26,7 @@ from ._lib import GSStateError, check, ffi, lib
 
 __all__ = ["GGMLType", "TypeInfo", "type_info", "row_size", "dequantize", "quantize",
            "quantize_activations", "vec_dot", "cpu_info", "set_simd_level", "Unary", "RopeMode",
-           "Context", "Tensor", "Graph", "ThreadPool"]
+           "RopeYarn", "yarn_attn_factor", "Context", "Tensor", "Graph", "ThreadPool"]
 
 
 class GGMLType(enum.IntEnum):
@@ -59,6 +60,26 @@ class Unary(enum.IntEnum):
 class RopeMode(enum.IntEnum):
     NORMAL = lib.GS_ROPE_NORMAL
     NEOX = lib.GS_ROPE_NEOX
+
+
+@dataclass(frozen=True)
+class RopeYarn:
+    """YaRN's blend of interpolated and extrapolated angles (Context.rope's `yarn`):
+    n_ctx_orig, the training context; ext_factor, the blend's weight (1: YaRN);
+    beta_fast/beta_slow, the correction range in rotations (llama.cpp's defaults)."""
+    n_ctx_orig: int
+    ext_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+def yarn_attn_factor(freq_scale: float, file_attn_factor: float = 1.0) -> float:
+    """The attn_factor llama.cpp gives its ropes in a YaRN context of scale freq_scale
+    (gs_rope_yarn_attn_factor: the magnitude the rope adds, cancelled, times the file's
+    rope.scaling.attn_factor)."""
+    if not freq_scale > 0 or not math.isfinite(freq_scale):
+        raise ValueError(f"yarn_attn_factor: freq_scale must be finite and > 0, got {freq_scale}")
+    return float(lib.gs_rope_yarn_attn_factor(freq_scale, file_attn_factor))
 
 
 _NUMPY_DTYPES = {
@@ -391,10 +412,17 @@ class Context:
 
     def rope(self, a: Tensor, pos: Tensor, n_dims: int, mode: RopeMode = RopeMode.NORMAL,
              freq_base: float = 10000.0, freq_scale: float = 1.0,
-             freq_factors: Optional[Tensor] = None) -> Tensor:
-        """freq_factors: None or F32 {n_dims/2}, pair i's angle divided by it (Llama 3.1)."""
-        p = ffi.new("gs_rope_params *", {"n_dims": n_dims, "mode": int(mode), "freq_base": freq_base,
-                                         "freq_scale": freq_scale})
+             freq_factors: Optional[Tensor] = None, yarn: Optional["RopeYarn"] = None,
+             attn_factor: float = 1.0) -> Tensor:
+        """freq_factors: None or F32 {n_dims/2}, pair i's angle divided by it (Llama 3.1,
+        LongRoPE); attn_factor: cos and sin times it (LongRoPE's magnitude; with YaRN,
+        yarn_attn_factor's); yarn: YaRN's blend (gs_rope_params in ggml_sparse.h has the
+        formulas)."""
+        p = ffi.new("gs_rope_params *", lib.gs_rope_default_params(n_dims))
+        p.mode, p.freq_base, p.freq_scale, p.attn_factor = int(mode), freq_base, freq_scale, attn_factor
+        if yarn is not None:
+            p.ext_factor, p.beta_fast, p.beta_slow = yarn.ext_factor, yarn.beta_fast, yarn.beta_slow
+            p.n_ctx_orig = yarn.n_ctx_orig
         ff = freq_factors.ptr if freq_factors is not None else ffi.NULL
         return self._op(lib.gs_rope_ext, a.ptr, pos.ptr, ff, p)
 

@@ -6,18 +6,27 @@
  *     same positions serve every i3).
  * ff  src[2]: NULL or F32 {n_dims/2} frequency factors: pair i's angle is
  *     divided by ff[i] (Llama 3.1's long-context RoPE).
- * op_params: n_dims, mode, freq_base (float bits), freq_scale (float bits).
+ * op_params: n_dims, mode, freq_base, freq_scale, mscale, ext_factor,
+ *     corr_lo, corr_hi (float bits), has_freq_factors; gs_rope_ext computes
+ *     mscale and YaRN's correction dims from gs_rope_params.
  *
  * The first n_dims elements of each row are rotated in n_dims/2 pairs; pair i
- * turns by theta_i = pos * freq_scale * freq_base^(-2i / n_dims):
+ * of a token at position pos turns by
+ *   t_e = pos * freq_base^(-2i / n_dims) / ff[i]     (extrapolated)
+ *   t_i = freq_scale * t_e                           (interpolated)
+ *   t   = t_i, or with YaRN (ext_factor != 0) the blend
+ *   t   = t_i * (1 - m) + t_e * m,
+ *   m   = ext_factor * (1 - clamp((i - corr_lo) / max(0.001, corr_hi - corr_lo), 0, 1))
  *   GS_ROPE_NORMAL pairs (x[2i], x[2i+1])         (llama)
  *   GS_ROPE_NEOX   pairs (x[i],  x[i + n_dims/2])  (gpt-neox, qwen2)
- *   (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
+ *   (x0, x1) -> (x0 c - x1 s, x0 s + x1 c),  c = mscale cos t, s = mscale sin t
  * Elements n_dims..head_dim-1 are copied. dst is contiguous, a's shape.
  *
  * The angles follow llama.cpp's float recipe exactly (theta_0 = pos,
- * theta_{i+1} = theta_i * base^(-2/n_dims) in float, cosf/sinf of
- * freq_scale * theta_i), so both engines rotate by bit-identical cos/sin.
+ * theta_{i+1} = theta_i * base^(-2/n_dims) in float, the blend as its
+ * compiled rope_yarn: one FMA of t_i and (1 - m) plus the product t_e m;
+ * cosf/sinf, times mscale), so both engines rotate by bit-identical cos/sin.
+ * With mscale 1 and no YaRN the products by mscale are exact: plain RoPE.
  * Threads split rows; a thread computes a token's cos/sin for a chunk of
  * PAIR_CHUNK pairs once and applies them to all of that token's heads it
  * owns.
@@ -55,9 +64,14 @@ static inline __attribute__((always_inline)) void rope_body(const gs_compute_par
     const float * ff = dst->src[2] ? (const float *) dst->src[2]->data : NULL;
     const int n_dims = dst->op_params[0];
     const int mode = dst->op_params[1];
-    float freq_base, freq_scale;
+    float freq_base, freq_scale, mscale, ext_factor, corr_lo, corr_hi;
     memcpy(&freq_base, &dst->op_params[2], sizeof(float));
     memcpy(&freq_scale, &dst->op_params[3], sizeof(float));
+    memcpy(&mscale, &dst->op_params[4], sizeof(float));
+    memcpy(&ext_factor, &dst->op_params[5], sizeof(float));
+    memcpy(&corr_lo, &dst->op_params[6], sizeof(float));
+    memcpy(&corr_hi, &dst->op_params[7], sizeof(float));
+    const float corr_span = 0.001f > corr_hi - corr_lo ? 0.001f : corr_hi - corr_lo;
 
     const int64_t ne0 = a->ne[0], ne1 = a->ne[1], ne2 = a->ne[2];
     const int64_t n_pairs = n_dims / 2;
@@ -79,8 +93,15 @@ static inline __attribute__((always_inline)) void rope_body(const gs_compute_par
             for (int64_t c = 0; c < c0; c++) theta *= theta_scale;
             for (int64_t c = 0; c < n; c++) {
                 const float t = ff ? theta / ff[c0 + c] : theta;
-                cs[c] = cosf(freq_scale * t);
-                sn[c] = sinf(freq_scale * t);
+                float angle = freq_scale * t;
+                if (ext_factor != 0.0f) {
+                    const float y = ((float) (c0 + c) - corr_lo) / corr_span;
+                    const float y01 = 0.0f > y ? 0.0f : y;
+                    const float m = (1.0f - (1.0f < y01 ? 1.0f : y01)) * ext_factor;
+                    angle = fmaf(angle, 1.0f - m, t * m);
+                }
+                cs[c] = cosf(angle) * mscale;
+                sn[c] = sinf(angle) * mscale;
                 theta *= theta_scale;
             }
             const uint8_t * src_tok = (const uint8_t *) a->data + i2 * a->nb[2] + i3 * a->nb[3];

@@ -65,6 +65,9 @@ gs_status gs_cuda_glu(const gs_dt * a, const gs_dt * b, gs_unary_op op, bool gat
 gs_status gs_cuda_rms_norm(const gs_dt * a, float eps, bool rms, gs_dt * out, cudaStream_t s);
 gs_status gs_cuda_rope(const gs_dt * a, const gs_dt * pos, const int32_t * params, gs_dt * out,
                        cudaStream_t s);
+/* gs_cuda_rope with the node's frequency factors (src[2]; NULL or no data: none). */
+gs_status gs_cuda_rope_ext(const gs_dt * a, const gs_dt * pos, const gs_dt * ff, const int32_t * params,
+                           gs_dt * out, cudaStream_t s);
 gs_status gs_cuda_soft_max(const gs_dt * a, const gs_dt * mask, float scale, gs_dt * out,
                            cudaStream_t s);
 gs_status gs_cuda_attention(const gs_dt * q, const gs_dt * k, const gs_dt * v, const gs_dt * pos,

@@ -78,7 +78,8 @@ static gs_status launch(gs_tensor * node, node_run * r) {
                                r->stream);
         case GS_OP_RMS_NORM: return gs_cuda_rms_norm(&s[0], f, true, &r->dst, r->stream);
         case GS_OP_NORM: return gs_cuda_rms_norm(&s[0], f, false, &r->dst, r->stream);
-        case GS_OP_ROPE: return gs_cuda_rope(&s[0], &s[1], node->op_params, &r->dst, r->stream);
+        case GS_OP_ROPE:
+            return gs_cuda_rope_ext(&s[0], &s[1], s[2].data ? &s[2] : NULL, node->op_params, &r->dst, r->stream);
         case GS_OP_SOFT_MAX: return gs_cuda_soft_max(&s[0], s[1].data ? &s[1] : NULL, f, &r->dst, r->stream);
         case GS_OP_MUL_MAT: return gs_cuda_mul_mat(&s[0], &s[1], &r->dst, r->stream);
         case GS_OP_ATTENTION: {

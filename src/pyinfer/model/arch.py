@@ -113,6 +113,13 @@ class Arch:
                                   # (model/forward.py) and a PowerInfer one (model/sparse.py)
     pos_offset: Optional[int] = None   # learned absolute positions (position_embd.weight): position
                                   # p reads row p + pos_offset (OPT: 2); None: none
+    shapes: Tuple[Tuple[str, Callable[[Any], tuple]], ...] = ()   # LAYER_TENSORS shapes this
+                                  # architecture's files have instead (phi3: fused gate and up)
+    qkv_either: bool = False      # the layer holds attn_qkv or attn_q/k/v (at least one form)
+
+    def shape(self, field: str) -> Optional[Callable[[Any], tuple]]:
+        """The expected shape of LayerWeights `field` (a function of the config)."""
+        return dict(self.shapes).get(field, LAYER_TENSORS[field][1])
 
 
 def _f32_inv_sqrt(x: float) -> float:
@@ -120,13 +127,23 @@ def _f32_inv_sqrt(x: float) -> float:
     return float(np.float32(1.0) / np.sqrt(np.float32(x)))
 
 
-def gemma3_attn_scale(cfg) -> float:
-    # llama.cpp (after gemma_pytorch's config): the 27B model (62 layers) scales by
-    # 1/sqrt(n_embd / n_head), the others by 1/sqrt(head_dim); query_pre_attn_scalar is
-    # not read from the file
-    if cfg.n_layer == 62:
-        return _f32_inv_sqrt(float(cfg.n_embd // cfg.n_head))
-    return _f32_inv_sqrt(float(cfg.head_dim))
+def _gemma_attn_scale(n_layer_27b: int) -> Callable[[Any], float]:
+    # llama.cpp (after gemma_pytorch's config): the 27B model (Gemma 2: 46 layers, Gemma 3:
+    # 62) scales by 1/sqrt(n_embd / n_head), the others by 1/sqrt(head_dim);
+    # query_pre_attn_scalar is not read from the file
+    def scale(cfg) -> float:
+        if cfg.n_layer == n_layer_27b:
+            return _f32_inv_sqrt(float(cfg.n_embd // cfg.n_head))
+        return _f32_inv_sqrt(float(cfg.head_dim))
+    return scale
+
+
+gemma2_attn_scale = _gemma_attn_scale(46)
+gemma3_attn_scale = _gemma_attn_scale(62)
+
+
+def phi3_attn_scale(cfg) -> float:
+    return _f32_inv_sqrt(float(cfg.head_dim))    # 1.0f / sqrtf(head_dim), on Q (q_prescale)
 
 
 def llama_block(b, layer, x):
@@ -135,6 +152,17 @@ def llama_block(b, layer, x):
     x = b.add(x, b.attention(layer, b.norm(x, layer.attn_norm, layer.attn_norm_b)))
     x = b.outputs(x)
     return b.add(x, b.ffn(layer, x, b.norm(x, layer.ffn_norm, layer.ffn_norm_b)))
+
+
+def stablelm_block(b, layer, x):
+    """StableLM: llama_block with LayerNorms; a model without ffn_norm (StableLM 2 12B) feeds
+    the FFN the attention's normed input."""
+    h = b.norm(x, layer.attn_norm, layer.attn_norm_b)
+    a = b.attention(layer, h)
+    x, h = b.add(b.outputs(a), b.outputs(x)), b.outputs(h)
+    if layer.ffn_norm is not None:
+        h = b.norm(x, layer.ffn_norm, layer.ffn_norm_b)
+    return b.add(x, b.ffn(layer, x, h))
 
 
 def gemma3_block(b, layer, x):
@@ -173,8 +201,12 @@ PLAIN_FFN = frozenset({"w_up", "w_down"})
 PLAIN_FFN_BIASES = frozenset({"b_up", "b_down"})
 
 ARCHS: Dict[str, Arch] = {a.name: a for a in (
-    Arch("llama", llama_block),
+    # Mistral's window: our converter writes llama.attention.sliding_window, every layer local
+    # (llama.cpp's converter drops it, and its llama ignores it: such a file attends to all)
+    Arch("llama", llama_block, hparams=(HParam("n_swa", "attention.sliding_window", 0, int),)),
     Arch("qwen2", llama_block, rope_neox=True),
+    Arch("qwen3", llama_block, tensors=LLAMA_TENSORS | {"attn_q_norm", "attn_k_norm"},
+         optional=POWERINFER_TENSORS, rope_neox=True, rms_eps=1e-6),
     # PowerInfer's ReLU Mistral: relu(gate) * relu(up)
     Arch("bamboo", llama_block, ffn_act="relu", ffn_gate_both=True),
     Arch("gemma3", gemma3_block,
@@ -184,6 +216,29 @@ ARCHS: Dict[str, Arch] = {a.name: a for a in (
          hparams=(HParam("n_swa", "attention.sliding_window", 0, int),
                   HParam("rope_freq_base_swa", "rope.freq_base_swa", 10000.0),
                   HParam("final_logit_softcap", "final_logit_softcapping", 0.0))),
+    # Gemma 2: Gemma 3's block without Q/K norms; soft-capped attention scores and logits,
+    # every other layer local (window 4096 unless the file says); the local layers' RoPE
+    # base is rope.freq_base unless rope.freq_base_swa says (None: that)
+    Arch("gemma2", gemma3_block, tensors=LLAMA_TENSORS | {"attn_post_norm", "ffn_post_norm"},
+         optional=frozenset(), rope_neox=True, ffn_act="gelu", embd_scale=True, q_prescale=True,
+         rms_eps=1e-6, swa_period=2, attn_scale=gemma2_attn_scale,
+         hparams=(HParam("n_swa", "attention.sliding_window", 4096, int),
+                  HParam("rope_freq_base_swa", "rope.freq_base_swa", None),
+                  HParam("attn_logit_softcap", "attn_logit_softcapping", 50.0),
+                  HParam("final_logit_softcap", "final_logit_softcapping", 30.0))),
+    # Phi-3: fused QKV (or separate), ffn_up holding the gate rows then the up rows (SwiGLU of
+    # the halves), LongRoPE factors (rope_factors_short/long, model/llama.py) and magnitude;
+    # its window is ignored, as llama.cpp does
+    Arch("phi3", llama_block, tensors=frozenset({"attn_norm", "wo", "ffn_norm", "w_up", "w_down"}),
+         optional=frozenset({"wqkv", "wq", "wk", "wv"}), qkv_either=True, rope_neox=True,
+         q_prescale=True, attn_scale=phi3_attn_scale,
+         shapes=(("w_up", lambda c: (c.n_embd, 2 * c.n_ff)),)),
+    Arch("stablelm", stablelm_block, tensors=LN_NORMS | LLAMA_TENSORS - {"ffn_norm"},
+         optional=ATTN_BIASES | {"ffn_norm", "ffn_norm_b"}, rope_neox=True, norm="layer"),
+    Arch("starcoder2", llama_block,
+         tensors=LN_NORMS | {"wq", "wk", "wv", "wo", "bo", "ffn_norm", "ffn_norm_b"} | ATTN_BIASES | PLAIN_FFN
+         | PLAIN_FFN_BIASES,
+         optional=frozenset(), rope_neox=True, ffn_act="gelu", norm="layer", ffn="plain"),
     # Falcon 7B/40B (fused QKV as llama.cpp's converter regroups it); PowerInfer's ReluFalcon is a
     # PWRI falcon file, whose FFN is relu(up) (model/sparse.py)
     Arch("falcon", falcon_block, tensors=LN_NORMS | {"wqkv", "wo"} | PLAIN_FFN,

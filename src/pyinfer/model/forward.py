@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from ..config import ModelConfig
-from ..tensor import Context, RopeMode, Tensor, Unary
+from ..tensor import Context, RopeMode, RopeYarn, Tensor, Unary, yarn_attn_factor
 from .arch import Arch, get_arch
 
 if TYPE_CHECKING:
@@ -94,8 +94,12 @@ class LayerBuilder:
         if self.spec.rope:
             mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
             base, scale = cfg.rope(self.i)
-            q = ctx.rope(q, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
-            k = ctx.rope(k, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs)
+            yarn, attn_factor = None, cfg.rope_attn_factor
+            if cfg.rope_ext_factor:
+                yarn = RopeYarn(cfg.n_ctx_orig, cfg.rope_ext_factor)
+                attn_factor = yarn_attn_factor(scale, cfg.rope_attn_factor)
+            q, k = (ctx.rope(t, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs, yarn, attn_factor)
+                    for t in (q, k))
         kq_scale = cfg.attn_scale or 1.0 / math.sqrt(hd)
         if self.spec.q_prescale:
             q, kq_scale = ctx.scale(q, kq_scale), 1.0
@@ -122,7 +126,7 @@ def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCach
     if w.pos_embd is not None:
         x = ctx.add(x, ctx.get_rows(_position_rows(ctx, spec, w.pos_embd, kv.n_ctx), pos))
     for i, layer in enumerate(w.layers):
-        b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_freqs, n_outputs)
+        b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_factors(cfg, kv.n_ctx), n_outputs)
         x = spec.block(b, layer, x)
     return _norm(ctx, cfg, spec, x, w.out_norm, w.out_norm_b)
 
@@ -162,9 +166,14 @@ def dense_ffn(cfg: ModelConfig) -> FFN:
 
 def ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) -> Tensor:
     """down . (act(gate . h) * (up . h)); bamboo: act(gate . h) * act(up . h)."""
-    act = ctx.glu(ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h), _ACTS[cfg.ffn_act],
-                  cfg.ffn_gate_both)
-    return ctx.mul_mat(layer.w_down, act)
+    if layer.w_gate is None:     # one product for both (phi3's ffn_up: the gate rows, then the up rows)
+        gate_up = ctx.mul_mat(layer.w_up, h)
+        n_ff, n = gate_up.ne[0] // 2, gate_up.ne[1]
+        gate = ctx.view(gate_up, (n_ff, n), gate_up.nb[:2])
+        up = ctx.view(gate_up, (n_ff, n), gate_up.nb[:2], n_ff * gate_up.nb[0])
+    else:
+        gate, up = ctx.mul_mat(layer.w_gate, h), ctx.mul_mat(layer.w_up, h)
+    return ctx.mul_mat(layer.w_down, ctx.glu(gate, up, _ACTS[cfg.ffn_act], cfg.ffn_gate_both))
 
 
 def plain_ffn_block(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor) -> Tensor:

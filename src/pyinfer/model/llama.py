@@ -82,6 +82,16 @@ class LlamaWeights:
     rope_freqs: Optional[Tensor] = None   # {rope_dims/2} F32: Llama 3.1's RoPE frequency factors
     out_norm_b: Optional[Tensor] = None   # {n_embd}: the final LayerNorm's bias (norm "layer")
     pos_embd: Optional[Tensor] = None     # {n_embd, n_ctx_train + pos_offset}: learned positions (OPT)
+    rope_long: Optional[Tensor] = None    # {rope_dims/2} F32: LongRoPE's factors for contexts
+    rope_short: Optional[Tensor] = None   # longer than n_ctx_orig, and for the others (phi3)
+
+    def rope_factors(self, cfg: ModelConfig, n_ctx: int) -> Optional[Tensor]:
+        """The RoPE frequency factors of a context of n_ctx positions (llama.cpp's
+        get_rope_factors: rope_freqs, else LongRoPE's long ones past n_ctx_orig, else short)."""
+        if self.rope_freqs is not None:
+            return self.rope_freqs
+        n_ctx_seq = -(-n_ctx // 256) * 256      # llama.cpp pads the context to a multiple of 256
+        return self.rope_long if n_ctx_seq > cfg.n_ctx_orig else self.rope_short
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context,
@@ -100,9 +110,12 @@ class LlamaWeights:
         spec = get_arch(cfg.arch)
         E, V = cfg.n_embd, cfg.n_vocab
 
+        read = set()
+
         def wrap(name, ne, optional=False):
             if optional and f.get(name) is None:
                 return None
+            read.add(name)
             info = f.require(name, ne) if ne is not None else f.get(name)
             if info is None:
                 raise ModelLoadError(f"tensor '{name}' is missing")
@@ -116,13 +129,15 @@ class LlamaWeights:
             fields = dict.fromkeys(LAYER_TENSORS)
             powerinfer = f.get(p + LAYER_TENSORS["w_down_t"][0]) is not None
             for field_name in sorted(spec.tensors | spec.optional):
-                suffix, shape = LAYER_TENSORS[field_name]
+                suffix, shape = LAYER_TENSORS[field_name][0], spec.shape(field_name)
                 # a PowerInfer layer holds ffn_down_t (and its bias) in place of ffn_down
                 optional = field_name not in spec.tensors or (field_name in POWERINFER_REPLACES and powerinfer)
                 t = wrap(p + suffix, shape(cfg) if shape else None, optional)
                 if t is not None and field_name in NORM_TENSORS:
                     _f32(t, p + suffix)
                 fields[field_name] = t
+            if spec.qkv_either and fields["wqkv"] is None and None in (fields["wq"], fields["wk"], fields["wv"]):
+                raise ModelLoadError(f"layer {i} has neither {p}attn_qkv.weight nor all of {p}attn_q/k/v.weight")
             layers.append(LayerWeights(**fields))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
@@ -139,17 +154,23 @@ class LlamaWeights:
                     mapped = f.get(t.name).data
                     t.repack()
                     _release_pages(mapped)
-        rope_freqs = wrap("rope_freqs.weight", (cfg.rope_dims // 2,), optional=True)
-        if rope_freqs is not None:
-            _f32(rope_freqs, "rope_freqs.weight")
+        rope_freqs, rope_long, rope_short = (
+            _f32(wrap(name, (cfg.rope_dims // 2,), optional=True), name)
+            for name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"))
         out_norm_b = None
         if spec.norm == "layer":
             out_norm_b = _f32(wrap("output_norm.bias", (E,)), "output_norm.bias")
         pos_embd = None
         if spec.pos_offset is not None:
             pos_embd = wrap("position_embd.weight", (E, cfg.n_ctx_train + spec.pos_offset))
-        return cls(tok_embd, layers, _f32(wrap("output_norm.weight", (E,)), "output_norm.weight"),
-                   output, rope_freqs, out_norm_b, pos_embd)
+        out_norm = _f32(wrap("output_norm.weight", (E,)), "output_norm.weight")
+        unread = sorted(set(f.tensors) - read)
+        if unread:
+            # a variant of the architecture this engine does not run: refuse rather than ignore
+            raise ModelLoadError(f"{cfg.arch}: the file holds tensors this engine does not use "
+                                 f"({', '.join(unread[:4])}{', ...' if len(unread) > 4 else ''}): "
+                                 "this variant of the architecture is not supported")
+        return cls(tok_embd, layers, out_norm, output, rope_freqs, out_norm_b, pos_embd, rope_long, rope_short)
 
 
 def _release_pages(data: np.ndarray) -> None:
@@ -172,8 +193,8 @@ def _release_pages(data: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
-def _f32(t: Tensor, name: str) -> Tensor:
-    if t.type != GGMLType.F32:
+def _f32(t: Optional[Tensor], name: str) -> Optional[Tensor]:
+    if t is not None and t.type != GGMLType.F32:
         raise ModelLoadError(f"tensor '{name}' must be F32, found {t.type.name}")
     return t
 
