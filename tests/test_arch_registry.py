@@ -129,3 +129,32 @@ def test_rope_scaling_types():
                                                   "rope.scaling.yarn_log_multiplier": 0.1}), n_vocab=320)
     with pytest.raises(Exception, match="not supported"):
         ModelConfig.from_metadata(_md("qwen2", **{"rope.scaling.type": "dynamic"}), n_vocab=320)
+
+
+def test_yarn_as_a_context_option():
+    """llama-cpp-python's rope_scaling_type=YARN (+ rope_freq_scale, yarn_orig_ctx) on a file
+    without scaling gives the logits of the same model whose file says YaRN (qwen2_yarn: factor
+    4 over 32 positions); yarn_ext_factor=0 leaves plain linear scaling."""
+    from pyinfer import Llama
+    from pyinfer.llama_options import LLAMA_ROPE_SCALING_TYPE_YARN
+    path = os.path.join(DATA, "qwen2_yarn", "llama_cpp.f32.gguf")
+    tokens = list(range(5, 29))
+
+    def scores(**kw):
+        llm = Llama(path, n_ctx=64, logits_all=True, verbose=False, **kw)
+        try:
+            llm.eval(tokens)
+            return np.array(llm.scores[:len(tokens)])
+        finally:
+            llm.close()
+
+    plain = {"kv_overrides": {"qwen2.rope.scaling.type": "none"}}
+    file_yarn = scores()
+    option_yarn = scores(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE_YARN, rope_freq_scale=0.25, yarn_orig_ctx=32,
+                         **plain)
+    np.testing.assert_array_equal(option_yarn, file_yarn)
+    no_scaling = scores(**plain)
+    assert np.abs(no_scaling - file_yarn).max() > 1e-2
+    linear = scores(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE_YARN, rope_freq_scale=0.25, yarn_orig_ctx=32,
+                    yarn_ext_factor=0.0, **plain)
+    assert np.abs(linear - file_yarn).max() > 1e-2

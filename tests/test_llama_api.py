@@ -333,8 +333,8 @@ def test_options_that_cannot_be_honoured(tiny_path, tmp_path):
         Llama(tiny_path, lora_path="adapter.gguf", verbose=False)
     with pytest.raises(UnsupportedOptionError, match="F16"):
         Llama(tiny_path, type_k=8, verbose=False)
-    with pytest.raises(UnsupportedOptionError, match="YaRN"):
-        Llama(tiny_path, yarn_ext_factor=1.0, verbose=False)
+    with pytest.raises(UnsupportedOptionError, match="LongRoPE"):
+        Llama(tiny_path, rope_scaling_type=3, verbose=False)
     if not cuda_status()[0]:   # vram_budget without CUDA: an error naming what is missing
         with pytest.raises(GPUUnavailableError, match="vram_budget=1.0 needs a CUDA GPU"):
             Llama(tiny_path, vram_budget=1.0, verbose=False)

@@ -36,7 +36,8 @@ _KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "em
          "n_swa": "attention.sliding_window", "rope_freq_base_swa": "rope.freq_base_swa",
          "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping",
          "norm_eps": "attention.layer_norm_epsilon", "rope_attn_factor": "rope.scaling.attn_factor",
-         "n_ctx_orig": "rope.scaling.original_context_length"}
+         "n_ctx_orig": "rope.scaling.original_context_length", "rope_ext_factor": "rope.scaling.type",
+         "rope_beta_fast": "rope.scaling.yarn_beta_fast", "rope_beta_slow": "rope.scaling.yarn_beta_slow"}
 
 
 @dataclass
@@ -70,6 +71,8 @@ class ModelConfig:
     attn_logit_softcap: float = 0.0      # scores = c * tanh(scores / c) before the softmax; 0: none
     rope_attn_factor: float = 1.0   # cos and sin times it (rope.scaling.attn_factor: LongRoPE)
     rope_ext_factor: float = 0.0    # YaRN's blend weight (rope.scaling.type yarn: 1; 0: no YaRN)
+    rope_beta_fast: float = 32.0    # YaRN's correction range (llama.cpp's defaults)
+    rope_beta_slow: float = 1.0
     n_ctx_orig: int = 0             # the training context RoPE scaling refers to
                                     # (rope.scaling.original_context_length; 0: n_ctx_train)
     norm_eps: float = 1e-5          # LayerNorm's epsilon (architectures with norm "layer")
@@ -91,6 +94,28 @@ class ModelConfig:
             self.n_ctx_orig = self.n_ctx_train
         if self.n_swa and not self.swa_layers:
             self.swa_layers = (True,) * self.n_layer
+        self._check()
+
+    def apply_rope_settings(self, s: "ContextSettings") -> None:
+        """The RoPE keywords of a context over the file's values, as llama.cpp's context
+        applies them (rope_scaling "none" forces scale 1; YaRN's ext_factor is 1 with YaRN
+        scaling unless given; its attention factor is then derived, else the given one
+        multiplies the file's)."""
+        if s.rope_freq_base:
+            self.rope_freq_base = s.rope_freq_base
+        if s.rope_freq_scale:
+            self.rope_freq_scale = s.rope_freq_scale
+        if s.rope_scaling == "none":
+            self.rope_freq_scale = 1.0
+        if s.yarn_ext_factor >= 0:
+            self.rope_ext_factor = s.yarn_ext_factor
+        elif s.rope_scaling is not None:
+            self.rope_ext_factor = 1.0 if s.rope_scaling == "yarn" else 0.0
+        if not self.rope_ext_factor:
+            self.rope_attn_factor *= s.yarn_attn_factor
+        if s.yarn_orig_ctx:
+            self.n_ctx_orig = s.yarn_orig_ctx
+        self.rope_beta_fast, self.rope_beta_slow = s.yarn_beta_fast, s.yarn_beta_slow
         self._check()
 
     def is_swa(self, layer: int) -> bool:
@@ -126,13 +151,14 @@ class ModelConfig:
         if self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise UnsupportedModelError(f"{self.arch}: RoPE dimension count {self.rope_dims} must be even "
                                         f"and at most the head size {self.head_dim}")
-        for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa", "rope_attn_factor"):
+        for name in ("rope_freq_base", "rope_freq_scale", "rope_freq_base_swa", "rope_attn_factor",
+                     "rope_beta_fast", "rope_beta_slow"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a finite number > 0")
         for name in ("rms_eps", "norm_eps"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "a finite number >= 0")
-        for name in ("final_logit_softcap", "attn_logit_softcap"):
+        for name in ("final_logit_softcap", "attn_logit_softcap", "rope_ext_factor"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "a finite number >= 0")
         if self.n_swa < 0:
@@ -280,9 +306,17 @@ class ContextSettings:
     kv_type: str = "f16"
     rope_freq_base: float = 0.0     # 0: the model's
     rope_freq_scale: float = 0.0    # 0: the model's (positions are multiplied by it)
+    rope_scaling: Optional[str] = None   # None: the model's; "none", "linear" or "yarn"
+    yarn_ext_factor: float = -1.0   # < 0: 1 with YaRN scaling, else 0 (llama.cpp's rule)
+    yarn_attn_factor: float = 1.0   # cos/sin times it without YaRN (with YaRN: derived)
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    yarn_orig_ctx: int = 0          # 0: the model's rope.scaling.original_context_length
     kv_overrides: Dict[str, Any] = field(default_factory=dict)  # GGUF metadata replacements
     sparse_threshold: Optional[float] = None  # PowerInfer models: None = the file's threshold
     dense: bool = False             # PowerInfer models: compute every FFN neuron
     repack_weights: bool = True     # Q4_0 matrices in the interleaved layout (llama.cpp's use_extra_bufts)
     neuron_bundle: bool = True      # PowerInfer models: repack gate/up/down_t rows per neuron
+    swa_full: bool = True           # sliding-window layers cache every position (llama.cpp's
+                                    # default); False: only the window plus a batch (model/kv_cache.py)
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -48,10 +48,7 @@ class Engine:
         self.file = path if isinstance(path, GGUFFile) else GGUFFile(path)
         md = {**self.file.metadata, **settings.kv_overrides}
         self.cfg = ModelConfig.from_metadata(md, n_vocab=self._vocab_size())
-        if settings.rope_freq_base:
-            self.cfg.rope_freq_base = settings.rope_freq_base
-        if settings.rope_freq_scale:
-            self.cfg.rope_freq_scale = settings.rope_freq_scale
+        self.cfg.apply_rope_settings(settings)
         self.settings = settings
         n_ctx = settings.n_ctx or self.cfg.n_ctx_train
         self.n_ctx = n_ctx
@@ -63,7 +60,10 @@ class Engine:
         self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense, settings.neuron_bundle, self.file)
-        self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16)
+        # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's
+        # n_swa + n_ubatch), not n_ctx positions
+        swa_rows = None if settings.swa_full or not self.cfg.n_swa else self.cfg.n_swa + self.n_batch
+        self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16, swa_rows)
         # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them
         self.offload_plan = plan_for_engine(self, settings.extra.get("vram_budget"),
                                             settings.extra.get("n_gpu_layers", 0))
@@ -136,12 +136,22 @@ class Engine:
                     last = logits[-1].copy()
         return out if logits_all else last
 
+    def can_resume(self, n_past: int) -> bool:
+        """Whether the cache, cut to n_past tokens, can go on: always, except in a short
+        sliding-window cache (swa_full=False) that has dropped the window of position n_past."""
+        return 0 <= n_past <= self.n_past and self.kv.can_resume(n_past)
+
     def truncate(self, n_past: int) -> None:
         """Forget cached positions >= n_past (they are overwritten when reused)."""
         with self._lock:
             self._require_open()
             if not 0 <= n_past <= self.n_past:
                 raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.n_past}")
+            if not self.kv.can_resume(n_past):
+                raise ValueError(f"cannot truncate to {n_past} tokens: the sliding-window cache no longer "
+                                 f"holds position {self.kv.first_needed(n_past)} (swa_full=False); "
+                                 "evaluate the tokens again")
+            self.kv.resume(n_past)
             self.n_past = n_past
 
     @contextmanager

@@ -224,7 +224,12 @@ class Llama:
         tokens = [int(t) for t in tokens]
         self._calls.sequence = object()
         if eng.n_past != self.n_tokens:
-            eng.truncate(min(self.n_tokens, eng.n_past))
+            n_keep = min(self.n_tokens, eng.n_past)
+            if eng.can_resume(n_keep):
+                eng.truncate(n_keep)
+            else:   # a short sliding-window cache dropped what n_keep needs: evaluate it again
+                eng.truncate(0)
+                eng.decode(self.input_ids[:n_keep].tolist())
             if eng.n_past != self.n_tokens:
                 raise RuntimeError(f"the KV cache holds {eng.n_past} tokens, the sequence "
                                    f"{self.n_tokens}: restore a saved state to continue")

@@ -3,8 +3,10 @@
 A state holds the evaluated token ids, the logits kept for them and the KV cache rows of
 those positions, serialized as:
 
-    header  "PYKV", version, n_layer, K row bytes, V row bytes, n_tokens   (6 x u32, LE)
-    then per layer: K rows [0, n_tokens) then V rows [0, n_tokens), raw F16.
+    header  "PYKV", version, n_layer, K row bytes, V row bytes, n_tokens, swa_rows, swa_base
+            (8 x u32, LE; swa_rows 0 unless the sliding-window layers have a short cache)
+    then per layer: K rows then V rows of its slots [0, n), raw F16: n = n_tokens, or
+    n_tokens - swa_base in a short sliding-window cache (model/kv_cache.py).
 
 `LlamaRAMCache` maps token sequences to states as llama-cpp-python's does: a lookup returns
 the state whose key shares the longest prefix with the query, and the least recently used
@@ -20,8 +22,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 _KV_MAGIC = b"PYKV"
-_KV_VERSION = 1
-_KV_HEADER = struct.Struct("<4sIIIII")
+_KV_VERSION = 2
+_KV_HEADER = struct.Struct("<4sIIIIIII")
 
 
 class LlamaState:
@@ -43,9 +45,11 @@ class LlamaState:
         self.sequence = sequence
 
 
-def _rows(t, n_tokens: int) -> np.ndarray:
-    """The first n_tokens rows of a KV cache tensor (ne {kv_dim, n_ctx}) as a (n, kv_dim) view."""
-    return t.numpy()[:n_tokens]
+def _rows(kv, layer: int, t, n_tokens: int) -> np.ndarray:
+    """The slots of positions [0, n_tokens) that cache tensor t (ne {kv_dim, rows}) of
+    `layer` holds, as a (n, kv_dim) view."""
+    short = kv.short[layer] if kv.short else False
+    return t.numpy()[:n_tokens - kv.swa_base if short else n_tokens]
 
 
 def kv_state_bytes(engine, n_tokens: int) -> bytes:
@@ -53,12 +57,15 @@ def kv_state_bytes(engine, n_tokens: int) -> bytes:
     rows are read from memory that close() frees)."""
     with engine.locked():
         kv = engine.kv
+        if not kv.can_resume(n_tokens):
+            raise RuntimeError(f"the sliding-window cache no longer holds the window of position "
+                               f"{n_tokens} (swa_full=False): its state cannot be saved")
         head = _KV_HEADER.pack(_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1],
-                               n_tokens)
+                               n_tokens, kv.swa_rows, kv.swa_base if n_tokens else 0)
         parts = [head]
-        for k, v in zip(kv.k, kv.v):
-            parts.append(_rows(k, n_tokens).tobytes())
-            parts.append(_rows(v, n_tokens).tobytes())
+        for i, (k, v) in enumerate(zip(kv.k, kv.v)):
+            parts.append(_rows(kv, i, k, n_tokens).tobytes())
+            parts.append(_rows(kv, i, v, n_tokens).tobytes())
         return b"".join(parts)
 
 
@@ -72,23 +79,24 @@ def _restore_kv_rows(engine, data: bytes) -> int:
     kv = engine.kv
     if len(data) < _KV_HEADER.size:
         raise RuntimeError("Failed to set llama state data: the state is truncated")
-    magic, version, n_layer, k_row, v_row, n_tokens = _KV_HEADER.unpack_from(data)
-    expect = (_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1])
-    if (magic, version, n_layer, k_row, v_row) != expect:
+    magic, version, n_layer, k_row, v_row, n_tokens, swa_rows, swa_base = _KV_HEADER.unpack_from(data)
+    expect = (_KV_MAGIC, _KV_VERSION, len(kv.k), kv.k[0].nb[1], kv.v[0].nb[1], kv.swa_rows)
+    if (magic, version, n_layer, k_row, v_row, swa_rows) != expect:
         raise RuntimeError("Failed to set llama state data: the state was saved from a "
                            "different model or context")
-    if n_tokens > kv.n_ctx:
+    if n_tokens > kv.n_ctx or swa_base > n_tokens or (swa_rows and n_tokens - swa_base > swa_rows):
         raise RuntimeError(f"Failed to set llama state data: {n_tokens} tokens do not fit a "
                            f"context of {kv.n_ctx}")
-    if len(data) != _KV_HEADER.size + n_layer * n_tokens * (k_row + v_row):
+    n_rows = sum(n_tokens - swa_base if s else n_tokens for s in (kv.short or (False,) * n_layer))
+    if len(data) != _KV_HEADER.size + n_rows * (k_row + v_row):
         raise RuntimeError("Failed to set llama state data: wrong size")
+    kv.swa_base = swa_base
     off = _KV_HEADER.size
-    for k, v in zip(kv.k, kv.v):
-        for t, row in ((k, k_row), (v, v_row)):
-            dst = _rows(t, n_tokens)
-            n = n_tokens * row
+    for i, (k, v) in enumerate(zip(kv.k, kv.v)):
+        for t in (k, v):
+            dst = _rows(kv, i, t, n_tokens)
             dst[...] = np.frombuffer(data, dtype=dst.dtype, count=dst.size, offset=off).reshape(dst.shape)
-            off += n
+            off += dst.nbytes
     engine.n_past = n_tokens
     return n_tokens
 

@@ -154,8 +154,8 @@ class LlamaOptions:
 
         Accepted without effect (they do not change results here): split_mode, main_gpu,
         tensor_split, use_mmap (weights are always memory-mapped), use_mlock, offload_kqv,
-        flash_attn, op_offload, swa_full, no_perf, numa, lora_base/lora_scale without
-        lora_path, yarn_beta_*/yarn_orig_ctx (only used by YaRN), spm_infill (only with a
+        flash_attn, op_offload, no_perf, numa, lora_base/lora_scale without
+        lora_path, spm_infill (only with a
         suffix); with a note in verbose mode: n_gpu_layers without usable CUDA (the layers
         stay on the CPU), draft_model (no speculation yet). vram_budget without CUDA raises.
         """
@@ -164,13 +164,10 @@ class LlamaOptions:
         if self.lora_path:
             raise UnsupportedOptionError(
                 f"LoRA adapters are not supported by pyinfer: cannot apply lora_path={self.lora_path!r}")
-        if self.rope_scaling_type in (LLAMA_ROPE_SCALING_TYPE_YARN, LLAMA_ROPE_SCALING_TYPE_LONGROPE):
+        if self.rope_scaling_type == LLAMA_ROPE_SCALING_TYPE_LONGROPE:
             raise UnsupportedOptionError(
-                f"rope_scaling_type={self.rope_scaling_type}: only none (0) and linear (1) RoPE "
-                "scaling are supported by pyinfer")
-        if self.yarn_ext_factor > 0.0 or self.yarn_attn_factor != 1.0:
-            raise UnsupportedOptionError(
-                "YaRN RoPE (yarn_ext_factor > 0 or yarn_attn_factor != 1) is not supported by pyinfer")
+                f"rope_scaling_type={self.rope_scaling_type} (LongRoPE): a LongRoPE model's file says so "
+                "itself (Phi-3's rope_factors_long/short); as a context option it is not supported")
         if self.pooling_type == LLAMA_POOLING_TYPE_RANK:
             raise UnsupportedOptionError("pooling_type=RANK (reranking) is not supported by pyinfer")
         if self.attention_type == LLAMA_ATTENTION_TYPE_NON_CAUSAL:
@@ -275,14 +272,20 @@ class LlamaOptions:
         n_threads, n_threads_batch = self.resolve_threads()
         base, scale = self.rope_overrides()
         n_batch = self.resolve_n_batch(n_ctx_train)
+        scaling = {LLAMA_ROPE_SCALING_TYPE_NONE: "none", LLAMA_ROPE_SCALING_TYPE_LINEAR: "linear",
+                   LLAMA_ROPE_SCALING_TYPE_YARN: "yarn"}.get(self.rope_scaling_type)
         return ContextSettings(
             n_ctx=self.resolve_n_ctx(n_ctx_train),
             n_batch=max(1, min(n_batch, self.n_ubatch)),  # the engine's chunk is the physical batch
             n_threads=n_threads, n_threads_batch=n_threads_batch,
             logits_all=self.logits_all or self.draft_model is not None,
-            embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale,
+            embedding=self.embedding, rope_freq_base=base, rope_freq_scale=scale, rope_scaling=scaling,
+            yarn_ext_factor=self.yarn_ext_factor, yarn_attn_factor=self.yarn_attn_factor,
+            yarn_beta_fast=self.yarn_beta_fast, yarn_beta_slow=self.yarn_beta_slow,
+            yarn_orig_ctx=self.yarn_orig_ctx,
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
             dense=self.dense, repack_weights=self.use_extra_bufts, neuron_bundle=self.neuron_bundle,
+            swa_full=True if self.swa_full is None else bool(self.swa_full),
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers,
                    "reset_gpu_index": self.reset_gpu_index, "disable_gpu_index": self.disable_gpu_index})
 

@@ -35,10 +35,13 @@ class LayerBuilder:
     """The operations of layer `i` for its block function (model/arch.py)."""
 
     def __init__(self, ctx: Context, cfg: ModelConfig, spec: Arch, i: int, kv: "KVCache",
-                 pos: Tensor, ffn: FFN, rope_freqs: Optional[Tensor], n_outputs: Optional[int]):
+                 pos: Tensor, ffn: FFN, rope_freqs: Optional[Tensor], n_outputs: Optional[int],
+                 slots: Optional[Tensor] = None):
         self.ctx, self.cfg, self.spec, self.i = ctx, cfg, spec, i
         self.k_cache, self.v_cache = kv.k[i], kv.v[i]
         self.pos, self._ffn, self.rope_freqs = pos, ffn, rope_freqs
+        # the cache slots of the tokens: their positions, or a short window cache's slots
+        self.slots = slots if kv.short and kv.short[i] else pos
         n_tokens = pos.ne[0]
         last = i == cfg.n_layer - 1
         self.n_keep = n_outputs if last and n_outputs is not None and n_outputs < n_tokens else None
@@ -96,29 +99,31 @@ class LayerBuilder:
             base, scale = cfg.rope(self.i)
             yarn, attn_factor = None, cfg.rope_attn_factor
             if cfg.rope_ext_factor:
-                yarn = RopeYarn(cfg.n_ctx_orig, cfg.rope_ext_factor)
+                yarn = RopeYarn(cfg.n_ctx_orig, cfg.rope_ext_factor, cfg.rope_beta_fast, cfg.rope_beta_slow)
                 attn_factor = yarn_attn_factor(scale, cfg.rope_attn_factor)
             q, k = (ctx.rope(t, self.pos, cfg.rope_dims, mode, base, scale, self.rope_freqs, yarn, attn_factor)
                     for t in (q, k))
         kq_scale = cfg.attn_scale or 1.0 / math.sqrt(hd)
         if self.spec.q_prescale:
             q, kq_scale = ctx.scale(q, kq_scale), 1.0
-        k_all = ctx.set_rows(self.k_cache, ctx.view(k, (hd * nkv, n), (k.nb[0], k.nb[2])), self.pos)
-        v_all = ctx.set_rows(self.v_cache, v, self.pos)
+        k_all = ctx.set_rows(self.k_cache, ctx.view(k, (hd * nkv, n), (k.nb[0], k.nb[2])), self.slots)
+        v_all = ctx.set_rows(self.v_cache, v, self.slots)
         n_ctx = self.k_cache.ne[1]
         esz = self.k_cache.nb[0]
         k_all = ctx.view(k_all, (hd, nkv, n_ctx), (esz, hd * esz, self.k_cache.nb[1]))
         v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, self.v_cache.nb[1]))
-        attn = ctx.attention(q, k_all, v_all, self.pos, kq_scale, window=cfg.window(self.i),
+        attn = ctx.attention(q, k_all, v_all, self.slots, kq_scale, window=cfg.window(self.i),
                              softcap=cfg.attn_logit_softcap)
         out = ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
         return ctx.add(out, layer.bo) if layer.bo is not None else out
 
 
 def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",
-                  tokens: Tensor, pos: Tensor, ffn: FFN, n_outputs: Optional[int] = None) -> Tensor:
+                  tokens: Tensor, pos: Tensor, ffn: FFN, n_outputs: Optional[int] = None,
+                  slots: Optional[Tensor] = None) -> Tensor:
     """Final normed hidden states {n_embd, n_outputs} of the last n_outputs (default: all)
-    of `tokens` at positions `pos`, through the layers of cfg's architecture."""
+    of `tokens` at positions `pos`, through the layers of cfg's architecture; `slots`: their
+    rows in a short sliding-window cache (model/kv_cache.py), when kv has one."""
     spec = get_arch(cfg.arch)
     x = ctx.get_rows(w.tok_embd, tokens)
     if spec.embd_scale:
@@ -126,7 +131,7 @@ def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCach
     if w.pos_embd is not None:
         x = ctx.add(x, ctx.get_rows(_position_rows(ctx, spec, w.pos_embd, kv.n_ctx), pos))
     for i, layer in enumerate(w.layers):
-        b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_factors(cfg, kv.n_ctx), n_outputs)
+        b = LayerBuilder(ctx, cfg, spec, i, kv, pos, ffn, w.rope_factors(cfg, kv.n_ctx), n_outputs, slots)
         x = spec.block(b, layer, x)
     return _norm(ctx, cfg, spec, x, w.out_norm, w.out_norm_b)
 

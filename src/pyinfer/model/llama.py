@@ -19,6 +19,7 @@ from ..gguf_model import GGUFFile, ModelLoadError
 from ..tensor import Context, GGMLType, Graph, Tensor
 from .arch import LAYER_TENSORS, NORM_TENSORS, POWERINFER_REPLACES, get_arch
 from .forward import FFN, build_forward, dense_ffn, ffn_block, logits  # noqa: F401
+from .kv_cache import KVCache  # noqa: F401
 
 # the types a weight may have: those with dot-product and get_rows kernels (activation-only
 # types such as Q8_1/Q8_K and the integer types are refused at load, not at the first forward)
@@ -199,36 +200,11 @@ def _f32(t: Optional[Tensor], name: str) -> Optional[Tensor]:
     return t
 
 
-@dataclass
-class KVCache:
-    """Per-layer K and V caches: {n_head_kv*head_dim, n_ctx} rows indexed by position."""
-    k: List[Tensor]
-    v: List[Tensor]
-    n_ctx: int
-
-    @classmethod
-    def allocate(cls, cfg: ModelConfig, n_ctx: int, kv_type: GGMLType = GGMLType.F16) -> "KVCache":
-        kv_dim = cfg.n_head_kv * cfg.head_dim
-        row_bytes = kv_dim * (2 if kv_type == GGMLType.F16 else 4)
-        ctx = Context(mem_size=2 * cfg.n_layer * (row_bytes * n_ctx + 1024) + 4096)
-        k = [ctx.new_tensor(kv_type, (kv_dim, n_ctx), f"cache_k_l{i}") for i in range(cfg.n_layer)]
-        v = [ctx.new_tensor(kv_type, (kv_dim, n_ctx), f"cache_v_l{i}") for i in range(cfg.n_layer)]
-        cache = cls(k, v, n_ctx)
-        cache._ctx = ctx
-        return cache
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
-
-    def close(self) -> None:
-        self._ctx.close()
-
-
 class ForwardGraph:
     """A planned forward pass for exactly ``n_tokens`` tokens.
 
-    Inputs: ``tokens`` and ``pos`` (int32 numpy views, rewrite before run()).
+    Inputs: ``tokens`` and ``pos`` (int32 numpy views, rewrite before run(); run() makes
+    room in a short sliding-window cache for the positions).
     Output: ``logits`` (float32 view, shape (n_outputs, n_vocab)) for the
     last ``n_outputs`` tokens; or, with ``embeddings``, the final normed
     hidden states (n_outputs, n_embd).
@@ -242,15 +218,22 @@ class ForwardGraph:
         ctx = self.ctx
         tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
         pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
-        hidden = build_forward(ctx, cfg, w, kv, tokens, pos, ffn or dense_ffn(cfg), n_outputs)
+        # the short sliding-window caches' slots (model/kv_cache.py), filled by run()
+        slots = ctx.new_tensor(GGMLType.I32, (n_tokens,), "swa_slots") if kv.swa_rows else None
+        hidden = build_forward(ctx, cfg, w, kv, tokens, pos, ffn or dense_ffn(cfg), n_outputs, slots)
         out = hidden if embeddings else logits(ctx, cfg, w, hidden)
         out.name = "embeddings" if embeddings else "logits"
         self.graph = Graph(ctx, max_nodes=64 + 56 * cfg.n_layer).build(out).plan(n_threads)
         self.tokens = tokens.numpy()
         self.pos = pos.numpy()
         self.out = out.numpy()
+        self.kv = kv
+        self.slots = slots.numpy() if slots is not None else None
 
     def run(self, pool) -> None:
+        if self.slots is not None:
+            self.kv.make_room(int(self.pos.min()), int(self.pos.max()))
+            np.subtract(self.pos, self.kv.swa_base, out=self.slots)
         self.graph.compute(pool)
 
     def close(self) -> None:
