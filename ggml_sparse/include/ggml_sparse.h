@@ -1,5 +1,6 @@
 /*
- * ggml_sparse.h - the whole public C API of the ggml_sparse tensor library.
+ * ggml_sparse.h - the public C API of the ggml_sparse tensor library (its
+ * backends and graph scheduler: gs_backend.h; the CUDA backend: gs_cuda.h).
  *
  * ggml_sparse is a small ggml-style tensor library: typed n-d tensors (up to
  * 4 dims, ggml's `ne`/`nb` convention: ne[0] is the innermost, contiguous
@@ -254,8 +255,10 @@ gs_status gs_cpy(gs_context * ctx, gs_tensor * a, gs_tensor * dst, gs_tensor ** 
 /* Row scatter: dst rows idx[i] = src row i (converted to dst's type).
  * dst {n, R, P2, P3}, src F32 {n, k, P2, P3} (each plane scatters into the
  * matching plane of dst), idx contiguous I32 {k}, 0 <= idx[i] < R (checked
- * at run time before anything is written: GS_ERR_RUNTIME). Duplicate
- * indices write the same row from several threads: results are undefined.
+ * at run time before anything is written: GS_ERR_RUNTIME). Quantized dst
+ * rows are encoded by the type's reference quantizer (the bytes of
+ * gguf.quants.quantize). Duplicate indices write the same row from several
+ * threads: results are undefined.
  * Used to append to a KV cache at positions given as an input. Result: a
  * view of all of dst, to order readers after the write. */
 gs_status gs_set_rows(gs_context * ctx, gs_tensor * dst, gs_tensor * src,
@@ -362,8 +365,9 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
 
 /* Causal attention over a KV cache with grouped-query heads.
  *   q     F32 {head_dim, n_head, n_tokens}
- *   k     F32/F16 cache {head_dim, n_head_kv, n_ctx} (any row stride)
- *   v     F32/F16 cache {head_dim, n_head_kv, n_ctx}
+ *   k     F32/F16 cache {head_dim, n_head_kv, n_ctx} (any row stride), or
+ *         Q8_0/Q4_0 (then v is Q8_0/Q4_0 too, and head_dim a multiple of 32)
+ *   v     F32/F16 cache {head_dim, n_head_kv, n_ctx}, or Q8_0/Q4_0 with k
  *   pos   I32 {n_tokens}: query token t sees cache slots 0..pos[t]
  *         (pos[t] < n_ctx, checked at run time)
  * n_head must be a multiple of n_head_kv; head h reads kv head
@@ -382,8 +386,11 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
  * order of operations as masked slots (weight 0) do: the visible slots keep
  * their places in its lane and tree sums, so the result is bit-identical to
  * llama.cpp's masked attention over a cache whose slot j holds position j.
- * Other caches sum the visible slots only. gs_attention is n_swa = 0,
- * softcap = 0. */
+ * Other caches sum the visible slots only. Quantized caches follow llama.cpp's
+ * CPU flash attention: each query row quantized to Q8_0, one K dot product
+ * per visible slot, an online softmax (expf), V rows dequantized and summed
+ * in F32; with a soft-cap the scale is divided by it first. gs_attention is
+ * n_swa = 0, softcap = 0. */
 typedef struct {
     float scale;
     int32_t n_swa;
@@ -435,6 +442,18 @@ gs_status gs_sparse_index_abs(gs_context * ctx, gs_tensor * act, float threshold
  * products, the relu and the index as four nodes. */
 gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, gs_tensor * x,
                             float threshold, gs_tensor ** out);
+/* An index restricted to a slice of the neurons, in the slice's own ids (the
+ * hot neurons of a hybrid FFN, whose rows are stored compactly elsewhere).
+ * idx {M + 1, n_tokens} as above; map contiguous I32 {M}: map[m] = the
+ * compact id in [0, n_out) of neuron m, or -1 when m is not in the slice,
+ * its non-negative entries strictly increasing with m (an ascending bucket
+ * numbered in order) -> out I32 {n_out + 1, n_tokens}: per token the active
+ * neurons the map keeps, as their compact ids (so again ascending): an
+ * index for ops over the slice's n_out rows. n_out >= 0 (INVALID_ARG
+ * otherwise). At run, a map entry below -1, at or above n_out or not
+ * increasing, and a bad idx column, are GS_ERR_RUNTIME. */
+gs_status gs_sparse_index_remap(gs_context * ctx, gs_tensor * idx, gs_tensor * map, int64_t n_out,
+                                gs_tensor ** out);
 /* Row-sparse product (gate, up): a {K, M} of any weight type, b F32
  * {K, n_tokens} (rows contiguous), idx {M + 1, n_tokens} or NULL (every
  * neuron active), skip {M} or NULL -> out F32 {M, n_tokens}:
@@ -518,78 +537,6 @@ gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp);
 gs_status gs_threadpool_new(int n_threads, gs_threadpool ** out);
 void      gs_threadpool_free(gs_threadpool * tp);
 int       gs_threadpool_n_threads(const gs_threadpool * tp);
-
-/* ---------------------------------------------------------------------------
- * CUDA backend (GS_CUDA builds). Always declared: in a build without CUDA
- * every function returns GS_ERR_UNSUPPORTED "CUDA not built"; in a CUDA
- * build on a machine without a driver or GPU, GS_ERR_UNSUPPORTED "no CUDA
- * device: ...". Device ids are CUDA's (0 .. count - 1).
- * ------------------------------------------------------------------------- */
-typedef struct {
-    char   name[256];
-    int    cc_major, cc_minor;  /* compute capability                      */
-    int    n_sm;                /* streaming multiprocessors               */
-    size_t free_bytes;          /* cudaMemGetInfo at the time of the call  */
-    size_t total_bytes;
-} gs_cuda_device_info;
-
-/* Number of usable devices (>= 1 on success). */
-gs_status gs_cuda_device_count(int * out);
-gs_status gs_cuda_get_device_info(int device, gs_cuda_device_info * out);
-/* Free and total device memory now (cudaMemGetInfo). */
-gs_status gs_cuda_mem_info(int device, size_t * free_bytes, size_t * total_bytes);
-
-/* Device memory of `size` bytes (one cudaMalloc). */
-typedef struct gs_cuda_buffer gs_cuda_buffer;
-gs_status gs_cuda_buffer_new(int device, size_t size, gs_cuda_buffer ** out);
-void      gs_cuda_buffer_free(gs_cuda_buffer * buf);
-gs_status gs_cuda_buffer_size(const gs_cuda_buffer * buf, size_t * out);
-/* Copy n bytes host -> device at byte offset (bounds checked), and back. */
-gs_status gs_cuda_upload(gs_cuda_buffer * buf, size_t offset, const void * src, size_t n);
-gs_status gs_cuda_download(const gs_cuda_buffer * buf, size_t offset, void * dst, size_t n);
-
-/* Run one recorded op node on the device: its sources (contiguous, with
- * host data: leaves, or results of a planned and computed graph) are copied
- * to device tensors, the op's CUDA kernel runs, and the result (contiguous,
- * gs_tensor_nbytes(node) bytes; for set_rows all of dst) is copied into
- * `out` (out_size must equal that size). Index inputs are checked as the CPU
- * ops check them. Ops: every op of the llama forward and the sparse ops
- * (cpy only to F32/F16; set_rows into F32/F16). For per-op CUDA-vs-CPU tests;
- * inference keeps weights resident (gs_cuda_ffn). */
-gs_status gs_cuda_compute_node(int device, gs_tensor * node, void * out, size_t out_size);
-
-/* Hybrid FFN of one layer. The GPU keeps the rows of the hot neurons
- * `bucket` (n_hot ascending neuron ids in [0, M), a layer's gpu_bucket) of
- * gate and up ({E, M}, gate NULL for falcon/opt) and of ffn_down_t ({E, M},
- * row m = neuron m's output weights), any weight types. Per token:
- *   h[m] = act(gate row m . x) * up row m . x   (gate present, !gate_b)
- *   h[m] = act(gate . x) * act(up . x)          (gate_b: bamboo)
- *   h[m] = act(up row m . x)                    (gate NULL)
- *   y    = sum over active hot m of h[m] * down_t row m
- * where "active" follows the predictor's index (as gs_mul_mat_sparse; NULL:
- * all). The CPU computes the cold rows with the same index and skip =
- * gpu_idx; the two partial outputs add up to the whole FFN. */
-typedef struct gs_cuda_ffn gs_cuda_ffn;
-gs_status gs_cuda_ffn_new(int device, const gs_tensor * gate, const gs_tensor * up,
-                          const gs_tensor * down_t, const int32_t * bucket, int64_t n_hot,
-                          gs_unary_op act, bool gate_b, gs_cuda_ffn ** out);
-void      gs_cuda_ffn_free(gs_cuda_ffn * f);
-/* Device bytes held: the weight slices, and the per-token scratch (x, index,
- * mask, activations, output; pinned host staging is not device memory). */
-gs_status gs_cuda_ffn_mem(const gs_cuda_ffn * f, size_t * weight_bytes, size_t * scratch_bytes);
-/* Start the GPU share for one token on the FFN's stream and return at once:
- * x F32 [E] (copied into pinned staging before returning), idx I32 [M + 1]
- * (the token's active-neuron column) or NULL for every neuron. */
-gs_status gs_cuda_ffn_launch(gs_cuda_ffn * f, const float * x, const int32_t * idx);
-/* Wait for the launched share and add it to y F32 [E] (y += GPU part). */
-gs_status gs_cuda_ffn_finish(gs_cuda_ffn * f, float * y);
-/* The whole hybrid step: launch the GPU share, run the planned CPU graph
- * `cold` on tp meanwhile (its output tensor `cold_out` F32 [E] holds the
- * cold rows' sum, e.g. gs_axpy_sparse with skip = gpu_idx), then
- * y = cold_out + GPU part. Only x and y cross PCIe. */
-gs_status gs_cuda_ffn_hybrid(gs_cuda_ffn * f, const float * x, const int32_t * idx,
-                             gs_graph * cold, gs_threadpool * tp, const gs_tensor * cold_out,
-                             float * y);
 
 /* cffi-end */
 

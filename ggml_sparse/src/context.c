@@ -29,8 +29,9 @@ struct gs_context {
     size_t size;
     size_t used;
     bool no_alloc;
-    /* graphs created in this context, freed with it (see graph.c) */
-    void ** owned;
+    /* heap blocks and objects freed with it (gs_context_own*, graph.c and
+     * the scheduler's plans, backend.c's placements) */
+    struct owned_entry { void * p; gs_destroy_fn destroy; } * owned;
     int n_owned, cap_owned;
 };
 
@@ -63,7 +64,12 @@ gs_status gs_context_new(const gs_context_params * params, gs_context ** out) {
 
 void gs_context_free(gs_context * ctx) {
     if (!ctx) return;
-    for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
+    /* destructors first (newest first): they wait for device work that may
+     * still read or write the heap blocks and the arena freed below */
+    for (int i = ctx->n_owned - 1; i >= 0; i--) {
+        if (ctx->owned[i].destroy && ctx->owned[i].p) ctx->owned[i].destroy(ctx->owned[i].p);
+    }
+    for (int i = 0; i < ctx->n_owned; i++) if (!ctx->owned[i].destroy) free(ctx->owned[i].p);
     free(ctx->owned);
     free(ctx->raw);
     free(ctx);
@@ -84,24 +90,37 @@ void * gs_context_alloc(gs_context * ctx, size_t n) {
     return p;     /* zero: the arena is never handed out twice */
 }
 
-/* Register heap memory to be freed with the context (used by graphs). */
-gs_status gs_context_own(gs_context * ctx, void * p) {
+/* Ownership (gs_internal.h): destroy NULL means free(). */
+gs_status gs_context_own_fn(gs_context * ctx, void * p, gs_destroy_fn destroy) {
     if (ctx->n_owned == ctx->cap_owned) {
         int cap = ctx->cap_owned ? 2 * ctx->cap_owned : 8;
-        void ** o = realloc(ctx->owned, (size_t) cap * sizeof(void *));
+        struct owned_entry * o = realloc(ctx->owned, (size_t) cap * sizeof(*o));
         if (!o) return gs_set_error(GS_ERR_OOM, "out of memory");
         ctx->owned = o;
         ctx->cap_owned = cap;
     }
-    ctx->owned[ctx->n_owned++] = p;
+    ctx->owned[ctx->n_owned++] = (struct owned_entry) { p, destroy };
     return GS_OK;
 }
 
-/* Replace an owned pointer (after realloc); no-op when not found. */
+gs_status gs_context_own(gs_context * ctx, void * p) { return gs_context_own_fn(ctx, p, NULL); }
+
+/* The newest entry holding p (-1: none). */
+static int find_owned(const gs_context * ctx, const void * p) {
+    for (int i = ctx->n_owned - 1; i >= 0; i--) if (ctx->owned[i].p == p) return i;
+    return -1;
+}
+
 void gs_context_reown(gs_context * ctx, void * old_p, void * new_p) {
-    for (int i = 0; i < ctx->n_owned; i++) {
-        if (ctx->owned[i] == old_p) { ctx->owned[i] = new_p; return; }
-    }
+    const int i = find_owned(ctx, old_p);
+    if (i >= 0) ctx->owned[i].p = new_p;
+}
+
+void gs_context_disown(gs_context * ctx, void * p) {
+    const int i = find_owned(ctx, p);
+    if (i < 0) return;
+    memmove(&ctx->owned[i], &ctx->owned[i + 1], (size_t) (ctx->n_owned - i - 1) * sizeof(ctx->owned[0]));
+    ctx->n_owned--;
 }
 
 /* ---- tensors ----------------------------------------------------------- */
@@ -128,6 +147,7 @@ gs_status gs_tensor_alloc_meta(gs_context * ctx, gs_type type, int n_dims,
     gs_tensor * t = gs_context_alloc(ctx, sizeof(gs_tensor));
     if (!t) return gs_set_error(GS_ERR_OOM, "context arena exhausted (tensor metadata)");
     t->type = type;
+    t->ctx = ctx;
     t->n_dims = n_dims;
     for (int i = 0; i < GS_MAX_DIMS; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
     t->nb[0] = tt->type_size;

@@ -14,30 +14,17 @@
  * byte ranges the planned tensors span, scratch included when threads share
  * it). Independent neighbours (the q, k, v projections of one input, two
  * ropes, two cache writes) then run without waiting for each other.
+ *
+ * Graphs planned over several backends (gs_graph_plan_backends, sched*.c)
+ * reuse the allocator, the barrier planning and the node runner below;
+ * gs_graph_compute hands them to the scheduler.
  */
-#include "gs_internal.h"
+#include "backend_impl.h"
 
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-gs_status gs_context_own(gs_context * ctx, void * p);
-void gs_context_reown(gs_context * ctx, void * old_p, void * new_p);
-
-struct gs_graph {
-    gs_context * ctx;
-    int max_nodes;
-    int n_nodes;
-    gs_tensor ** nodes;       /* op nodes in execution order               */
-    gs_tensor ** visited;     /* open-addressing set of visited tensors    */
-    int visited_cap;
-    bool * sync;              /* sync[i]: barrier before node i            */
-    uint8_t * buffer;         /* intermediates, then scratch               */
-    size_t compute_bytes;
-    size_t work_bytes;
-    int planned_threads;      /* 0 while not planned                       */
-};
 
 gs_status gs_graph_new(gs_context * ctx, int max_nodes, gs_graph ** out) {
     GS_CHECK_ARG(ctx && out, "gs_graph_new: NULL argument");
@@ -175,15 +162,8 @@ gs_status gs_graph_node(const gs_graph * g, int i, gs_tensor ** out) {
 }
 
 /* ---- planning ----------------------------------------------------------- */
-typedef struct { size_t offs, size; } block;
-
-typedef struct {
-    block * free_blocks;  /* sorted by offset */
-    int n_free;
-    size_t end;           /* high-water mark of the virtual buffer */
-} allocator;
-
-static size_t alloc_block(allocator * a, size_t size) {
+/* gs_allocator: free_blocks sorted by offset, end the high-water mark. */
+size_t gs_alloc_block(gs_allocator * a, size_t size) {
     int best = -1;
     for (int i = 0; i < a->n_free; i++) {
         if (a->free_blocks[i].size >= size && (best < 0 || a->free_blocks[i].size < a->free_blocks[best].size)) best = i;
@@ -193,7 +173,7 @@ static size_t alloc_block(allocator * a, size_t size) {
         a->free_blocks[best].offs += size;
         a->free_blocks[best].size -= size;
         if (a->free_blocks[best].size == 0) {
-            memmove(&a->free_blocks[best], &a->free_blocks[best + 1], (size_t) (a->n_free - best - 1) * sizeof(block));
+            memmove(&a->free_blocks[best], &a->free_blocks[best + 1], (size_t) (a->n_free - best - 1) * sizeof(gs_block));
             a->n_free--;
         }
         return offs;
@@ -209,21 +189,21 @@ static size_t alloc_block(allocator * a, size_t size) {
     return offs;
 }
 
-static void free_block(allocator * a, size_t offs, size_t size) {
+void gs_free_block(gs_allocator * a, size_t offs, size_t size) {
     int i = 0;
     while (i < a->n_free && a->free_blocks[i].offs < offs) i++;
-    memmove(&a->free_blocks[i + 1], &a->free_blocks[i], (size_t) (a->n_free - i) * sizeof(block));
-    a->free_blocks[i] = (block) { offs, size };
+    memmove(&a->free_blocks[i + 1], &a->free_blocks[i], (size_t) (a->n_free - i) * sizeof(gs_block));
+    a->free_blocks[i] = (gs_block) { offs, size };
     a->n_free++;
     /* merge with neighbours */
     if (i + 1 < a->n_free && a->free_blocks[i].offs + a->free_blocks[i].size == a->free_blocks[i + 1].offs) {
         a->free_blocks[i].size += a->free_blocks[i + 1].size;
-        memmove(&a->free_blocks[i + 1], &a->free_blocks[i + 2], (size_t) (a->n_free - i - 2) * sizeof(block));
+        memmove(&a->free_blocks[i + 1], &a->free_blocks[i + 2], (size_t) (a->n_free - i - 2) * sizeof(gs_block));
         a->n_free--;
     }
     if (i > 0 && a->free_blocks[i - 1].offs + a->free_blocks[i - 1].size == a->free_blocks[i].offs) {
         a->free_blocks[i - 1].size += a->free_blocks[i].size;
-        memmove(&a->free_blocks[i], &a->free_blocks[i + 1], (size_t) (a->n_free - i - 1) * sizeof(block));
+        memmove(&a->free_blocks[i], &a->free_blocks[i + 1], (size_t) (a->n_free - i - 1) * sizeof(gs_block));
         a->n_free--;
     }
 }
@@ -282,32 +262,42 @@ static bool is_computed(const gs_tensor * node) {
     return node->op != GS_OP_NONE && node->op != GS_OP_VIEW;
 }
 
-/* Fill g->sync from the planned data pointers. `epoch` holds the accesses
- * of the nodes run since the last barrier (room for all nodes). */
-static void plan_barriers(gs_graph * g, int n_threads, node_access * epoch) {
+/* Fill sync[0..n) from the planned data pointers of nodes[0..n). `epoch`
+ * holds the accesses of the nodes run since the last barrier (room for all
+ * nodes). */
+static void plan_barriers(gs_tensor * const * nodes, int n, int n_threads, bool * sync, node_access * epoch) {
     int n_epoch = 0;
-    for (int i = 0; i < g->n_nodes; i++) {
-        g->sync[i] = false;
-        if (!is_computed(g->nodes[i])) continue;
-        const node_access a = access_of(g->nodes[i], n_threads);
+    for (int i = 0; i < n; i++) {
+        sync[i] = false;
+        if (!is_computed(nodes[i])) continue;
+        const node_access a = access_of(nodes[i], n_threads);
         bool need = false;
         for (int e = 0; e < n_epoch && !need; e++) need = conflicts(&epoch[e], &a);
         if (need) {
-            g->sync[i] = true;
+            sync[i] = true;
             n_epoch = 0;
         }
         epoch[n_epoch++] = a;
     }
 }
 
+gs_status gs_plan_barriers(gs_tensor * const * nodes, int n, int n_threads, bool * sync) {
+    node_access * epoch = malloc((size_t) (n ? n : 1) * sizeof(node_access));
+    if (!epoch) return gs_set_error(GS_ERR_OOM, "planning barriers: out of memory");
+    plan_barriers(nodes, n, n_threads, sync, epoch);
+    free(epoch);
+    return GS_OK;
+}
+
 gs_status gs_graph_plan(gs_graph * g, int n_threads) {
     GS_CHECK_ARG(g, "gs_graph_plan: NULL graph");
     GS_CHECK_ARG(n_threads >= 1, "gs_graph_plan: n_threads must be >= 1");
+    if (g->sched) gs_sched_drop(g);   /* a plan over backends gives its blocks back */
     const int n = g->n_nodes;
     /* last_use[i]: index of the last node reading node i's memory */
     int * last_use = malloc((size_t) (n ? n : 1) * sizeof(int));
     size_t * offs = malloc((size_t) (n ? n : 1) * sizeof(size_t));
-    block * blocks = malloc((size_t) (n + 1) * sizeof(block));
+    gs_block * blocks = malloc((size_t) (n + 1) * sizeof(gs_block));
     node_access * epoch = malloc((size_t) (n ? n : 1) * sizeof(node_access));
     gs_status st = GS_OK;
     if (!last_use || !offs || !blocks || !epoch) {
@@ -331,6 +321,12 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
                     st = gs_set_error(GS_ERR_STATE, "tensor '%s' (input of '%s') has no data", base->name, node->name);
                     goto done;
                 }
+                if (base->backend) {
+                    st = gs_set_error(GS_ERR_STATE, "tensor '%s' (input of '%s') lives on backend '%s': plan "
+                                      "the graph with gs_graph_plan_backends", base->name, node->name,
+                                      gs_backend_name(base->backend));
+                    goto done;
+                }
                 continue;
             }
             last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = i;
@@ -344,11 +340,11 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
             last_use[base->op_params[GS_MAX_OP_PARAMS - 1]] = n;
         }
     }
-    allocator a = { blocks, 0, 0 };
+    gs_allocator a = { blocks, 0, 0 };
     size_t work = 0;
     for (int i = 0; i < n; i++) {
         gs_tensor * node = g->nodes[i];
-        if (owns_memory(node)) offs[i] = alloc_block(&a, aligned(gs_tensor_nbytes(node)));
+        if (owns_memory(node)) offs[i] = gs_alloc_block(&a, aligned(gs_tensor_nbytes(node)));
         size_t w = gs_cpu_work_size(node, n_threads);
         if (w > work) work = w;
         for (int s = 0; s < GS_MAX_SRC; s++) {
@@ -357,7 +353,7 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
             if (base->op == GS_OP_NONE || (base->flags & GS_FLAG_OUTPUT)) continue;
             int j = base->op_params[GS_MAX_OP_PARAMS - 1];
             if (last_use[j] == i && owns_memory(base)) {
-                free_block(&a, offs[j], aligned(gs_tensor_nbytes(base)));
+                gs_free_block(&a, offs[j], aligned(gs_tensor_nbytes(base)));
                 last_use[j] = -1; /* released once even if read twice */
             }
         }
@@ -389,7 +385,7 @@ gs_status gs_graph_plan(gs_graph * g, int n_threads) {
         else if (node->view_src) node->data = (uint8_t *) node->view_src->data + node->view_offs;
         node->op_params[GS_MAX_OP_PARAMS - 1] = 0;
     }
-    plan_barriers(g, n_threads, epoch);
+    plan_barriers(g->nodes, n, n_threads, g->sync, epoch);
     g->planned_threads = n_threads;
 done:
     free(last_use);
@@ -409,7 +405,11 @@ gs_status gs_graph_mem(const gs_graph * g, size_t * compute_bytes, size_t * work
 
 /* ---- running ------------------------------------------------------------ */
 typedef struct {
-    gs_graph * g;
+    gs_tensor * const * nodes;
+    const bool * sync;
+    int n;
+    uint8_t * wdata;
+    size_t wsize;
     gs_compute_state state;
 } compute_job;
 
@@ -426,16 +426,19 @@ void gs_compute_fail(const gs_compute_params * p, gs_status status, const char *
 
 static void compute_worker(void * arg, int ith, int nth) {
     compute_job * job = arg;
-    gs_graph * g = job->g;
+    /* locals: the job shares a cache line with the barrier's counters */
+    gs_tensor * const * nodes = job->nodes;
+    const bool * sync = job->sync;
+    const int n = job->n;
     gs_compute_params p = {
         .ith = ith, .nth = nth,
-        .wdata = g->buffer + g->compute_bytes, .wsize = g->work_bytes,
+        .wdata = job->wdata, .wsize = job->wsize,
         .state = &job->state,
     };
-    for (int i = 0; i < g->n_nodes; i++) {
-        gs_tensor * node = g->nodes[i];
+    for (int i = 0; i < n; i++) {
+        gs_tensor * node = nodes[i];
         if (!is_computed(node)) continue;
-        if (g->sync[i]) {
+        if (sync[i]) {
             gs_barrier(&p);
             /* stop where every thread stops: after a barrier that follows the
              * failing node (a fast thread may already fail in a later node) */
@@ -446,12 +449,28 @@ static void compute_worker(void * arg, int ith, int nth) {
     }
 }
 
+gs_status gs_run_nodes(gs_threadpool * tp, int n_threads, gs_tensor * const * nodes, const bool * sync,
+                       int n, uint8_t * wdata, size_t wsize, int * err_k, char * msg, size_t msg_size) {
+    compute_job job = { .nodes = nodes, .sync = sync, .n = n, .wdata = wdata, .wsize = wsize };
+    atomic_init(&job.state.error_node, INT_MAX);
+    gs_threadpool_run(tp, n_threads, compute_worker, &job);
+    int err = atomic_load(&job.state.error);
+    if (!err) return GS_OK;
+    if (err_k) *err_k = atomic_load(&job.state.error_node);
+    if (msg && msg_size) snprintf(msg, msg_size, "%s", job.state.error_msg);
+    return (gs_status) err;
+}
+
 gs_status gs_graph_compute(gs_graph * g, gs_threadpool * tp) {
     GS_CHECK_ARG(g && tp, "gs_graph_compute: NULL argument");
     if (!g->planned_threads) return gs_set_error(GS_ERR_STATE, "gs_graph_compute: call gs_graph_plan first");
+    if (g->sched) return gs_sched_compute(g, tp);
     const int pool = gs_threadpool_n_threads(tp);
     const int n = pool < g->planned_threads ? pool : g->planned_threads;
-    compute_job job = { .g = g };
+    compute_job job = {
+        .nodes = g->nodes, .sync = g->sync, .n = g->n_nodes,
+        .wdata = g->buffer + g->compute_bytes, .wsize = g->work_bytes,
+    };
     atomic_init(&job.state.error_node, INT_MAX);
     gs_threadpool_run(tp, n, compute_worker, &job);
     int err = atomic_load(&job.state.error);

@@ -5,6 +5,8 @@
 #define GS_INTERNAL_H
 
 #include "ggml_sparse.h"
+#include "gs_backend.h"
+#include "gs_cuda.h"
 #include "quants.h"
 
 #include <stdatomic.h>
@@ -119,10 +121,16 @@ typedef enum {
     GS_OP_AXPY_SPARSE,      /* axpy over rows of ffn_down_t                */
     GS_OP_SPARSE_FFN_BUNDLE, /* fused sparse FFN over neuron records      */
     GS_OP_SPARSE_FFN_UP_DOWN, /* up and down rows of the active neurons  */
+    GS_OP_SPARSE_INDEX_REMAP, /* an index restricted to a slice's ids    */
     GS_OP_COUNT
 } gs_op;
 
 const char * gs_op_name(gs_op op);
+/* gs_op_name that never gives NULL (an op newer than a name table). */
+static inline const char * gs_op_str(gs_op op) {
+    const char * s = gs_op_name(op);
+    return s ? s : "?";
+}
 
 enum {
     GS_FLAG_OUTPUT = 1,     /* planner never reuses its memory            */
@@ -145,6 +153,10 @@ struct gs_tensor {
     void * data;
     uint32_t flags;
     char name[GS_MAX_NAME];
+    gs_backend * backend;           /* leaves placed on a device (NULL:
+                                       host memory, see gs_backend.h)    */
+    void * host_data;               /* a placed leaf's host memory before */
+    gs_context * ctx;               /* the context it was made in         */
 };
 
 static inline int64_t gs_nelements(const gs_tensor * t) {
@@ -251,6 +263,39 @@ void gs_cpu_op_sparse_ffn_bundle(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_sparse_ffn_bundle_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_sparse_ffn_up_down(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_sparse_ffn_up_down_work_size(const gs_tensor * dst, int n_threads);
+void gs_cpu_op_sparse_index_remap(const gs_compute_params * p, gs_tensor * dst);
+
+/* ---- graphs (graph.c; planned over backends by sched*.c) ---------------- */
+struct gs_sched;
+struct gs_graph {
+    gs_context * ctx;
+    int max_nodes;
+    int n_nodes;
+    gs_tensor ** nodes;       /* op nodes in execution order               */
+    gs_tensor ** visited;     /* open-addressing set of visited tensors    */
+    int visited_cap;
+    bool * sync;              /* sync[i]: barrier before node i            */
+    uint8_t * buffer;         /* intermediates, then scratch (host)        */
+    size_t compute_bytes;
+    size_t work_bytes;
+    int planned_threads;      /* 0 while not planned                       */
+    struct gs_sched * sched;  /* plan over backends, NULL for gs_graph_plan */
+};
+
+/* What a context owns besides its arena (context.c): heap blocks it frees
+ * (gs_context_own), and objects it destroys (gs_context_own_fn: destroy(p)
+ * instead of free(p); the plans of graphs over backends, tensors placed on
+ * devices). gs_context_free calls the destructors first, newest first -
+ * they may wait for device work that still uses the context's memory -,
+ * then frees the heap blocks, then the arena (so a destructor may still use
+ * tensor structs). gs_context_reown replaces a registered pointer (after a
+ * realloc), keeping its destructor; gs_context_disown forgets one without
+ * calling anything. */
+typedef void (*gs_destroy_fn)(void * p);
+gs_status gs_context_own(gs_context * ctx, void * p);
+gs_status gs_context_own_fn(gs_context * ctx, void * p, gs_destroy_fn destroy);
+void gs_context_reown(gs_context * ctx, void * old_p, void * new_p);
+void gs_context_disown(gs_context * ctx, void * p);
 
 /* Thread pool: run fn(arg, ith, nth) on all threads, the caller as ith 0. */
 typedef void (*gs_pool_fn)(void * arg, int ith, int nth);

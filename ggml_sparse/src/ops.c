@@ -11,6 +11,7 @@ static const char * const op_names[GS_OP_COUNT] = {
     "none", "view", "cpy", "set_rows", "get_rows", "add", "mul", "scale", "unary",
     "glu", "rms_norm", "norm", "rope", "soft_max", "mul_mat", "attention",
     "sparse_index", "mul_mat_sparse", "axpy_sparse", "sparse_ffn_bundle", "sparse_ffn_up_down",
+    "sparse_index_remap",
 };
 
 const char * gs_op_name(gs_op op) {
@@ -476,8 +477,15 @@ gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_te
     CHECK_T(v);
     CHECK_T(pos);
     if (q->type != GS_TYPE_F32) return type_error("gs_attention", q, "f32");
-    if (k->type != GS_TYPE_F32 && k->type != GS_TYPE_F16) return type_error("gs_attention", k, "f32 or f16");
-    if (v->type != GS_TYPE_F32 && v->type != GS_TYPE_F16) return type_error("gs_attention", v, "f32 or f16");
+    const bool k_quant = k->type == GS_TYPE_Q8_0 || k->type == GS_TYPE_Q4_0;
+    const bool v_quant = v->type == GS_TYPE_Q8_0 || v->type == GS_TYPE_Q4_0;
+    if (!k_quant && k->type != GS_TYPE_F32 && k->type != GS_TYPE_F16) return type_error("gs_attention", k, "f32, f16, q8_0 or q4_0");
+    if (!v_quant && v->type != GS_TYPE_F32 && v->type != GS_TYPE_F16) return type_error("gs_attention", v, "f32, f16, q8_0 or q4_0");
+    if (k_quant != v_quant) {
+        return gs_set_error(GS_ERR_TYPE, "gs_attention: caches '%s' (%s) and '%s' (%s) must be both quantized "
+                            "(q8_0/q4_0) or both f32/f16", k->name, gs_get_type_traits(k->type)->name, v->name,
+                            gs_get_type_traits(v->type)->name);
+    }
     gs_status st = check_index("gs_attention", pos);
     if (st) return st;
     if (q->nb[0] != sizeof(float)) return gs_set_error(GS_ERR_SHAPE, "gs_attention: rows of '%s' must be contiguous", q->name);

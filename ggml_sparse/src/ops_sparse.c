@@ -102,6 +102,29 @@ gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, 
     return st;
 }
 
+gs_status gs_sparse_index_remap(gs_context * ctx, gs_tensor * idx, gs_tensor * map, int64_t n_out,
+                                gs_tensor ** out) {
+    static const char * op = "gs_sparse_index_remap";
+    GS_CHECK_ARG(ctx && out && idx && map, "%s: NULL argument", op);
+    if (n_out < 0 || n_out >= INT32_MAX) {
+        return gs_set_error(GS_ERR_INVALID_ARG, "%s: n_out is %lld, must be in [0, %d)", op, (long long) n_out,
+                            INT32_MAX);
+    }
+    if (idx->type != GS_TYPE_I32) return sparse_type_error(op, idx, "i32");
+    if (map->type != GS_TYPE_I32) return sparse_type_error(op, map, "i32");
+    if (!gs_is_contiguous(idx) || !is_2d(idx) || idx->ne[0] < 2) {
+        return sparse_shape_error(op, idx, "index must be contiguous {M + 1, n_tokens} with M >= 1");
+    }
+    if (!gs_is_contiguous(map) || gs_nelements(map) != idx->ne[0] - 1) {
+        return sparse_shape_error(op, map, "map must be contiguous with one value per neuron (the index's M)");
+    }
+    gs_status st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX_REMAP, GS_TYPE_I32, n_out + 1, idx->ne[1], out);
+    if (st) return st;
+    (*out)->src[0] = idx;
+    (*out)->src[1] = map;
+    return GS_OK;
+}
+
 gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor * idx,
                             gs_tensor * skip, gs_tensor ** out) {
     static const char * op = "gs_mul_mat_sparse";

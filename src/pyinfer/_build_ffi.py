@@ -1,9 +1,10 @@
 """Generate the cffi (API mode, out-of-line) C source for ggml_sparse.
 
-Run by the CMake build: ``python _build_ffi.py ggml_sparse.h out.c``. The
-declarations between the ``cffi-begin`` and ``cffi-end`` markers of the
-public header are handed to cffi verbatim, so the binding can never drift
-from the header.
+Run by the CMake build: ``python _build_ffi.py ggml_sparse.h gs_backend.h
+gs_cuda.h out.c``. The declarations between the ``cffi-begin`` and
+``cffi-end`` markers of each public header are handed to cffi verbatim, in
+the order the headers are given (the others use ggml_sparse.h's types), so
+the binding can never drift from the headers.
 """
 import sys
 from pathlib import Path
@@ -19,14 +20,15 @@ def declarations(header: str) -> str:
     return text[start:stop]
 
 
-def make_ffi(header: str) -> cffi.FFI:
+def make_ffi(*headers: str) -> cffi.FFI:
     ffi = cffi.FFI()
-    ffi.cdef(declarations(header))
-    ffi.set_source("pyinfer._ggml_sparse", '#include "ggml_sparse.h"')
+    ffi.cdef("\n".join(declarations(h) for h in headers))
+    includes = "".join(f'#include "{Path(h).name}"\n' for h in headers)
+    ffi.set_source("pyinfer._ggml_sparse", includes)
     return ffi
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: _build_ffi.py HEADER OUT.c")
-    make_ffi(sys.argv[1]).emit_c_code(sys.argv[2])
+    if len(sys.argv) < 3:
+        sys.exit("usage: _build_ffi.py HEADER [HEADER ...] OUT.c")
+    make_ffi(*sys.argv[1:-1]).emit_c_code(sys.argv[-1])

@@ -25,8 +25,10 @@ import numpy as np
 from .call_lock import LlamaClosedError
 from .config import ContextSettings, ModelConfig
 from .gguf_model import GGUFFile
+from .backend import Backend
 from .model.llama import ForwardGraph, KVCache, LlamaWeights
-from .model.sparse import make_ffn
+from .offload.execute import attach_hybrid, place_plan, unplace_all
+from .model.sparse import make_ffn, predictor_threshold
 from .offload import plan_for_engine
 from .tensor import Context, GGMLType, ThreadPool
 
@@ -63,10 +65,24 @@ class Engine:
         # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's
         # n_swa + n_ubatch), not n_ctx positions
         swa_rows = None if settings.swa_full or not self.cfg.n_swa else self.cfg.n_swa + self.n_batch
-        self.kv = KVCache.allocate(self.cfg, n_ctx, GGMLType.F16, swa_rows)
-        # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them
+        self.kv = KVCache.allocate(self.cfg, n_ctx, settings.kv_type, swa_rows)
+        # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them;
+        # carried out on an explicitly given device backend (pyinfer.backend: the stand-in)
+        self.device = settings.extra.get("offload_device")
         self.offload_plan = plan_for_engine(self, settings.extra.get("vram_budget"),
-                                            settings.extra.get("n_gpu_layers", 0))
+                                            settings.extra.get("n_gpu_layers", 0), self.device)
+        self.placement, self._backends, self._hot = None, None, None
+        if self.device is not None and self.offload_plan is not None:
+            self.placement = place_plan(self.offload_plan, self.weights, self.kv, self.device,
+                                        self._wctx, self.file)
+            self._backends = [Backend.cpu(), self.device]
+            sparse = self.ffn is not None and not settings.dense and self.file.is_powerinfer
+            ffn, self._hot = attach_hybrid(self, predictor_threshold(md, settings.sparse_threshold)
+                                           if sparse else None)
+            if ffn is not None:
+                self.ffn = ffn
+                self.ffn_mode += f"; hybrid: {sum(len(s.hot) for s in self.offload_plan.slices)} hot neurons on " \
+                                 f"the {self.device.name} device"
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.n_past = 0
@@ -83,10 +99,14 @@ class Engine:
         key = (n_tokens, n_outputs, embeddings)
         g = self._graphs.get(key)
         if g is None:
+            if self._backends:
+                # the device's memory holds one graph's intermediates (the plan reserved that)
+                while self._graphs:
+                    self._graphs.popitem()[1].close()
             # as llama.cpp: single-token decode on n_threads, batches on n_threads_batch
             threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
-                             threads, embeddings, self.ffn)
+                             threads, embeddings, self.ffn, self._backends)
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:
                 _, old = self._graphs.popitem(last=False)
@@ -192,6 +212,10 @@ class Engine:
             for g in self._graphs.values():
                 g.close()
             self._graphs.clear()
+            if self._hot is not None:
+                self._hot.release()
+            if self.placement is not None:
+                unplace_all(self.placement, self.weights, self.kv)
             self.pool.close()
             self.kv.close()
             self._wctx.close()

@@ -5,8 +5,9 @@ those positions, serialized as:
 
     header  "PYKV", version, n_layer, K row bytes, V row bytes, n_tokens, swa_rows, swa_base
             (8 x u32, LE; swa_rows 0 unless the sliding-window layers have a short cache)
-    then per layer: K rows then V rows of its slots [0, n), raw F16: n = n_tokens, or
-    n_tokens - swa_base in a short sliding-window cache (model/kv_cache.py).
+    then per layer: K rows then V rows of its slots [0, n), raw bytes of the cache's type
+    (F16, or Q8_0 / Q4_0 blocks with type_k/type_v; the row bytes tell them apart): n =
+    n_tokens, or n_tokens - swa_base in a short sliding-window cache (model/kv_cache.py).
 
 `LlamaRAMCache` maps token sequences to states as llama-cpp-python's does: a lookup returns
 the state whose key shares the longest prefix with the query, and the least recently used
@@ -45,13 +46,6 @@ class LlamaState:
         self.sequence = sequence
 
 
-def _rows(kv, layer: int, t, n_tokens: int) -> np.ndarray:
-    """The slots of positions [0, n_tokens) that cache tensor t (ne {kv_dim, rows}) of
-    `layer` holds, as a (n, kv_dim) view."""
-    short = kv.short[layer] if kv.short else False
-    return t.numpy()[:n_tokens - kv.swa_base if short else n_tokens]
-
-
 def kv_state_bytes(engine, n_tokens: int) -> bytes:
     """Serialize the KV cache rows of positions [0, n_tokens) (under the engine's lock: the
     rows are read from memory that close() frees)."""
@@ -64,8 +58,8 @@ def kv_state_bytes(engine, n_tokens: int) -> bytes:
                                n_tokens, kv.swa_rows, kv.swa_base if n_tokens else 0)
         parts = [head]
         for i, (k, v) in enumerate(zip(kv.k, kv.v)):
-            parts.append(_rows(kv, i, k, n_tokens).tobytes())
-            parts.append(_rows(kv, i, v, n_tokens).tobytes())
+            for t in (k, v):
+                parts.append(kv.read_rows(t, kv.slots(i, n_tokens)).tobytes())
         return b"".join(parts)
 
 
@@ -93,10 +87,11 @@ def _restore_kv_rows(engine, data: bytes) -> int:
     kv.swa_base = swa_base
     off = _KV_HEADER.size
     for i, (k, v) in enumerate(zip(kv.k, kv.v)):
-        for t in (k, v):
-            dst = _rows(kv, i, t, n_tokens)
-            dst[...] = np.frombuffer(data, dtype=dst.dtype, count=dst.size, offset=off).reshape(dst.shape)
-            off += dst.nbytes
+        for t, row in ((k, k_row), (v, v_row)):
+            n = kv.slots(i, n_tokens)
+            rows = np.frombuffer(data, dtype=np.uint8, count=n * row, offset=off).reshape(n, row)
+            kv.write_rows(t, rows)
+            off += n * row
     engine.n_past = n_tokens
     return n_tokens
 

@@ -45,7 +45,12 @@ LLAMA_POOLING_TYPE_RANK = 4
 LLAMA_ATTENTION_TYPE_UNSPECIFIED = -1
 LLAMA_ATTENTION_TYPE_CAUSAL = 0
 LLAMA_ATTENTION_TYPE_NON_CAUSAL = 1
+GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
+GGML_TYPE_Q4_0 = 2
+GGML_TYPE_Q8_0 = 8
+# KV cache types pyinfer keeps (type_k == type_v), by GGML type id
+KV_CACHE_TYPES = {GGML_TYPE_F32: "f32", GGML_TYPE_F16: "f16", GGML_TYPE_Q8_0: "q8_0", GGML_TYPE_Q4_0: "q4_0"}
 
 N_CTX_PAD = 256             # llama.cpp rounds the context size up to a multiple of this
 KV_OVERRIDE_MAX_STR = 128   # llama.cpp's limit for string overrides, in bytes
@@ -61,7 +66,7 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 # llama-cpp-python ignores them
 RETIRED = ("n_parts", "f16_kv", "device")
 PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts",
-                  "chat_template_limits")
+                  "chat_template_limits", "offload_device")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -125,6 +130,9 @@ class LlamaOptions:
     disable_gpu_index: bool = False
     # PowerInfer's --vram-budget (GiB; None: no hybrid placement), see pyinfer/offload
     vram_budget: Optional[float] = None
+    # the device backend that vram_budget / n_gpu_layers place on (pyinfer.backend.Backend,
+    # e.g. the stand-in device); None: CUDA's device 0 (planned and reported only, for now)
+    offload_device: Any = None
     # llama.cpp's model parameter (not a llama-cpp-python keyword, taken from **kwargs):
     # False keeps Q4_0 weights row-major instead of repacking them at load
     use_extra_bufts: bool = True
@@ -174,9 +182,14 @@ class LlamaOptions:
             raise UnsupportedOptionError("attention_type=NON_CAUSAL is not supported by pyinfer")
         for name in ("type_k", "type_v"):
             t = getattr(self, name)
-            if t is not None and t != GGML_TYPE_F16:
+            if t is not None and t not in KV_CACHE_TYPES:
                 raise UnsupportedOptionError(
-                    f"{name}={t}: pyinfer keeps the KV cache in F16 (GGML type {GGML_TYPE_F16})")
+                    f"{name}={t}: pyinfer keeps the KV cache in F16 (GGML type {GGML_TYPE_F16}), Q8_0 "
+                    f"({GGML_TYPE_Q8_0}), Q4_0 ({GGML_TYPE_Q4_0}) or F32 ({GGML_TYPE_F32})")
+        if self.kv_type_id(self.type_k) != self.kv_type_id(self.type_v):
+            raise UnsupportedOptionError(
+                f"type_k={self.type_k}, type_v={self.type_v}: pyinfer keeps K and V in one type "
+                f"(None means F16, GGML type {GGML_TYPE_F16}); pass the same type for both")
         for k, v in (self.kv_overrides or {}).items():
             if not isinstance(v, (bool, int, float, str)):
                 raise ValueError(f"Unknown value type for {k}: {v}")
@@ -186,7 +199,9 @@ class LlamaOptions:
                 raise UnsupportedOptionError(
                     f"kv_overrides: pyinfer cannot override '{k}' (tokenizer keys it can "
                     f"override: {', '.join(TOKENIZER_OVERRIDES)})")
-        if self.vram_budget is not None:
+        if self.offload_device is not None:
+            pass                                # placed on the given device (pyinfer.backend)
+        elif self.vram_budget is not None:
             from .offload import require_cuda   # GPUUnavailableError names what is missing
             require_cuda(f"vram_budget={self.vram_budget!r}")
         elif self.n_gpu_layers != 0:
@@ -205,6 +220,11 @@ class LlamaOptions:
     @property
     def seed_value(self) -> int:
         return self.seed or LLAMA_DEFAULT_SEED
+
+    @staticmethod
+    def kv_type_id(t: Optional[int]) -> int:
+        """A type_k / type_v value as a GGML type id (None: F16, llama.cpp's default)."""
+        return GGML_TYPE_F16 if t is None else int(t)
 
     def resolve_n_ctx(self, n_ctx_train: int) -> int:
         """The context size llama.cpp would use: the trained one for 0, rounded up to a
@@ -262,7 +282,8 @@ class LlamaOptions:
             rope_freq_base=float(self.rope_freq_base), rope_freq_scale=float(self.rope_freq_scale),
             yarn_ext_factor=float(self.yarn_ext_factor), yarn_attn_factor=float(self.yarn_attn_factor),
             yarn_beta_fast=float(self.yarn_beta_fast), yarn_beta_slow=float(self.yarn_beta_slow),
-            yarn_orig_ctx=int(self.yarn_orig_ctx), type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16,
+            yarn_orig_ctx=int(self.yarn_orig_ctx), type_k=self.kv_type_id(self.type_k),
+            type_v=self.kv_type_id(self.type_v),
             embeddings=bool(self.embedding), offload_kqv=bool(self.offload_kqv),
             no_perf=bool(self.no_perf),
             op_offload=True if self.op_offload is None else bool(self.op_offload),
@@ -283,10 +304,12 @@ class LlamaOptions:
             yarn_ext_factor=self.yarn_ext_factor, yarn_attn_factor=self.yarn_attn_factor,
             yarn_beta_fast=self.yarn_beta_fast, yarn_beta_slow=self.yarn_beta_slow,
             yarn_orig_ctx=self.yarn_orig_ctx,
+            kv_type=KV_CACHE_TYPES[self.kv_type_id(self.type_k)],
             kv_overrides=self.model_overrides(), sparse_threshold=self.sparse_threshold,
             dense=self.dense, repack_weights=self.use_extra_bufts, neuron_bundle=self.neuron_bundle,
             swa_full=True if self.swa_full is None else bool(self.swa_full),
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers,
+                   "offload_device": self.offload_device,
                    "reset_gpu_index": self.reset_gpu_index, "disable_gpu_index": self.disable_gpu_index})
 
 
@@ -334,9 +357,10 @@ def load_report(path: str, engine, n_batch: int, load_time: float) -> str:
         f"n_ff {cfg.n_ff}, heads {cfg.n_head}/{cfg.n_head_kv} (q/kv), n_vocab {cfg.n_vocab}",
         f"pyinfer:   tensors: {type_text}; weights {f.nbytes / mib:.1f} MiB (memory-mapped)",
         f"pyinfer:   context {engine.n_ctx} (trained {cfg.n_ctx_train}), batch {n_batch} "
-        f"(physical {engine.n_batch}), KV cache F16 {engine.kv.nbytes / mib:.1f} MiB",
+        f"(physical {engine.n_batch}), KV cache {engine.kv.k[0].type.name} {engine.kv.nbytes / mib:.1f} MiB",
         f"pyinfer:   rope base {cfg.rope_freq_base:g} scale {cfg.rope_freq_scale:g}; "
-        f"threads {engine.n_threads} (batch {engine.n_threads_batch}); backend CPU",
+        f"threads {engine.n_threads} (batch {engine.n_threads_batch}); backend CPU"
+        + (f" + {engine.placement.device} device" if getattr(engine, "placement", None) else ""),
         f"pyinfer:   load time {load_time * 1000.0:.0f} ms",
     ]
     if engine.ffn_mode:
@@ -344,5 +368,8 @@ def load_report(path: str, engine, n_batch: int, load_time: float) -> str:
     plan = getattr(engine, "offload_plan", None)
     if plan is not None:
         from .offload import format_report
-        lines.append(format_report(plan, cfg.n_layer, cfg.n_ff, executed=False))
+        placement = getattr(engine, "placement", None)
+        lines.append(format_report(plan, cfg.n_layer, cfg.n_ff, placement.device if placement else None,
+                                   executed=placement is not None))
+        lines += [f"pyinfer:   note: {n}" for n in (placement.notes if placement else [])]
     return "\n".join(lines)

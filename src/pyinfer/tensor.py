@@ -450,6 +450,12 @@ class Context:
     def sparse_predict(self, fc1: Tensor, fc2: Tensor, x: Tensor, threshold: float) -> Tensor:
         return self._op(lib.gs_sparse_predict, fc1.ptr, fc2.ptr, x.ptr, threshold)
 
+    def sparse_index_remap(self, idx: Tensor, map: Tensor, n_out: int) -> Tensor:
+        """An active-neuron index restricted to a slice, in its compact ids: `map` I32 {M}
+        gives each neuron's id in [0, n_out) or -1 (ids ascending with the neuron);
+        the result is I32 {n_out + 1, n_tokens}."""
+        return self._op(lib.gs_sparse_index_remap, idx.ptr, map.ptr, int(n_out))
+
     def mul_mat_sparse(self, a: Tensor, b: Tensor, idx: Optional[Tensor] = None,
                        skip: Optional[Tensor] = None) -> Tensor:
         return self._op(lib.gs_mul_mat_sparse, a.ptr, b.ptr, _ptr_or_null(idx), _ptr_or_null(skip))

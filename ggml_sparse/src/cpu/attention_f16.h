@@ -1,7 +1,8 @@
 /*
  * attention_f16.h - the per-head kernel interface of the F16-cache attention
  * (ops_attention_f16.c: scalar reference and dispatch; vec_avx2_attn.c,
- * vec_avx512_attn.c: SIMD versions, bit-identical to the reference).
+ * vec_avx512_attn.c: SIMD versions, bit-identical to the reference), and the
+ * entry points of the quantized-cache attention (ops_attention_quant.c).
  */
 #ifndef GS_ATTENTION_F16_H
 #define GS_ATTENTION_F16_H
@@ -78,5 +79,11 @@ void gs_avx512_attend_f16_batch(const gs_attn_f16_scratch * S, const float * q, 
 void gs_avx2_attend_f16(const gs_attn_f16_scratch * S, const float * q, const uint8_t * k_rows,
                         size_t k_slot, const uint8_t * v_rows, size_t v_slot, int64_t lo, int64_t n,
                         float * out);
+
+/* Quantized caches (ops_attention_quant.c): K and V Q8_0 or Q4_0, in the
+ * order of llama.cpp's CPU flash attention. Scratch bytes per thread, and
+ * the compute of thread p->ith (positions already checked). */
+size_t gs_cpu_attention_quant_scratch(const gs_tensor * dst);
+void gs_cpu_attention_quant_compute(const gs_compute_params * p, gs_tensor * dst, void * scratch);
 
 #endif /* GS_ATTENTION_F16_H */

@@ -51,7 +51,8 @@ void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
         case GS_OP_AXPY_SPARSE:    gs_cpu_op_axpy_sparse(p, node); break;
         case GS_OP_SPARSE_FFN_BUNDLE: gs_cpu_op_sparse_ffn_bundle(p, node); break;
         case GS_OP_SPARSE_FFN_UP_DOWN: gs_cpu_op_sparse_ffn_up_down(p, node); break;
+        case GS_OP_SPARSE_INDEX_REMAP: gs_cpu_op_sparse_index_remap(p, node); break;
         default:
-            if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_name(node->op));
+            if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_str(node->op));
     }
 }

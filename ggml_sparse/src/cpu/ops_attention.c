@@ -5,7 +5,9 @@
  * q    F32 {D, H, T}: query head h of token t; rows contiguous (nb[0] = 4),
  *      any nb[1], nb[2].
  * k, v F32 or F16 caches {D, Hkv, n_ctx}: slot j of kv head c is the row
- *      at j * nb[2] + c * nb[1]; rows contiguous, any nb[1], nb[2].
+ *      at j * nb[2] + c * nb[1]; rows contiguous, any nb[1], nb[2]. Both F16:
+ *      ops_attention_f16.c (llama.cpp's arithmetic); both quantized (Q8_0 /
+ *      Q4_0): ops_attention_quant.c; otherwise the kernels here.
  * pos  I32 {T}, contiguous: token t attends to slots 0..pos[t]; a position
  *      outside 0..n_ctx-1 fails the compute with GS_ERR_RUNTIME before
  *      anything is read.
@@ -422,6 +424,9 @@ static size_t thread_floats(const gs_tensor * dst) {
     size_t n = (size_t) (g * score_stride(dst) + 2 * g * D + VBLOCK * D);
     const size_t n_f16 = gs_cpu_attention_f16_scratch(dst) / sizeof(float);
     if (n_f16 > n) n = n_f16;
+    if (gs_get_type_traits(dst->src[1]->type)->is_quantized) {
+        n = (gs_cpu_attention_quant_scratch(dst) + sizeof(float) - 1) / sizeof(float);
+    }
     return (n + 15) / 16 * 16;
 }
 
@@ -455,6 +460,10 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
     float * scratch = gs_thread_scratch(p);   /* thread_floats(dst) floats */
     if (k->type == GS_TYPE_F16 && v->type == GS_TYPE_F16) {
         gs_cpu_attention_f16_compute(p, dst, scratch);
+        return;
+    }
+    if (gs_get_type_traits(k->type)->is_quantized) {
+        gs_cpu_attention_quant_compute(p, dst, scratch);
         return;
     }
     const int64_t gmax = group_size(dst), ss = score_stride(dst);

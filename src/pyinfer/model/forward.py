@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from ..config import ModelConfig
-from ..tensor import Context, RopeMode, RopeYarn, Tensor, Unary, yarn_attn_factor
+from ..tensor import Context, GGMLType, RopeMode, RopeYarn, Tensor, Unary, yarn_attn_factor
 from .arch import Arch, get_arch
 
 if TYPE_CHECKING:
@@ -106,16 +106,67 @@ class LayerBuilder:
         kq_scale = cfg.attn_scale or 1.0 / math.sqrt(hd)
         if self.spec.q_prescale:
             q, kq_scale = ctx.scale(q, kq_scale), 1.0
+        # quantized caches: Q and K (and V, undone on the output) turned by a Walsh-Hadamard
+        # rotation first, as llama.cpp does (attn_rot_k/v): outliers spread over a block
+        rot_k, rot_v = kv_rotations(ctx, hd, self.k_cache.type, self.v_cache.type)
+        if rot_k is not None:
+            q, k = rotate(ctx, q, rot_k), rotate(ctx, k, rot_k)
+        if rot_v is not None:
+            v = rotate(ctx, v, rot_v)
         k_all = ctx.set_rows(self.k_cache, ctx.view(k, (hd * nkv, n), (k.nb[0], k.nb[2])), self.slots)
         v_all = ctx.set_rows(self.v_cache, v, self.slots)
         n_ctx = self.k_cache.ne[1]
-        esz = self.k_cache.nb[0]
-        k_all = ctx.view(k_all, (hd, nkv, n_ctx), (esz, hd * esz, self.k_cache.nb[1]))
-        v_all = ctx.view(v_all, (hd, nkv, n_ctx), (esz, hd * esz, self.v_cache.nb[1]))
+        # {hd, nkv, n_ctx} views: a value (or a Q8_0/Q4_0 block), a head's row, a slot's row
+        kc, vc = self.k_cache, self.v_cache
+        k_all = ctx.view(k_all, (hd, nkv, n_ctx), (kc.nb[0], kc.nb[1] // nkv, kc.nb[1]))
+        v_all = ctx.view(v_all, (hd, nkv, n_ctx), (vc.nb[0], vc.nb[1] // nkv, vc.nb[1]))
         attn = ctx.attention(q, k_all, v_all, self.slots, kq_scale, window=cfg.window(self.i),
                              softcap=cfg.attn_logit_softcap)
+        if rot_v is not None:
+            attn = rotate(ctx, attn, rot_v)
         out = ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
         return ctx.add(out, layer.bo) if layer.bo is not None else out
+
+
+_QUANT_KV = (GGMLType.Q8_0, GGMLType.Q4_0)
+
+
+def hadamard(n: int) -> np.ndarray:
+    """The orthonormal n x n Walsh-Hadamard matrix (Sylvester's order, entries +-1/sqrtf(n)),
+    symmetric: H @ H = I."""
+    h = np.ones((1, 1), dtype=np.float32)
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h * np.float32(1.0 / np.sqrt(np.float32(n)))
+
+
+def kv_rotations(ctx: Context, hd: int, k_type: int, v_type: int):
+    """llama.cpp's attention rotations for quantized caches (llama_kv_cache attn_rot_k /
+    attn_rot_v; head_dim a multiple of 64): K (and Q) in blocks of the largest power of two
+    dividing head_dim, V in blocks of 64. (H_k, H_v) as F32 tensors of `ctx` (made once per
+    context), None where the cache is not quantized."""
+    if hd % 64:
+        return None, None
+    n_k = 64
+    while hd % (2 * n_k) == 0:
+        n_k *= 2
+    cache = ctx.__dict__.setdefault("_kv_rotations", {})
+    def mat(n):
+        if n not in cache:
+            cache[n] = ctx.from_numpy(hadamard(n))
+        return cache[n]
+    return (mat(n_k) if k_type in _QUANT_KV else None), (mat(64) if v_type in _QUANT_KV else None)
+
+
+def rotate(ctx: Context, x: Tensor, h: Tensor) -> Tensor:
+    """x (F32, any shape with ne0 a multiple of h's size) with every h.ne[0] consecutive
+    values multiplied by the symmetric matrix h."""
+    n = h.ne[0]
+    contiguous = all(x.nb[i] == x.nb[i - 1] * x.ne[i - 1] for i in range(1, len(x.ne)))
+    if not contiguous:
+        x = ctx.cast(x, GGMLType.F32)
+    total = int(np.prod(x.ne))
+    return ctx.reshape(ctx.mul_mat(h, ctx.reshape(x, (n, total // n))), x.ne)
 
 
 def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",

@@ -9,6 +9,11 @@ Attention reads slots, and a window is relative, so the layer's attention is unc
 only rows no query can see again are dropped. RoPE has already turned the cached keys
 by their positions.
 
+The rows are F16 (the default), F32, or quantized Q8_0 / Q4_0 (llama.cpp's type_k/type_v
+q8_0 and q4_0: 34 or 18 bytes per 32 values instead of 64; head_dim must be a multiple of
+32). gs_set_rows quantizes the new rows, the attention op reads them (ops_attention_quant.c).
+Rows are moved and saved as raw bytes (``read_rows`` / ``write_rows``), whatever the type.
+
 What the short cache cannot do is go back: once the rows before ``swa_base`` are
 dropped, a sequence cut to n tokens can continue only if position n's window is still
 held (``can_resume``); otherwise its tokens must be evaluated again (pyinfer.Llama does).
@@ -18,8 +23,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
+
+from .. import backend
 from ..config import ModelConfig
-from ..tensor import Context, GGMLType, Tensor
+from ..tensor import Context, GGMLType, Tensor, row_size
+
+# cache types and their names (ContextSettings.kv_type)
+KV_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32, "q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0}
+
+
+def kv_type_of(name) -> GGMLType:
+    """The cache type named `name` ("f16", "f32", "q8_0", "q4_0") or given as a GGMLType."""
+    if isinstance(name, GGMLType):
+        t = name
+    elif isinstance(name, str) and name.lower() in KV_TYPES:
+        return KV_TYPES[name.lower()]
+    else:
+        raise ValueError(f"KV cache type {name!r}: pyinfer keeps it in {', '.join(KV_TYPES)}")
+    if t not in KV_TYPES.values():
+        raise ValueError(f"KV cache type {t.name}: pyinfer keeps it in {', '.join(KV_TYPES)}")
+    return t
+
+
+def _placed(t: Tensor) -> bool:
+    return backend.tensor_backend(t) is not None
+
+
+def _byte_rows(a: np.ndarray, t: Tensor) -> np.ndarray:
+    """The contiguous array `a` of cache tensor t's data viewed (never copied) as uint8
+    (rows, t.nb[1])."""
+    return np.ndarray((t.ne[1], t.nb[1]), dtype=np.uint8, buffer=a)
 
 
 @dataclass
@@ -33,18 +67,23 @@ class KVCache:
     swa_base: int = 0                   # the position in slot 0 of the short layers
 
     @classmethod
-    def allocate(cls, cfg: ModelConfig, n_ctx: int, kv_type: GGMLType = GGMLType.F16,
+    def allocate(cls, cfg: ModelConfig, n_ctx: int, kv_type=GGMLType.F16,
                  swa_rows: Optional[int] = None) -> "KVCache":
-        """Caches for n_ctx positions; with `swa_rows` (< n_ctx), the sliding-window layers'
-        hold that many rows (at least n_swa)."""
+        """Caches for n_ctx positions in `kv_type` (a GGMLType or its name, see KV_TYPES);
+        with `swa_rows` (< n_ctx), the sliding-window layers' hold that many rows (at least
+        n_swa)."""
+        kv_type = kv_type_of(kv_type)
         kv_dim = cfg.n_head_kv * cfg.head_dim
+        if kv_type in (GGMLType.Q8_0, GGMLType.Q4_0) and cfg.head_dim % 32:
+            raise ValueError(f"a {kv_type.name} KV cache needs head_dim to be a multiple of its block "
+                             f"size 32; this model's is {cfg.head_dim}")
         short = tuple(bool(swa_rows) and cfg.is_swa(i) for i in range(cfg.n_layer))
         if swa_rows and not any(short) or (swa_rows or 0) >= n_ctx:
             swa_rows, short = 0, (False,) * cfg.n_layer
         if swa_rows and swa_rows < cfg.n_swa:
             raise ValueError(f"a sliding-window cache of {swa_rows} rows cannot hold a window of {cfg.n_swa}")
         rows = [swa_rows if s else n_ctx for s in short]
-        row_bytes = kv_dim * (2 if kv_type == GGMLType.F16 else 4)
+        row_bytes = row_size(kv_type, kv_dim)
         ctx = Context(mem_size=2 * sum(row_bytes * r + 1024 for r in rows) + 4096)
         k = [ctx.new_tensor(kv_type, (kv_dim, r), f"cache_k_l{i}") for i, r in enumerate(rows)]
         v = [ctx.new_tensor(kv_type, (kv_dim, r), f"cache_v_l{i}") for i, r in enumerate(rows)]
@@ -82,9 +121,31 @@ class KVCache:
         for i, s in enumerate(self.short):
             if s:
                 for t in (self.k[i], self.v[i]):
-                    rows = t.numpy()
-                    rows[:keep] = rows[shift:shift + keep].copy()
+                    self.write_rows(t, self.read_rows(t, shift + keep)[shift:])
         self.swa_base = need
+
+    def slots(self, layer: int, n_past: int) -> int:
+        """How many leading slots of `layer` hold positions [0, n_past)."""
+        return n_past - self.swa_base if self.short and self.short[layer] else n_past
+
+    def read_rows(self, t: Tensor, n: int) -> np.ndarray:
+        """A host copy of the first n rows (slots) of cache tensor t, wherever it lives, as
+        raw bytes: uint8 (n, t.nb[1]) whatever the cache type."""
+        if _placed(t):
+            return _byte_rows(backend.read(t), t)[:n].copy()
+        return _byte_rows(t.numpy(), t)[:n].copy()
+
+    def write_rows(self, t: Tensor, rows: np.ndarray) -> None:
+        """Overwrite the first len(rows) rows (slots) of cache tensor t, wherever it lives:
+        `rows` holds their bytes (uint8 (n, t.nb[1]), as read_rows returns) or values of the
+        cache's own dtype (n, row elements)."""
+        raw = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), t.nb[1])
+        if _placed(t):
+            whole = _byte_rows(backend.read(t), t)
+            whole[:len(raw)] = raw
+            backend.write(t, whole)
+        else:
+            _byte_rows(t.numpy(), t)[:len(raw)] = raw
 
     @property
     def nbytes(self) -> int:

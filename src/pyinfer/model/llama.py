@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..gguf_model import GGUFFile, ModelLoadError
+from ..backend import plan_backends, release
 from ..tensor import Context, GGMLType, Graph, Tensor
 from .arch import LAYER_TENSORS, NORM_TENSORS, POWERINFER_REPLACES, get_arch
 from .forward import FFN, build_forward, dense_ffn, ffn_block, logits  # noqa: F401
@@ -212,7 +213,9 @@ class ForwardGraph:
 
     def __init__(self, cfg: ModelConfig, w: LlamaWeights, kv: KVCache, n_tokens: int,
                  n_outputs: int, n_threads: int, embeddings: bool = False,
-                 ffn: Optional[FFN] = None):
+                 ffn: Optional[FFN] = None, backends: Optional[list] = None):
+        """`backends`: [CPU, device] to plan over (pyinfer.backend; the weights and caches
+        placed on the device run there), None: the CPU alone."""
         self.n_tokens = n_tokens
         self.ctx = Context(mem_size=(4 << 20) + 96 * 1024 * cfg.n_layer)
         ctx = self.ctx
@@ -223,7 +226,12 @@ class ForwardGraph:
         hidden = build_forward(ctx, cfg, w, kv, tokens, pos, ffn or dense_ffn(cfg), n_outputs, slots)
         out = hidden if embeddings else logits(ctx, cfg, w, hidden)
         out.name = "embeddings" if embeddings else "logits"
-        self.graph = Graph(ctx, max_nodes=64 + 56 * cfg.n_layer).build(out).plan(n_threads)
+        self.graph = Graph(ctx, max_nodes=64 + 56 * cfg.n_layer).build(out)
+        self.backends = backends
+        if backends:
+            plan_backends(self.graph, backends, n_threads)
+        else:
+            self.graph.plan(n_threads)
         self.tokens = tokens.numpy()
         self.pos = pos.numpy()
         self.out = out.numpy()
@@ -237,6 +245,8 @@ class ForwardGraph:
         self.graph.compute(pool)
 
     def close(self) -> None:
+        if self.backends and self.ctx._ptr is not None:
+            release(self.graph)          # the device memory of its plan (the context does not hold it)
         self.ctx.close()
 
 

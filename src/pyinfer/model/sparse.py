@@ -67,16 +67,19 @@ CATS_TARGET_KEY = "pyinfer.sparsity.target"           # f32: fraction of neurons
 
 
 def sparse_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, threshold: float,
-               both_relu: bool, bundles: Optional["NeuronBundles"] = None) -> Tensor:
+               both_relu: bool, bundles: Optional["NeuronBundles"] = None,
+               idx: Optional[Tensor] = None, skip: Optional[Tensor] = None) -> Tensor:
     """FFN output {n_embd, n_tokens} computing only the neurons the predictor picks
-    (per token: a batch keeps each token's own neurons)."""
-    idx = ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold)
+    (per token: a batch keeps each token's own neurons). `idx`: the predictor's index when
+    already computed; `skip`: neurons computed elsewhere (the hybrid FFN's hot ones)."""
+    if idx is None:
+        idx = ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold)
     if bundles is not None:
-        return ctx.sparse_ffn_bundle(bundles[layer], h, idx, both_relu=both_relu)
-    gate = ctx.mul_mat_sparse(layer.w_gate, h, idx)
-    up = ctx.mul_mat_sparse(layer.w_up, h, idx)
+        return ctx.sparse_ffn_bundle(bundles[layer], h, idx, skip, both_relu=both_relu)
+    gate = ctx.mul_mat_sparse(layer.w_gate, h, idx, skip)
+    up = ctx.mul_mat_sparse(layer.w_up, h, idx, skip)
     act = ctx.glu(gate, up, Unary.RELU, gate_b=both_relu)
-    return ctx.axpy_sparse(layer.w_down_t, act, idx)
+    return ctx.axpy_sparse(layer.w_down_t, act, idx, skip)
 
 
 def dense_relu_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *,

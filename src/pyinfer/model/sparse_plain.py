@@ -25,18 +25,23 @@ from ..tensor import Context, Tensor, Unary
 from .llama import FFN, LayerWeights, LlamaWeights
 
 
-def plain_relu_ffn(ctx: Context, layer: LayerWeights, h: Tensor, idx: Optional[Tensor]) -> Tensor:
-    """relu(up . h + b_up) . ffn_down_t + b_down over the neurons of `idx` (None: all)."""
-    up = ctx.mul_mat_sparse(layer.w_up, h, idx)
+def plain_relu_ffn(ctx: Context, layer: LayerWeights, h: Tensor, idx: Optional[Tensor],
+                   skip: Optional[Tensor] = None) -> Tensor:
+    """relu(up . h + b_up) . ffn_down_t + b_down over the neurons of `idx` (None: all) that
+    `skip` does not mark (the hybrid FFN's hot ones)."""
+    up = ctx.mul_mat_sparse(layer.w_up, h, idx, skip)
     if layer.b_up is not None:
         up = ctx.add(up, layer.b_up)
-    out = ctx.axpy_sparse(layer.w_down_t, ctx.unary(up, Unary.RELU), idx)
+    out = ctx.axpy_sparse(layer.w_down_t, ctx.unary(up, Unary.RELU), idx, skip)
     return ctx.add(out, layer.b_down_t) if layer.b_down_t is not None else out
 
 
-def sparse_plain_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, threshold: float) -> Tensor:
+def sparse_plain_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor, *, threshold: float,
+                     idx: Optional[Tensor] = None, skip: Optional[Tensor] = None) -> Tensor:
     """The FFN output {n_embd, n_tokens} of the neurons the predictor picks (per token)."""
-    return plain_relu_ffn(ctx, layer, h, ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold))
+    if idx is None:
+        idx = ctx.sparse_predict(layer.fc1, layer.fc2, x, threshold)
+    return plain_relu_ffn(ctx, layer, h, idx, skip)
 
 
 def dense_plain_relu_ffn(ctx: Context, layer: LayerWeights, x: Tensor, h: Tensor) -> Tensor:

@@ -57,19 +57,28 @@ def gpu_layers_note(n_gpu_layers: int, what: Optional[str] = None) -> Optional[s
             "every layer runs on the CPU")
 
 
-def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> Optional[OffloadPlan]:
+def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int,
+                    device=None) -> Optional[OffloadPlan]:
     """The plan for a loaded Engine (None when no GPU option was given, or only
     n_gpu_layers on a machine without usable CUDA). Hot neurons of a sparse model come
     from its GPU index (`<model>.generated.gpuidx`), reused or generated for the VRAM the
     dense parts leave (gpu_index.ensure_gpu_index; the settings' extra `reset_gpu_index` /
-    `disable_gpu_index` keep PowerInfer's meaning)."""
+    `disable_gpu_index` keep PowerInfer's meaning). `device`: a device Backend to plan for
+    (its memory is the free memory, no margin; pyinfer.backend), else CUDA's device 0."""
     if not gpu_options_requested(vram_budget, n_gpu_layers):
         return None
-    if vram_budget is None and gpu_layers_note(n_gpu_layers) is not None:
-        return None
-    require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
+    if device is None:
+        if vram_budget is None and gpu_layers_note(n_gpu_layers) is not None:
+            return None
+        require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
     spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)
-    free, _ = mem_info(0)
+    if device is not None:
+        free = device.stats()["arena_bytes"] - device.stats()["arena_used"] + DEFAULT_MARGIN
+        if vram_budget is not None and budget_bytes(vram_budget, None) > free - DEFAULT_MARGIN:
+            raise OffloadBudgetError(f"vram_budget={vram_budget!r} GiB is more than the device's "
+                                     f"{(free - DEFAULT_MARGIN) / MIB:.1f} MiB")
+    else:
+        free, _ = mem_info(0)
     hot = None
     if spec.sparse and n_gpu_layers == 0:
         # the neurons' share: what the dense tensors, KV cache and scratch leave of the budget
@@ -81,6 +90,7 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int) -> 
         if index is not None:
             hot = [index.bucket(i) for i in range(spec.n_layer)]
     plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free)
-    warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
-                  "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)
+    if device is None:
+        warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
+                      "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)
     return plan
