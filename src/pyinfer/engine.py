@@ -30,7 +30,7 @@ from .model.llama import ForwardGraph, KVCache, LlamaWeights
 from .offload.execute import attach_hybrid, place_plan, unplace_all
 from .model.sparse import make_ffn, predictor_threshold
 from .offload import plan_for_engine
-from .tensor import Context, GGMLType, ThreadPool
+from .tensor import Context, ThreadPool
 
 MAX_CACHED_GRAPHS = 4
 

@@ -88,7 +88,8 @@ class Llama:
         sparse_threshold: Optional[float] = None, dense: bool = False, neuron_bundle: bool = True,
         **kwargs):
         """Load `model_path`. Raises ValueError when it does not exist; options pyinfer
-        cannot honour raise UnsupportedOptionError (lora_path, YaRN, non-F16 KV types).
+        cannot honour raise UnsupportedOptionError (lora_path, LongRoPE as a context option,
+        KV cache types other than F16/F32/Q8_0/Q4_0 or K and V of different types).
 
         pyinfer's own keywords, for PowerInfer models (PWRI files with predictors):
         `sparse_threshold` overrides the file's powerinfer.sparse_threshold (a neuron is
