@@ -5,10 +5,11 @@ token, the device memory used against the budget, and whether the greedy tokens 
 
 On a machine without a GPU the device is the stand-in (pyinfer.backend: CPU memory and kernels
 behind the device seam), so its tokens/s measure the seam's overhead, not a GPU; the copies,
-splits and memory are what a GPU backend would do. Medians of --runs runs.
+splits and memory are what a GPU backend would do. --device cuda uses the CUDA backend
+(Backend.cuda, device 0, the same arena) instead. Medians of --runs runs.
 
 Usage: python scripts/bench_offload.py [--model M.gguf] [--layers 0,8,16,-1] [--budgets 0.05]
-       [--arena-mib 512] [--n-gen 32] [--threads 2] [--runs 3]
+       [--arena-mib 512] [--n-gen 32] [--threads 2] [--runs 3] [--device standin|cuda]
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--n-gen", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", choices=("standin", "cuda"), default="standin")
     args = ap.parse_args()
     from pyinfer.backend import Backend
     from pyinfer.default_model import require_default_model
@@ -66,14 +68,21 @@ def main() -> None:
     cases += [(f"n_gpu_layers {n}", {"n_gpu_layers": int(n)}) for n in args.layers.split(",") if n and int(n)]
     cases += [(f"vram_budget {b} GiB", {"vram_budget": float(b)}) for b in args.budgets.split(",") if b]
     ref = None
-    print(f"model {Path(model).name}, {args.threads} threads, {args.n_gen} tokens, device: stand-in "
+    label = "stand-in" if args.device == "standin" else "CUDA device 0"
+
+    def device():
+        if args.device == "cuda":
+            return Backend.cuda(0, args.arena_mib << 20)
+        return Backend.standin(args.arena_mib << 20, n_threads=1)
+
+    print(f"model {Path(model).name}, {args.threads} threads, {args.n_gen} tokens, device: {label} "
           f"({args.arena_mib} MiB arena), medians of {args.runs}")
     print(f"{'placement':22s} {'tok/s':>8s} {'copy B/tok':>11s} {'splits/tok':>11s} {'device MiB':>11s}  same tokens")
     for name, extra in cases:
         results = []
         for _ in range(args.runs):
             if extra:
-                with Backend.standin(args.arena_mib << 20, n_threads=1) as dev:
+                with device() as dev:
                     results.append(run(model, args.n_gen, args.threads, dev, **extra))
             else:
                 results.append(run(model, args.n_gen, args.threads))

@@ -14,6 +14,7 @@
 #define GS_CUDA_H
 
 #include "ggml_sparse.h"
+#include "gs_backend.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,6 +93,24 @@ gs_status gs_cuda_ffn_finish(gs_cuda_ffn * f, float * y);
 gs_status gs_cuda_ffn_hybrid(gs_cuda_ffn * f, const float * x, const int32_t * idx,
                              gs_graph * cold, gs_threadpool * tp, const gs_tensor * cold_out,
                              float * y);
+
+/* The CUDA device as a backend of the scheduler (gs_backend.h): the same
+ * table as the stand-in (gs_backend_standin_new) with device memory, copies
+ * on one stream and the CUDA kernels. `arena_bytes` (>= 1) is the budget:
+ * one cudaMalloc of that size that every placement and plan on it is carved
+ * from, first-fit in multiples of 64 bytes (GS_ERR_OOM past it). Copies are
+ * counted in gs_backend_stats as the stand-in counts them. A device split
+ * runs as kernel launches on the stream; nodes the kernels cannot run (an op
+ * without a CUDA kernel, a non-contiguous result or source: strided or
+ * permuted views) make gs_graph_plan_backends fail with GS_ERR_UNSUPPORTED
+ * naming the node and why. Results agree with the CPU's within rounding,
+ * not bit for bit. Index inputs (get_rows, set_rows, the sparse index) are
+ * not checked on the device: an out-of-range entry reads or writes nothing
+ * (attention positions are clamped into the cache) instead of failing as on
+ * the CPU. Answers GS_ERR_UNSUPPORTED "CUDA not
+ * built" without CUDA and "no CUDA device: ..." in a CUDA build without a
+ * usable device. Free it with gs_backend_free. */
+gs_status gs_backend_cuda_new(int device, size_t arena_bytes, gs_backend ** out);
 
 /* cffi-end */
 

@@ -82,6 +82,11 @@ typedef struct {
     void (*drain)(gs_backend * b);
     void (*stats)(const gs_backend * b, gs_backend_stats * out);
     void (*free)(gs_backend * b);
+    /* Whether b can run `node` (a node of a device split, its data and
+     * sources in b's memory); false with the reason in why. Asked at
+     * planning time (sched_build.c), so a graph with a node b cannot run
+     * fails at gs_graph_plan_backends. NULL: every node. */
+    bool (*supports)(const gs_backend * b, const gs_tensor * node, char * why, size_t why_size);
 } gs_backend_iface;
 
 /* Implementations put this first in their own struct. */
@@ -113,6 +118,24 @@ typedef struct {
 } gs_allocator;
 size_t gs_alloc_block(gs_allocator * a, size_t size);
 void gs_free_block(gs_allocator * a, size_t offs, size_t size);
+
+/* A device's arena (backend_arena.c): first-fit blocks of a fixed range of
+ * `size` bytes, by offset, in multiples of GS_ALIGN; bookkeeping only (host
+ * or device memory alike). Callers serialise the calls. A failed alloc is
+ * GS_ERR_OOM naming backend `name` with the free bytes; releasing an offset
+ * that is no block is GS_ERR_INVALID_ARG (p is the address the caller gave). */
+typedef struct {
+    size_t size;
+    gs_block * free_list;     /* free ranges, sorted by offset             */
+    int n_free, cap_free;
+    gs_block * used;          /* allocated blocks, sorted by offset        */
+    int n_used, cap_used;
+    size_t used_bytes, peak_bytes;
+} gs_arena;
+bool gs_arena_init(gs_arena * a, size_t size);      /* false: out of memory */
+void gs_arena_destroy(gs_arena * a);
+gs_status gs_arena_alloc(gs_arena * a, const char * name, size_t n, size_t * offs);
+gs_status gs_arena_release(gs_arena * a, const char * name, size_t offs, const void * p);
 
 /* ---- the scheduler (sched*.c) ------------------------------------------ */
 typedef struct {

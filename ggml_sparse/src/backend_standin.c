@@ -24,11 +24,7 @@ typedef struct {
     pthread_mutex_t mem_mu;
     uint8_t * arena;
     size_t size;
-    gs_block * free_list;          /* free ranges, sorted by offset         */
-    int n_free, cap_free;
-    gs_block * used;               /* allocated blocks, sorted by offset    */
-    int n_used, cap_used;
-    size_t used_bytes, peak_bytes;
+    gs_arena mem;                  /* its blocks (backend_arena.c)          */
     /* work */
     pthread_mutex_t mu;
     pthread_cond_t cv_work;        /* a job was queued, or stop             */
@@ -48,80 +44,22 @@ typedef struct {
 } standin;
 
 /* ---- memory ------------------------------------------------------------- */
-static bool grow(void ** arr, int * cap, int need, size_t elem) {
-    if (need <= *cap) return true;
-    int c = *cap ? *cap : 16;
-    while (c < need) c *= 2;
-    void * p = realloc(*arr, (size_t) c * elem);
-    if (!p) return false;
-    *arr = p;
-    *cap = c;
-    return true;
-}
-
 static gs_status standin_alloc(gs_backend * b, size_t n, void ** out) {
     standin * s = (standin *) b;
-    const size_t want = (n + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN;
-    gs_status st = GS_OK;
+    size_t offs = 0;
     pthread_mutex_lock(&s->mem_mu);
-    int at = -1;
-    size_t largest = 0;
-    for (int i = 0; i < s->n_free; i++) {
-        if (s->free_list[i].size > largest) largest = s->free_list[i].size;
-        if (at < 0 && s->free_list[i].size >= want) at = i;
-    }
-    if (at < 0 || want < n) {
-        st = gs_set_error(GS_ERR_OOM, "backend 'standin': cannot allocate %zu bytes (%zu aligned): %zu of %zu "
-                          "bytes free, the largest free block %zu bytes", n, want, s->size - s->used_bytes, s->size,
-                          largest);
-    } else if (!grow((void **) &s->used, &s->cap_used, s->n_used + 1, sizeof(gs_block))) {
-        st = gs_set_error(GS_ERR_OOM, "backend 'standin': out of host memory for its block table");
-    } else {
-        const size_t offs = s->free_list[at].offs;
-        s->free_list[at].offs += want;
-        s->free_list[at].size -= want;
-        if (s->free_list[at].size == 0) {
-            memmove(&s->free_list[at], &s->free_list[at + 1], (size_t) (s->n_free - at - 1) * sizeof(gs_block));
-            s->n_free--;
-        }
-        int i = s->n_used;
-        while (i > 0 && s->used[i - 1].offs > offs) i--;
-        memmove(&s->used[i + 1], &s->used[i], (size_t) (s->n_used - i) * sizeof(gs_block));
-        s->used[i] = (gs_block) { offs, want };
-        s->n_used++;
-        s->used_bytes += want;
-        if (s->used_bytes > s->peak_bytes) s->peak_bytes = s->used_bytes;
-        *out = s->arena + offs;
-    }
+    gs_status st = gs_arena_alloc(&s->mem, "standin", n, &offs);
     pthread_mutex_unlock(&s->mem_mu);
+    if (st == GS_OK) *out = s->arena + offs;
     return st;
 }
 
 static gs_status standin_release(gs_backend * b, void * p) {
     standin * s = (standin *) b;
-    gs_status st = GS_OK;
-    pthread_mutex_lock(&s->mem_mu);
     const uint8_t * q = p;
-    int lo = 0, hi = s->n_used;      /* binary search for the block at q */
     const size_t offs = q >= s->arena ? (size_t) (q - s->arena) : SIZE_MAX;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (s->used[mid].offs < offs) lo = mid + 1;
-        else hi = mid;
-    }
-    if (q < s->arena || lo == s->n_used || s->used[lo].offs != offs) {
-        st = gs_set_error(GS_ERR_INVALID_ARG, "backend 'standin': %p is not a block of its memory", p);
-    } else if (!grow((void **) &s->free_list, &s->cap_free, s->n_free + 1, sizeof(gs_block))) {
-        st = gs_set_error(GS_ERR_OOM, "backend 'standin': out of host memory for its free list");
-    } else {
-        const gs_block blk = s->used[lo];
-        memmove(&s->used[lo], &s->used[lo + 1], (size_t) (s->n_used - lo - 1) * sizeof(gs_block));
-        s->n_used--;
-        s->used_bytes -= blk.size;
-        gs_allocator a = { s->free_list, s->n_free, s->size };
-        gs_free_block(&a, blk.offs, blk.size);   /* sorted insert, merged with neighbours */
-        s->n_free = a.n_free;
-    }
+    pthread_mutex_lock(&s->mem_mu);
+    gs_status st = gs_arena_release(&s->mem, "standin", offs, p);
     pthread_mutex_unlock(&s->mem_mu);
     return st;
 }
@@ -297,8 +235,8 @@ static void standin_stats(const gs_backend * b, gs_backend_stats * out) {
     out->last_job_end_ns = atomic_load(&s->last_end_ns);
     pthread_mutex_lock(&s->mem_mu);
     out->arena_bytes = s->size;
-    out->arena_used = s->used_bytes;
-    out->arena_peak = s->peak_bytes;
+    out->arena_used = s->mem.used_bytes;
+    out->arena_peak = s->mem.peak_bytes;
     pthread_mutex_unlock(&s->mem_mu);
 }
 
@@ -316,8 +254,7 @@ static void standin_free(gs_backend * b) {
     pthread_mutex_destroy(&s->mem_mu);
     pthread_cond_destroy(&s->cv_work);
     pthread_cond_destroy(&s->cv_done);
-    free(s->free_list);
-    free(s->used);
+    gs_arena_destroy(&s->mem);
     free(s->arena);
     free(s);
 }
@@ -349,14 +286,10 @@ gs_status gs_backend_standin_new(size_t arena_bytes, int n_threads, gs_backend *
     s->n_threads = n_threads;
     /* untouched pages of a large arena cost no memory until used */
     s->arena = aligned_alloc(GS_ALIGN, (arena_bytes + GS_ALIGN - 1) / GS_ALIGN * GS_ALIGN);
-    s->free_list = malloc(16 * sizeof(gs_block));
-    if (!s->arena || !s->free_list) {
+    if (!s->arena || !gs_arena_init(&s->mem, arena_bytes)) {
         standin_free(&s->base);
         return gs_set_error(GS_ERR_OOM, "gs_backend_standin_new: cannot allocate an arena of %zu bytes", arena_bytes);
     }
-    s->cap_free = 16;
-    s->free_list[0] = (gs_block) { 0, arena_bytes };
-    s->n_free = 1;
     gs_status st = gs_threadpool_new(n_threads, &s->pool);
     if (st) {
         standin_free(&s->base);

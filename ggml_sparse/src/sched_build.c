@@ -119,8 +119,14 @@ static bool in_memory(const gs_backend * bk, const gs_tensor * t) {
 /* Every node of a device split writes and reads only that device's memory;
  * no node of a host split touches a device's memory. */
 static gs_status check_split(const gs_plan * p, const gs_sched_split * sp) {
+    const gs_backend * dev = p->bk[sp->backend];
     for (int k = 0; k < sp->exec.n_nodes; k++) {
         const gs_tensor * node = sp->exec.nodes[k];
+        char why[256];
+        if (sp->backend != 0 && dev->iface->supports && !dev->iface->supports(dev, node, why, sizeof(why))) {
+            return gs_set_error(GS_ERR_UNSUPPORTED, "gs_graph_plan_backends: node '%s' (%s) cannot run on backend "
+                                "'%s': %s", node->name, gs_op_str(node->op), dev->iface->name, why);
+        }
         for (int m = -1; m < GS_MAX_SRC; m++) {
             const gs_tensor * t = m < 0 ? node : node->src[m];
             if (!t) continue;

@@ -50,7 +50,7 @@ _STATS = ("h2d_bytes", "h2d_copies", "d2h_bytes", "d2h_copies", "splits", "syncs
 
 
 class Backend:
-    """The CPU (:meth:`cpu`) or a device (:meth:`standin`). Context-managed;
+    """The CPU (:meth:`cpu`) or a device (:meth:`standin`, :meth:`cuda`). Context-managed;
     ``close()`` waits for queued work and frees the device and its memory."""
 
     def __init__(self, ptr, owned: bool):
@@ -69,6 +69,16 @@ class Backend:
         """A stand-in device with an arena of exactly `arena_bytes` and `n_threads` kernel threads."""
         out = ffi.new("gs_backend **")
         check(lib.gs_backend_standin_new(int(arena_bytes), int(n_threads), out))
+        return cls(out[0], owned=True)
+
+    @classmethod
+    def cuda(cls, device: int = 0, arena_bytes: int = 256 << 20) -> "Backend":
+        """CUDA device `device` with one device allocation of exactly `arena_bytes`: every
+        placement and plan on it is carved from that budget. Raises GSError
+        (GS_ERR_UNSUPPORTED) "CUDA not built" in a build without CUDA and "no CUDA
+        device: ..." where no GPU can be used."""
+        out = ffi.new("gs_backend **")
+        check(lib.gs_backend_cuda_new(int(device), int(arena_bytes), out))
         return cls(out[0], owned=True)
 
     @property

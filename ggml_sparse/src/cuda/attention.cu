@@ -20,7 +20,9 @@ __global__ void attention_kernel(const float * q, const uint8_t * k, const uint8
                                  float scale, int n_swa, float softcap) {
     __shared__ float bcast;
     const int64_t h = blockIdx.x, t = blockIdx.y, hk = h / (H / Hkv);
-    const int64_t n_kv = (int64_t) pos[t] + 1;
+    /* a position outside the cache (not checked on the host in the backend's
+     * jobs) is clamped into it: never a read out of bounds */
+    const int64_t n_kv = pos[t] < 0 ? 1 : (pos[t] >= n_ctx ? n_ctx : (int64_t) pos[t] + 1);
     const int64_t j0 = n_swa > 0 && n_kv > n_swa ? n_kv - n_swa : 0;   /* first visible slot */
     const float inv_cap = softcap > 0.0f ? 1.0f / softcap : 0.0f;
     const float * qv = q + (t * H + h) * D;

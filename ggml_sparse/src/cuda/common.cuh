@@ -79,6 +79,17 @@ gs_status gs_cuda_mul_mat_sparse(const gs_dt * a, const gs_dt * b, const gs_dt *
 gs_status gs_cuda_axpy_sparse(const gs_dt * a, const gs_dt * act, const gs_dt * idx,
                               const gs_dt * skip, gs_dt * out, cudaStream_t s);
 
+/* gs_sparse_index_remap (sparse_remap.cu): idx I32 {M + 1, N}, map I32 {M},
+ * out I32 {n_out + 1, N}. */
+gs_status gs_cuda_sparse_index_remap(const gs_dt * idx, const gs_dt * map, gs_dt * out, cudaStream_t s);
+
+/* Run `node` (compute.cu's op table) on stream s with its sources src[0..4)
+ * (type NONE / data NULL where absent) and result dst, all device tensors;
+ * set_rows writes src[2]. Launch errors and ops without a kernel are a
+ * status. gs_cuda_has_kernel: whether gs_cuda_launch_node knows the op. */
+gs_status gs_cuda_launch_node(const gs_tensor * node, gs_dt * src, gs_dt * dst, cudaStream_t s);
+bool gs_cuda_has_kernel(gs_op op);
+
 /* Check an active-neuron index (host copy) as the CPU ops do: I32
  * {M + 1, n_tokens}, count in [0, M], ids ascending in [0, M). */
 gs_status gs_cuda_check_index(const int32_t * idx, int64_t M, int64_t n_tokens);

@@ -36,6 +36,22 @@ static gs_status check_indices(const gs_tensor * node) {
     switch (node->op) {
         case GS_OP_MUL_MAT_SPARSE: idx = node->src[2]; M = node->src[0]->ne[1]; T = gs_nrows(node->src[1]); break;
         case GS_OP_AXPY_SPARSE: idx = node->src[2]; M = node->src[0]->ne[1]; T = gs_nrows(node->src[1]); break;
+        case GS_OP_SPARSE_INDEX_REMAP: {
+            const int32_t * mp = (const int32_t *) node->src[1]->data;
+            const int64_t n_out = node->ne[0] - 1;
+            M = node->src[0]->ne[0] - 1;
+            for (int64_t m = 0, last = -1; m < M; m++) {
+                if (mp[m] == -1) continue;
+                if (mp[m] < -1 || mp[m] >= n_out || mp[m] <= last)
+                    return gs_set_error(GS_ERR_RUNTIME, "CUDA sparse_index_remap: map entry %lld is %d; entries "
+                                        "must be -1 or compact ids in [0, %lld), increasing", (long long) m, mp[m],
+                                        (long long) n_out);
+                last = mp[m];
+            }
+            idx = node->src[0];
+            T = node->src[0]->ne[1];
+            break;
+        }
         case GS_OP_GET_ROWS:
         case GS_OP_SET_ROWS: {
             const gs_tensor * rows = node->src[1];
@@ -61,37 +77,49 @@ static gs_status check_indices(const gs_tensor * node) {
     return idx ? gs_cuda_check_index((const int32_t *) idx->data, M, T) : GS_OK;
 }
 
-static gs_status launch(gs_tensor * node, node_run * r) {
-    gs_dt * s = r->src;
+gs_status gs_cuda_launch_node(const gs_tensor * node, gs_dt * s, gs_dt * dst, cudaStream_t stream) {
     float f;
     memcpy(&f, &node->op_params[0], sizeof(float));
     switch (node->op) {
-        case GS_OP_CPY: return gs_cuda_cpy(&s[0], &r->dst, r->stream);
-        case GS_OP_GET_ROWS: return gs_cuda_get_rows(&s[0], &s[1], &r->dst, r->stream);
-        case GS_OP_SET_ROWS: return gs_cuda_set_rows(&s[2], &s[0], &s[1], r->stream);
+        case GS_OP_CPY: return gs_cuda_cpy(&s[0], dst, stream);
+        case GS_OP_GET_ROWS: return gs_cuda_get_rows(&s[0], &s[1], dst, stream);
+        case GS_OP_SET_ROWS: return gs_cuda_set_rows(&s[2], &s[0], &s[1], stream);
         case GS_OP_ADD:
-        case GS_OP_MUL: return gs_cuda_binary(node->op == GS_OP_ADD, &s[0], &s[1], &r->dst, r->stream);
-        case GS_OP_SCALE: return gs_cuda_scale(&s[0], f, &r->dst, r->stream);
-        case GS_OP_UNARY: return gs_cuda_unary(&s[0], (gs_unary_op) node->op_params[0], &r->dst, r->stream);
+        case GS_OP_MUL: return gs_cuda_binary(node->op == GS_OP_ADD, &s[0], &s[1], dst, stream);
+        case GS_OP_SCALE: return gs_cuda_scale(&s[0], f, dst, stream);
+        case GS_OP_UNARY: return gs_cuda_unary(&s[0], (gs_unary_op) node->op_params[0], dst, stream);
         case GS_OP_GLU:
-            return gs_cuda_glu(&s[0], &s[1], (gs_unary_op) node->op_params[0], node->op_params[1] != 0, &r->dst,
-                               r->stream);
-        case GS_OP_RMS_NORM: return gs_cuda_rms_norm(&s[0], f, true, &r->dst, r->stream);
-        case GS_OP_NORM: return gs_cuda_rms_norm(&s[0], f, false, &r->dst, r->stream);
+            return gs_cuda_glu(&s[0], &s[1], (gs_unary_op) node->op_params[0], node->op_params[1] != 0, dst,
+                               stream);
+        case GS_OP_RMS_NORM: return gs_cuda_rms_norm(&s[0], f, true, dst, stream);
+        case GS_OP_NORM: return gs_cuda_rms_norm(&s[0], f, false, dst, stream);
         case GS_OP_ROPE:
-            return gs_cuda_rope_ext(&s[0], &s[1], s[2].data ? &s[2] : NULL, node->op_params, &r->dst, r->stream);
-        case GS_OP_SOFT_MAX: return gs_cuda_soft_max(&s[0], s[1].data ? &s[1] : NULL, f, &r->dst, r->stream);
-        case GS_OP_MUL_MAT: return gs_cuda_mul_mat(&s[0], &s[1], &r->dst, r->stream);
+            return gs_cuda_rope_ext(&s[0], &s[1], s[2].data ? &s[2] : NULL, node->op_params, dst, stream);
+        case GS_OP_SOFT_MAX: return gs_cuda_soft_max(&s[0], s[1].data ? &s[1] : NULL, f, dst, stream);
+        case GS_OP_MUL_MAT: return gs_cuda_mul_mat(&s[0], &s[1], dst, stream);
         case GS_OP_ATTENTION: {
             float cap;
             memcpy(&cap, &node->op_params[2], sizeof(float));
-            return gs_cuda_attention(&s[0], &s[1], &s[2], &s[3], f, node->op_params[1], cap, &r->dst, r->stream);
+            return gs_cuda_attention(&s[0], &s[1], &s[2], &s[3], f, node->op_params[1], cap, dst, stream);
         }
-        case GS_OP_SPARSE_INDEX: return gs_cuda_sparse_index(&s[0], f, &r->dst, r->stream);
-        case GS_OP_MUL_MAT_SPARSE: return gs_cuda_mul_mat_sparse(&s[0], &s[1], &s[2], &s[3], &r->dst, r->stream);
-        case GS_OP_AXPY_SPARSE: return gs_cuda_axpy_sparse(&s[0], &s[1], &s[2], &s[3], &r->dst, r->stream);
+        case GS_OP_SPARSE_INDEX: return gs_cuda_sparse_index(&s[0], f, dst, stream);
+        case GS_OP_MUL_MAT_SPARSE: return gs_cuda_mul_mat_sparse(&s[0], &s[1], &s[2], &s[3], dst, stream);
+        case GS_OP_AXPY_SPARSE: return gs_cuda_axpy_sparse(&s[0], &s[1], &s[2], &s[3], dst, stream);
+        case GS_OP_SPARSE_INDEX_REMAP: return gs_cuda_sparse_index_remap(&s[0], &s[1], dst, stream);
         default:
             return gs_set_error(GS_ERR_UNSUPPORTED, "CUDA compute: op %s has no CUDA kernel", gs_op_name(node->op));
+    }
+}
+
+bool gs_cuda_has_kernel(gs_op op) {
+    switch (op) {
+        case GS_OP_CPY: case GS_OP_GET_ROWS: case GS_OP_SET_ROWS: case GS_OP_ADD: case GS_OP_MUL:
+        case GS_OP_SCALE: case GS_OP_UNARY: case GS_OP_GLU: case GS_OP_RMS_NORM: case GS_OP_NORM:
+        case GS_OP_ROPE: case GS_OP_SOFT_MAX: case GS_OP_MUL_MAT: case GS_OP_ATTENTION:
+        case GS_OP_SPARSE_INDEX: case GS_OP_MUL_MAT_SPARSE: case GS_OP_AXPY_SPARSE:
+        case GS_OP_SPARSE_INDEX_REMAP:
+            return true;
+        default: return false;
     }
 }
 
@@ -108,7 +136,7 @@ static gs_status run(gs_tensor * node, node_run * r, void * out, size_t out_size
     r->dst.type = node->type;
     memcpy(r->dst.ne, node->ne, sizeof(r->dst.ne));
     GS_CUDA_TRY(cudaMallocAsync(&r->dst.data, n, r->stream), "result buffer");
-    st = launch(node, r);
+    st = gs_cuda_launch_node(node, r->src, &r->dst, r->stream);
     if (st != GS_OK) return st;
     const void * result = node->op == GS_OP_SET_ROWS ? r->src[2].data : r->dst.data;
     GS_CUDA_TRY(cudaMemcpyAsync(out, result, n, cudaMemcpyDeviceToHost, r->stream), "result download");

@@ -11,11 +11,14 @@
 #include "dequant.cuh"
 
 template <int T>
-__global__ void get_rows_kernel(const uint8_t * a, size_t row_bytes, const int32_t * idx, float * out,
+__global__ void get_rows_kernel(const uint8_t * a, size_t row_bytes, int64_t R, const int32_t * idx, float * out,
                                 int64_t n, int64_t k) {
     const int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * k) return;
-    out[i] = gs_dq<T>(a + (size_t) idx[i / n] * row_bytes, i % n);
+    const int32_t r = idx[i / n];
+    /* an index outside [0, R) (checked on the host where the host holds
+     * the index) reads nothing: the row comes out as zeros */
+    out[i] = r >= 0 && r < R ? gs_dq<T>(a + (size_t) r * row_bytes, i % n) : 0.0f;
 }
 
 gs_status gs_cuda_get_rows(const gs_dt * a, const gs_dt * idx, gs_dt * out, cudaStream_t s) {
@@ -24,7 +27,8 @@ gs_status gs_cuda_get_rows(const gs_dt * a, const gs_dt * idx, gs_dt * out, cuda
     const unsigned grid = (unsigned) ((n * k + 255) / 256);
     const uint8_t * w = (const uint8_t *) a->data;
     const int32_t * ix = (const int32_t *) idx->data;
-    GS_CUDA_TYPE_SWITCH(a->type, (get_rows_kernel<TT><<<grid, 256, 0, s>>>(w, rb, ix, (float *) out->data, n, k)))
+    float * o = (float *) out->data;
+    GS_CUDA_TYPE_SWITCH(a->type, (get_rows_kernel<TT><<<grid, 256, 0, s>>>(w, rb, a->ne[1], ix, o, n, k)))
     GS_CUDA_LAUNCHED("get_rows");
     return GS_OK;
 }
@@ -33,8 +37,9 @@ __global__ void set_rows_kernel(uint8_t * dst, bool f16, int64_t R, const float 
                                 int64_t n, int64_t k, int64_t planes) {
     const int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * k * planes) return;
-    const int64_t e = i % n, p = i / (n * k);
-    const int64_t o = (p * R + idx[i / n]) * n + e;   /* one index per source row */
+    const int64_t e = i % n, p = i / (n * k), r = idx[i / n];
+    if (r < 0 || r >= R) return;                      /* out of range: nothing written */
+    const int64_t o = (p * R + r) * n + e;            /* one index per source row */
     if (f16) ((__half *) dst)[o] = __float2half_rn(src[i]);
     else ((float *) dst)[o] = src[i];
 }

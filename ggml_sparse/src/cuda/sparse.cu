@@ -33,11 +33,17 @@ gs_status gs_cuda_sparse_index(const gs_dt * score, float threshold, gs_dt * out
     return GS_OK;
 }
 
-/* mask[t][m] = 1 for the ids of column t (mask zeroed before). */
+/* mask[t][m] = 1 for the ids of column t (mask zeroed before). Entries
+ * out of range (an index the host did not check: the backend's jobs) are
+ * dropped, never written out of bounds. */
 __global__ void index_to_mask_kernel(const int32_t * idx, uint8_t * mask, int64_t M) {
     const int64_t t = blockIdx.x;
     const int32_t * col = idx + t * (M + 1);
-    for (int32_t c = threadIdx.x; c < col[0]; c += blockDim.x) mask[t * M + col[c + 1]] = 1;
+    const int64_t n = col[0] < 0 ? 0 : (col[0] > M ? M : col[0]);
+    for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+        const int32_t m = col[c + 1];
+        if (m >= 0 && m < M) mask[t * M + m] = 1;
+    }
 }
 
 template <int T>
@@ -98,11 +104,11 @@ __global__ void axpy_sparse_kernel(const uint8_t * a, size_t row_bytes, const fl
     if (e >= E) return;
     const float * h = act + t * M;
     const int32_t * col = idx ? idx + t * (M + 1) : NULL;
-    const int64_t n = col ? col[0] : M;
+    const int64_t n = col ? (col[0] < 0 ? 0 : (col[0] > M ? M : col[0])) : M;
     float s = 0.0f;
     for (int64_t c = 0; c < n; c++) {
         const int64_t m = col ? col[c + 1] : c;
-        if (skip && skip[m]) continue;
+        if (m < 0 || m >= M || (skip && skip[m])) continue;     /* out of range: dropped */
         s += h[m] * gs_dq<T>(a + (size_t) m * row_bytes, e);
     }
     out[t * E + e] = s;

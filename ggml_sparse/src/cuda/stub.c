@@ -39,3 +39,7 @@ gs_status gs_cuda_ffn_hybrid(gs_cuda_ffn * f, const float * x, const int32_t * i
                              gs_threadpool * tp, const gs_tensor * cold_out, float * y) {
     return NOT_BUILT();
 }
+gs_status gs_backend_cuda_new(int device, size_t arena_bytes, gs_backend ** out) {
+    if (out) *out = NULL;
+    return NOT_BUILT();
+}
