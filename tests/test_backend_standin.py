@@ -216,28 +216,42 @@ def kv_step_graph(ctx, w, caches, E, HD, NH, NKV):
     return x, pos, out
 
 
-def test_kv_cache_on_the_device_decodes_like_the_cpu(pools):
-    E, HD, NH, NKV, CTX, STEPS = 64, 16, 4, 2, 8, 6
+KV_DIMS = (64, 16, 4, 2, 8, 6)            # E, HD, NH, NKV, CTX, STEPS
+
+
+def kv_problem():
+    """The KV-cache decode problem both device tests run: weights (numpy) and one input per step."""
+    E, HD, NH, NKV, CTX, STEPS = KV_DIMS
     r = np.random.default_rng(3)
     w_np = {"q": r.standard_normal((E, E)) * 0.2, "k": r.standard_normal((HD * NKV, E)) * 0.2,
             "v": r.standard_normal((HD * NKV, E)), "o": r.standard_normal((E, E)) * 0.2}
-    xs = r.standard_normal((STEPS, E)).astype(np.float32)
+    return w_np, r.standard_normal((STEPS, E)).astype(np.float32)
 
-    def setup(ctx):
+
+def kv_graphs(dev, cctx, dctx, w_np):
+    """The decode step planned on the CPU alone (cctx) and with K/V weights and caches on `dev`
+    (dctx): ((x, pos, out, graph, caches) for the CPU, then for the device plan)."""
+    E, HD, NH, NKV, CTX, _ = KV_DIMS
+    result = []
+    for ctx, device in ((cctx, None), (dctx, dev)):
         w = {k: ctx.from_numpy(v, t=GGMLType.Q8_0) for k, v in w_np.items()}
         caches = {k: ctx.from_numpy(np.zeros((CTX, HD * NKV), dtype=np.float16), f"cache_{k}") for k in "kv"}
-        return w, caches
+        if device is not None:
+            for name in ("k", "v"):
+                place(w[name], device)
+                place(caches[name], device)
+        x, pos, out = kv_step_graph(ctx, w, caches, E, HD, NH, NKV)
+        g = Graph(ctx).build(out)
+        g = g.plan(2) if device is None else plan_backends(g, [Backend.cpu(), device], 2)
+        result.append((x, pos, out, g, caches))
+    return result
 
+
+def test_kv_cache_on_the_device_decodes_like_the_cpu(pools):
+    E, HD, NH, NKV, CTX, STEPS = KV_DIMS
+    w_np, xs = kv_problem()
     with Backend.standin(1 << 20) as dev, Context(8 << 20) as cctx, Context(8 << 20) as dctx:
-        cw, ccache = setup(cctx)
-        dw, dcache = setup(dctx)
-        for name in ("k", "v"):
-            place(dw[name], dev)
-            place(dcache[name], dev)
-        cx, cpos, cout = kv_step_graph(cctx, cw, ccache, E, HD, NH, NKV)
-        dx, dpos, dout = kv_step_graph(dctx, dw, dcache, E, HD, NH, NKV)
-        cg = Graph(cctx).build(cout).plan(2)
-        dg = plan_backends(Graph(dctx).build(dout), [Backend.cpu(), dev], 2)
+        (cx, cpos, cout, cg, ccache), (dx, dpos, dout, dg, dcache) = kv_graphs(dev, cctx, dctx, w_np)
         sp = splits(dg)
         assert [s.backend for s in sp] == ["cpu", "standin", "cpu"]
         # into the device: q (E floats), x (E floats), pos; out: attention's result

@@ -97,28 +97,11 @@ def test_mixed_graph_on_the_device(pools, device, wtype):
 
 @gpu
 def test_kv_cache_on_the_device(pools, device):
-    from test_backend_standin import kv_step_graph
-    E, HD, NH, NKV, CTX, STEPS = 64, 16, 4, 2, 8, 6
-    r = np.random.default_rng(3)
-    w_np = {"q": r.standard_normal((E, E)) * 0.2, "k": r.standard_normal((HD * NKV, E)) * 0.2,
-            "v": r.standard_normal((HD * NKV, E)), "o": r.standard_normal((E, E)) * 0.2}
-    xs = r.standard_normal((STEPS, E)).astype(np.float32)
-
-    def setup(ctx):
-        w = {k: ctx.from_numpy(v, t=GGMLType.Q8_0) for k, v in w_np.items()}
-        caches = {k: ctx.from_numpy(np.zeros((CTX, HD * NKV), dtype=np.float16), f"cache_{k}") for k in "kv"}
-        return w, caches
-
+    from test_backend_standin import KV_DIMS, kv_graphs, kv_problem
+    STEPS = KV_DIMS[-1]
+    w_np, xs = kv_problem()
     with Backend.cuda(device, 1 * MIB) as dev, Context(8 << 20) as cctx, Context(8 << 20) as dctx:
-        cw, ccache = setup(cctx)
-        dw, dcache = setup(dctx)
-        for name in ("k", "v"):
-            place(dw[name], dev)
-            place(dcache[name], dev)
-        cx, cpos, cout = kv_step_graph(cctx, cw, ccache, E, HD, NH, NKV)
-        dx, dpos, dout = kv_step_graph(dctx, dw, dcache, E, HD, NH, NKV)
-        cg = Graph(cctx).build(cout).plan(2)
-        dg = plan_backends(Graph(dctx).build(dout), [Backend.cpu(), dev], 2)
+        (cx, cpos, cout, cg, ccache), (dx, dpos, dout, dg, dcache) = kv_graphs(dev, cctx, dctx, w_np)
         assert [s.backend for s in splits(dg)] == ["cpu", "cuda", "cpu"]
         for step in range(STEPS):
             for x, pos in ((cx, cpos), (dx, dpos)):

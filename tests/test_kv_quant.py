@@ -198,12 +198,7 @@ def smol(smollm2):
 def _greedy(m, prompt: str, n: int):
     m.reset()
     m.eval(m.tokenize(prompt.encode(), add_bos=False))
-    out = []
-    for _ in range(n):
-        tok = int(np.argmax(m._logits))
-        out.append(tok)
-        m.eval([tok])
-    return out
+    return _continue(m, n)
 
 
 def test_cache_bytes(smol, smollm2):

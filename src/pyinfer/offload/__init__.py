@@ -31,10 +31,10 @@ __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "p
 
 def make_plan(spec: ModelSpec, vram_budget: Optional[float] = None, n_gpu_layers: int = 0,
               hot_neurons: Optional[Sequence[np.ndarray]] = None,
-              free_bytes: Optional[int] = None) -> OffloadPlan:
+              free_bytes: Optional[int] = None, margin: int = DEFAULT_MARGIN) -> OffloadPlan:
     """Whole layers when n_gpu_layers != 0, else the hybrid placement. The budget is
-    `vram_budget` GiB, or `free_bytes` minus DEFAULT_MARGIN when it is None."""
-    budget = budget_bytes(vram_budget, free_bytes)
+    `vram_budget` GiB, or `free_bytes` minus `margin` when it is None."""
+    budget = budget_bytes(vram_budget, free_bytes, margin)
     if n_gpu_layers != 0:
         return plan_layers(spec, budget, n_gpu_layers)
     return plan_hybrid(spec, budget, hot_neurons)
@@ -72,24 +72,27 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int,
             return None
         require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
     spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)
+    # a device backend's free memory is its whole budget (no driver allocations grow after the plan)
+    margin = 0 if device is not None else DEFAULT_MARGIN
     if device is not None:
-        free = device.stats()["arena_bytes"] - device.stats()["arena_used"] + DEFAULT_MARGIN
-        if vram_budget is not None and budget_bytes(vram_budget, None) > free - DEFAULT_MARGIN:
+        stats = device.stats()
+        free = stats["arena_bytes"] - stats["arena_used"]
+        if vram_budget is not None and budget_bytes(vram_budget, None) > free:
             raise OffloadBudgetError(f"vram_budget={vram_budget!r} GiB is more than the device's "
-                                     f"{(free - DEFAULT_MARGIN) / MIB:.1f} MiB")
+                                     f"{free / MIB:.1f} MiB")
     else:
         free, _ = mem_info(0)
     hot = None
     if spec.sparse and n_gpu_layers == 0:
         # the neurons' share: what the dense tensors, KV cache and scratch leave of the budget
-        dense = make_plan(spec, vram_budget, 0, None, free_bytes=free)
+        dense = make_plan(spec, vram_budget, 0, None, free_bytes=free, margin=margin)
         extra = engine.settings.extra
         index = ensure_gpu_index(engine.file.path, max(0, dense.budget - dense.device_bytes),
                                  reset=bool(extra.get("reset_gpu_index")),
                                  disable=bool(extra.get("disable_gpu_index")))
         if index is not None:
             hot = [index.bucket(i) for i in range(spec.n_layer)]
-    plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free)
+    plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free, margin=margin)
     if device is None:
         warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
                       "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)
