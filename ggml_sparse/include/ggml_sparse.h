@@ -362,6 +362,13 @@ gs_status gs_soft_max(gs_context * ctx, gs_tensor * a, gs_tensor * mask, float s
  * (activations) -> out F32 {M, N, ...}: out[n][m] = dot(a row m, b row n).
  * a's dims 2,3 broadcast over b's. N = 1 is a GEMV, N > 1 a GEMM. */
 gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
+/* gs_mul_mat whose every output row is bit-identical to the product of that
+ * one activation row alone (N = 1), whatever the other rows: batches use the
+ * single-row dot order instead of llama.cpp's GEMM orders (tinyBLAS for
+ * F32/F16/BF16, the K-quant tiles). For batches of tokens of different
+ * sequences, whose results must not depend on each other. Repacked Q4_K
+ * weights are refused (GS_ERR_UNSUPPORTED); repacked Q4_0 already is. */
+gs_status gs_mul_mat_rowwise(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
 
 /* Causal attention over a KV cache with grouped-query heads.
  *   q     F32 {head_dim, n_head, n_tokens}
@@ -389,12 +396,30 @@ gs_status gs_attention(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor
  * Other caches sum the visible slots only. Quantized caches follow llama.cpp's
  * CPU flash attention: each query row quantized to Q8_0, one K dot product
  * per visible slot, an online softmax (expf), V rows dequantized and summed
- * in F32; with a soft-cap the scale is divided by it first. gs_attention is
- * n_swa = 0, softcap = 0. */
+ * in F32; with a soft-cap the scale is divided by it first.
+ *   n_stream 0: one sequence; else the cache holds n_ctx / n_stream sequence
+ *            streams of n_stream slots (llama.cpp's non-unified cache): slot
+ *            s = pos[t] of token t lies in stream s / n_stream, and the token
+ *            sees only that stream's slots up to s (windowed as above, by
+ *            position within the stream). Each stream is computed exactly as
+ *            a cache of its own holding only its tokens of the batch: for a
+ *            stream, its padded slot count and the prompt-or-decode order
+ *            (F16) depend on its own tokens alone, never on the other
+ *            streams' tokens in the batch, so a sequence's results are
+ *            bit-identical whether it runs alone or batched with others.
+ *   rowwise  0: as above; 1: every query token is computed exactly as it is
+ *            when it is the only token of its stream in the batch (decoding
+ *            order and padded slot count of its own position), so its result
+ *            does not depend on the other tokens of the batch at all (a batch
+ *            of tokens each decoded as if alone: gs_mul_mat_rowwise's
+ *            companion; speculative verification).
+ * gs_attention is n_swa = 0, softcap = 0, n_stream = 0, rowwise = 0. */
 typedef struct {
     float scale;
     int32_t n_swa;
     float softcap;
+    int32_t n_stream;
+    int32_t rowwise;
 } gs_attention_params;
 gs_attention_params gs_attention_default_params(float scale);   /* no window, no cap */
 gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_tensor * v,

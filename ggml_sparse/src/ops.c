@@ -430,6 +430,19 @@ gs_status gs_soft_max(gs_context * ctx, gs_tensor * a, gs_tensor * mask, float s
 }
 
 /* ---- matrix product and attention --------------------------------------- */
+gs_status gs_mul_mat_rowwise(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out) {
+    CHECK_OUT(ctx, out);
+    CHECK_T(a);
+    if ((a->flags & GS_FLAG_REPACKED) && a->type == GS_TYPE_Q4_K) {
+        return gs_set_error(GS_ERR_UNSUPPORTED, "gs_mul_mat_rowwise: '%s' is repacked Q4_K, whose batched "
+                            "product sums in another order than its single-row one; keep it unrepacked", a->name);
+    }
+    gs_status st = gs_mul_mat(ctx, a, b, out);
+    if (st) return st;
+    (*out)->op_params[0] = 1;
+    return GS_OK;
+}
+
 gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out) {
     CHECK_OUT(ctx, out);
     CHECK_T(a);
@@ -455,7 +468,7 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
 }
 
 gs_attention_params gs_attention_default_params(float scale) {
-    gs_attention_params p = { .scale = scale, .n_swa = 0, .softcap = 0.0f };
+    gs_attention_params p = { .scale = scale, .n_swa = 0, .softcap = 0.0f, .n_stream = 0, .rowwise = 0 };
     return p;
 }
 
@@ -472,6 +485,7 @@ gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_te
     GS_CHECK_ARG(p->n_swa >= 0, "gs_attention: n_swa %d must be >= 0", (int) p->n_swa);
     GS_CHECK_ARG(isfinite(p->softcap) && p->softcap >= 0.0f, "gs_attention: softcap must be a finite number >= 0");
     GS_CHECK_ARG(isfinite(p->scale), "gs_attention: scale must be finite");
+    GS_CHECK_ARG(p->n_stream >= 0, "gs_attention: n_stream %d must be >= 0", (int) p->n_stream);
     CHECK_T(q);
     CHECK_T(k);
     CHECK_T(v);
@@ -497,6 +511,10 @@ gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_te
     if (k->nb[0] != gs_get_type_traits(k->type)->type_size || v->nb[0] != gs_get_type_traits(v->type)->type_size) {
         return gs_set_error(GS_ERR_SHAPE, "gs_attention: cache rows must be contiguous in head_dim");
     }
+    if (p->n_stream && k->ne[2] % p->n_stream) {
+        return gs_set_error(GS_ERR_SHAPE, "gs_attention: the cache's %lld slots are not a whole number of streams of %d",
+                            (long long) k->ne[2], (int) p->n_stream);
+    }
     st = new_node(ctx, GS_OP_ATTENTION, GS_TYPE_F32, 3, q->ne, out);
     if (st) return st;
     gs_tensor * t = *out;
@@ -507,5 +525,7 @@ gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_te
     memcpy(&t->op_params[0], &p->scale, sizeof(float));
     t->op_params[1] = p->n_swa;
     memcpy(&t->op_params[2], &p->softcap, sizeof(float));
+    t->op_params[3] = p->n_stream;
+    t->op_params[4] = p->rowwise != 0;
     return GS_OK;
 }

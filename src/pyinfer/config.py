@@ -319,4 +319,6 @@ class ContextSettings:
     neuron_bundle: bool = True      # PowerInfer models: repack gate/up/down_t rows per neuron
     swa_full: bool = True           # sliding-window layers cache every position (llama.cpp's
                                     # default); False: only the window plus a batch (model/kv_cache.py)
+    n_seq_max: int = 1              # sequences the KV cache holds at once (one stream of n_ctx
+                                    # positions each: the cache is n_seq_max * n_ctx rows)
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -5,6 +5,16 @@ in chunks of ``n_batch`` through the batched (GEMM) path and single tokens
 through a cached decode graph: one C call per forward, Python only writes
 token ids and positions.
 
+Several sequences (``n_seq_max`` > 1): the KV cache holds one stream of n_ctx
+positions per sequence id, ``decode(tokens, seq=s)`` appends to sequence s, and
+``decode_batch`` runs tokens of several sequences in one graph, so N decoding
+sequences cost one batched product instead of N matrix-vector passes. A
+sequence's results do not depend on what else is in the batch: the matrix
+kernels share one accumulation order between one row and many, and the
+attention op computes each stream as a cache of its own (gs_attention n_stream),
+so its logits are bit-identical alone or batched. Truncation, removal and prefix
+copies are cache operations (``truncate``, ``copy_prefix``).
+
 Lifetime: every C computation and every change of the cache runs under the
 engine's lock, which `close()` takes too: closing waits for the forward pass
 in flight, then frees, and any later call raises `LlamaClosedError`. Results
@@ -18,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator, Sequence, Union
+from typing import Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -59,13 +69,20 @@ class Engine:
         self.n_threads_batch = settings.n_threads_batch or self.n_threads
         n_weights = len(self.file.tensors)
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
-        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
+        # several sequences: batches of their tokens use rowwise products, which repacked Q4_K
+        # weights do not have (repacked Q4_0 ones are rowwise already)
+        repack = settings.repack_weights and ("q4_0" if settings.n_seq_max > 1 else True)
+        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, repack)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense, settings.neuron_bundle, self.file)
         # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's
         # n_swa + n_ubatch), not n_ctx positions
-        swa_rows = None if settings.swa_full or not self.cfg.n_swa else self.cfg.n_swa + self.n_batch
-        self.kv = KVCache.allocate(self.cfg, n_ctx, settings.kv_type, swa_rows)
+        self.n_seq = settings.n_seq_max
+        if not isinstance(self.n_seq, int) or self.n_seq < 1:
+            raise ValueError(f"n_seq_max must be a positive integer, got {self.n_seq!r}")
+        swa_rows = None if settings.swa_full or not self.cfg.n_swa or self.n_seq > 1 \
+            else self.cfg.n_swa + self.n_batch
+        self.kv = KVCache.allocate(self.cfg, n_ctx, settings.kv_type, swa_rows, self.n_seq)
         # GPU placement (vram_budget / n_gpu_layers): planned and reported, None without them;
         # carried out on an explicitly given device backend (pyinfer.backend: the stand-in)
         self.device = settings.extra.get("offload_device")
@@ -85,7 +102,7 @@ class Engine:
                                  f"the {self.device.name} device"
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
-        self.n_past = 0
+        self.seq_pos = [0] * self.n_seq   # per sequence: the positions its stream holds
         self._lock = threading.Lock()   # held by every computation, cache change and close()
         self.closed = False
         self.load_time = time.perf_counter() - t0
@@ -94,9 +111,24 @@ class Engine:
         emb = self.file.get("token_embd.weight")
         return emb.ne[1] if emb is not None else 0
 
+    @property
+    def n_past(self) -> int:
+        """Tokens sequence 0 holds (the one sequence of a single-sequence engine)."""
+        return self.seq_pos[0]
+
+    @n_past.setter
+    def n_past(self, n: int) -> None:
+        self.seq_pos[0] = n
+
+    def _seq(self, seq: int) -> int:
+        if not (isinstance(seq, (int, np.integer)) and 0 <= seq < self.n_seq):
+            raise ValueError(f"sequence id {seq!r} is outside 0..{self.n_seq - 1} (n_seq_max={self.n_seq})")
+        return int(seq)
+
     # ---- graphs ----
-    def _graph(self, n_tokens: int, n_outputs: int, embeddings: bool = False) -> ForwardGraph:
-        key = (n_tokens, n_outputs, embeddings)
+    def _graph(self, n_tokens: int, n_outputs: int, embeddings: bool = False,
+               rowwise: bool = False) -> ForwardGraph:
+        key = (n_tokens, n_outputs, embeddings, rowwise)
         g = self._graphs.get(key)
         if g is None:
             if self._backends:
@@ -106,7 +138,7 @@ class Engine:
             # as llama.cpp: single-token decode on n_threads, batches on n_threads_batch
             threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
-                             threads, embeddings, self.ffn, self._backends)
+                             threads, embeddings, self.ffn, self._backends, rowwise)
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:
                 _, old = self._graphs.popitem(last=False)
@@ -115,32 +147,70 @@ class Engine:
             self._graphs.move_to_end(key)
         return g
 
-    def forward(self, tokens: Sequence[int], n_outputs: int = 1, embeddings: bool = False) -> np.ndarray:
-        """Run `tokens` (at most n_batch) at positions n_past.. and return (a copy of) the
-        last `n_outputs` rows of logits (or hidden states). Advances n_past."""
+    def forward(self, tokens: Sequence[int], n_outputs: int = 1, embeddings: bool = False,
+                seq: int = 0) -> np.ndarray:
+        """Run `tokens` (at most n_batch) at sequence `seq`'s next positions and return (a copy
+        of) the last `n_outputs` rows of logits (or hidden states). Advances the sequence."""
         with self._lock:
-            return self._forward(tokens, n_outputs, embeddings).copy()
+            return self._run([(self._seq(seq), tokens)], n_outputs, embeddings).copy()
 
-    def _forward(self, tokens: Sequence[int], n_outputs: int, embeddings: bool) -> np.ndarray:
-        """forward() under the lock (the caller holds it); the result is the graph's output
-        view, valid until the lock is released."""
+    def _run(self, items, n_outputs: int, embeddings: bool, rowwise: bool = False) -> np.ndarray:
+        """One graph over the tokens of items [(seq, tokens), ...] (distinct sequences, each at
+        its next positions), under the lock (the caller holds it); the last n_outputs rows of
+        the output, a view valid until the lock is released."""
         self._require_open()
-        n = len(tokens)
+        n = sum(len(t) for _, t in items)
         if n == 0:
             raise ValueError("forward: no tokens")
-        if self.n_past + n > self.n_ctx:
-            raise ValueError(f"Requested tokens ({self.n_past + n}) exceed context window of {self.n_ctx}")
-        g = self._graph(n, min(n_outputs, n), embeddings)
-        g.tokens[:] = tokens
-        g.pos[:] = np.arange(self.n_past, self.n_past + n, dtype=np.int32)
+        if n > self.n_batch and len(items) > 1:
+            raise ValueError(f"a batch of {n} tokens exceeds n_batch={self.n_batch}")
+        for seq, toks in items:
+            end = self.seq_pos[seq] + len(toks)
+            if end > self.n_ctx:
+                raise ValueError(f"Requested tokens ({end}) exceed context window of {self.n_ctx}")
+        # decode_batch: rowwise (each token computed as when it is decoded alone); prompt
+        # chunks of one sequence: llama.cpp's batched order
+        g = self._graph(n, min(n_outputs, n), embeddings, rowwise)
+        i = 0
+        for seq, toks in items:
+            k, p0 = len(toks), self.seq_pos[seq]
+            g.tokens[i:i + k] = toks
+            g.pos[i:i + k] = np.arange(p0, p0 + k, dtype=np.int32)
+            if self.n_seq > 1:
+                g.slots[i:i + k] = g.pos[i:i + k] + seq * self.n_ctx
+            i += k
         g.run(self.pool)
-        self.n_past += n
+        for seq, toks in items:
+            self.seq_pos[seq] += len(toks)
         return g.out
 
-    def decode(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
-        """Append tokens in n_batch chunks; logits of the last token, or of all
-        tokens (n, n_vocab) with logits_all. The lock is taken per chunk, so close()
+    def decode_batch(self, items: Sequence[Tuple[int, Sequence[int]]]) -> List[np.ndarray]:
+        """Append tokens to several sequences in one forward: items [(seq, tokens), ...] with
+        distinct sequence ids, n_batch tokens at most in all. Returns each item's logits for
+        all its tokens ((len(tokens), n_vocab) copies), in the order given.
+
+        Every token is computed exactly as when it is decoded alone (`decode([t])`: rowwise
+        products, gs_attention rowwise), so its logits are bit-identical to plain decoding:
+        sequences batched together, or draft tokens verified at once, change no result."""
+        items = [(self._seq(s), [int(t) for t in toks]) for s, toks in items]
+        if len({s for s, _ in items}) != len(items):
+            raise ValueError("decode_batch: a sequence id appears twice in one batch")
+        for _, toks in items:
+            self.validate_tokens(toks)
+        n = sum(len(t) for _, t in items)
+        with self._lock:
+            out = self._run(items, n, False, rowwise=True)
+            res, i = [], 0
+            for _, toks in items:
+                res.append(out[i:i + len(toks)].copy())
+                i += len(toks)
+        return res
+
+    def decode(self, tokens: Sequence[int], logits_all: bool = False, seq: int = 0) -> np.ndarray:
+        """Append tokens to sequence `seq` in n_batch chunks; logits of the last token, or of
+        all tokens (n, n_vocab) with logits_all. The lock is taken per chunk, so close()
         waits for one chunk, not the whole prompt."""
+        seq = self._seq(seq)
         tokens = list(tokens)
         n_vocab = self.cfg.n_vocab
         if logits_all:
@@ -149,30 +219,43 @@ class Engine:
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i:i + self.n_batch]
             with self._lock:
-                logits = self._forward(chunk, len(chunk) if logits_all else 1, False)
+                logits = self._run([(seq, chunk)], len(chunk) if logits_all else 1, False)
                 if logits_all:
                     out[i:i + len(chunk)] = logits
                 else:
                     last = logits[-1].copy()
         return out if logits_all else last
 
-    def can_resume(self, n_past: int) -> bool:
-        """Whether the cache, cut to n_past tokens, can go on: always, except in a short
+    def can_resume(self, n_past: int, seq: int = 0) -> bool:
+        """Whether sequence `seq`, cut to n_past tokens, can go on: always, except in a short
         sliding-window cache (swa_full=False) that has dropped the window of position n_past."""
-        return 0 <= n_past <= self.n_past and self.kv.can_resume(n_past)
+        return 0 <= n_past <= self.seq_pos[self._seq(seq)] and self.kv.can_resume(n_past)
 
-    def truncate(self, n_past: int) -> None:
-        """Forget cached positions >= n_past (they are overwritten when reused)."""
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make sequence dst hold sequence src's first n positions (their K and V rows copied
+        in the cache: llama.cpp's seq_cp for a shared prompt prefix), replacing dst's."""
+        src, dst = self._seq(src), self._seq(dst)
         with self._lock:
             self._require_open()
-            if not 0 <= n_past <= self.n_past:
-                raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.n_past}")
+            if not 0 <= n <= self.seq_pos[src]:
+                raise ValueError(f"cannot copy {n} positions: sequence {src} holds {self.seq_pos[src]}")
+            self.kv.copy_prefix(src, dst, n)
+            self.seq_pos[dst] = n
+
+    def truncate(self, n_past: int, seq: int = 0) -> None:
+        """Forget sequence `seq`'s positions >= n_past (llama.cpp's seq_rm; the rows are
+        overwritten when reused). truncate(0, s) removes sequence s."""
+        seq = self._seq(seq)
+        with self._lock:
+            self._require_open()
+            if not 0 <= n_past <= self.seq_pos[seq]:
+                raise ValueError(f"cannot truncate to {n_past} tokens: the cache holds {self.seq_pos[seq]}")
             if not self.kv.can_resume(n_past):
                 raise ValueError(f"cannot truncate to {n_past} tokens: the sliding-window cache no longer "
                                  f"holds position {self.kv.first_needed(n_past)} (swa_full=False); "
                                  "evaluate the tokens again")
             self.kv.resume(n_past)
-            self.n_past = n_past
+            self.seq_pos[seq] = n_past
 
     @contextmanager
     def locked(self) -> Iterator["Engine"]:

@@ -429,15 +429,23 @@ class Context:
     def soft_max(self, a: Tensor, mask: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
         return self._op(lib.gs_soft_max, a.ptr, mask.ptr if mask is not None else ffi.NULL, scale)
 
+    # products built while True are rowwise (gs_mul_mat_rowwise): a graph over tokens of
+    # several sequences sets it, so that no sequence's results depend on the others'
+    rowwise_products = False
+
     def mul_mat(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._op(lib.gs_mul_mat, a.ptr, b.ptr)
+        return self._op(lib.gs_mul_mat_rowwise if self.rowwise_products else lib.gs_mul_mat, a.ptr, b.ptr)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float,
-                  window: int = 0, softcap: float = 0.0) -> Tensor:
+                  window: int = 0, softcap: float = 0.0, n_stream: int = 0) -> Tensor:
         """Causal attention over a KV cache (gs_attention_ext): scores scale * q.k;
         window > 0: a query at position p sees slots p - window < j <= p only;
-        softcap > 0: scores become softcap * tanh(score / softcap)."""
-        p = ffi.new("gs_attention_params *", {"scale": scale, "n_swa": window, "softcap": softcap})
+        softcap > 0: scores become softcap * tanh(score / softcap); n_stream > 0: the cache
+        holds streams of n_stream slots, one per sequence, and `pos` gives each token's
+        slot (stream * n_stream + position): a token sees its own stream only. In a rowwise
+        context (rowwise_products) each token is computed as if it were alone."""
+        p = ffi.new("gs_attention_params *", {"scale": scale, "n_swa": window, "softcap": softcap,
+                                              "n_stream": n_stream, "rowwise": self.rowwise_products})
         return self._op(lib.gs_attention_ext, q.ptr, k.ptr, v.ptr, pos.ptr, p)
 
     # ---- neuron-sparse FFN (index format: ggml_sparse.h) ----

@@ -14,6 +14,19 @@
 #define GS_ATTN_KV_PAD 256   /* llama.cpp pads the attended slot count to this */
 #define GS_ATTN_CHUNK 64     /* elements per step of an F16 dot product        */
 
+/* Streams (gs_attention_params.n_stream, op_params[3]; 0: one stream of the
+ * whole cache): the first slot of the stream holding slot s. */
+static inline int64_t gs_attn_stream_base(int64_t s, int64_t n_stream) {
+    return n_stream ? s / n_stream * n_stream : 0;
+}
+
+/* The first slot a query at slot s sees: its stream's first slot, or the
+ * window's (n_swa > 0: the last n_swa positions of its stream up to s). */
+static inline int64_t gs_attn_first_slot(int64_t s, int64_t n_stream, int64_t n_swa) {
+    const int64_t base = gs_attn_stream_base(s, n_stream), n = s + 1;
+    return n_swa && n - base > n_swa ? n - n_swa : base;
+}
+
 /* One thread's view of an attention call plus its scratch. */
 typedef struct {
     int64_t D;           /* head size                                          */

@@ -73,8 +73,9 @@ void gs_cpu_op_mul_mat(const gs_compute_params * p, gs_tensor * dst) {
     const gs_cpu_type_funcs * fa = gs_cpu_funcs(a->type);
     const gs_from_float_fn quantize = gs_cpu_funcs(vt)->from_float;
     const size_t q_row = gs_type_row_size(vt, K);
-    const gs_vec_dot_tile_fn tile = gs_cpu_gemm_order(a->type, K, M, N, gs_is_contiguous(b)) ? fa->gemm_tile
-                                                                                          : fa->vec_dot_tile;
+    /* op_params[0]: rowwise (gs_mul_mat_rowwise): the single-row order for every row */
+    const bool gemm = !dst->op_params[0] && gs_cpu_gemm_order(a->type, K, M, N, gs_is_contiguous(b));
+    const gs_vec_dot_tile_fn tile = gemm ? fa->gemm_tile : fa->vec_dot_tile;
     uint8_t * wq = p->wdata;
 
     /* phase 1: activations -> vec_dot_type, rows split across threads */

@@ -12,7 +12,8 @@
  *      outside 0..n_ctx-1 fails the compute with GS_ERR_RUNTIME before
  *      anything is read.
  * op_params[0]: scale (float bits); [1]: n_swa (0: no window); [2]: softcap
- *      (float bits, 0: none).
+ *      (float bits, 0: none); [3]: n_stream (0: one stream; else token t sees
+ *      only the slots of its own stream of n_stream slots, see ggml_sparse.h).
  * dst  F32 {D, H, T}, contiguous:
  *      dst[t][h] = sum_j softmax_j(cap(scale * q[t][h] . k[j][c])) * v[j][c],
  *      j = lo..pos[t], c = h / (H / Hkv), lo = max(0, pos[t] + 1 - n_swa)
@@ -479,7 +480,7 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
     };
     memcpy(&R.scale, &dst->op_params[0], sizeof(float));
     memcpy(&R.softcap, &dst->op_params[2], sizeof(float));
-    const int64_t n_swa = dst->op_params[1];
+    const int64_t n_swa = dst->op_params[1], n_stream = dst->op_params[3];
     const attend_run_fn run = pick_kernel();
 
     int64_t u0, u1;
@@ -492,8 +493,9 @@ void gs_cpu_op_attention(const gs_compute_params * p, gs_tensor * dst) {
         if (end > u1) end = u1;
         R.g = (int) (end - u);
         R.h0 = (int) h;
-        /* the window: slots lo..pos[t], seen as a cache starting at slot lo */
-        const int64_t n = (int64_t) pos[t] + 1, lo = n_swa && n > n_swa ? n - n_swa : 0;
+        /* the window (within the token's stream): slots lo..pos[t], seen as a cache
+         * starting at slot lo */
+        const int64_t n = (int64_t) pos[t] + 1, lo = gs_attn_first_slot(pos[t], n_stream, n_swa);
         R.n = n - lo;
         R.k = (const uint8_t *) k->data + lo * k->nb[2];
         R.v = (const uint8_t *) v->data + lo * v->nb[2];

@@ -174,6 +174,24 @@ static gs_attend_f16_fn pick_kernel(int64_t D, bool batch) {
     return attend_generic;
 }
 
+/* The padded slot count and the order of stream `base`'s queries: its tokens of
+ * the batch alone decide them (the used slots of the stream, rounded up to
+ * KV_PAD; the batched order when the stream has several query tokens). */
+static void stream_shape(const int32_t * pos, int64_t T, int64_t base, int64_t n_stream, int64_t n_ctx,
+                         int64_t D, int64_t * n_kv, bool * batch) {
+    int64_t n_used = 0, n_tok = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (pos == NULL) break;
+        if (gs_attn_stream_base(pos[t], n_stream) != base) continue;
+        n_tok++;
+        n_used = pos[t] + 1 - base > n_used ? pos[t] + 1 - base : n_used;
+    }
+    const int64_t len = n_stream ? n_stream : n_ctx;
+    *n_kv = (n_used + KV_PAD - 1) / KV_PAD * KV_PAD;
+    if (*n_kv > len) *n_kv = len;
+    *batch = n_tok > 1 && D % 16 == 0 && *n_kv % 16 == 0;
+}
+
 void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, float * scratch) {
     const gs_tensor * q = dst->src[0];
     const gs_tensor * k = dst->src[1];
@@ -181,26 +199,36 @@ void gs_cpu_attention_f16_compute(const gs_compute_params * p, gs_tensor * dst, 
     const int32_t * pos = (const int32_t *) dst->src[3]->data;
     const int64_t D = q->ne[0], H = q->ne[1], T = q->ne[2];
     const int64_t n_ctx = k->ne[2], per_kv = H / k->ne[1];
-    int64_t n_used = 0;
-    for (int64_t t = 0; t < T; t++) n_used = pos[t] + 1 > n_used ? pos[t] + 1 : n_used;
-    int64_t n_kv = (n_used + KV_PAD - 1) / KV_PAD * KV_PAD;
-    if (n_kv > n_ctx) n_kv = n_ctx;
     f16_scratch S = {
-        .D = D, .n_kv = n_kv, .batch = T > 1 && D % 16 == 0 && n_kv % 16 == 0, .scores = scratch, .acc = scratch + n_ctx,
+        .D = D, .scores = scratch, .acc = scratch + n_ctx,
         .row = scratch + n_ctx + CHUNK * D, .q16 = scratch + n_ctx + (CHUNK + 1) * D,
     };
     memcpy(&S.scale, &dst->op_params[0], sizeof(float));
     memcpy(&S.softcap, &dst->op_params[2], sizeof(float));
-    const int64_t n_swa = dst->op_params[1];
-    const gs_attend_f16_fn attend = pick_kernel(D, S.batch);
-    int64_t u0, u1;
+    const int64_t n_swa = dst->op_params[1], n_stream = dst->op_params[3];
+    const bool rowwise = dst->op_params[4] != 0;
+    const gs_attend_f16_fn single = pick_kernel(D, false), batched = pick_kernel(D, true);
+    int64_t u0, u1, base = -1;
     gs_split_rows(T * H, p->ith, p->nth, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
         const int64_t t = u / H, h = u % H, c = h / per_kv;
+        const int64_t tb = gs_attn_stream_base(pos[t], n_stream);
+        if (rowwise) {          /* as if alone: its own slot count, the decoding order */
+            base = tb;
+            stream_shape(NULL, 0, base, n_stream, n_ctx, D, &S.n_kv, &S.batch);
+            const int64_t n_own = pos[t] + 1 - base, len = n_stream ? n_stream : n_ctx;
+            S.n_kv = (n_own + KV_PAD - 1) / KV_PAD * KV_PAD;
+            if (S.n_kv > len) S.n_kv = len;
+        } else if (tb != base) {
+            base = tb;
+            stream_shape(pos, T, base, n_stream, n_ctx, D, &S.n_kv, &S.batch);
+        }
         const float * qr = (const float *) ((const uint8_t *) q->data + h * q->nb[1] + t * q->nb[2]);
         float * out = (float *) ((uint8_t *) dst->data + h * dst->nb[1] + t * dst->nb[2]);
-        const int64_t n = (int64_t) pos[t] + 1;
-        attend(&S, qr, (const uint8_t *) k->data + c * k->nb[1], k->nb[2],
-               (const uint8_t *) v->data + c * v->nb[1], v->nb[2], n_swa && n > n_swa ? n - n_swa : 0, n, out);
+        /* the stream seen as a cache of its own: slots relative to its first */
+        const int64_t n = (int64_t) pos[t] + 1 - base, lo = gs_attn_first_slot(pos[t], n_stream, n_swa) - base;
+        (S.batch ? batched : single)(&S, qr, (const uint8_t *) k->data + c * k->nb[1] + base * k->nb[2], k->nb[2],
+                                     (const uint8_t *) v->data + c * v->nb[1] + base * v->nb[2], v->nb[2], lo, n,
+                                     out);
     }
 }

@@ -196,7 +196,7 @@ void gs_cpu_attention_quant_compute(const gs_compute_params * p, gs_tensor * dst
     float scale, softcap;
     memcpy(&scale, &dst->op_params[0], sizeof(float));
     memcpy(&softcap, &dst->op_params[2], sizeof(float));
-    const int64_t n_swa = dst->op_params[1];
+    const int64_t n_swa = dst->op_params[1], n_stream = dst->op_params[3];
 
     float * f = scratch;
     quant_run R = {
@@ -226,8 +226,7 @@ void gs_cpu_attention_quant_compute(const gs_compute_params * p, gs_tensor * dst
         }
         R.k = (const uint8_t *) k->data + c * k->nb[1];
         R.v = (const uint8_t *) v->data + c * v->nb[1];
-        const int64_t n = (int64_t) pos[t] + 1;
-        run(&R, n_swa && n > n_swa ? n - n_swa : 0, n);
+        run(&R, gs_attn_first_slot(pos[t], n_stream, n_swa), (int64_t) pos[t] + 1);
         u = end;
     }
 }

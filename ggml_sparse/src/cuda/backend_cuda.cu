@@ -121,6 +121,14 @@ bool cuda_supports(const gs_backend * b, const gs_tensor * node, char * why, siz
         snprintf(why, why_size, "op %s has no CUDA kernel", gs_op_str(node->op));
         return false;
     }
+    if (node->op == GS_OP_MUL_MAT && node->op_params[0]) {
+        snprintf(why, why_size, "a rowwise (batch-invariant) product runs on the CPU");
+        return false;
+    }
+    if (node->op == GS_OP_ATTENTION && (node->op_params[3] || node->op_params[4])) {
+        snprintf(why, why_size, "the CUDA attention kernel reads one sequence stream (n_stream = 0) only");
+        return false;
+    }
     for (int i = MAX_SRC; i < GS_MAX_SRC; i++) {
         if (node->src[i]) {
             snprintf(why, why_size, "the CUDA kernels take at most %d sources", MAX_SRC);

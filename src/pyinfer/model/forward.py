@@ -40,8 +40,10 @@ class LayerBuilder:
         self.ctx, self.cfg, self.spec, self.i = ctx, cfg, spec, i
         self.k_cache, self.v_cache = kv.k[i], kv.v[i]
         self.pos, self._ffn, self.rope_freqs = pos, ffn, rope_freqs
-        # the cache slots of the tokens: their positions, or a short window cache's slots
-        self.slots = slots if kv.short and kv.short[i] else pos
+        # the cache slots of the tokens: their positions, a short window cache's slots, or
+        # (several sequences) their rows in their sequences' streams
+        self.slots = slots if kv.n_seq > 1 or kv.short and kv.short[i] else pos
+        self.n_stream = kv.n_stream
         n_tokens = pos.ne[0]
         last = i == cfg.n_layer - 1
         self.n_keep = n_outputs if last and n_outputs is not None and n_outputs < n_tokens else None
@@ -121,7 +123,7 @@ class LayerBuilder:
         k_all = ctx.view(k_all, (hd, nkv, n_ctx), (kc.nb[0], kc.nb[1] // nkv, kc.nb[1]))
         v_all = ctx.view(v_all, (hd, nkv, n_ctx), (vc.nb[0], vc.nb[1] // nkv, vc.nb[1]))
         attn = ctx.attention(q, k_all, v_all, self.slots, kq_scale, window=cfg.window(self.i),
-                             softcap=cfg.attn_logit_softcap)
+                             softcap=cfg.attn_logit_softcap, n_stream=self.n_stream)
         if rot_v is not None:
             attn = rotate(ctx, attn, rot_v)
         out = ctx.mul_mat(layer.wo, ctx.reshape(attn, (hd * nh, n)))
@@ -166,7 +168,14 @@ def rotate(ctx: Context, x: Tensor, h: Tensor) -> Tensor:
     if not contiguous:
         x = ctx.cast(x, GGMLType.F32)
     total = int(np.prod(x.ne))
-    return ctx.reshape(ctx.mul_mat(h, ctx.reshape(x, (n, total // n))), x.ne)
+    # always the batched order: even one token's rotation is a product of many rows (its
+    # heads' blocks), so the order does not depend on how many tokens the batch holds
+    rowwise, ctx.rowwise_products = ctx.rowwise_products, False
+    try:
+        y = ctx.mul_mat(h, ctx.reshape(x, (n, total // n)))
+    finally:
+        ctx.rowwise_products = rowwise
+    return ctx.reshape(y, x.ne)
 
 
 def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",
@@ -174,7 +183,8 @@ def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCach
                   slots: Optional[Tensor] = None) -> Tensor:
     """Final normed hidden states {n_embd, n_outputs} of the last n_outputs (default: all)
     of `tokens` at positions `pos`, through the layers of cfg's architecture; `slots`: their
-    rows in a short sliding-window cache (model/kv_cache.py), when kv has one."""
+    rows in a short sliding-window cache or in their sequences' streams (model/kv_cache.py),
+    when kv has either."""
     spec = get_arch(cfg.arch)
     x = ctx.get_rows(w.tok_embd, tokens)
     if spec.embd_scale:

@@ -14,6 +14,12 @@ q8_0 and q4_0: 34 or 18 bytes per 32 values instead of 64; head_dim must be a mu
 32). gs_set_rows quantizes the new rows, the attention op reads them (ops_attention_quant.c).
 Rows are moved and saved as raw bytes (``read_rows`` / ``write_rows``), whatever the type.
 
+Several sequences (``n_seq`` > 1, the server's parallel slots): the cache holds one stream
+of n_ctx rows per sequence (llama.cpp's non-unified cache), sequence s's position p in row
+s * n_ctx + p; the attention op reads a token's own stream only (gs_attention_params
+n_stream). Copying a prefix from one stream to another (``copy_prefix``) shares a prompt's
+KV without evaluating it again. The short sliding-window cache is one stream only.
+
 What the short cache cannot do is go back: once the rows before ``swa_base`` are
 dropped, a sequence cut to n tokens can continue only if position n's window is still
 held (``can_resume``); otherwise its tokens must be evaluated again (pyinfer.Llama does).
@@ -65,14 +71,20 @@ class KVCache:
     n_swa: int = 0                      # their window
     short: Tuple[bool, ...] = ()        # per layer: holds swa_rows rows
     swa_base: int = 0                   # the position in slot 0 of the short layers
+    n_seq: int = 1                      # sequence streams of n_ctx rows each
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, n_ctx: int, kv_type=GGMLType.F16,
-                 swa_rows: Optional[int] = None) -> "KVCache":
+                 swa_rows: Optional[int] = None, n_seq: int = 1) -> "KVCache":
         """Caches for n_ctx positions in `kv_type` (a GGMLType or its name, see KV_TYPES);
         with `swa_rows` (< n_ctx), the sliding-window layers' hold that many rows (at least
-        n_swa)."""
+        n_swa); `n_seq` streams of n_ctx rows, one per sequence (not with swa_rows)."""
         kv_type = kv_type_of(kv_type)
+        if n_seq < 1:
+            raise ValueError(f"n_seq_max must be at least 1, got {n_seq}")
+        if n_seq > 1 and swa_rows:
+            raise ValueError("a short sliding-window cache (swa_full=False) holds one sequence; "
+                             "use swa_full=True with n_seq_max > 1")
         kv_dim = cfg.n_head_kv * cfg.head_dim
         if kv_type in (GGMLType.Q8_0, GGMLType.Q4_0) and cfg.head_dim % 32:
             raise ValueError(f"a {kv_type.name} KV cache needs head_dim to be a multiple of its block "
@@ -82,12 +94,12 @@ class KVCache:
             swa_rows, short = 0, (False,) * cfg.n_layer
         if swa_rows and swa_rows < cfg.n_swa:
             raise ValueError(f"a sliding-window cache of {swa_rows} rows cannot hold a window of {cfg.n_swa}")
-        rows = [swa_rows if s else n_ctx for s in short]
+        rows = [swa_rows if s else n_ctx * n_seq for s in short]
         row_bytes = row_size(kv_type, kv_dim)
         ctx = Context(mem_size=2 * sum(row_bytes * r + 1024 for r in rows) + 4096)
         k = [ctx.new_tensor(kv_type, (kv_dim, r), f"cache_k_l{i}") for i, r in enumerate(rows)]
         v = [ctx.new_tensor(kv_type, (kv_dim, r), f"cache_v_l{i}") for i, r in enumerate(rows)]
-        cache = cls(k, v, n_ctx, swa_rows or 0, cfg.n_swa if swa_rows else 0, short)
+        cache = cls(k, v, n_ctx, swa_rows or 0, cfg.n_swa if swa_rows else 0, short, n_seq=n_seq)
         cache._ctx = ctx
         return cache
 
@@ -128,24 +140,40 @@ class KVCache:
         """How many leading slots of `layer` hold positions [0, n_past)."""
         return n_past - self.swa_base if self.short and self.short[layer] else n_past
 
-    def read_rows(self, t: Tensor, n: int) -> np.ndarray:
-        """A host copy of the first n rows (slots) of cache tensor t, wherever it lives, as
-        raw bytes: uint8 (n, t.nb[1]) whatever the cache type."""
-        if _placed(t):
-            return _byte_rows(backend.read(t), t)[:n].copy()
-        return _byte_rows(t.numpy(), t)[:n].copy()
+    @property
+    def n_stream(self) -> int:
+        """The attention op's stream length: n_ctx with several sequences, else 0 (one)."""
+        return self.n_ctx if self.n_seq > 1 else 0
 
-    def write_rows(self, t: Tensor, rows: np.ndarray) -> None:
-        """Overwrite the first len(rows) rows (slots) of cache tensor t, wherever it lives:
-        `rows` holds their bytes (uint8 (n, t.nb[1]), as read_rows returns) or values of the
-        cache's own dtype (n, row elements)."""
+    def read_rows(self, t: Tensor, n: int, start: int = 0) -> np.ndarray:
+        """A host copy of n rows (slots) from `start` of cache tensor t, wherever it lives,
+        as raw bytes: uint8 (n, t.nb[1]) whatever the cache type."""
+        if _placed(t):
+            return _byte_rows(backend.read(t), t)[start:start + n].copy()
+        return _byte_rows(t.numpy(), t)[start:start + n].copy()
+
+    def write_rows(self, t: Tensor, rows: np.ndarray, start: int = 0) -> None:
+        """Overwrite len(rows) rows (slots) from `start` of cache tensor t, wherever it
+        lives: `rows` holds their bytes (uint8 (n, t.nb[1]), as read_rows returns) or values
+        of the cache's own dtype (n, row elements)."""
         raw = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), t.nb[1])
         if _placed(t):
             whole = _byte_rows(backend.read(t), t)
-            whole[:len(raw)] = raw
+            whole[start:start + len(raw)] = raw
             backend.write(t, whole)
         else:
-            _byte_rows(t.numpy(), t)[:len(raw)] = raw
+            _byte_rows(t.numpy(), t)[start:start + len(raw)] = raw
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make sequence dst's first n positions those of sequence src (every layer's K and
+        V rows copied between their streams): a shared prompt prefix without evaluating it."""
+        if not (0 <= src < self.n_seq and 0 <= dst < self.n_seq and 0 <= n <= self.n_ctx):
+            raise ValueError(f"copy_prefix({src}, {dst}, {n}): the cache holds {self.n_seq} sequences "
+                             f"of {self.n_ctx} positions")
+        if src == dst or n == 0:
+            return
+        for t in self.k + self.v:
+            self.write_rows(t, self.read_rows(t, n, src * self.n_ctx), dst * self.n_ctx)
 
     @property
     def nbytes(self) -> int:

@@ -97,7 +97,7 @@ class LlamaWeights:
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context,
-                  repack: bool = True) -> "LlamaWeights":
+                  repack=True) -> "LlamaWeights":
         """Wrap the file's tensors (no copy) in ``ctx`` (a no_alloc context).
 
         Each layer holds the tensors its architecture lists (model/arch.py: required,
@@ -106,7 +106,8 @@ class LlamaWeights:
         output) that qualify (Q4_0 or Q4_K with rows % 8 == 0, see gs_tensor_repack) are
         repacked as llama.cpp does by default on x86 (its ``use_extra_bufts``: Q4_0
         into the interleaved-rows layout, Q4_K keeping its bytes, products in its
-        repacked order), and the file pages they were read from are released.
+        repacked order), and the file pages they were read from are released; with
+        ``repack="q4_0"``, Q4_0 ones only (Q4_K's repacked products are not rowwise).
         token_embd (read by get_rows), the FFNs of PowerInfer layers and ffn_up of
         CATS-calibrated files (sparse ops) stay as mapped."""
         spec = get_arch(cfg.arch)
@@ -152,7 +153,7 @@ class LlamaWeights:
                 if layer.w_down_t is None and layer.fc1 is None:
                     mats += [layer.w_gate, layer.w_down] + ([] if cats else [layer.w_up])
             for t in mats:
-                if t is not None and t.can_repack:
+                if t is not None and t.can_repack and (repack is True or t.type == GGMLType.Q4_0):
                     mapped = f.get(t.name).data
                     t.repack()
                     _release_pages(mapped)
@@ -205,7 +206,8 @@ class ForwardGraph:
     """A planned forward pass for exactly ``n_tokens`` tokens.
 
     Inputs: ``tokens`` and ``pos`` (int32 numpy views, rewrite before run(); run() makes
-    room in a short sliding-window cache for the positions).
+    room in a short sliding-window cache for the positions); with several sequences,
+    ``slots`` too: each token's row in its sequence's stream (seq * n_ctx + pos).
     Output: ``logits`` (float32 view, shape (n_outputs, n_vocab)) for the
     last ``n_outputs`` tokens; or, with ``embeddings``, the final normed
     hidden states (n_outputs, n_embd).
@@ -213,16 +215,19 @@ class ForwardGraph:
 
     def __init__(self, cfg: ModelConfig, w: LlamaWeights, kv: KVCache, n_tokens: int,
                  n_outputs: int, n_threads: int, embeddings: bool = False,
-                 ffn: Optional[FFN] = None, backends: Optional[list] = None):
+                 ffn: Optional[FFN] = None, backends: Optional[list] = None, rowwise: bool = False):
         """`backends`: [CPU, device] to plan over (pyinfer.backend; the weights and caches
-        placed on the device run there), None: the CPU alone."""
+        placed on the device run there), None: the CPU alone. `rowwise`: every product in
+        the single-row order (a batch of several sequences' tokens: gs_mul_mat_rowwise)."""
         self.n_tokens = n_tokens
         self.ctx = Context(mem_size=(4 << 20) + 96 * 1024 * cfg.n_layer)
         ctx = self.ctx
+        ctx.rowwise_products = rowwise
         tokens = ctx.new_tensor(GGMLType.I32, (n_tokens,), "tokens")
         pos = ctx.new_tensor(GGMLType.I32, (n_tokens,), "pos")
         # the short sliding-window caches' slots (model/kv_cache.py), filled by run()
-        slots = ctx.new_tensor(GGMLType.I32, (n_tokens,), "swa_slots") if kv.swa_rows else None
+        slots = ctx.new_tensor(GGMLType.I32, (n_tokens,), "swa_slots") if kv.swa_rows else \
+            ctx.new_tensor(GGMLType.I32, (n_tokens,), "kv_slots") if kv.n_seq > 1 else None
         hidden = build_forward(ctx, cfg, w, kv, tokens, pos, ffn or dense_ffn(cfg), n_outputs, slots)
         out = hidden if embeddings else logits(ctx, cfg, w, hidden)
         out.name = "embeddings" if embeddings else "logits"
@@ -239,7 +244,7 @@ class ForwardGraph:
         self.slots = slots.numpy() if slots is not None else None
 
     def run(self, pool) -> None:
-        if self.slots is not None:
+        if self.slots is not None and self.kv.swa_rows:
             self.kv.make_room(int(self.pos.min()), int(self.pos.max()))
             np.subtract(self.pos, self.kv.swa_base, out=self.slots)
         self.graph.compute(pool)
