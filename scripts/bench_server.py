@@ -1,84 +1,132 @@
 #!/usr/bin/env python3
-"""Throughput and latency of `python -m pyinfer.server` under 1, 4 and 8 concurrent clients.
+"""Our server against llama-cpp-python's, side by side, under 1, 4, 8 and 16 streaming clients.
 
-Starts the server in a subprocess (SmolLM2-135M-Instruct Q4_1 by default), then for each
-concurrency level C runs C client threads that each send --requests streaming completion
-requests one after another (different prompts, temperature 0, exactly --max-tokens
-tokens: end-of-text is banned with min_tokens). Reported per level:
+For each server in turn (never both at once: they would share the cores) the script starts
+it in a subprocess on a free loopback port, waits until /v1/models answers, sends warm-up
+requests, then for each concurrency level C runs C concurrent streaming clients (asyncio +
+httpx), each sending --requests streaming /v1/completions (or, with --endpoint chat,
+/v1/chat/completions) requests one after another: distinct prompts, temperature 0, exactly
+--max-tokens tokens (end-of-text is banned with min_tokens, which both servers accept, so
+both do the same work and a request's token count is known from finish_reason "length").
+Measured per level (one repetition):
 
-  tok/s      total generated tokens / wall time of the level (all clients together)
-  latency    per request, from sending to the last event: mean, median, max (seconds)
-  ttft       time to the first generated text: mean and max (seconds)
-  tok/cpu-s  generated tokens per CPU second of the server process (user + system, from
-             /proc; less sensitive than tok/s to other work on a shared machine)
+  tok_per_s        all generated tokens / wall time of the level (all clients together)
+  req_per_s        completed requests / wall time of the level
+  ttft_p50/p95     time to first token: from sending a request to its first text chunk
+  itl_p50/p95      inter-token latency: the gaps between consecutive text chunks, all the
+                   level's requests pooled (a chunk is one token but for held-back partial
+                   UTF-8 characters; chunks_per_token says how close that is)
+  tpot_p50         time per output token after the first, per request: (last chunk - first
+                   chunk) / (tokens - 1)
+  latency_p50/p95  from sending to the end of the stream
+  tok_per_cpu_s    tokens per CPU second of the server process (/proc; steadier than tok/s
+                   on a shared machine)
+  other_cores      mean number of cores busy with other processes than the server and this
+                   script during the level (/proc/stat): the load the numbers were taken under
+                   (client_cpu_s: the CPU seconds this script, the clients, took)
 
-With --rounds R the levels run R times, interleaved (1 4 8 1 4 8 ...), and each column is
-the median over the rounds.
+With --reps R each server runs R times (restarted each time; ours then theirs, then theirs
+then ours, ... so that a drift of the machine's load hits both alike) and every number of
+the report is the median of its R values. Ratios are ours / theirs: above 1 is better for
+throughput (tok/s, req/s, tok/cpu-s), below 1 is better for latencies.
 
-By default the server serves one request at a time (a FIFO lease per generation), so
-total tok/s stays that of one stream while latency grows with the queue; --interleave N
-starts it with --interleave_tokens N (streams take turns every N chunks, saving and
-restoring their KV cache), which trades some throughput for earlier first tokens.
+Servers, started with the same model, --n_threads/--n_threads_batch T, --n_ctx C,
+--verbose false and --logits_all false (no logprobs are asked; both default to true, which
+only adds work):
+  ours    python -m pyinfer.server ... [--n_parallel P]: P sequences decoded together
+          (continuous batching); passed only when this server's --help lists the option
+          (older servers run one request at a time), and P should be at least the largest
+          level for that level to batch fully (default 16).
+  theirs  THEIRS_PYTHON -m llama_cpp.server ... --interrupt_requests false: llama-cpp-python
+          serves one request at a time; its default (true) ends a running stream early as
+          soon as another request arrives, which would make the concurrent levels measure
+          truncated answers.
 
-Usage: python scripts/bench_server.py [--model M.gguf] [--threads 2] [--levels 1 4 8]
-       [--requests 2] [--max-tokens 32] [--rounds 1] [--interleave 0] [--n-ctx 1024]
-       [--port 0] [--json OUT]
+llama-cpp-python's server needs its `server` extras beside llama_cpp. A venv that reuses an
+installed llama_cpp (e.g. one built natively in VENV) was made for the measurements with
+  python3 -m venv /tmp/lcp-server
+  echo VENV/lib/python3.11/site-packages > /tmp/lcp-server/lib/python3.11/site-packages/lcp.pth
+  /tmp/lcp-server/bin/pip install uvicorn==0.55.0 fastapi==0.165.0 sse-starlette==3.7.1 \
+      starlette==1.10.0 starlette-context==0.3.6 opentelemetry-api==1.45.3
+(llama-cpp-python 0.3.36; pydantic 2.14.4, pydantic-settings 2.16.3, PyYAML 6.0.4 came from
+VENV) and `--theirs-python /tmp/lcp-server/bin/python`.
+
+Usage: python scripts/bench_server.py [--model M.gguf] [--threads 2] [--levels 1 4 8 16]
+       [--max-tokens 64] [--reps 3] [--requests 1] [--n-ctx 1024] [--n-parallel 16]
+       [--endpoint completions|chat] [--ours-only | --theirs-python PY]
+       [--json OUT.json] [--md OUT.md]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import httpx
-from pyinfer.default_model import require_default_model  # noqa: E402
-from server_proc import ServerProcess  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ["Once upon a time, there was a dragon who", "The history of the Roman Empire",
-           "Here is a recipe for a simple tomato soup:", "The three laws of motion are",
-           "Dear diary, today I", "In a distant galaxy, a small robot",
-           "The best way to learn a new language is", "Photosynthesis is the process"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server_proc import free_port  # noqa: E402
 
-
-def default_model() -> str:
-    return require_default_model()
-
-
-def start_server(args, port: int) -> ServerProcess:
-    extra = ["--n_ctx", str(args.n_ctx), "--verbose", "false", "--logits_all", "false"]
-    if args.interleave:
-        extra += ["--interleave_tokens", str(args.interleave)]
-    if args.threads:
-        extra += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
-    return ServerProcess(args.model, extra, port=port)
+SUBJECTS = ["A dragon who guarded a library", "The history of the Roman Empire",
+            "Simple tomato soup", "Newton's three laws of motion", "Lighthouse keepers",
+            "Small robots in distant galaxies", "Learning a new language",
+            "Photosynthesis", "Printing presses", "Cats that play chess", "Rain and rivers",
+            "Building a wooden boat", "Honey bees", "Crossing the Sahara", "Vaccines",
+            "Wilbur and Orville Wright", "Detectives in foggy London", "Football rules",
+            "Volcanoes and plate tectonics", "Baking bread", "Johann Sebastian Bach",
+            "Gardens in early spring", "Planets of the solar system", "Steam engines",
+            "Foxes and crows", "Great Wall of China", "Marathon training", "Penicillin",
+            "Old maps found in attics", "Suspension bridges", "Storms at sea", "Chess openings"]
+OPENINGS = ["Write a short story about it.", "Explain it in plain words.",
+            "Write an essay on it.", "Tell me everything you know about it."]
+SPEED_KEYS = ("tok_per_s", "req_per_s", "tok_per_cpu_s")
+LATENCY_KEYS = ("ttft_p50", "ttft_p95", "itl_p50", "itl_p95", "tpot_p50", "latency_p50",
+                "latency_p95")
 
 
-def one_request(base: str, prompt: str, max_tokens: int) -> dict:
-    """Stream one completion; returns its latency, time to first text and token count."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "min_tokens": max_tokens,
-            "temperature": 0, "stream": True}
-    t0 = time.perf_counter()
-    ttft = None
-    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["choices"][0]["text"]:
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-    return {"latency": time.perf_counter() - t0, "ttft": ttft or 0.0, "tokens": max_tokens}
+def prompts(n: int) -> List[str]:
+    """`n` distinct prompts; they differ from their first words on (nothing for a prefix cache
+    to reuse)."""
+    k = len(SUBJECTS)
+    out = [f"{SUBJECTS[i % k]}. {OPENINGS[(i + i // k) % len(OPENINGS)]}" for i in range(n)]
+    if n > k * len(OPENINGS):
+        out = [f"{p} ({i})" for i, p in enumerate(out)]
+    return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` (Linux /proc; 0.0 elsewhere)."""
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """The q-th percentile (0..100), linear between the closest ranks; None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def median_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(ours: Optional[float], theirs: Optional[float]) -> Optional[float]:
+    return ours / theirs if ours is not None and theirs else None
+
+
+# --- machine accounting (Linux /proc; zeros elsewhere) ---------------------------------------
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -86,83 +134,370 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_level(base: str, pid: int, clients: int, requests: int, max_tokens: int) -> dict:
-    results, errors = [], []
-    barrier = threading.Barrier(clients)
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
-    def client(i: int) -> None:
-        barrier.wait()
-        for k in range(requests):
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def load_snapshot() -> Dict:
+    """Load averages and the head of `top` (what else runs on the machine)."""
+    snap = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg": list(os.getloadavg()), "cpus": os.cpu_count()}
+    if shutil.which("top"):
+        r = subprocess.run(["top", "-bn1", "-w", "160"], capture_output=True, text=True)
+        snap["top"] = r.stdout.splitlines()[:15]
+    return snap
+
+
+# --- the server subprocess ------------------------------------------------------------------
+
+class Server:
+    """`argv` + `--host 127.0.0.1 --port PORT` in a subprocess, ready once /v1/models answers;
+    the last lines of its output kept by a thread so that the pipe never fills."""
+
+    def __init__(self, argv: Sequence[str], timeout: float = 300):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log: List[str] = []
+        self.proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._tail, daemon=True).start()
+        try:
+            self._wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _tail(self) -> None:
+        for line in self.proc.stdout:
+            self.log.append(line.decode(errors="replace"))
+            del self.log[:-200]
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                time.sleep(0.3)
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{''.join(self.log[-30:])}")
             try:
-                results.append(one_request(base, PROMPTS[(i * requests + k) % len(PROMPTS)],
-                                           max_tokens))
-            except Exception as e:         # reported with the level
-                errors.append(repr(e))
+                if httpx.get(self.base + "/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{''.join(self.log[-30:])}")
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    lat = [r["latency"] for r in results]
-    ttft = [r["ttft"] for r in results]
-    return {"clients": clients, "requests": len(results), "errors": errors, "wall_s": wall,
-            "tokens": sum(r["tokens"] for r in results),
-            "tok_per_s": sum(r["tokens"] for r in results) / wall,
-            "tok_per_cpu_s": sum(r["tokens"] for r in results) / cpu if cpu > 0 else 0.0,
-            "latency_mean": statistics.mean(lat), "latency_median": statistics.median(lat),
-            "latency_max": max(lat), "ttft_mean": statistics.mean(ttft), "ttft_max": max(ttft)}
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def accepts_option(python: str, module: str, option: str) -> bool:
+    """Whether `python -m module --help` lists `option`."""
+    r = subprocess.run([python, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    return r.returncode == 0 and option in r.stdout
+
+
+def server_argv(name: str, args) -> List[str]:
+    common = ["--model", args.model, "--n_threads", str(args.threads),
+              "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
+              "--verbose", "false", "--logits_all", "false"]
+    if name == "theirs":
+        return [args.theirs_python, "-m", "llama_cpp.server", *common,
+                "--interrupt_requests", "false"]
+    argv = [args.ours_python, "-m", "pyinfer.server", *common]
+    if args.n_parallel_used:
+        argv += ["--n_parallel", str(args.n_parallel_used)]
+    if args.interleave:
+        argv += ["--interleave_tokens", str(args.interleave)]
+    return argv
+
+
+# --- clients --------------------------------------------------------------------------------
+
+def request_body(args, prompt: str, max_tokens: int) -> Dict:
+    body = {"max_tokens": max_tokens, "temperature": 0, "stream": True}
+    if args.force_length:
+        body["min_tokens"] = max_tokens
+    if args.endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, body: Dict) -> Dict:
+    """One streaming request: when it was sent, its text chunks' arrival times, its end."""
+    t0 = time.perf_counter()
+    stamps: List[float] = []
+    finish = None
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            text = (await r.aread()).decode(errors="replace")
+            raise RuntimeError(f"HTTP {r.status_code}: {text[:300]}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data:"):
+                continue                      # blank separators, `: ping` comments
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            choice = json.loads(data)["choices"][0]
+            text = choice["delta"].get("content") if "delta" in choice else choice.get("text")
+            if text:
+                stamps.append(time.perf_counter())
+            finish = choice.get("finish_reason") or finish
+    end = time.perf_counter()
+    tokens = body["max_tokens"] if finish == "length" else len(stamps)
+    return {"start": t0, "end": end, "stamps": stamps, "finish_reason": finish, "tokens": tokens}
+
+
+async def run_clients(base: str, args, n_clients: int, bodies: List[List[Dict]]) -> tuple:
+    """`n_clients` concurrent clients, client i sending bodies[i] one after another."""
+    url = base + ("/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions")
+    results, errors = [], []
+    limits = httpx.Limits(max_connections=n_clients + 4, max_keepalive_connections=n_clients + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=limits) as client:
+        async def worker(i: int) -> None:
+            for body in bodies[i]:
+                try:
+                    results.append(await stream_one(client, url, body))
+                except Exception as e:            # reported with the level
+                    errors.append(repr(e))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(n_clients)))
+        wall = time.perf_counter() - t0
+    return results, errors, wall
+
+
+def level_metrics(results: List[Dict], errors: List[str], wall: float, cpu: Dict) -> Dict:
+    """The numbers of one level from its requests (see the module docstring)."""
+    tokens = sum(r["tokens"] for r in results)
+    ttft = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
+    gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    tpot = [(r["stamps"][-1] - r["stamps"][0]) / (r["tokens"] - 1)
+            for r in results if len(r["stamps"]) > 1 and r["tokens"] > 1]
+    lat = [r["end"] - r["start"] for r in results]
+    chunks = sum(len(r["stamps"]) for r in results)
+    return {"requests": len(results), "errors": errors, "wall_s": wall, "tokens": tokens,
+            "not_length": sum(r["finish_reason"] != "length" for r in results),
+            "chunks_per_token": chunks / tokens if tokens else None,
+            "tok_per_s": tokens / wall, "req_per_s": len(results) / wall,
+            "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+            "itl_p50": percentile(gaps, 50), "itl_p95": percentile(gaps, 95),
+            "tpot_p50": percentile(tpot, 50),
+            "latency_p50": percentile(lat, 50), "latency_p95": percentile(lat, 95),
+            "server_cpu_s": cpu["server"],
+            "tok_per_cpu_s": tokens / cpu["server"] if cpu["server"] > 0 else None,
+            "other_cores": cpu["other_cores"]}
+
+
+def run_level(server: Server, args, n_clients: int) -> Dict:
+    texts = prompts(n_clients * args.requests)
+    bodies = [[request_body(args, texts[i * args.requests + k], args.max_tokens)
+               for k in range(args.requests)] for i in range(n_clients)]
+    s0, m0, o0, t0 = (process_cpu_seconds(server.pid), machine_busy_seconds(), own_cpu_seconds(),
+                      time.perf_counter())
+    results, errors, wall = asyncio.run(run_clients(server.base, args, n_clients, bodies))
+    s1, m1, o1, t1 = (process_cpu_seconds(server.pid), machine_busy_seconds(), own_cpu_seconds(),
+                      time.perf_counter())
+    other = ((m1 - m0) - (s1 - s0) - (o1 - o0)) / (t1 - t0)
+    row = level_metrics(results, errors, wall, {"server": s1 - s0, "other_cores": max(other, 0.0)})
+    row["clients"], row["client_cpu_s"] = n_clients, o1 - o0
+    row["per_request"] = [{"ttft": r["stamps"][0] - r["start"] if r["stamps"] else None,
+                           "latency": r["end"] - r["start"], "tokens": r["tokens"],
+                           "chunks": len(r["stamps"]), "finish_reason": r["finish_reason"]}
+                          for r in results]
+    return row
+
+
+def warm_up(server: Server, args) -> None:
+    """One full-length request, then a few short concurrent ones (graphs, caches, allocator)."""
+    def body(i: int, n: int) -> Dict:
+        return request_body(args, f"Warm-up number {i}: say something about the sea.", n)
+    concurrent = [[body(i, 8)] for i in range(1, 1 + min(4, max(args.levels)))]
+    for batch in ([[body(0, args.max_tokens)]], concurrent):
+        _, errors, _ = asyncio.run(run_clients(server.base, args, len(batch), batch))
+        if errors:
+            raise RuntimeError(f"warm-up failed: {errors[0]}")
+
+
+def run_server(name: str, args) -> Dict:
+    """Start the server, warm it up, run every level once, stop it."""
+    server = Server(server_argv(name, args))
+    try:
+        load_before = list(os.getloadavg())
+        warm_up(server, args)
+        rows = []
+        for c in args.levels:
+            rows.append(run_level(server, args, c))
+            r = rows[-1]
+            print(f"  {name:6s} clients {c:2d}: {r['tok_per_s']:7.1f} tok/s  {r['req_per_s']:5.2f} req/s  "
+                  f"ttft p50 {fmt_s(r['ttft_p50'])}  itl p50 {fmt_s(r['itl_p50'])}  "
+                  f"other cores {r['other_cores']:.2f}" + (f"  ERRORS {r['errors'][:2]}" if r["errors"] else ""),
+                  flush=True)
+        return {"levels": rows, "loadavg_before": load_before, "loadavg_after": list(os.getloadavg())}
+    finally:
+        server.stop()
+
+
+def median_rows(reps: List[Dict], levels: Sequence[int]) -> Dict[int, Dict]:
+    """Per level, the median over the repetitions of every number (errors concatenated)."""
+    out = {}
+    for c in levels:
+        rows = [r for rep in reps for r in rep["levels"] if r["clients"] == c]
+        med = {k: median_or_none([r[k] for r in rows]) for k in rows[0]
+               if k not in ("errors", "clients", "per_request")}
+        med["clients"], med["errors"] = c, [e for r in rows for e in r["errors"]]
+        out[c] = med
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def fmt_s(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+
+
+def fmt(v: Optional[float], key: str) -> str:
+    if v is None:
+        return "-"
+    return fmt_s(v) if key in LATENCY_KEYS else f"{v:.2f}" if key == "req_per_s" else f"{v:.1f}"
+
+
+def markdown(report: Dict) -> str:
+    names = list(report["medians"])
+    both = names == ["ours", "theirs"]
+    a = report["args"]
+    lines = [f"# Server benchmark: {', '.join(names)}", "",
+             f"Model `{os.path.basename(a['model'])}`, {a['threads']} threads, n_ctx {a['n_ctx']}, "
+             f"{a['max_tokens']} tokens per streaming {a['endpoint']} request (temperature 0), "
+             f"{a['requests']} request(s) per client, medians of {a['reps']} repetition(s). "
+             f"Ours: n_parallel {a['n_parallel_used'] or 'not passed (unsupported or 0)'}"
+             + (f", interleave_tokens {a['interleave']}" if a["interleave"] else "")
+             + (f"; theirs: llama-cpp-python {report.get('theirs_version')} with "
+                "interrupt_requests false" if "theirs" in names else "") + ".", "",
+             f"Machine: {report['load']['start']['cpus']} CPUs; load average "
+             f"{' '.join('%.2f' % x for x in report['load']['start']['loadavg'])} at the start, "
+             f"{' '.join('%.2f' % x for x in report['load']['end']['loadavg'])} at the end; "
+             "other processes kept on average " + ", ".join(
+                 f"{n} {statistics.mean(r['other_cores'] for r in report['medians'][n].values()):.2f}"
+                 for n in names) + " cores busy during the levels.", ""]
+    groups = [("Throughput (higher is better)", SPEED_KEYS),
+              ("Latency (lower is better)", ("ttft_p50", "ttft_p95", "itl_p50", "itl_p95"))]
+    titles = {"tok_per_s": "tok/s", "req_per_s": "req/s", "tok_per_cpu_s": "tok/cpu-s",
+              "ttft_p50": "TTFT p50", "ttft_p95": "TTFT p95", "itl_p50": "ITL p50",
+              "itl_p95": "ITL p95"}
+    for title, keys in groups:
+        head = ["clients"]
+        for k in keys:
+            head += [f"{titles[k]} {n}" for n in names] + ([f"{titles[k]} ours/theirs"] if both else [])
+        lines += [f"## {title}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---:|" * len(head)]
+        for c in a["levels"]:
+            cells = [str(c)]
+            for k in keys:
+                vals = [report["medians"][n][c][k] for n in names]
+                cells += [fmt(v, k) for v in vals]
+                if both:
+                    r = ratio(*vals)
+                    cells.append("-" if r is None else f"{r:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    errs = {n: sum(len(r["errors"]) for r in report["medians"][n].values()) for n in names}
+    if any(errs.values()):
+        lines.append(f"Errors: {errs} (see the JSON).")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
-    ap.add_argument("--requests", type=int, default=2, help="requests per client")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=1, help="repeat the levels, report medians")
-    ap.add_argument("--interleave", type=int, default=0,
-                    help="server --interleave_tokens (0: FIFO, each request to its end)")
-    ap.add_argument("--n-ctx", type=int, default=1024)
-    ap.add_argument("--port", type=int, default=0, help="0: a free port")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF model (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--threads", type=int, default=2, help="n_threads and n_threads_batch")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent clients")
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client per level")
+    ap.add_argument("--n-ctx", type=int, default=1024,
+                    help="context size (ours with n_parallel: per slot; theirs: its one sequence)")
+    ap.add_argument("--n-parallel", type=int, default=16,
+                    help="ours: --n_parallel (when the server has it; 0: never pass it)")
+    ap.add_argument("--interleave", type=int, default=0, help="ours: --interleave_tokens")
+    ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    ap.add_argument("--no-force-length", dest="force_length", action="store_false",
+                    help="do not send min_tokens=max_tokens (requests may end early)")
+    ap.add_argument("--ours-only", action="store_true", help="only our server")
+    ap.add_argument("--ours-python", default=sys.executable, help="python with pyinfer[server]")
+    ap.add_argument("--theirs-python", default=None,
+                    help="python with llama_cpp and its server extras (default: this python)")
+    ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--md", default=None, help="write the markdown tables here")
     args = ap.parse_args()
-    args.model = args.model or default_model()
-    proc = start_server(args, args.port)
-    base = proc.base
-    try:
-        one_request(base, PROMPTS[0], 4)            # warm-up
-        runs = [run_level(base, proc.pid, c, args.requests, args.max_tokens)
-                for _ in range(args.rounds) for c in args.levels]
-    finally:
-        proc.stop()
-    rows = [median_row([r for r in runs if r["clients"] == c]) for c in args.levels]
-    print(f"model {os.path.basename(args.model)}, {args.max_tokens} tokens per request, "
-          f"{args.requests} requests per client, threads {args.threads or 'default'}, "
-          f"{'interleave every %d chunks' % args.interleave if args.interleave else 'FIFO'}, "
-          f"medians of {args.rounds} round(s)")
-    print(f"{'clients':>7} {'requests':>8} {'tok/s':>7} {'tok/cpu-s':>9} {'lat mean':>8} "
-          f"{'lat med':>7} {'lat max':>7} {'ttft mean':>9} {'ttft max':>8}")
-    for r in rows:
-        print(f"{r['clients']:7d} {r['requests']:8d} {r['tok_per_s']:7.1f} {r['tok_per_cpu_s']:9.1f} "
-              f"{r['latency_mean']:8.2f} {r['latency_median']:7.2f} {r['latency_max']:7.2f} "
-              f"{r['ttft_mean']:9.2f} {r['ttft_max']:8.2f}"
-              + (f"  errors: {r['errors']}" if r["errors"] else ""))
+    if args.model is None:
+        from pyinfer.default_model import require_default_model
+        args.model = require_default_model()
+    args.theirs_python = args.theirs_python or sys.executable
+    names = ["ours"] if args.ours_only else ["ours", "theirs"]
+    report: Dict = {"load": {"start": load_snapshot()}}
+    if not args.ours_only:
+        r = subprocess.run([args.theirs_python, "-c", "import llama_cpp.server.app, llama_cpp; "
+                            "print(llama_cpp.__version__)"], capture_output=True, text=True)
+        if r.returncode != 0:
+            ap.error(f"{args.theirs_python} cannot import llama_cpp's server "
+                     f"({r.stderr.strip().splitlines()[-1:]}); pass --theirs-python or --ours-only")
+        report["theirs_version"] = r.stdout.strip()
+        if "pyinfer" in report["theirs_version"]:
+            ap.error(f"{args.theirs_python}'s llama_cpp is pyinfer's own compat package "
+                     f"({report['theirs_version']}), not llama-cpp-python")
+    args.n_parallel_used = None
+    if args.n_parallel > 0:
+        if accepts_option(args.ours_python, "pyinfer.server", "--n_parallel"):
+            args.n_parallel_used = args.n_parallel
+        else:
+            print("our server has no --n_parallel: it runs one request at a time", flush=True)
+    print(f"load average {report['load']['start']['loadavg']}", flush=True)
+    reps: Dict[str, List[Dict]] = {n: [] for n in names}
+    for rep in range(args.reps):
+        order = names if rep % 2 == 0 else names[::-1]
+        for name in order:
+            print(f"rep {rep + 1}/{args.reps}: {name}", flush=True)
+            reps[name].append(run_server(name, args))
+    report["load"]["end"] = load_snapshot()
+    report["args"] = vars(args)
+    report["medians"] = {n: median_rows(reps[n], args.levels) for n in names}
+    if len(names) == 2:
+        report["ratios"] = {c: {k: ratio(report["medians"]["ours"][c][k],
+                                         report["medians"]["theirs"][c][k])
+                                for k in SPEED_KEYS + LATENCY_KEYS} for c in args.levels}
+    report["reps"] = reps
+    md = markdown(report)
+    print(md)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "levels": rows,
-                                               "runs": runs}, indent=2))
-    return 0 if not any(r["errors"] for r in runs) else 1
-
-
-def median_row(runs: list) -> dict:
-    """Per-key medians of the runs of one level (errors concatenated)."""
-    row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
-    row["clients"], row["requests"] = runs[0]["clients"], runs[0]["requests"]
-    row["errors"] = [e for r in runs for e in r["errors"]]
-    return row
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.md:
+        Path(args.md).write_text(md)
+    failed = any(r["errors"] for n in names for rep in reps[n] for r in rep["levels"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

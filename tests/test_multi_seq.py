@@ -227,3 +227,67 @@ def test_multi_sequence_errors(smollm2, tiny_path):
         eng.close()
     with pytest.raises(ValueError, match="n_seq_max"):
         Engine(tiny_path, ContextSettings(n_ctx=32, n_seq_max=0))
+
+
+# ---- sequences and the one decode loop ------------------------------------------------------
+
+def test_llama_sequences_in_threads_equal_sequential(smollm2):
+    """Two threads, each completing on its own Sequence of one Llama (n_seq_max=3) with
+    `using`, get the texts the Llama's own sequence gives for the same prompts one after
+    another; the own sequence is untouched by them."""
+    import threading
+    from pyinfer import Llama
+    llm = Llama(smollm2, n_seq_max=3, n_ctx=256, n_threads=2, verbose=False)
+    try:
+        prompts = ["The capital of France is", "Once upon a time"]
+        want = [llm.create_completion(p, max_tokens=12, temperature=0)["choices"][0]["text"] for p in prompts]
+        own_tokens = llm.n_tokens
+        seqs = [llm.sequence(1), llm.sequence(2)]
+        got = {}
+
+        def run(i):
+            with llm.using(seqs[i]):
+                got[i] = llm.create_completion(prompts[i], max_tokens=12, temperature=0)["choices"][0]["text"]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [got[0], got[1]] == want
+        assert llm.n_tokens == own_tokens
+        assert [s.n_tokens for s in seqs] == llm._engine.seq_pos[1:]
+        with pytest.raises(ValueError, match="sequence id 3"):
+            llm.sequence(3)
+    finally:
+        llm.close()
+
+
+def test_generate_step_is_the_decode_loop(smollm2):
+    """generate_step on a bare Sequence yields the greedy tokens Llama.generate yields, with
+    the logits they came from (logprobs a normalised log-softmax), and keeps the shared
+    prefix of a second prompt."""
+    from pyinfer import Llama
+    from pyinfer.generate import generate_step
+    from pyinfer.sampling import Sampler, SamplingSettings
+    llm = Llama(smollm2, n_seq_max=2, n_ctx=128, n_threads=2, verbose=False)
+    try:
+        prompt = llm.tokenize(b"The history of Rome")
+        gen = llm.generate(prompt, temp=0.0)
+        want = [next(gen) for _ in range(6)]
+        gen.close()
+        seq = llm.sequence(1)
+        steps = generate_step(seq, prompt, Sampler(SamplingSettings(temperature=0.0)))
+        got = [next(steps) for _ in range(6)]
+        steps.close()
+        assert [s.token for s in got] == want
+        for s in got:
+            assert int(np.argmax(s.logits)) == s.token
+            assert abs(float(np.exp(s.logprobs.astype(np.float64)).sum()) - 1.0) < 1e-4
+        kept = []
+        steps = generate_step(seq, prompt[:-1] + [want[0]], Sampler(SamplingSettings(temperature=0.0)),
+                              on_reuse=lambda k, r: kept.append((k, r)))
+        next(steps)
+        steps.close()
+        assert kept and kept[0][0] == len(prompt) - 1
+    finally:
+        llm.close()

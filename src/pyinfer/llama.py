@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from types import GeneratorType
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -47,6 +49,8 @@ from .llama_params import LlamaContextHandle, LlamaModelHandle
 from .llama_tokenizer import LlamaTokenizer
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
+from .generate import generate_step
+from .sequence import Sequence as ModelSequence
 from .tokenizer import Tokenizer
 
 _GRAMMAR_CACHE_SIZE = 8     # compiled grammars a Llama keeps (by GBNF text)
@@ -98,8 +102,9 @@ class Llama:
         `neuron_bundle=False` keeps the three FFN matrices as mapped instead of repacking
         them into one record per neuron for the fused sparse FFN op."""
         t_load = time.perf_counter()
-        self._calls = CallLock()
         self._engine: Optional[Engine] = None
+        self._own: Optional[ModelSequence] = None
+        self._active = threading.local()    # .seq: the sequence `using` made current in a thread
         opts = LlamaOptions.from_keywords(dict(locals()), kwargs)
         opts.check_supported()
         self._opts = opts
@@ -146,13 +151,8 @@ class Llama:
         self._ctx = LlamaContextHandle(self._model, self.context_params, self._n_ctx, self._pooling)
         self._token_nl, self._token_eos = self._vocab.nl_id, self._vocab.eos_id
 
-        self.n_tokens = 0
-        self._requires_eval = True
-        self.input_ids: np.ndarray = np.zeros((self._n_ctx,), dtype=np.intc)
-        self.scores: np.ndarray = np.zeros(
-            (self._n_ctx if self._logits_all else self.n_batch, self._n_vocab), dtype=np.single)
-        self._logits: Optional[np.ndarray] = None   # logits after the last evaluated token
-        self._sampler: Optional[Sampler] = None
+        # sequence 0: the state llama-cpp-python's input_ids / scores / n_tokens show
+        self._own = self.sequence(0)
 
         eos, bos = self._vocab.eos_id, self._vocab.bos_id
         self.chat_handler = chat_handler
@@ -162,6 +162,49 @@ class Llama:
             eos_token=self._vocab.token_text(eos) if eos != -1 else "", eos_id=eos,
             verbose=verbose,
             template_limits=self._opts.chat_template_limits or chat_mod.DEFAULT_CHAT_TEMPLATE_LIMITS)
+
+    # ---- sequences ------------------------------------------------------------------------
+
+    def sequence(self, seq_id: int, runner=None) -> ModelSequence:
+        """A new Sequence on stream `seq_id` of this model's KV cache (0..n_seq_max-1;
+        Llama(n_seq_max=N)); `runner` replaces the engine's decode for its evaluations
+        (pyinfer.sequence). Sequence 0 is this Llama's own unless `using` says otherwise."""
+        eng = self._engine
+        if eng is not None:
+            eng._seq(seq_id)
+        return ModelSequence(eng, seq_id, self._n_ctx, self._n_vocab, self.n_batch, self._logits_all, runner)
+
+    @contextmanager
+    def using(self, seq: ModelSequence) -> Iterator[ModelSequence]:
+        """Inside, in this thread, every method of this Llama (eval, generate, completions,
+        chat, state) works on `seq` instead of its own sequence, serialised by seq's own
+        lock: threads using different sequences run at the same time."""
+        if seq.engine is not self._engine:
+            raise ValueError("using: the sequence belongs to another model")
+        prev = getattr(self._active, "seq", None)
+        self._active.seq = seq
+        try:
+            yield seq
+        finally:
+            self._active.seq = prev
+
+    @property
+    def _seq(self) -> ModelSequence:
+        return getattr(self._active, "seq", None) or self._own
+
+    # the current sequence's state, under llama-cpp-python's names
+    def _seq_attr(name: str, doc: str):   # noqa: N805 (a property factory used in the class body)
+        return property(lambda self: getattr(self._seq, name),
+                        lambda self, value: setattr(self._seq, name, value), doc=doc)
+
+    n_tokens = _seq_attr("n_tokens", "Tokens evaluated in the current sequence.")
+    input_ids = _seq_attr("input_ids", "The current sequence's token ids (n_ctx, intc).")
+    scores = _seq_attr("scores", "Logits rows of the current sequence (all with logits_all).")
+    _logits = _seq_attr("logits", "The logits after the last evaluated token.")
+    _requires_eval = _seq_attr("requires_eval", "Whether the last token's logits must be computed again.")
+    _sampler = _seq_attr("sampler", "The sampler of the generation under way.")
+    _calls = _seq_attr("calls", "The CallLock of the current sequence.")
+    del _seq_attr
 
     # ---- state views (as llama-cpp-python) ----------------------------------------------
 
@@ -214,56 +257,18 @@ class Llama:
     @_serialised
     def reset(self) -> None:
         """Forget the evaluated tokens (the KV cache is overwritten from position 0)."""
-        self._calls.sequence = object()
-        self.n_tokens = 0
-        self._requires_eval = True
+        self._seq.reset()
 
     @_serialised
     def eval(self, tokens: Sequence[int]) -> None:
         """Append `tokens` to the sequence in n_batch chunks, keeping their logits."""
-        eng = self._require_engine()
-        tokens = [int(t) for t in tokens]
-        self._calls.sequence = object()
-        if eng.n_past != self.n_tokens:
-            n_keep = min(self.n_tokens, eng.n_past)
-            if eng.can_resume(n_keep):
-                eng.truncate(n_keep)
-            else:   # a short sliding-window cache dropped what n_keep needs: evaluate it again
-                eng.truncate(0)
-                eng.decode(self.input_ids[:n_keep].tolist())
-            if eng.n_past != self.n_tokens:
-                raise RuntimeError(f"the KV cache holds {eng.n_past} tokens, the sequence "
-                                   f"{self.n_tokens}: restore a saved state to continue")
-        if not tokens:
-            return
-        n_end = self.n_tokens + len(tokens)
-        if n_end > self._n_ctx:
-            raise ValueError(f"Requested tokens ({n_end}) exceed context window of {self._n_ctx}")
-        eng.validate_tokens(tokens)
-        for i in range(0, len(tokens), self.n_batch):
-            chunk = tokens[i:i + self.n_batch]
-            n_past = self.n_tokens
-            out = eng.decode(chunk, logits_all=self._logits_all)
-            self.input_ids[n_past:n_past + len(chunk)] = chunk
-            if self._logits_all:
-                self.scores[n_past:n_past + len(chunk), :] = out
-                self._logits = self.scores[n_past + len(chunk) - 1]
-            else:
-                self._logits = out
-            self.n_tokens += len(chunk)
-            self._requires_eval = False
+        self._require_engine()
+        self._seq.eval(tokens)
 
     # ---- sampling --------------------------------------------------------------------------
 
     def _logits_at(self, idx: Optional[int]) -> np.ndarray:
-        if idx is None or idx == self.n_tokens - 1:
-            if self._logits is None or self.n_tokens == 0:
-                raise RuntimeError("no logits to sample from: evaluate tokens first")
-            return self._logits
-        if self._logits_all and 0 <= idx < self.n_tokens:
-            return self.scores[idx]
-        raise ValueError(f"no logits kept for position {idx}: only the last evaluated token's "
-                         "are kept unless the model is created with logits_all=True")
+        return self._seq.logits_at(idx)
 
     @_serialised
     def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -313,45 +318,33 @@ class Llama:
     def _generate(self, tokens: Sequence[int], settings: SamplingSettings,
                   logits_processor=None, stopping_criteria=None, reset: bool = True,
                   grammar=None):
-        sampler = self._sampler = Sampler(settings, logits_processor,
-                                          self._grammar_matcher(grammar))
+        """generate_step on the current sequence, yielding tokens (send(ids) appends ids)."""
+        self._require_engine()
+        seq = self._seq
+        sampler = seq.sampler = Sampler(settings, logits_processor, self._grammar_matcher(grammar))
         if stopping_criteria is not None and not callable(stopping_criteria):
             stopping_criteria = StoppingCriteriaList(stopping_criteria)     # a plain list
-        tokens = [int(t) for t in tokens]
-        if reset and self.n_tokens > 0:
-            prefix = longest_token_prefix(self._input_ids.tolist(), tokens)
-            consumed = prefix == len(tokens)
-            if consumed and self.n_tokens == len(tokens) and not self._requires_eval:
-                reset, tokens = False, []        # the whole prompt is cached with its logits
-            else:   # keep the shared prefix; re-evaluate one token if nothing else is left
-                reuse = prefix - 1 if consumed else prefix
-                if reuse > 0:
-                    reset, tokens = False, tokens[reuse:]
-                    self._calls.sequence = object()
-                    self.n_tokens = reuse
-                    self._requires_eval = True
-                    if self.verbose:
-                        print(f"Llama.generate: {reuse} prefix-match hit, remaining "
-                              f"{len(tokens)} prompt tokens to eval", file=sys.stderr)
-        if reset:
-            self.reset()
-        sample_idx = self.n_tokens + len(tokens) - 1
+
+        def told(kept, remaining):
+            if self.verbose:
+                print(f"Llama.generate: {kept} prefix-match hit, remaining {remaining} prompt "
+                      "tokens to eval", file=sys.stderr)
+        steps = generate_step(seq, tokens, sampler, stopping_criteria, reuse=reset, on_reuse=told,
+                              evaluate=self.eval)
         try:
+            extra = None
             while True:
-                self.eval(tokens)
-                while sample_idx < self.n_tokens:
-                    logits = self._logits_at(sample_idx)
-                    token = sampler.sample(logits, self._input_ids)
-                    sampler.accept(token)
-                    sample_idx += 1
-                    if stopping_criteria is not None and stopping_criteria(self._input_ids, logits):
-                        return
-                    extra = yield token
-                    self._sampler = sampler     # a call between two steps may have reset it
-                    tokens = [token] + [int(t) for t in (extra or ())]
+                try:
+                    step = steps.send(extra) if extra is not None else next(steps)
+                except StopIteration:
+                    return
+                extra = yield step.token
+                extra = list(extra) if extra else None
+                seq.sampler = sampler     # a call between two steps may have reset it
         finally:
-            if self._sampler is sampler:
-                self._sampler = None
+            steps.close()
+            if seq.sampler is sampler:
+                seq.sampler = None
 
     def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
         """A fresh matcher for a LlamaGrammar (or GBNF text, or a llama_cpp.LlamaGrammar: its
@@ -496,7 +489,8 @@ class Llama:
 
     def _save_state(self) -> LlamaState:
         eng = self._require_engine()
-        kv = kv_state_bytes(eng, self.n_tokens)
+        self._seq.sync()
+        kv = kv_state_bytes(eng, self.n_tokens, self._seq.seq_id)
         if self._logits_all:
             scores = self._scores.copy()
         else:
@@ -512,7 +506,7 @@ class Llama:
     def load_state(self, state: LlamaState) -> None:
         eng = self._require_engine()
         self._calls.sequence = object()
-        n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]))
+        n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]), self._seq.seq_id)
         if n != state.n_tokens:
             raise RuntimeError("Failed to set llama state data: token count mismatch")
         self.input_ids[:] = 0

@@ -46,9 +46,9 @@ class LlamaState:
         self.sequence = sequence
 
 
-def kv_state_bytes(engine, n_tokens: int) -> bytes:
-    """Serialize the KV cache rows of positions [0, n_tokens) (under the engine's lock: the
-    rows are read from memory that close() frees)."""
+def kv_state_bytes(engine, n_tokens: int, seq: int = 0) -> bytes:
+    """Serialize the KV cache rows of sequence `seq`'s positions [0, n_tokens) (under the
+    engine's lock: the rows are read from memory that close() frees)."""
     with engine.locked():
         kv = engine.kv
         if not kv.can_resume(n_tokens):
@@ -59,17 +59,18 @@ def kv_state_bytes(engine, n_tokens: int) -> bytes:
         parts = [head]
         for i, (k, v) in enumerate(zip(kv.k, kv.v)):
             for t in (k, v):
-                parts.append(kv.read_rows(t, kv.slots(i, n_tokens)).tobytes())
+                parts.append(kv.read_rows(t, kv.slots(i, n_tokens), seq * kv.n_ctx).tobytes())
         return b"".join(parts)
 
 
-def restore_kv_state(engine, data: bytes) -> int:
-    """Write serialized rows back into the engine's KV cache; returns their token count."""
+def restore_kv_state(engine, data: bytes, seq: int = 0) -> int:
+    """Write serialized rows back into sequence `seq`'s rows of the engine's KV cache;
+    returns their token count."""
     with engine.locked():
-        return _restore_kv_rows(engine, data)
+        return _restore_kv_rows(engine, data, seq)
 
 
-def _restore_kv_rows(engine, data: bytes) -> int:
+def _restore_kv_rows(engine, data: bytes, seq: int) -> int:
     kv = engine.kv
     if len(data) < _KV_HEADER.size:
         raise RuntimeError("Failed to set llama state data: the state is truncated")
@@ -90,9 +91,9 @@ def _restore_kv_rows(engine, data: bytes) -> int:
         for t, row in ((k, k_row), (v, v_row)):
             n = kv.slots(i, n_tokens)
             rows = np.frombuffer(data, dtype=np.uint8, count=n * row, offset=off).reshape(n, row)
-            kv.write_rows(t, rows)
+            kv.write_rows(t, rows, seq * kv.n_ctx)
             off += n * row
-    engine.n_past = n_tokens
+    engine.seq_pos[seq] = n_tokens
     return n_tokens
 
 

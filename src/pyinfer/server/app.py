@@ -28,11 +28,14 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.responses import PlainTextResponse
 
 from ..llama_options import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED
 from .errors import APIError, from_exception, install_handlers
+from .batching import run_on_slot
 from .generation import ClientGone, prepared_call, run_watching, single_prompt
 from .limits import BodySizeLimit, check_request
+from .metrics import PROMETHEUS_TYPE, prometheus_text
 from .models import ModelHub
 from .security import add_cors, add_keyed_docs, authenticator, docs_urls, redactor
 from .settings import ModelSettings, ServerSettings, Settings, load_config_file
@@ -93,7 +96,9 @@ def create_app(settings: Optional[Settings] = None,
     server_settings = server_settings or ServerSettings()
     if not model_settings:
         raise ValueError("create_app needs model settings")
-    hub = ModelHub(model_settings, server_settings.any_model_name, llama=llama)
+    hub = ModelHub(model_settings, server_settings.any_model_name, llama=llama,
+                   n_parallel=server_settings.n_parallel,
+                   max_queued=server_settings.max_queued_requests)
     hub.llama                                    # load the default model now
 
     @asynccontextmanager
@@ -130,7 +135,7 @@ async def _janitor(hub: ModelHub) -> None:
 def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
             redact: Callable[[str], str]) -> APIRouter:
     router = APIRouter(dependencies=[Depends(authenticator(ss))])
-    turn = ss.interleave_tokens if len(hub.settings) == 1 else 0
+    turn = ss.interleave_tokens if len(hub.settings) == 1 and not hub.batching else 0
     public = APIRouter()
 
     async def generate(request: Request, body, call: Callable):
@@ -140,16 +145,24 @@ def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
         while it waited is dropped; a non-streaming one whose client leaves while it runs
         stops at the next token."""
         check_request(body, ss)
-        lease = await hub.lease(body.model)
+        lease = await hub.lease(body.model, shared=True)
         try:
             if await request.is_disconnected():
                 raise APIError(400, "Client closed request")
             cancel = threading.Event()
-            fn = partial(prepared_call, lease, body, call, cancel, ss)
-            if body.stream:
+            if hub.batching:     # on a parallel slot; a client leaving cancels its prompt too
+                fn = partial(run_on_slot, lease, body, call, cancel, ss)
+                if body.stream:
+                    chunks = await run_watching(request, fn, cancel)
+                    first = await run_watching(request, partial(first_chunk, chunks), cancel)
+                else:
+                    result = await run_watching(request, fn, cancel)
+            elif body.stream:
+                fn = partial(prepared_call, lease, body, call, cancel, ss)
                 chunks = await anyio.to_thread.run_sync(fn)
                 first = await anyio.to_thread.run_sync(first_chunk, chunks)
             else:
+                fn = partial(prepared_call, lease, body, call, cancel, ss)
                 result = await run_watching(request, fn, cancel)
         except ClientGone:
             lease.release()
@@ -236,7 +249,14 @@ def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
 
     @public.get("/health", summary="Health")
     async def health():
-        return {"status": "ok", "model": hub.loaded_alias}
+        """llama.cpp's server's answer: status and how many slots are idle or busy."""
+        busy = hub.pool.n_busy if hub.pool is not None else int(hub.busy)
+        return {"status": "ok", "model": hub.loaded_alias,
+                "slots_idle": hub.n_parallel - busy, "slots_processing": busy}
+
+    @router.get("/metrics", summary="Metrics (Prometheus)")
+    async def metrics():
+        return PlainTextResponse(prometheus_text(hub), media_type=PROMETHEUS_TYPE)
 
     add_keyed_docs(app, router, ss)
     combined = APIRouter()

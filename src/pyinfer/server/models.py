@@ -11,6 +11,13 @@ Opt-in fair interleave (ServerSettings.interleave_tokens > 0, one served model):
 that has sent that many chunks while others wait hands the lease over (`yield_turn`): it
 saves its sequence (`Llama.save_state`: KV rows, token ids, logits), queues again behind
 the waiters and, back on turn, restores it if another request used the model meanwhile.
+
+Parallel slots (ServerSettings.n_parallel N > 1, one served model): the model is loaded with
+n_seq_max=N and the lock has N permits. A completion or chat request takes one (a *shared*
+lease) and, in its worker thread, a slot of the hub's `batching.SlotPool`; the requests
+beyond N wait in arrival order, at most max_queued_requests of them (more: 429). Whatever
+else touches the model (embeddings, tokenize, loading, trimming) takes all N permits (an
+exclusive lease), waiting for the running generations to end.
 """
 from __future__ import annotations
 
@@ -30,19 +37,34 @@ from .settings import ModelSettings
 class Lease:
     """Exclusive use of the loaded model until `release()` (idempotent)."""
 
-    def __init__(self, hub: "ModelHub", llama, alias: str, answer_name: Optional[str] = None):
+    def __init__(self, hub: "ModelHub", llama, alias: str, answer_name: Optional[str] = None,
+                 permits: int = 1):
         """`answer_name`: the `model` answers carry (the alias, or the unknown name a client
-        asked for, echoed as llama-cpp-python's server does)."""
+        asked for, echoed as llama-cpp-python's server does); `permits`: how many of the
+        hub's permits it holds (all of them: exclusive)."""
         self.llama, self.alias = llama, alias
         self.answer_name = answer_name or alias
         self._hub = hub
         self._held = True
+        self._permits = permits
+        self.slot = None            # the batching slot a shared lease runs on (`take_slot`)
         hub.turn_owner = self
+
+    def take_slot(self, prompt=None, cancel=None):
+        """(Worker thread.) Take a slot of the hub's SlotPool for this shared lease: the
+        one whose cache best matches `prompt` (token ids, or None); `cancel`: the request's
+        cancel event."""
+        self.slot = self._hub.pool.take(prompt, cancel)
+        return self.slot
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._hub._sem.release()
+            slot, self.slot = self.slot, None
+            if slot is not None:
+                self._hub.pool.release(slot)
+            for _ in range(self._permits):
+                self._hub._sem.release()
 
     async def yield_turn(self) -> None:
         """Let waiting requests run, then continue this sequence where it was (no-op
@@ -67,8 +89,12 @@ class Lease:
 class ModelHub:
     """Model settings by alias, the loaded model and the lock around it."""
 
-    def __init__(self, models: List[ModelSettings], any_model_name: bool = False, llama=None):
-        """`llama`: an already loaded model for models[0] (tests and embedders reuse one)."""
+    def __init__(self, models: List[ModelSettings], any_model_name: bool = False, llama=None,
+                 n_parallel: int = 1, max_queued: int = 0):
+        """`llama`: an already loaded model for models[0] (tests and embedders reuse one,
+        loaded with n_seq_max >= n_parallel); `n_parallel`: slots generating at once (one
+        served model only; several models are served one request at a time);
+        `max_queued`: most requests waiting for a slot (0: no limit)."""
         if not models:
             raise ValueError("no models to serve")
         self.settings: Dict[str, ModelSettings] = {}
@@ -82,6 +108,11 @@ class ModelHub:
         self._llama = llama
         self._alias = self.default_alias if llama is not None else None
         self._sem_obj: Optional[anyio.Semaphore] = None
+        self._exclusive_obj: Optional[anyio.Lock] = None
+        self.n_parallel = n_parallel if len(models) == 1 else 1
+        self.max_queued = max_queued
+        self.pool = None                          # batching.SlotPool when n_parallel > 1
+        self._start_pool()
         self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
         self.switches = 0                         # sequences restored by yield_turn
         self.used = False                         # a lease was taken since the last trim
@@ -89,8 +120,41 @@ class ModelHub:
     @property
     def _sem(self) -> anyio.Semaphore:
         if self._sem_obj is None:      # created inside the running event loop
-            self._sem_obj = anyio.Semaphore(1)
+            self._sem_obj = anyio.Semaphore(self.n_parallel)
+            self._exclusive_obj = anyio.Lock()
         return self._sem_obj
+
+    @property
+    def batching(self) -> bool:
+        """Whether completions run on parallel slots (n_parallel > 1)."""
+        return self.n_parallel > 1
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a permit."""
+        return 0 if self._sem_obj is None else self._sem_obj.statistics().tasks_waiting
+
+    async def _acquire(self, shared: bool) -> int:
+        """One permit (shared) or all of them (exclusive); returns how many."""
+        sem = self._sem
+        if shared or self.n_parallel == 1:
+            await sem.acquire()
+            return 1
+        async with self._exclusive_obj:     # one exclusive taker at a time: no deadlock
+            got = 0
+            try:
+                while got < self.n_parallel:
+                    await sem.acquire()
+                    got += 1
+            except BaseException:
+                for _ in range(got):
+                    sem.release()
+                raise
+        return got
+
+    def _release_n(self, n: int) -> None:
+        for _ in range(n):
+            self._sem.release()
 
     @property
     def loaded_alias(self) -> Optional[str]:
@@ -98,8 +162,8 @@ class ModelHub:
 
     @property
     def busy(self) -> bool:
-        """Whether a request holds the lease now."""
-        return self._sem_obj is not None and self._sem_obj.value == 0
+        """Whether a request holds a lease now."""
+        return self._sem_obj is not None and self._sem_obj.value < self.n_parallel
 
     @property
     def llama(self):
@@ -133,40 +197,64 @@ class ModelHub:
     def _load(self, alias: str) -> None:
         from ..llama import Llama
         if self._llama is not None:
-            self._llama.close()
-            self._llama, self._alias = None, None
+            self._close_llama()
         s = self.settings[alias]
-        llama = Llama(**s.llama_kwargs())
+        kwargs = s.llama_kwargs()
+        if self.batching:
+            kwargs["n_seq_max"] = self.n_parallel
+        llama = Llama(**kwargs)
         if s.cache:
             from ..llama_cache import LlamaRAMCache
             llama.set_cache(LlamaRAMCache(capacity_bytes=s.cache_size))
         self._llama, self._alias = llama, alias
+        self._start_pool()
 
-    async def lease(self, name: Optional[str]) -> Lease:
+    def _start_pool(self) -> None:
+        if self.batching and self.pool is None and self._llama is not None:
+            from .batching import SlotPool
+            self.pool = SlotPool(self._llama, self.n_parallel)
+
+    def _close_llama(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self._llama is not None:
+            self._llama.close()
+        self._llama, self._alias = None, None
+
+    async def lease(self, name: Optional[str], shared: bool = False) -> Lease:
         """Wait for the model named `name` to be free (loading it if needed); the caller
-        must release the lease, also on errors."""
+        must release the lease, also on errors. `shared`: a generation on a parallel slot
+        (one permit; with n_parallel 1 the same as exclusive); beyond max_queued waiting
+        requests it is refused with 429."""
         alias = self.resolve(name)
-        await self._sem.acquire()
+        if shared and self.batching and self.max_queued and self._sem.value == 0 \
+                and self.waiting >= self.max_queued:
+            raise APIError(429, f"All {self.n_parallel} slots are busy and "
+                           f"{self.waiting} requests are queued (max_queued_requests); "
+                           "retry later", type="server_busy", code="too_many_requests")
+        permits = await self._acquire(shared)
         try:
             if self._alias != alias or self._llama is None:
                 await anyio.to_thread.run_sync(self._load, alias)
         except Exception as e:      # the details (paths) go to the log only
-            self._sem.release()
+            self._release_n(permits)
             print(f"pyinfer.server: loading model {alias!r} failed:", file=sys.stderr)
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
             raise APIError(500, f"The model `{alias}` could not be loaded",
                            type="internal_server_error") from None
         except BaseException:
-            self._sem.release()
+            self._release_n(permits)
             raise
         self.used = True
-        return Lease(self, self._llama, alias, None if self._names(name) else name)
+        return Lease(self, self._llama, alias, None if self._names(name) else name, permits)
 
     @property
     def idle(self) -> bool:
         """Nobody holds the lease or waits for it."""
         sem = self._sem_obj
-        return sem is None or (sem.value == 1 and sem.statistics().tasks_waiting == 0)
+        return sem is None or (sem.value == self.n_parallel and
+                               sem.statistics().tasks_waiting == 0)
 
     async def trim(self) -> bool:
         """If the model was used since the last trim and is idle now: give the memory its
@@ -174,16 +262,21 @@ class ModelHub:
         Returns whether it trimmed."""
         if not self.used or not self.idle or self._llama is None:
             return False
-        from .memory import trim
-        await self._sem.acquire()
+        permits = await self._acquire(False)
         try:
-            await anyio.to_thread.run_sync(trim, self._llama)
+            await anyio.to_thread.run_sync(_trim, self._llama, self.pool)
         finally:
             self.used = False
-            self._sem.release()
+            self._release_n(permits)
         return True
 
     def close(self) -> None:
-        if self._llama is not None:
-            self._llama.close()
-            self._llama = None
+        self._close_llama()
+
+
+def _trim(llama, pool) -> None:
+    """memory.trim of the model, and of the slots' logits rows when there are slots."""
+    from .memory import trim
+    trim(llama)
+    if pool is not None:
+        pool.trim()

@@ -1,0 +1,549 @@
+"""Continuous batching: parallel slots sharing one model, one thread running its forwards.
+
+With `n_parallel` N > 1 the server loads its model with `n_seq_max=N` (one KV stream per
+slot) and keeps N `Slot`s, each a `pyinfer.sequence.Sequence`. A request takes a free slot
+and runs the usual completion code (sampling, grammars, logprobs, stop strings, streaming)
+in its own worker thread inside `with llama.using(slot.sequence):`; only the forward passes
+are shared. Every evaluation of a slot's sequence goes through the `Scheduler`'s runner:
+
+- single-token evaluations (one decode step of a generating sequence) of all the slots
+  that are waiting are merged into ONE `Engine.decode_batch`, whose results are
+  bit-identical to decoding each alone, so batching changes no answer;
+- multi-token evaluations (prompts) run with `Engine.decode` on their sequence alone, one
+  n_batch chunk per round, decode steps of the other slots running between two chunks:
+  a long prompt does not stall the streams already running;
+- a round starts as soon as the previous forward ended and something is queued; it only
+  waits (at most half the last decode step's time) for the slots served by the last decode
+  step that are still sampling their next token, so they join the same batch. A lone
+  request never waits: it is the whole of its last batch.
+
+Slot choice and the prefix cache (`SlotPool.take`, llama.cpp's slot selection by prompt
+similarity): a request takes the free slot whose sequence shares the longest prefix with
+its prompt (ties and no match: the least recently used); the sequence's own generation code
+keeps that prefix. When another slot, busy or not, holds a longer common prefix, those
+positions are copied into the chosen slot (`Engine.copy_prefix`, no recompute) by the
+scheduler thread, between forwards, from what the scheduler knows the source's cache holds.
+
+Leaving: a slot is released when its request ends, fails or its client goes away; a
+cancelled request's queued evaluation is dropped (its sequence cut back to where it was,
+`ClientGone` raised in the request thread), also between two chunks of a long prompt.
+`Scheduler.metrics()` feeds /metrics (prometheus.py) and /health.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+import numpy as np
+
+from ..llama_cache import longest_token_prefix
+from .generation import ClientGone
+
+MAX_JOIN_WAIT_S = 0.02     # the longest a round waits for the last batch's slots to come back
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class _Job:
+    """One evaluation (or a `call`) queued for the scheduler thread."""
+    __slots__ = ("seq", "tokens", "logits_all", "cancel", "fn", "done", "result", "error",
+                 "offset", "start_pos", "out", "t_queued")
+
+    def __init__(self, seq: int, tokens: List[int], logits_all: bool,
+                 cancel: Optional[threading.Event] = None, fn: Optional[Callable] = None):
+        self.seq, self.tokens, self.logits_all, self.cancel, self.fn = \
+            seq, tokens, logits_all, cancel, fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.offset = 0                 # prompt tokens evaluated so far (chunked prompts)
+        self.start_pos: Optional[int] = None
+        self.out: Optional[np.ndarray] = None   # logits_all rows of a chunked prompt
+        self.t_queued = time.perf_counter()
+
+    def finish(self, result: Any = None, error: Optional[BaseException] = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+
+class Scheduler:
+    """The thread that owns the forward passes of one multi-sequence engine."""
+
+    def __init__(self, engine, name: str = "pyinfer-batching"):
+        self.engine = engine
+        self.n_batch = engine.n_batch
+        self._cv = threading.Condition()
+        self._queue: Deque[_Job] = deque()       # arrival order
+        self._pending: Dict[int, _Job] = {}      # seq -> its queued evaluation (one at most)
+        self._cancels: Dict[int, threading.Event] = {}
+        self._expected: set = set()              # slots served by the last decode step
+        self._last_step_s = 0.0
+        self._closing = False
+        # what each sequence's cache holds, as this thread wrote it (prefix copies read it)
+        self.held: List[List[int]] = [[] for _ in range(engine.n_seq)]
+        # metrics (written by the scheduler thread, read under the lock)
+        self.n_prompt_tokens = 0
+        self.t_prompt = 0.0
+        self.n_decode_tokens = 0
+        self.t_decode = 0.0
+        self.n_decode_batches = 0
+        self.batch_hist = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
+        self.max_batch = 0
+        self.n_dropped = 0                       # evaluations dropped for a cancelled request
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- request side ----------------------------------------------------------------------
+
+    def runner(self, seq_id: int, tokens: List[int], logits_all: bool) -> np.ndarray:
+        """The Sequence runner: queue the evaluation and wait for its logits (the last
+        token's, or all rows with logits_all). Raises ClientGone when the slot's request
+        was cancelled before its evaluation ended."""
+        tokens = [int(t) for t in tokens]
+        job = _Job(int(seq_id), tokens, bool(logits_all), self._cancels.get(int(seq_id)))
+        self._submit(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn()` in the scheduler thread between two forwards (cache operations that
+        must not race with an evaluation) and return its result."""
+        job = _Job(-1, [], False, fn=fn)
+        self._submit(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _submit(self, job: _Job) -> None:
+        with self._cv:
+            if self._closing:
+                raise RuntimeError("the batching scheduler is stopped")
+            if job.fn is None:
+                if job.seq in self._pending:
+                    raise RuntimeError(f"sequence {job.seq} already has an evaluation queued")
+                self._pending[job.seq] = job
+            self._queue.append(job)
+            self._cv.notify_all()
+
+    def join(self, seq_id: int, cancel: threading.Event) -> None:
+        """A request starts on sequence `seq_id`: its evaluations are dropped once `cancel`
+        is set."""
+        with self._cv:
+            self._cancels[seq_id] = cancel
+
+    def leave(self, seq_id: int) -> None:
+        """The request on sequence `seq_id` ended: the scheduler stops expecting it."""
+        with self._cv:
+            self._cancels.pop(seq_id, None)
+            self._expected.discard(seq_id)
+            self._cv.notify_all()
+
+    def wake(self) -> None:
+        """Look at the queue again now (a request was cancelled)."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        """Stop the thread after failing what is still queued (idempotent)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    @property
+    def queued(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    # ---- the scheduler thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if self._closing:
+                    for job in self._queue:
+                        job.finish(error=RuntimeError("the batching scheduler is stopped"))
+                    self._queue.clear()
+                    self._pending.clear()
+                    return
+                self._wait_for_joiners()
+                calls = [j for j in self._queue if j.fn is not None]
+                steps = [j for j in self._queue if j.fn is None and len(j.tokens) == 1]
+                prompts = [j for j in self._queue if j.fn is None and len(j.tokens) != 1]
+            for job in calls:
+                self._run_call(job)
+            self._run_steps(steps)
+            if prompts:
+                self._run_prompt_chunk(prompts[0])
+
+    def _wait_for_joiners(self) -> None:
+        """(Under the lock.) Wait, a little, for the slots served by the last decode step
+        that are still sampling, so that they join this round's batch."""
+        if not self._expected:
+            return
+        deadline = time.perf_counter() + min(MAX_JOIN_WAIT_S, 0.5 * self._last_step_s)
+        while not self._closing:
+            missing = self._expected.difference(self._pending)
+            if not missing:
+                return
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._cv.wait(left)
+
+    def _remove(self, job: _Job) -> None:
+        with self._cv:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+            if job.fn is None and self._pending.get(job.seq) is job:
+                del self._pending[job.seq]
+
+    def _run_call(self, job: _Job) -> None:
+        self._remove(job)
+        try:
+            job.finish(job.fn())
+        except BaseException as e:     # handed to the caller
+            job.finish(error=e)
+
+    def _sync_held(self, seq: int) -> None:
+        """Cut our record of sequence `seq` to what the cache holds (a request thread may
+        have truncated it)."""
+        pos = self.engine.seq_pos[seq]
+        if len(self.held[seq]) > pos:
+            del self.held[seq][pos:]
+
+    def _drop(self, job: _Job) -> None:
+        """A cancelled request's evaluation: undo its evaluated chunks, fail it."""
+        self._remove(job)
+        if job.start_pos is not None and self.engine.seq_pos[job.seq] > job.start_pos:
+            try:
+                self.engine.truncate(job.start_pos, seq=job.seq)
+            except Exception:          # the sequence syncs itself at its next evaluation
+                pass
+            self._sync_held(job.seq)
+        with self._cv:
+            self.n_dropped += 1
+        job.finish(error=ClientGone("the client closed the connection"))
+
+    def _check_fits(self, job: _Job) -> bool:
+        end = self.engine.seq_pos[job.seq] + len(job.tokens) - job.offset
+        if end > self.engine.n_ctx:
+            self._remove(job)
+            job.finish(error=ValueError(
+                f"Requested tokens ({end}) exceed context window of {self.engine.n_ctx}"))
+            return False
+        return True
+
+    def _run_steps(self, steps: List[_Job]) -> None:
+        """One decode_batch over every waiting single-token evaluation (n_batch per forward)."""
+        live = []
+        for job in steps:
+            if job.cancelled:
+                self._drop(job)
+            elif self._check_fits(job):
+                self._sync_held(job.seq)
+                live.append(job)
+        for i in range(0, len(live), self.n_batch):
+            group = live[i:i + self.n_batch]
+            t0 = time.perf_counter()
+            try:
+                outs = self.engine.decode_batch([(j.seq, j.tokens) for j in group])
+            except BaseException as e:
+                for j in group:
+                    self._remove(j)
+                    j.finish(error=e)
+                continue
+            dt = time.perf_counter() - t0
+            for j, out in zip(group, outs):
+                self.held[j.seq].extend(j.tokens)
+                self._remove(j)
+                j.finish(out if j.logits_all else out[-1])
+            with self._cv:
+                self._last_step_s = dt
+                self._expected = {j.seq for j in group}
+                self.n_decode_tokens += len(group)
+                self.t_decode += dt
+                self.n_decode_batches += 1
+                self.max_batch = max(self.max_batch, len(group))
+                self.batch_hist[_bucket(len(group))] += 1
+
+    def _run_prompt_chunk(self, job: _Job) -> None:
+        """Evaluate the next n_batch tokens of a multi-token evaluation (the whole of it when
+        it fits one chunk); finish it after its last chunk."""
+        if job.cancelled:
+            self._drop(job)
+            return
+        if job.start_pos is None:
+            if not self._check_fits(job):
+                return
+            self._sync_held(job.seq)
+            job.start_pos = self.engine.seq_pos[job.seq]
+            if job.logits_all and len(job.tokens) > self.n_batch:
+                job.out = np.empty((len(job.tokens), self.engine.cfg.n_vocab), dtype=np.float32)
+        chunk = job.tokens[job.offset:job.offset + self.n_batch]
+        t0 = time.perf_counter()
+        try:
+            out = self.engine.decode(chunk, logits_all=job.logits_all, seq=job.seq)
+        except BaseException as e:
+            self._remove(job)
+            job.finish(error=e)
+            return
+        dt = time.perf_counter() - t0
+        self.held[job.seq].extend(chunk)
+        with self._cv:
+            self.n_prompt_tokens += len(chunk)
+            self.t_prompt += dt
+        if job.out is not None:
+            job.out[job.offset:job.offset + len(chunk)] = out
+        job.offset += len(chunk)
+        if job.offset >= len(job.tokens):
+            self._remove(job)
+            job.finish(job.out if job.out is not None else out)
+
+    # ---- metrics ------------------------------------------------------------------------
+
+    def metrics(self) -> Dict[str, Any]:
+        with self._cv:
+            return {"prompt_tokens": self.n_prompt_tokens, "prompt_seconds": self.t_prompt,
+                    "decode_tokens": self.n_decode_tokens, "decode_seconds": self.t_decode,
+                    "decode_batches": self.n_decode_batches, "max_batch": self.max_batch,
+                    "batch_hist": list(self.batch_hist), "queued": len(self._queue),
+                    "dropped": self.n_dropped}
+
+
+def _bucket(n: int) -> int:
+    for i, b in enumerate(BATCH_SIZE_BUCKETS):
+        if n <= b:
+            return i
+    return len(BATCH_SIZE_BUCKETS)
+
+
+class Slot:
+    """One parallel slot: a sequence of the model and who uses it."""
+
+    def __init__(self, index: int, sequence):
+        self.index, self.sequence = index, sequence
+        self.busy = False
+        self.cancel = threading.Event()
+        self.last_used = 0.0
+        self.n_requests = 0
+
+
+class SlotPool:
+    """The N slots of a model, their scheduler and the prefix cache between them."""
+
+    def __init__(self, llama, n_parallel: int):
+        engine = llama._engine
+        if engine is None:
+            raise ValueError("continuous batching needs a model with weights (not vocab_only)")
+        if engine.n_seq < n_parallel:
+            raise ValueError(f"n_parallel={n_parallel} needs a model loaded with "
+                             f"n_seq_max >= {n_parallel}, this one has {engine.n_seq}")
+        self.llama, self.engine = llama, engine
+        self.scheduler = Scheduler(engine)
+        self.slots = [Slot(i, llama.sequence(i, runner=self.scheduler.runner))
+                      for i in range(n_parallel)]
+        self._lock = threading.Lock()
+        self.prefix_hit_tokens = 0          # prompt tokens taken from the cache
+        self.prefix_copied_tokens = 0       # of which copied from another slot
+        self.prefix_copies = 0
+        self.n_requests = 0
+
+    @property
+    def n_busy(self) -> int:
+        with self._lock:
+            return sum(s.busy for s in self.slots)
+
+    def take(self, prompt: Optional[List[int]],
+             cancel: Optional[threading.Event] = None) -> Slot:
+        """A free slot for a request whose prompt is `prompt` (None: unknown), prepared
+        with the longest prefix of it that any slot's cache holds; `cancel`: set when the
+        request is cancelled (its queued evaluations are then dropped). The caller got a
+        permit (hub lease), so a slot is free."""
+        with self._lock:
+            free = [s for s in self.slots if not s.busy]
+            if not free:
+                raise RuntimeError("no free slot (the hub's permits and the slots disagree)")
+            own = {s.index: self._own_prefix(s, prompt) for s in free}
+            slot = max(free, key=lambda s: (own[s.index], -s.last_used))
+            slot.busy = True
+            slot.cancel = cancel if cancel is not None else threading.Event()
+            slot.n_requests += 1
+            self.n_requests += 1
+        self.scheduler.join(slot.index, slot.cancel)
+        hit = own[slot.index]
+        if prompt:
+            try:
+                copied = self.scheduler.call(lambda: self._copy_best_prefix(slot, prompt, hit))
+            except Exception:
+                copied = 0
+            hit = max(hit, copied)
+        with self._lock:
+            self.prefix_hit_tokens += hit
+        return slot
+
+    @staticmethod
+    def _own_prefix(slot: Slot, prompt: Optional[List[int]]) -> int:
+        """Prompt tokens the slot's own sequence can keep (one is evaluated again when the
+        whole prompt is cached, to get its logits)."""
+        if not prompt:
+            return 0
+        n = longest_token_prefix(slot.sequence.tokens, prompt)
+        return min(n, len(prompt) - 1)
+
+    def _copy_best_prefix(self, slot: Slot, prompt: List[int], own: int) -> int:
+        """(Scheduler thread.) Copy into `slot` the longest prefix of `prompt` that another
+        slot's cache holds, when longer than what `slot` keeps itself. Returns how many
+        tokens were copied (0: none)."""
+        sched, eng = self.scheduler, self.engine
+        best, best_n = None, own
+        limit = len(prompt) - 1
+        for other in self.slots:
+            if other is slot:
+                continue
+            sched._sync_held(other.index)
+            seq = other.sequence
+            # positions whose tokens and rows the other request thread has recorded
+            n_rec = min(seq.n_tokens, eng.seq_pos[other.index], limit)
+            held = sched.held[other.index]
+            n = longest_token_prefix(held[:n_rec], prompt)
+            if n > best_n and np.array_equal(seq.input_ids[:n], held[:n]):
+                best, best_n = other, n
+        if best is None:
+            return 0
+        dst, src = slot.sequence, best.sequence
+        eng.copy_prefix(best.index, slot.index, best_n)
+        sched.held[slot.index] = list(sched.held[best.index][:best_n])
+        dst.calls.sequence = object()
+        dst.input_ids[:best_n] = src.input_ids[:best_n]
+        if dst.logits_all:
+            dst.scores[:best_n] = src.scores[:best_n]
+        dst.n_tokens = best_n
+        dst.requires_eval = True
+        with self._lock:
+            self.prefix_copies += 1
+            self.prefix_copied_tokens += best_n
+        return best_n
+
+    def release(self, slot: Slot) -> None:
+        """The request on `slot` ended (done, failed or cancelled): drop its queued work and
+        free the slot."""
+        slot.cancel.set()
+        self.scheduler.leave(slot.index)
+        with self._lock:
+            slot.busy = False
+            slot.last_used = time.monotonic()
+
+    def kv_usage(self) -> float:
+        """Fraction of the KV cache's positions that hold tokens."""
+        eng = self.engine
+        return sum(eng.seq_pos) / float(eng.n_seq * eng.n_ctx)
+
+    def metrics(self) -> Dict[str, Any]:
+        m = self.scheduler.metrics()
+        with self._lock:
+            m.update(slots_total=len(self.slots),
+                     slots_processing=sum(s.busy for s in self.slots),
+                     prefix_hit_tokens=self.prefix_hit_tokens,
+                     prefix_copied_tokens=self.prefix_copied_tokens,
+                     prefix_copies=self.prefix_copies, requests_total=self.n_requests)
+        m["kv_cache_usage_ratio"] = self.kv_usage()
+        m["kv_cache_tokens"] = int(sum(self.engine.seq_pos))
+        return m
+
+    def trim(self) -> int:
+        """Give back the pages of the slots' logits rows past their tokens (memory.trim's
+        rows, per slot); call only while no slot is busy. Returns the bytes released."""
+        from .memory import release_rows
+        return sum(release_rows(s.sequence.scores, s.sequence.n_tokens) for s in self.slots)
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+def on_slot(llama, slot: Slot, chunks):
+    """Iterate a stream made on `slot`'s sequence, each step in `llama.using(sequence)`
+    (a stream's steps run in whichever worker thread the server picks)."""
+    it = iter(chunks)
+    try:
+        while True:
+            with llama.using(slot.sequence):
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    return
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            with llama.using(slot.sequence):
+                close()
+
+
+def run_on_slot(lease, body, call: Callable, cancel: threading.Event, ss):
+    """`generation.prepared_call` on a slot (worker thread, holding a shared lease): learn
+    the request's prompt, take the slot that best matches it, run the call there. A stream
+    comes back as an iterator whose every step runs on the slot's sequence."""
+    from .generation import generation_kwargs, prepared_call
+    from .limits import prompt_limit
+    llama = lease.llama
+    kw = generation_kwargs(lease, body, cancel, prompt_limit(ss, llama))
+    prompt = request_prompt(llama, call, kw)
+    slot = lease.take_slot(prompt, cancel)
+    with llama.using(slot.sequence):
+        out = prepared_call(lease, body, call, cancel, ss)
+    return on_slot(llama, slot, out) if body.stream else out
+
+
+class _Prompt(Exception):
+    def __init__(self, prompt, suffix):
+        super().__init__("prompt captured")
+        self.prompt, self.suffix = prompt, suffix
+
+
+class _PromptProbe:
+    """Stands for the Llama in a request's call to learn its prompt: create_completion
+    (which every chat handler ends in) raises the prompt instead of generating."""
+
+    def __init__(self, llama):
+        self._llama = llama
+
+    def __getattr__(self, name):
+        return getattr(self._llama, name)
+
+    def create_completion(self, prompt, suffix=None, *args, **kwargs):
+        raise _Prompt(prompt, suffix)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, *args, **kwargs):
+        return type(self._llama).create_chat_completion(self, *args, **kwargs)
+
+
+def request_prompt(llama, call: Callable, kwargs: Dict[str, Any]) -> Optional[List[int]]:
+    """The prompt tokens `call(llama, **kwargs)` would evaluate (chat template applied),
+    or None when they cannot be learnt without generating. Only used to choose a slot."""
+    try:
+        call(_PromptProbe(llama), **{**kwargs, "stream": False})
+    except _Prompt as p:
+        try:
+            from ..completion import prompt_tokens
+            return prompt_tokens(llama, p.prompt, p.suffix)
+        except Exception:
+            return None
+    except Exception:
+        return None
+    return None
