@@ -33,10 +33,11 @@ throughput (tok/s, req/s, tok/cpu-s), below 1 is better for latencies.
 Servers, started with the same model, --n_threads/--n_threads_batch T, --n_ctx C,
 --verbose false and --logits_all false (no logprobs are asked; both default to true, which
 only adds work):
-  ours    python -m pyinfer.server ... [--n_parallel P]: P sequences decoded together
-          (continuous batching); passed only when this server's --help lists the option
-          (older servers run one request at a time), and P should be at least the largest
-          level for that level to batch fully (default 16).
+  ours    python -m pyinfer.server ... [--n_parallel P]: P slots whose decode steps are
+          batched into one forward (continuous batching; n_ctx is per slot); passed only
+          when this server's --help lists the option (older servers run one request at a
+          time) and P > 0 (0: the server's default). P should be at least the largest level
+          for that level to batch fully (default 16); P 1 is one request at a time.
   theirs  THEIRS_PYTHON -m llama_cpp.server ... --interrupt_requests false: llama-cpp-python
           serves one request at a time; its default (true) ends a running stream early as
           soon as another request arrives, which would make the concurrent levels measure
@@ -392,7 +393,7 @@ def markdown(report: Dict) -> str:
              f"Model `{os.path.basename(a['model'])}`, {a['threads']} threads, n_ctx {a['n_ctx']}, "
              f"{a['max_tokens']} tokens per streaming {a['endpoint']} request (temperature 0), "
              f"{a['requests']} request(s) per client, medians of {a['reps']} repetition(s). "
-             f"Ours: n_parallel {a['n_parallel_used'] or 'not passed (unsupported or 0)'}"
+             f"Ours: n_parallel {a['n_parallel_used'] or 'not passed (the server default, or no such option)'}"
              + (f", interleave_tokens {a['interleave']}" if a["interleave"] else "")
              + (f"; theirs: llama-cpp-python {report.get('theirs_version')} with "
                 "interrupt_requests false" if "theirs" in names else "") + ".", "",
@@ -441,7 +442,7 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=1024,
                     help="context size (ours with n_parallel: per slot; theirs: its one sequence)")
     ap.add_argument("--n-parallel", type=int, default=16,
-                    help="ours: --n_parallel (when the server has it; 0: never pass it)")
+                    help="ours: --n_parallel (when the server has it; 0: not passed, its default)")
     ap.add_argument("--interleave", type=int, default=0, help="ours: --interleave_tokens")
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--no-force-length", dest="force_length", action="store_false",

@@ -51,14 +51,21 @@ def reuse_prefix(seq: Sequence, tokens: List[int]) -> List[int]:
 
 def generate_step(seq: Sequence, prompt: Seq[int], sampler, stopping_criteria=None,
                   reuse: bool = True, on_reuse: Optional[Callable[[int, int], None]] = None,
-                  evaluate: Optional[Callable[[List[int]], None]] = None
-                  ) -> Generator[Step, Optional[List[int]], None]:
+                  evaluate: Optional[Callable[[List[int]], None]] = None, draft=None,
+                  stats: Optional["SpecStats"] = None) -> Generator[Step, Optional[List[int]], None]:
     """Evaluate `prompt` on `seq` (keeping the prefix it already holds when `reuse`, else
     appending to what it holds) and yield a Step per sampled token, each evaluated before the
     next is sampled. `send(ids)` appends extra ids after the yielded token. Ends when
     `stopping_criteria(input_ids, logits)` says so. `on_reuse(kept, remaining)` is told how
     much of the prompt was already cached. `evaluate(tokens)` appends tokens to the sequence
-    (default: seq.eval; Llama passes its own eval, which a subclass may override)."""
+    (default: seq.eval; Llama passes its own eval, which a subclass may override).
+
+    Speculative decoding: `draft(input_ids) -> guessed next ids` (pyinfer.speculative:
+    prompt lookup, a draft model). After each sampled token its guesses are evaluated with
+    it in one forward, every position computed exactly as when decoded alone (rowwise), and
+    sampling goes on through them while the sampled token equals the guess; the first
+    mismatch drops the rest. The sampler sees the same logits in the same order as without a
+    draft, so the output is identical (greedy or not); `stats` counts drafted and accepted."""
     tokens = [int(t) for t in prompt]
     if reuse:
         n_before = len(tokens)
@@ -66,16 +73,54 @@ def generate_step(seq: Sequence, prompt: Seq[int], sampler, stopping_criteria=No
         if on_reuse is not None and len(tokens) < n_before:
             on_reuse(n_before - len(tokens), len(tokens))
     evaluate = evaluate or seq.eval
+    if draft is not None and not seq.logits_all:
+        raise ValueError("speculative decoding needs every position's logits: create the model "
+                         "with logits_all=True (Llama does when given a draft_model)")
     sample_idx = seq.n_tokens + len(tokens) - 1
+    guessed = 0                      # draft tokens at the end of the sequence's last eval
     while True:
-        evaluate(tokens)
+        if guessed:
+            seq.eval(tokens, rowwise=True)
+        else:
+            evaluate(tokens)
         while sample_idx < seq.n_tokens:
+            # positions' ids: the sampler sees the sequence up to this position only
+            ids = seq.input_ids[:sample_idx + 1]
             logits = seq.logits_at(sample_idx)
-            ids = seq.input_ids[:seq.n_tokens]
             token = sampler.sample(logits, ids)
             sampler.accept(token)
             sample_idx += 1
             if stopping_criteria is not None and stopping_criteria(ids, logits):
+                if sample_idx < seq.n_tokens:
+                    seq.truncate(sample_idx)
                 return
             extra = yield Step(token, logits)
             tokens = [token] + [int(t) for t in (extra or ())]
+            if sample_idx < seq.n_tokens:        # a draft guessed this position
+                if token == seq.input_ids[sample_idx] and not extra:
+                    if stats is not None:
+                        stats.accepted += 1
+                    continue                     # guessed right: its logits are computed
+                seq.truncate(sample_idx)         # the rest of the draft is wrong
+                break
+        guessed = 0
+        if draft is not None:
+            guess = [int(t) for t in draft(np.concatenate([seq.input_ids[:seq.n_tokens],
+                                                           np.asarray(tokens, dtype=np.intc)]))]
+            guess = guess[:max(0, seq.n_ctx - seq.n_tokens - len(tokens))]
+            if guess:
+                tokens, guessed = tokens + guess, len(guess)
+                if stats is not None:
+                    stats.drafted += len(guess)
+                    stats.steps += 1
+
+
+class SpecStats:
+    """Speculative decoding counts: draft tokens proposed, accepted, verification forwards."""
+
+    def __init__(self):
+        self.drafted = self.accepted = self.steps = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0

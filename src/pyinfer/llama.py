@@ -49,7 +49,7 @@ from .llama_params import LlamaContextHandle, LlamaModelHandle
 from .llama_tokenizer import LlamaTokenizer
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
-from .generate import generate_step
+from .generate import SpecStats, generate_step
 from .sequence import Sequence as ModelSequence
 from .tokenizer import Tokenizer
 
@@ -112,6 +112,7 @@ class Llama:
         self.numa, self.tensor_split, self.kv_overrides = numa, tensor_split, kv_overrides
         self.lora_base, self.lora_scale, self.lora_path = lora_base, lora_scale, lora_path
         self.spm_infill, self.draft_model = spm_infill, draft_model
+        self.spec_stats = SpecStats()     # speculative decoding: drafted / accepted tokens
         self.last_n_tokens_size = last_n_tokens_size
         self.cache: Optional[BaseLlamaCache] = None
         self._grammar_vocab: Optional[VocabTrie] = None     # built by the first grammar
@@ -144,6 +145,8 @@ class Llama:
         else:
             self._n_ctx = opts.resolve_n_ctx(n_ctx_train)
         self._n_vocab = self._engine.cfg.n_vocab if self._engine else self._vocab.n_vocab
+        if hasattr(draft_model, "check_vocab"):
+            draft_model.check_vocab(self._n_vocab)
         self._logits_all = opts.logits_all or draft_model is not None
         self._embedding = embedding
         self._pooling = pooling_type if pooling_type != LLAMA_POOLING_TYPE_UNSPECIFIED else \
@@ -330,7 +333,7 @@ class Llama:
                 print(f"Llama.generate: {kept} prefix-match hit, remaining {remaining} prompt "
                       "tokens to eval", file=sys.stderr)
         steps = generate_step(seq, tokens, sampler, stopping_criteria, reuse=reset, on_reuse=told,
-                              evaluate=self.eval)
+                              evaluate=self.eval, draft=self.draft_model, stats=self.spec_stats)
         try:
             extra = None
             while True:

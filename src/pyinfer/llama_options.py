@@ -6,7 +6,7 @@ rules (n_ctx 0 means the trained context, n_batch is capped by n_ctx, thread def
 the CPU count); `model_params` / `context_params` fill llama.cpp's parameter structs as it
 does (llama_params.py). `check_supported` says what cannot be honoured: options that would
 change results raise, options that only change where or how fast things run warn or, where
-llama-cpp-python's CPU build accepts them silently (n_gpu_layers, draft_model), give a note
+llama-cpp-python's CPU build accepts them silently (n_gpu_layers), give a note
 in verbose mode, and the rest is accepted as it does not matter on this engine.
 """
 from __future__ import annotations
@@ -168,7 +168,7 @@ class LlamaOptions:
         flash_attn, op_offload, no_perf, numa, lora_base/lora_scale without
         lora_path, spm_infill (only with a
         suffix); with a note in verbose mode: n_gpu_layers without usable CUDA (the layers
-        stay on the CPU), draft_model (no speculation yet). vram_budget without CUDA raises.
+        stay on the CPU). vram_budget without CUDA raises.
         """
         if not os.path.exists(self.model_path):
             raise ValueError(f"Model path does not exist: {self.model_path}")
@@ -215,8 +215,6 @@ class LlamaOptions:
                 raise TypeError("draft_model must be a LlamaDraftModel (called as "
                                 "draft_model(input_ids) -> draft token ids), not "
                                 f"{type(self.draft_model).__name__}")
-            note("draft_model is not used yet: pyinfer does not verify drafts, it decodes "
-                 "one token per forward (the same tokens)", self.verbose)
 
     # ---- derived values -----------------------------------------------------------
 

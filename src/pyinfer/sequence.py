@@ -17,8 +17,10 @@ import numpy as np
 
 from .call_lock import CallLock
 
-# (seq_id, tokens, logits_all) -> the last token's logits (n_vocab,), or all (n, n_vocab)
-Runner = Callable[[int, List[int], bool], np.ndarray]
+# runner(seq_id, tokens, logits_all, rowwise=False) -> the last token's logits (n_vocab,), or
+# all (n, n_vocab) with logits_all; rowwise: every token computed exactly as when decoded
+# alone (Engine.decode_batch: speculative verification), else the prompt order (Engine.decode)
+Runner = Callable[..., np.ndarray]
 
 
 class Sequence:
@@ -42,7 +44,10 @@ class Sequence:
         self.logits: Optional[np.ndarray] = None    # after the last evaluated token
         self.sampler = None                         # the sampler of the generation under way
 
-    def _decode(self, seq_id: int, tokens: List[int], logits_all: bool) -> np.ndarray:
+    def _decode(self, seq_id: int, tokens: List[int], logits_all: bool, rowwise: bool = False) -> np.ndarray:
+        if rowwise and len(tokens) > 1:
+            rows = self.engine.decode_batch([(seq_id, tokens)])[0]
+            return rows if logits_all else rows[-1]
         return self.engine.decode(tokens, logits_all=logits_all, seq=seq_id)
 
     @property
@@ -74,8 +79,9 @@ class Sequence:
             raise RuntimeError(f"the KV cache holds {eng.seq_pos[self.seq_id]} tokens, the sequence "
                                f"{self.n_tokens}: restore a saved state to continue")
 
-    def eval(self, tokens: Seq[int]) -> None:
-        """Append `tokens` in n_batch chunks, keeping their logits."""
+    def eval(self, tokens: Seq[int], rowwise: bool = False) -> None:
+        """Append `tokens` in n_batch chunks, keeping their logits; `rowwise`: each token's
+        logits exactly those of decoding it alone (a speculative draft being verified)."""
         eng = self._require_engine()
         tokens = [int(t) for t in tokens]
         self.calls.sequence = object()
@@ -89,7 +95,8 @@ class Sequence:
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i:i + self.n_batch]
             n_past = self.n_tokens
-            out = self.runner(self.seq_id, chunk, self.logits_all)
+            out = self.runner(self.seq_id, chunk, self.logits_all, rowwise=True) if rowwise \
+                else self.runner(self.seq_id, chunk, self.logits_all)
             self.input_ids[n_past:n_past + len(chunk)] = chunk
             if self.logits_all:
                 self.scores[n_past:n_past + len(chunk), :] = out

@@ -84,8 +84,11 @@ class Scheduler:
         self._expected: set = set()              # slots served by the last decode step
         self._last_step_s = 0.0
         self._closing = False
-        # what each sequence's cache holds, as this thread wrote it (prefix copies read it)
+        # what each sequence's cache holds, as this thread wrote it (prefix copies read it),
+        # and how many of its first positions were computed as a prompt (the prefix cache
+        # reuses only those: see SlotPool.take)
         self.held: List[List[int]] = [[] for _ in range(engine.n_seq)]
+        self.exact: List[int] = [0] * engine.n_seq
         # metrics (written by the scheduler thread, read under the lock)
         self.n_prompt_tokens = 0
         self.t_prompt = 0.0
@@ -224,6 +227,7 @@ class Scheduler:
         pos = self.engine.seq_pos[seq]
         if len(self.held[seq]) > pos:
             del self.held[seq][pos:]
+        self.exact[seq] = min(self.exact[seq], pos)
 
     def _drop(self, job: _Job) -> None:
         """A cancelled request's evaluation: undo its evaluated chunks, fail it."""
@@ -268,6 +272,7 @@ class Scheduler:
                 continue
             dt = time.perf_counter() - t0
             for j, out in zip(group, outs):
+                self.exact[j.seq] = min(self.exact[j.seq], len(self.held[j.seq]))
                 self.held[j.seq].extend(j.tokens)
                 self._remove(j)
                 j.finish(out if j.logits_all else out[-1])
@@ -302,6 +307,10 @@ class Scheduler:
             job.finish(error=e)
             return
         dt = time.perf_counter() - t0
+        if len(chunk) > 1 and self.exact[job.seq] >= len(self.held[job.seq]):
+            self.exact[job.seq] = len(self.held[job.seq]) + len(chunk)
+        else:
+            self.exact[job.seq] = min(self.exact[job.seq], len(self.held[job.seq]))
         self.held[job.seq].extend(chunk)
         with self._cv:
             self.n_prompt_tokens += len(chunk)
@@ -377,7 +386,7 @@ class SlotPool:
             free = [s for s in self.slots if not s.busy]
             if not free:
                 raise RuntimeError("no free slot (the hub's permits and the slots disagree)")
-            own = {s.index: self._own_prefix(s, prompt) for s in free}
+            own = {s.index: self._reusable(s, prompt) for s in free}
             slot = max(free, key=lambda s: (own[s.index], -s.last_used))
             slot.busy = True
             slot.cancel = cancel if cancel is not None else threading.Event()
@@ -385,6 +394,9 @@ class SlotPool:
             self.n_requests += 1
         self.scheduler.join(slot.index, slot.cancel)
         hit = own[slot.index]
+        seq = slot.sequence
+        if hit < seq.n_tokens:          # the generation code keeps at most this much
+            seq.truncate(hit)
         if prompt:
             try:
                 copied = self.scheduler.call(lambda: self._copy_best_prefix(slot, prompt, hit))
@@ -395,38 +407,52 @@ class SlotPool:
             self.prefix_hit_tokens += hit
         return slot
 
-    @staticmethod
-    def _own_prefix(slot: Slot, prompt: Optional[List[int]]) -> int:
-        """Prompt tokens the slot's own sequence can keep (one is evaluated again when the
-        whole prompt is cached, to get its logits)."""
+    def _reusable(self, slot: Slot, prompt: Optional[List[int]]) -> int:
+        """How much of `prompt` the free `slot` may keep: its common prefix, within the
+        positions computed as a prompt, leaving at least two prompt tokens to evaluate.
+
+        So a cached prefix is bit-identical to evaluating the prompt afresh: a prompt batch
+        computes each row exactly as any other split of the prompt would (as long as it has
+        two tokens or more), whereas a single token (the one llama-cpp-python re-evaluates
+        when the whole prompt is cached) or a generated token goes through the one-token
+        decode path, whose logits differ in the last digits. An answer thus never depends on
+        what the slot held before, nor on which slot it ran in."""
         if not prompt:
             return 0
-        n = longest_token_prefix(slot.sequence.tokens, prompt)
-        return min(n, len(prompt) - 1)
+        seq, sched = slot.sequence, self.scheduler
+        n = min(seq.n_tokens, sched.exact[slot.index], len(prompt) - 2)
+        if n <= 0:
+            return 0
+        n = longest_token_prefix(seq.input_ids[:n].tolist(), prompt)
+        return n if sched.held[slot.index][:n] == prompt[:n] else 0
 
     def _copy_best_prefix(self, slot: Slot, prompt: List[int], own: int) -> int:
         """(Scheduler thread.) Copy into `slot` the longest prefix of `prompt` that another
-        slot's cache holds, when longer than what `slot` keeps itself. Returns how many
-        tokens were copied (0: none)."""
+        slot's cache holds (within its prompt-computed positions, at most all but two of
+        the prompt), when longer than what `slot` keeps itself. Returns how many tokens
+        were copied (0: none)."""
         sched, eng = self.scheduler, self.engine
         best, best_n = None, own
-        limit = len(prompt) - 1
+        limit = len(prompt) - 2
         for other in self.slots:
             if other is slot:
                 continue
             sched._sync_held(other.index)
             seq = other.sequence
-            # positions whose tokens and rows the other request thread has recorded
-            n_rec = min(seq.n_tokens, eng.seq_pos[other.index], limit)
+            # positions whose tokens and rows the other request thread has recorded too
+            n_rec = min(seq.n_tokens, eng.seq_pos[other.index], sched.exact[other.index], limit)
+            if n_rec <= best_n:
+                continue
             held = sched.held[other.index]
             n = longest_token_prefix(held[:n_rec], prompt)
-            if n > best_n and np.array_equal(seq.input_ids[:n], held[:n]):
+            if n > best_n and seq.input_ids[:n].tolist() == held[:n]:
                 best, best_n = other, n
         if best is None:
             return 0
         dst, src = slot.sequence, best.sequence
         eng.copy_prefix(best.index, slot.index, best_n)
         sched.held[slot.index] = list(sched.held[best.index][:best_n])
+        sched.exact[slot.index] = best_n
         dst.calls.sequence = object()
         dst.input_ids[:best_n] = src.input_ids[:best_n]
         if dst.logits_all:
