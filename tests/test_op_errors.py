@@ -111,6 +111,35 @@ def test_runtime_error_then_recompute(pools):
         np.testing.assert_array_equal(g.nodes[-1].numpy(), [[8, 9, 10, 11], [0, 1, 2, 3]])
 
 
+def test_moe_bad_expert_id_writes_nothing_then_recompute(pools):
+    """gs_mul_mat_id: an expert id outside -1..n_expert-1 fails the compute before anything
+    is written (the output keeps its bytes); with the id fixed the same graph runs."""
+    with Context(1 << 20) as ctx:
+        w = ctx.from_numpy(np.ones((3, 4, 32), dtype=np.float32))      # 3 experts {32, 4}
+        ids = i32(ctx, [[0, 3]])
+        out = ctx.mul_mat_id(w, ctx.from_numpy(np.ones((1, 1, 32), dtype=np.float32)), ids).set_output()
+        g = Graph(ctx).build(out).plan(2)
+        ids.numpy()[:] = [[0, 1]]
+        g.compute(pools[2])
+        out.numpy()[...] = 5.0
+        ids.numpy()[:] = [[0, 3]]
+        with pytest.raises(GSRuntimeError, match="expert id 3 .*outside 0..2"):
+            g.compute(pools[2])
+        assert np.all(out.numpy() == 5.0)
+        ids.numpy()[:] = [[2, -1]]
+        g.compute(pools[2])
+        np.testing.assert_array_equal(out.numpy(), [[[32.0] * 4, [0.0] * 4]])
+
+
+def test_unknown_unary_op():
+    with Context(1 << 20) as ctx:
+        a = ctx.new_tensor(GGMLType.F32, (8, 2))
+        with pytest.raises(GSValueError, match="unknown unary op 6"):
+            ctx.unary(a, 6)
+        with pytest.raises(GSValueError, match="unknown unary op 99"):
+            ctx.glu(a, a, 99)
+
+
 def test_compute_before_plan_and_closed_context(pools):
     ctx = Context(1 << 20)
     x = ctx.from_numpy(np.ones((2, 4), dtype=np.float32))

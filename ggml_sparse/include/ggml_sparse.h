@@ -278,7 +278,8 @@ typedef enum {
     GS_UNARY_SILU = 1,
     GS_UNARY_GELU = 2,       /* tanh approximation, with ggml's CPU numerics (below) */
     GS_UNARY_SQR_RELU = 3,   /* relu(x)^2                         */
-    GS_UNARY_TANH = 4        /* tanhf(x)                          */
+    GS_UNARY_TANH = 4,       /* tanhf(x)                          */
+    GS_UNARY_SIGMOID = 5     /* 1 / (1 + expf(-x)) (MoE routers)  */
 } gs_unary_op;
 /* out = f(a), F32.
  * GELU is computed as ggml's CPU backend does for F32 (its GGML_GELU_FP16
@@ -568,5 +569,8 @@ int       gs_threadpool_n_threads(const gs_threadpool * tp);
 #ifdef __cplusplus
 }
 #endif
+
+/* The mixture-of-experts ops (gs_top_k, gs_mul_mat_id, ...). */
+#include "gs_moe.h"
 
 #endif /* GGML_SPARSE_H */

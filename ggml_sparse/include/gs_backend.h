@@ -17,8 +17,8 @@
  *     result views the destination) runs where that tensor lives.
  *   - Otherwise a node runs where its weight lives when its weight is a leaf:
  *     mul_mat's and get_rows' src0, attention's K and V caches, the sparse
- *     ops' weight rows, gs_sparse_index_remap's map (a host weight keeps the
- *     node on the CPU).
+ *     ops' weight rows, gs_sparse_index_remap's map, gs_mul_mat_id's experts
+ *     (a host weight keeps the node on the CPU).
  *   - Otherwise on the backend of its first source that is a placed leaf (a
  *     norm weight or a bias on the device), else where its computed sources
  *     run - the first of them that runs on a device, else the CPU - (so the

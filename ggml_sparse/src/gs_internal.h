@@ -122,6 +122,11 @@ typedef enum {
     GS_OP_SPARSE_FFN_BUNDLE, /* fused sparse FFN over neuron records      */
     GS_OP_SPARSE_FFN_UP_DOWN, /* up and down rows of the active neurons  */
     GS_OP_SPARSE_INDEX_REMAP, /* an index restricted to a slice's ids    */
+    GS_OP_TOP_K,            /* indices of the k largest per row (gs_moe.h) */
+    GS_OP_MUL_MAT_ID,       /* expert-indexed matrix product               */
+    GS_OP_MAP_IDS,          /* ids looked up in a map                      */
+    GS_OP_MOE_WEIGHTS,      /* routing weights of the chosen experts       */
+    GS_OP_MOE_SUM,          /* weighted sum of the experts' outputs        */
     GS_OP_COUNT
 } gs_op;
 
@@ -264,6 +269,14 @@ size_t gs_cpu_sparse_ffn_bundle_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_sparse_ffn_up_down(const gs_compute_params * p, gs_tensor * dst);
 size_t gs_cpu_sparse_ffn_up_down_work_size(const gs_tensor * dst, int n_threads);
 void gs_cpu_op_sparse_index_remap(const gs_compute_params * p, gs_tensor * dst);
+
+/* Mixture-of-experts kernels (cpu/ops_moe.c, cpu/matmul_id.c). */
+void gs_cpu_op_top_k(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_map_ids(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_moe_weights(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_moe_sum(const gs_compute_params * p, gs_tensor * dst);
+void gs_cpu_op_mul_mat_id(const gs_compute_params * p, gs_tensor * dst);
+size_t gs_cpu_mul_mat_id_work_size(const gs_tensor * dst, int n_threads);
 
 /* ---- graphs (graph.c; planned over backends by sched*.c) ---------------- */
 struct gs_sched;

@@ -11,7 +11,7 @@ static const char * const op_names[GS_OP_COUNT] = {
     "none", "view", "cpy", "set_rows", "get_rows", "add", "mul", "scale", "unary",
     "glu", "rms_norm", "norm", "rope", "soft_max", "mul_mat", "attention",
     "sparse_index", "mul_mat_sparse", "axpy_sparse", "sparse_ffn_bundle", "sparse_ffn_up_down",
-    "sparse_index_remap",
+    "sparse_index_remap", "top_k", "mul_mat_id", "map_ids", "moe_weights", "moe_sum",
 };
 
 const char * gs_op_name(gs_op op) {
@@ -281,7 +281,7 @@ gs_status gs_scale(gs_context * ctx, gs_tensor * a, float s, gs_tensor ** out) {
 }
 
 gs_status gs_unary(gs_context * ctx, gs_tensor * a, gs_unary_op op, gs_tensor ** out) {
-    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_TANH) {
+    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_SIGMOID) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_unary: unknown unary op %d", (int) op);
     }
     gs_status st = unary_like(ctx, GS_OP_UNARY, "gs_unary", a, out);
@@ -293,7 +293,7 @@ gs_status gs_glu(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_unary_op op,
                  gs_tensor ** out) {
     CHECK_OUT(ctx, out);
     GS_CHECK_ARG(a && b, "gs_glu: NULL tensor argument");
-    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_TANH) {
+    if ((int) op < GS_UNARY_RELU || op > GS_UNARY_SIGMOID) {
         return gs_set_error(GS_ERR_INVALID_ARG, "gs_glu: unknown unary op %d", (int) op);
     }
     if (a->type != GS_TYPE_F32) return type_error("gs_glu", a, "f32");

@@ -47,6 +47,7 @@ static int weight_srcs(const gs_tensor * node, int w[2]) {
         case GS_OP_MUL_MAT_SPARSE:
         case GS_OP_AXPY_SPARSE:
         case GS_OP_SPARSE_FFN_BUNDLE:
+        case GS_OP_MUL_MAT_ID:
             w[0] = 0;
             return 1;
         case GS_OP_ATTENTION:

@@ -1,7 +1,7 @@
 """Generate the cffi (API mode, out-of-line) C source for ggml_sparse.
 
 Run by the CMake build: ``python _build_ffi.py ggml_sparse.h gs_backend.h
-gs_cuda.h out.c``. The declarations between the ``cffi-begin`` and
+gs_cuda.h gs_moe.h out.c``. The declarations between the ``cffi-begin`` and
 ``cffi-end`` markers of each public header are handed to cffi verbatim, in
 the order the headers are given (the others use ggml_sparse.h's types), so
 the binding can never drift from the headers.

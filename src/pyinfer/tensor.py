@@ -55,6 +55,7 @@ class Unary(enum.IntEnum):
     GELU = lib.GS_UNARY_GELU        # ggml's CPU GELU (F16 table numerics, see ggml_sparse.h)
     SQR_RELU = lib.GS_UNARY_SQR_RELU
     TANH = lib.GS_UNARY_TANH
+    SIGMOID = lib.GS_UNARY_SIGMOID  # 1 / (1 + exp(-x)) (MoE routers)
 
 
 class RopeMode(enum.IntEnum):
@@ -484,6 +485,31 @@ class Context:
         a gated FFN's up and down projections, the gate's activation `act` given."""
         return self._op(lib.gs_sparse_ffn_up_down, up.ptr, down_t.ptr, act.ptr, h.ptr,
                         _ptr_or_null(idx), _ptr_or_null(skip))
+
+    # ---- mixture of experts (contracts: gs_moe.h) ----
+    def top_k(self, a: Tensor, k: int) -> Tensor:
+        """I32 {k, T}: per row of F32 a {n, T} the indices of its k largest values, by
+        descending value; ties: lower index first; NaN ranks below every number."""
+        return self._op(lib.gs_top_k, a.ptr, int(k))
+
+    def mul_mat_id(self, as_: Tensor, b: Tensor, ids: Tensor) -> Tensor:
+        """F32 {M, n_used, T}: out[t][u] = as_[ids[u][t]] . b[t][u, or 0 when b's ne1 is 1];
+        as_ {K, M, n_expert} (any gs_mul_mat weight type), b F32 {K, 1 or n_used, T},
+        ids I32 {n_used, T}; an id of -1 gives a row of zeros (the expert runs elsewhere)."""
+        return self._op(lib.gs_mul_mat_id, as_.ptr, b.ptr, ids.ptr)
+
+    def map_ids(self, ids: Tensor, map: Tensor) -> Tensor:
+        """I32 of ids' shape: map[ids] (map I32 {n_expert}); an id of -1 stays -1."""
+        return self._op(lib.gs_map_ids, ids.ptr, map.ptr)
+
+    def moe_weights(self, probs: Tensor, ids: Tensor, norm: bool = False, scale: float = 1.0) -> Tensor:
+        """F32 {k, T}: probs[ids[u][t]][t], with norm divided by their sum (llama.cpp's
+        double sum, clamped below at 2**-14), then times scale."""
+        return self._op(lib.gs_moe_weights, probs.ptr, ids.ptr, bool(norm), float(scale))
+
+    def moe_sum(self, experts: Tensor, weights: Tensor) -> Tensor:
+        """F32 {E, T}: sum over u in order of experts[t][u] * weights[u][t] (float)."""
+        return self._op(lib.gs_moe_sum, experts.ptr, weights.ptr)
 
 
 class ThreadPool:

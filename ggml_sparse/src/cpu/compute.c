@@ -12,6 +12,7 @@ size_t gs_cpu_work_size(const gs_tensor * node, int n_threads) {
         case GS_OP_AXPY_SPARSE:    return gs_cpu_axpy_sparse_work_size(node, n_threads);
         case GS_OP_SPARSE_FFN_BUNDLE: return gs_cpu_sparse_ffn_bundle_work_size(node, n_threads);
         case GS_OP_SPARSE_FFN_UP_DOWN: return gs_cpu_sparse_ffn_up_down_work_size(node, n_threads);
+        case GS_OP_MUL_MAT_ID: return gs_cpu_mul_mat_id_work_size(node, n_threads);
         default:              return 0;
     }
 }
@@ -52,6 +53,11 @@ void gs_cpu_compute_node(const gs_compute_params * p, gs_tensor * node) {
         case GS_OP_SPARSE_FFN_BUNDLE: gs_cpu_op_sparse_ffn_bundle(p, node); break;
         case GS_OP_SPARSE_FFN_UP_DOWN: gs_cpu_op_sparse_ffn_up_down(p, node); break;
         case GS_OP_SPARSE_INDEX_REMAP: gs_cpu_op_sparse_index_remap(p, node); break;
+        case GS_OP_TOP_K:       gs_cpu_op_top_k(p, node); break;
+        case GS_OP_MUL_MAT_ID:  gs_cpu_op_mul_mat_id(p, node); break;
+        case GS_OP_MAP_IDS:     gs_cpu_op_map_ids(p, node); break;
+        case GS_OP_MOE_WEIGHTS: gs_cpu_op_moe_weights(p, node); break;
+        case GS_OP_MOE_SUM:     gs_cpu_op_moe_sum(p, node); break;
         default:
             if (p->ith == 0) gs_compute_fail(p, GS_ERR_UNSUPPORTED, "op %s has no CPU kernel", gs_op_str(node->op));
     }

@@ -102,6 +102,7 @@ static inline __attribute__((always_inline)) float act(gs_unary_op op, float x, 
         case GS_UNARY_GELU: return gelu_compat(x);
         case GS_UNARY_SQR_RELU: return x > 0.0f ? x * x : 0.0f;
         case GS_UNARY_TANH: return tanhf(x);
+        case GS_UNARY_SIGMOID: return 1.0f / (1.0f + expf(-x));
     }
     return x;
 }

@@ -25,6 +25,7 @@ __device__ __forceinline__ float gs_unary_f(int op, float x) {
             return __half2float(__float2half_rn(y));
         }
         case GS_UNARY_TANH: return tanhf(x);
+        case GS_UNARY_SIGMOID: return 1.0f / (1.0f + expf(-x));
         default: { const float r = x > 0.0f ? x : 0.0f; return r * r; }   /* SQR_RELU */
     }
 }
