@@ -25,6 +25,8 @@ Measured per level (one repetition):
                    script during the level (/proc/stat): the load the numbers were taken under
                    (client_cpu_s: the CPU seconds this script, the clients, took)
 
+With --quiet-wait S each level first waits (at most S seconds) until other processes keep
+fewer than --quiet-below cores busy (waited_for_quiet_s in the JSON says how long).
 With --reps R each server runs R times (restarted each time; ours then theirs, then theirs
 then ours, ... so that a drift of the machine's load hits both alike) and every number of
 the report is the median of its R values. Ratios are ours / theirs: above 1 is better for
@@ -148,6 +150,20 @@ def machine_busy_seconds() -> float:
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def wait_for_quiet(pid: int, below: float, limit: float, window: float = 2.0) -> float:
+    """Wait (at most `limit` seconds) until processes other than the server `pid` and this one
+    keep fewer than `below` cores busy over a `window`-second sample; returns the seconds
+    waited (0 when limit is 0)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        m0, s0, o0 = machine_busy_seconds(), process_cpu_seconds(pid), own_cpu_seconds()
+        time.sleep(window)
+        mine = process_cpu_seconds(pid) - s0 + own_cpu_seconds() - o0
+        if (machine_busy_seconds() - m0 - mine) / window < below:
+            break
+    return time.monotonic() - t0
 
 
 def load_snapshot() -> Dict:
@@ -348,7 +364,9 @@ def run_server(name: str, args) -> Dict:
         warm_up(server, args)
         rows = []
         for c in args.levels:
+            waited = wait_for_quiet(server.pid, args.quiet_below, args.quiet_wait)
             rows.append(run_level(server, args, c))
+            rows[-1]["waited_for_quiet_s"] = waited
             r = rows[-1]
             print(f"  {name:6s} clients {c:2d}: {r['tok_per_s']:7.1f} tok/s  {r['req_per_s']:5.2f} req/s  "
                   f"ttft p50 {fmt_s(r['ttft_p50'])}  itl p50 {fmt_s(r['itl_p50'])}  "
@@ -444,6 +462,11 @@ def main() -> int:
     ap.add_argument("--n-parallel", type=int, default=16,
                     help="ours: --n_parallel (when the server has it; 0: not passed, its default)")
     ap.add_argument("--interleave", type=int, default=0, help="ours: --interleave_tokens")
+    ap.add_argument("--quiet-wait", type=float, default=0.0,
+                    help="before each level wait up to this many seconds for the machine to "
+                    "be quiet (shared machines; 0: do not wait)")
+    ap.add_argument("--quiet-below", type=float, default=0.5,
+                    help="quiet: other processes keep fewer cores than this busy")
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--no-force-length", dest="force_length", action="store_false",
                     help="do not send min_tokens=max_tokens (requests may end early)")

@@ -139,8 +139,8 @@ def test_spm_suffix_has_no_space_prefix():
     spm = Tokenizer.from_gguf(Path(__file__).parent / "data" / "vocab" / "ggml-vocab-llama-spm.gguf")
     world, sp_world, sp_hello = (spm.token_to_id(t) for t in ("world", "▁world", "▁Hello"))
     assert -1 not in (world, sp_world, sp_hello) and spm.tokenize(b"world", add_bos=False) == [sp_world]
-    fake = SimpleNamespace(_fim=FimTokens(3, 4, 5), _vocab=spm, tokenize=spm.tokenize,
-                           spm_infill=False, _custom_tokenizer=False)
+    fake = SimpleNamespace(fim=FimTokens(3, 4, 5), vocab=spm, tokenize=spm.tokenize,
+                           spm_infill=False, has_custom_tokenizer=False)
     assert infill_tokens(fake, "Hello", "world") == [spm.bos_id, 3, sp_hello, 4, world, 5]
     assert infill_tokens(fake, "Hello", " world") == [spm.bos_id, 3, sp_hello, 4, sp_world, 5]
     assert spm.add_space_prefix      # the shared vocabulary is left as it was

@@ -418,8 +418,8 @@ def test_compiled_grammars_are_cached_per_limits(tmp_path):
     path = str(tiny_chat_model.write_tiny_chat_model(tmp_path / "m.gguf"))
     text = 'root ::= "a" ("b" | "c")*'
     with Llama(path, n_ctx=64, verbose=False) as llm:
-        loose = llm._grammar_matcher(LlamaGrammar.from_string(text, verbose=False))
-        tight = llm._grammar_matcher(LlamaGrammar.from_string(text, verbose=False,
+        loose = llm.grammar_matcher(LlamaGrammar.from_string(text, verbose=False))
+        tight = llm.grammar_matcher(LlamaGrammar.from_string(text, verbose=False,
                                                               limits=GrammarLimits(max_states=1)))
         assert loose.automaton is not tight.automaton
         assert len(llm._grammar_automata) == 2

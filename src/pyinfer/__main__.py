@@ -109,22 +109,28 @@ def _run(args: argparse.Namespace) -> int:
         out = sys.stdout
         out.write(args.prompt)
         out.flush()
-        detok = StreamingDetokenizer(llm._vocab)
+        detok = StreamingDetokenizer(llm.vocab)
         detok.add_token(tokens[-1])   # context for the first piece's leading space
+        # the one decode loop (Llama.generate -> generate_step); a run is one sampled token and
+        # its forward, as llama.cpp counts them: the first token comes with the prompt's
+        # evaluation, the last one is evaluated after the loop
+        gen = llm.generate(tokens, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                           temp=args.temp, repeat_penalty=args.repeat_penalty)
         t1 = time.perf_counter()
-        llm.eval(tokens)
+        tok = next(gen) if n_predict > 0 else None
         t_prompt = time.perf_counter() - t1
         n_gen = 0
         t2 = time.perf_counter()
-        while n_gen < n_predict:
-            tok = llm.sample(top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                             temp=args.temp, repeat_penalty=args.repeat_penalty)
-            if llm._vocab.is_eog(tok) and not args.ignore_eos:
-                break
+        while tok is not None and not (llm.vocab.is_eog(tok) and not args.ignore_eos):
             out.write(detok.add_token(tok))
             out.flush()
             n_gen += 1
-            llm.eval([tok])       # one run = sample + forward, as llama.cpp counts it
+            if n_gen >= n_predict:
+                gen.close()
+                llm.eval([tok])
+                break
+            tok = next(gen)
+        gen.close()
         t_gen = time.perf_counter() - t2
         out.write(detok.finalize() + "\n")
         report_timings(os.path.basename(model), threads, t_load, len(tokens), t_prompt, n_gen, t_gen)

@@ -1,4 +1,4 @@
-"""Text completion on top of `Llama._generate`: prompt tokens, stop strings, echo, logprobs,
+"""Text completion on top of `Llama.generate_tokens` (generate_step): prompt tokens, stop strings, echo, logprobs,
 and the response / stream-chunk dicts of llama-cpp-python (OpenAI's completion shapes).
 
 Streaming sends the text in token groups: a group goes out once its bytes end on a UTF-8
@@ -74,7 +74,7 @@ def prompt_tokens(llama, prompt: Union[str, List[int]], suffix: Optional[str] = 
     """Prompt ids as llama-cpp-python builds them: special tokens in the text are parsed;
     BOS (and SEP/EOS) are added when the vocabulary asks for them; a token list is used as is.
     With a suffix: the fill-in-the-middle prompt of infill.py."""
-    vocab = llama._vocab
+    vocab = llama.vocab
     if suffix is not None:
         return infill_tokens(llama, prompt, suffix)
     if not isinstance(prompt, str):
@@ -126,12 +126,12 @@ class _Run:
         self.prompt_tokens = prompt_tokens(llama, req.prompt, req.suffix)
         self.prompt_text = (req.prompt if isinstance(req.prompt, str) else
                             llama.detokenize(self.prompt_tokens).decode("utf-8", errors="ignore"))
-        n_ctx, n_prompt = llama._n_ctx, len(self.prompt_tokens)
+        n_ctx, n_prompt = llama.n_ctx(), len(self.prompt_tokens)
         if n_prompt >= n_ctx:
             raise ValueError(f"Requested tokens ({n_prompt}) exceed context window of {n_ctx}")
-        if req.logprobs is not None and not llama._logits_all:
+        if req.logprobs is not None and not llama.logits_all:
             raise ValueError("logprobs is not supported for models created with logits_all=False")
-        llama._grammar_matcher(req.grammar)     # a grammar of the wrong type raises here
+        llama.grammar_matcher(req.grammar)     # a grammar of the wrong type raises here
         max_tokens = req.max_tokens
         if max_tokens is None or max_tokens <= 0:
             max_tokens = n_ctx - n_prompt
@@ -154,22 +154,22 @@ class _Run:
         llama, req = self.llama, self.req
         self._load_cached_prefix()
         llama.set_seed(req.seed if req.seed is not None
-                       else random.Random(llama._seed).randint(0, 2 ** 32))
-        settings = SamplingSettings(**{**req.sampling.__dict__, "seed": llama._seed})
+                       else random.Random(llama.seed).randint(0, 2 ** 32))
+        settings = SamplingSettings(**{**req.sampling.__dict__, "seed": llama.seed})
         longest_stop = max((len(s) for s in req.stop), default=0)
-        gen = llama._generate(self.prompt_tokens, settings, logits_processor=req.logits_processor,
+        gen = llama.generate_tokens(self.prompt_tokens, settings, logits_processor=req.logits_processor,
                               stopping_criteria=req.stopping_criteria, grammar=req.grammar)
         t_start = t_first = time.perf_counter()
         for token in gen:
             if not self.tokens:
                 t_first = time.perf_counter()
-            if llama._vocab.is_eog(token):
+            if llama.vocab.is_eog(token):
                 self.finish_reason = "stop"
                 break
             if len(self.req.prompt) == 0 and not self.tokens:  # no space prefix before the text
-                piece = llama.detokenize([llama._vocab.bos_id, token])
+                piece = llama.detokenize([llama.vocab.bos_id, token])
             else:   # a tokenizer given to Llama(tokenizer=...) may need the context
-                prev = self.prompt_tokens + self.tokens if llama._custom_tokenizer else None
+                prev = self.prompt_tokens + self.tokens if llama.has_custom_tokenizer else None
                 piece = llama.detokenize([token], prev_tokens=prev)
             self.tokens.append(token)
             start = max(0, len(self.buf) - longest_stop + 1)
@@ -188,7 +188,8 @@ class _Run:
         if llama.verbose:
             self._print_timings(t_start, t_first, time.perf_counter())
         crit = req.stopping_criteria
-        if crit is not None and llama._logits is not None and crit(llama._input_ids, llama._logits):
+        seq = llama.current_sequence
+        if crit is not None and seq.logits is not None and crit(seq.input_ids[:seq.n_tokens], seq.logits):
             self.finish_reason = "stop"
         if llama.cache:
             llama.cache[self.prompt_tokens + self.tokens] = llama.save_state()
@@ -209,7 +210,7 @@ class _Run:
         except KeyError:
             return
         cached = llama.longest_token_prefix(item.input_ids[:item.n_tokens].tolist(), self.prompt_tokens)
-        current = llama.longest_token_prefix(llama._input_ids.tolist(), self.prompt_tokens)
+        current = llama.longest_token_prefix(llama.current_sequence.tokens, self.prompt_tokens)
         if cached > current:
             llama.load_state(item)
 

@@ -57,5 +57,5 @@ def embed_texts(llama, texts: Sequence[str], normalize: bool, truncate: bool) ->
         if not tokens:
             raise ValueError("cannot embed an input that has no tokens")
         total += len(tokens)
-        data.append(pool(hidden_states(llama._engine, tokens), llama.pooling_type(), normalize))
+        data.append(pool(hidden_states(llama.engine, tokens), llama.pooling_type(), normalize))
     return data, total

@@ -2,7 +2,7 @@
 evaluating the prompt on a `Sequence`, forever (the caller stops).
 
 Everything that generates goes through it: `Llama.generate` and completion/chat (through
-`Llama._generate`), the CLI, and the server's parallel slots (whose sequences evaluate
+`Llama.generate_tokens`), the CLI, and the server's parallel slots (whose sequences evaluate
 through the batching scheduler's runner). The sampler is any object with
 ``sample(logits, input_ids) -> token`` and ``accept(token)`` (pyinfer.sampling.Sampler:
 penalties, logits processors, grammar, temperature chain); logits processors are functions

@@ -51,13 +51,13 @@ def infill_tokens(llama, prompt: Union[str, List[int]], suffix: str) -> List[int
     """The prompt ids of a fill-in-the-middle completion (see the module's docstring)."""
     if not isinstance(suffix, str):
         raise TypeError(f"suffix must be a str, not {type(suffix).__name__}")
-    fim: FimTokens = llama._fim
+    fim: FimTokens = llama.fim
     missing = fim.missing()
     if missing:
         raise ValueError("Infill is not supported by this model: it has no "
                          f"{', '.join(missing)} token (suffix= needs the model's "
                          "fill-in-the-middle tokens)")
-    vocab = llama._vocab
+    vocab = llama.vocab
     if isinstance(prompt, str):
         text = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=False) if prompt else []
     else:
@@ -74,9 +74,9 @@ def infill_tokens(llama, prompt: Union[str, List[int]], suffix: str) -> List[int
 def _continuation_tokens(llama, text: str) -> List[int]:
     """`text` tokenized as the continuation of other text: no special tokens parsed, no SPM
     space prefix (a tokenizer given to Llama(tokenizer=...) tokenizes it as it does)."""
-    if llama._custom_tokenizer:
+    if llama.has_custom_tokenizer:
         return llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-    vocab = llama._vocab
+    vocab = llama.vocab
     if vocab.add_space_prefix:
         vocab = copy.copy(vocab)        # shares the tables; only this attribute differs
         vocab.add_space_prefix = False

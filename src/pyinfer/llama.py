@@ -195,6 +195,42 @@ class Llama:
     def _seq(self) -> ModelSequence:
         return getattr(self._active, "seq", None) or self._own
 
+    # ---- pyinfer's public views (what completion, chat, the CLI and the server read) -----
+
+    @property
+    def current_sequence(self) -> ModelSequence:
+        """The Sequence this thread's calls work on (`using`), else this Llama's own."""
+        return self._seq
+
+    @property
+    def engine(self) -> Optional[Engine]:
+        """The loaded engine (None with vocab_only=True)."""
+        return self._engine
+
+    @property
+    def vocab(self) -> Tokenizer:
+        """pyinfer's tokenizer of the model (special tokens, end-of-generation ids)."""
+        return self._vocab
+
+    @property
+    def fim(self) -> FimTokens:
+        return self._fim
+
+    @property
+    def logits_all(self) -> bool:
+        """Whether every evaluated position's logits are kept (logits_all or a draft_model)."""
+        return self._logits_all
+
+    @property
+    def seed(self) -> int:
+        """The seed the next sampler starts from (set_seed changes it)."""
+        return self._seed
+
+    @property
+    def has_custom_tokenizer(self) -> bool:
+        """Whether Llama(tokenizer=...) replaced the model's tokenizer."""
+        return self._custom_tokenizer
+
     # the current sequence's state, under llama-cpp-python's names
     def _seq_attr(name: str, doc: str):   # noqa: N805 (a property factory used in the class body)
         return property(lambda self: getattr(self._seq, name),
@@ -286,7 +322,7 @@ class Llama:
         sampler = self._sampler or Sampler(
             self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
                            frequency_penalty, presence_penalty, mirostat_mode, mirostat_tau,
-                           mirostat_eta), logits_processor, self._grammar_matcher(grammar))
+                           mirostat_eta), logits_processor, self.grammar_matcher(grammar))
         token = sampler.sample(self._logits_at(idx), self._input_ids)
         sampler.accept(token)
         return token
@@ -315,16 +351,17 @@ class Llama:
         settings = self._settings(top_k, top_p, min_p, typical_p, temp, repeat_penalty,
                                   frequency_penalty, presence_penalty, mirostat_mode,
                                   mirostat_tau, mirostat_eta)
-        return self._generate(tokens, settings, logits_processor, stopping_criteria, reset,
-                              grammar)
+        return self.generate_tokens(tokens, settings, logits_processor, stopping_criteria, reset,
+                                    grammar)
 
-    def _generate(self, tokens: Sequence[int], settings: SamplingSettings,
-                  logits_processor=None, stopping_criteria=None, reset: bool = True,
-                  grammar=None):
-        """generate_step on the current sequence, yielding tokens (send(ids) appends ids)."""
+    def generate_tokens(self, tokens: Sequence[int], settings: SamplingSettings,
+                        logits_processor=None, stopping_criteria=None, reset: bool = True,
+                        grammar=None):
+        """generate_step on the current sequence with a SamplingSettings, yielding tokens
+        (send(ids) appends ids): what `generate` and completions run."""
         self._require_engine()
         seq = self._seq
-        sampler = seq.sampler = Sampler(settings, logits_processor, self._grammar_matcher(grammar))
+        sampler = seq.sampler = Sampler(settings, logits_processor, self.grammar_matcher(grammar))
         if stopping_criteria is not None and not callable(stopping_criteria):
             stopping_criteria = StoppingCriteriaList(stopping_criteria)     # a plain list
 
@@ -349,7 +386,7 @@ class Llama:
             if seq.sampler is sampler:
                 seq.sampler = None
 
-    def _grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
+    def grammar_matcher(self, grammar) -> Optional[GrammarMatcher]:
         """A fresh matcher for a LlamaGrammar (or GBNF text, or a llama_cpp.LlamaGrammar: its
         GBNF text is parsed here). The vocabulary's token trie is built on first use and kept,
         and so are the compiled grammars of the last few grammar texts with their state

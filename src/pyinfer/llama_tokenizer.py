@@ -9,7 +9,7 @@ from typing import List, Optional
 class LlamaTokenizer:
     def __init__(self, llama):
         self._model = llama._model      # llama_params.LlamaModelHandle
-        self._vocab = llama._vocab
+        self._vocab = llama.vocab
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> List[int]:
         return self._vocab.tokenize(text, add_bos=add_bos, special=special)

@@ -105,7 +105,8 @@ class Decoder:
 
     def decode(self, batch: llama_batch) -> int:
         llama = self.llama
-        llama._require_engine()                                         # noqa: SLF001
+        if llama.engine is None:
+            raise RuntimeError("this Llama was loaded with vocab_only=True: it has no weights to evaluate")
         n = int(batch.n_tokens)
         if n <= 0:
             raise ValueError("llama_decode: the batch has no tokens")
@@ -144,13 +145,13 @@ class Decoder:
         """Append tokens; the logits rows of the output positions. With logits_all every row
         is kept by Llama.eval; otherwise the batch is cut after each output position."""
         start = llama.n_tokens
-        if llama._logits_all:                                           # noqa: SLF001
+        if llama.logits_all:
             llama.eval(tokens)
             return [llama.scores[start + j].copy() for j in outputs]
         rows, done = [], 0
         for j in outputs:
             llama.eval(tokens[done:j + 1])
-            rows.append(llama._logits_at(llama.n_tokens - 1).copy())    # noqa: SLF001
+            rows.append(llama.current_sequence.logits_at(llama.n_tokens - 1).copy())
             done = j + 1
         if done < len(tokens):
             llama.eval(tokens[done:])
@@ -216,8 +217,7 @@ def truncate(llama, n: int) -> None:
     if n <= 0:
         llama.reset()
         return
-    calls = getattr(llama, "_calls", None)
-    if calls is not None:
-        calls.sequence = object()       # a suspended stream must not resume on this state
-    llama.n_tokens = min(n, llama.n_tokens)
-    llama._requires_eval = True                                         # noqa: SLF001
+    seq = llama.current_sequence      # a suspended stream must not resume on this state
+    seq.truncate(min(n, seq.n_tokens))
+    seq.calls.sequence = object()
+    seq.requires_eval = True

@@ -90,7 +90,7 @@ def _model(model: Any) -> _ModelFacts:
             and hasattr(model, "vocab") and callable(getattr(model, "metadata", None)):
         return _ModelFacts(model.vocab, model.metadata())
     llama = _handles.resolve(model, _handles.MODEL)
-    return _ModelFacts(llama._vocab, llama.metadata, llama)                     # noqa: SLF001
+    return _ModelFacts(llama.vocab, llama.metadata, llama)                     # noqa: SLF001
 
 
 def _context(ctx: Any) -> Decoder:
