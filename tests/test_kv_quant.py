@@ -344,3 +344,19 @@ def test_logits_against_llama_cpp(smol, smollm2, kv, monkeypatch):
     if kv == "q4_0" and not rotates:
         assert max(diffs) == 0.0                 # the same quantizer, products and online softmax
     assert max(diffs) < 2.0
+
+
+def test_perplexity_cli_cache_types(smollm2, capsys):
+    """python -m pyinfer.perplexity -ctk/-ctv (llama-perplexity's flags): a q8_0 cache scores
+    within 3% of F16 on the first chunk (256 scored tokens: noisier than the 0.1% over 16
+    chunks the benchmark measures); K and V of different types are refused (exit 2)."""
+    from pyinfer import perplexity
+
+    def ppl(kind):
+        assert perplexity.main([str(smollm2), "--chunks", "1", "-t", "2", "--no-progress", "-ctk", kind, "-ctv", kind]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        return float(line.split("PPL = ")[1].split()[0])
+    f16, q8 = ppl("f16"), ppl("q8_0")
+    assert f16 != q8 and abs(q8 - f16) / f16 < 0.03
+    assert perplexity.main([str(smollm2), "--chunks", "1", "-ctk", "q8_0"]) == 2
+    assert "differ" in capsys.readouterr().err

@@ -151,9 +151,10 @@ def second_half_logits(eng, chunk: Sequence[int]) -> np.ndarray:
 def model_perplexity(model_path: str, text: str, n_ctx: int = 512, n_chunks: int = -1,
                      n_threads: int = 0, bos: str = "auto", dense: bool = False,
                      on_chunk: Optional[Callable[[int, float], None]] = None,
-                     progress: bool = False) -> PerplexityResult:
+                     progress: bool = False, cache_type: str = "f16") -> PerplexityResult:
     """Perplexity of the model at `model_path` on `text` (see the module docstring);
-    n_chunks <= 0: every chunk of the text."""
+    n_chunks <= 0: every chunk of the text; `cache_type`: the KV cache's type (f16, f32,
+    q8_0, q4_0: llama-perplexity's -ctk/-ctv)."""
     from .config import ContextSettings
     from .engine import Engine
     from .gguf_model import GGUFFile
@@ -169,7 +170,7 @@ def model_perplexity(model_path: str, text: str, n_ctx: int = 512, n_chunks: int
     # llama.cpp tokenizes with add_special: BOS in front when the model adds one
     tokens = vocab.tokenize(text.encode("utf-8"), add_bos=add_bos)
     eng = Engine(f, ContextSettings(n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads,
-                                    dense=dense))
+                                    dense=dense, kv_type=cache_type))
     try:
         def logits_of(chunk):
             return second_half_logits(eng, chunk)
@@ -194,6 +195,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--bos", choices=("auto", "yes", "no"), default="auto",
                     help="write BOS over each chunk's first token: auto = when the model adds BOS")
     ap.add_argument("--dense", action="store_true", help="run a sparse (calibrated) model densely")
+    kv_types = ("f16", "f32", "q8_0", "q4_0")
+    ap.add_argument("-ctk", "--cache-type-k", choices=kv_types, default="f16", help="KV cache type of K")
+    ap.add_argument("-ctv", "--cache-type-v", choices=kv_types, default="f16",
+                    help="KV cache type of V (pyinfer keeps K and V in one type: give the same as -ctk)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     return cli_util.run(lambda: _main(args), ap.prog)
@@ -201,11 +206,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args) -> int:
     show = not args.no_progress
+    if args.cache_type_k != args.cache_type_v:
+        raise ValueError(f"-ctk {args.cache_type_k} and -ctv {args.cache_type_v} differ: pyinfer keeps "
+                                  "K and V in one type")
 
     def stream(i, ppl):     # the running values as llama.cpp streams them (with a bar: at the end)
         print(f"{',' if i else ''}[{i + 1}]{ppl:.4f}", end="", flush=True)
     res = model_perplexity(args.model, read_text(args.text), args.ctx_size, -1 if args.all else args.chunks,
-                           args.threads, args.bos, args.dense, on_chunk=None if show else stream, progress=show)
+                           args.threads, args.bos, args.dense, on_chunk=None if show else stream, progress=show,
+                           cache_type=args.cache_type_k)
     if show:
         print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running())), end="")
     print()

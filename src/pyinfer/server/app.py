@@ -87,7 +87,8 @@ def create_app(settings: Optional[Settings] = None,
     list of `model_settings` (the first is the default model), or nothing: then the
     CONFIG_FILE environment variable, or the environment (MODEL=..., N_CTX=...).
     `llama`: an already loaded Llama to serve as the first model (its settings are then
-    only used for the name). The default model is loaded here, before serving."""
+    only used for the name; it gets min(n_parallel, its n_seq_max) slots). The default
+    model is loaded here, before serving."""
     if settings is not None:
         server_settings = ServerSettings.model_validate(settings.model_dump())
         model_settings = [ModelSettings.model_validate(settings.model_dump())]
@@ -97,7 +98,9 @@ def create_app(settings: Optional[Settings] = None,
     if not model_settings:
         raise ValueError("create_app needs model settings")
     hub = ModelHub(model_settings, server_settings.any_model_name, llama=llama,
-                   n_parallel=server_settings.n_parallel,
+                   # the fair interleave is a way of serving one request at a time
+                   n_parallel=(1 if server_settings.interleave_tokens
+                               else server_settings.n_parallel),
                    max_queued=server_settings.max_queued_requests)
     hub.llama                                    # load the default model now
 
@@ -249,8 +252,10 @@ def _router(app: FastAPI, hub: ModelHub, ss: ServerSettings,
 
     @public.get("/health", summary="Health")
     async def health():
-        """llama.cpp's server's answer: status and how many slots are idle or busy."""
-        busy = hub.pool.n_busy if hub.pool is not None else int(hub.busy)
+        """Status and, with parallel slots, how many are idle or busy (llama.cpp's)."""
+        if hub.pool is None:
+            return {"status": "ok", "model": hub.loaded_alias}
+        busy = hub.pool.n_busy
         return {"status": "ok", "model": hub.loaded_alias,
                 "slots_idle": hub.n_parallel - busy, "slots_processing": busy}
 

@@ -91,8 +91,9 @@ class ModelHub:
 
     def __init__(self, models: List[ModelSettings], any_model_name: bool = False, llama=None,
                  n_parallel: int = 1, max_queued: int = 0):
-        """`llama`: an already loaded model for models[0] (tests and embedders reuse one,
-        loaded with n_seq_max >= n_parallel); `n_parallel`: slots generating at once (one
+        """`llama`: an already loaded model for models[0] (tests and embedders reuse one;
+        it gets as many slots as it has sequences, n_seq_max, at most n_parallel);
+        `n_parallel`: slots generating at once (one
         served model only; several models are served one request at a time);
         `max_queued`: most requests waiting for a slot (0: no limit)."""
         if not models:
@@ -110,6 +111,9 @@ class ModelHub:
         self._sem_obj: Optional[anyio.Semaphore] = None
         self._exclusive_obj: Optional[anyio.Lock] = None
         self.n_parallel = n_parallel if len(models) == 1 else 1
+        if llama is not None:   # a given model has the sequences it was loaded with
+            eng = getattr(llama, "_engine", None)
+            self.n_parallel = min(self.n_parallel, eng.n_seq if eng is not None else 1)
         self.max_queued = max_queued
         self.pool = None                          # batching.SlotPool when n_parallel > 1
         self._start_pool()

@@ -138,12 +138,12 @@ class ServerSettings(BaseSettings):
     interleave_tokens: int = Field(
         default=0, ge=0, description="Fair interleave: a stream hands the model to waiting "
         "requests after this many chunks, saving and restoring its KV cache (0: each request "
-        "runs to its end; only with one served model).")
+        "runs to its end; only with one served model; implies n_parallel 1).")
     n_parallel: int = Field(
         default=4, ge=1, description="Parallel slots: requests generating at once, their "
         "decode steps batched into one forward (continuous batching; the model holds one KV "
         "sequence of n_ctx positions per slot). 1: one request at a time. Only with one "
-        "served model.")
+        "served model and no interleave_tokens.")
     max_queued_requests: int = Field(
         default=64, ge=0, description="With n_parallel > 1: most requests waiting for a free "
         "slot; more are refused with 429 (0: no limit).")
