@@ -37,7 +37,12 @@ _KEYS = {"n_vocab": "vocab_size", "n_ctx_train": "context_length", "n_embd": "em
          "final_logit_softcap": "final_logit_softcapping", "attn_logit_softcap": "attn_logit_softcapping",
          "norm_eps": "attention.layer_norm_epsilon", "rope_attn_factor": "rope.scaling.attn_factor",
          "n_ctx_orig": "rope.scaling.original_context_length", "rope_ext_factor": "rope.scaling.type",
-         "rope_beta_fast": "rope.scaling.yarn_beta_fast", "rope_beta_slow": "rope.scaling.yarn_beta_slow"}
+         "rope_beta_fast": "rope.scaling.yarn_beta_fast", "rope_beta_slow": "rope.scaling.yarn_beta_slow",
+         "n_expert": "expert_count", "n_expert_used": "expert_used_count", "n_ff_exp": "expert_feed_forward_length",
+         "n_ff_shexp": "expert_shared_feed_forward_length", "expert_weights_scale": "expert_weights_scale",
+         "expert_gating_func": "expert_gating_func"}
+# expert_gating_func values (llama.cpp's llama_expert_gating_func_type) -> the router's function
+GATING_FUNCS = {0: "softmax", 1: "softmax", 2: "sigmoid"}
 
 
 @dataclass
@@ -77,6 +82,14 @@ class ModelConfig:
                                     # (rope.scaling.original_context_length; 0: n_ctx_train)
     norm_eps: float = 1e-5          # LayerNorm's epsilon (architectures with norm "layer")
     parallel_residual: bool = True  # gpt-neox: x + attn(ln1(x)) + mlp(ln2(x)) (else sequential)
+    # mixture of experts (model/moe.py); n_expert 0: a dense FFN
+    n_expert: int = 0               # experts per layer (expert_count)
+    n_expert_used: int = 0          # experts each token runs (expert_used_count)
+    n_ff_exp: int = 0               # an expert's FFN size (0: llama.cpp's default, see __post_init__)
+    n_ff_shexp: int = 0             # the shared expert's (0: n_ff)
+    expert_weights_norm: bool = False    # the chosen experts' weights divided by their sum
+    expert_weights_scale: float = 0.0    # ... then times it (0: not scaled)
+    expert_gating_func: int = 0     # router probabilities: 0/1 softmax, 2 sigmoid (GATING_FUNCS)
 
     def __post_init__(self):
         if self.n_head <= 0:
@@ -94,6 +107,13 @@ class ModelConfig:
             self.n_ctx_orig = self.n_ctx_train
         if self.n_swa and not self.swa_layers:
             self.swa_layers = (True,) * self.n_layer
+        if self.n_expert and self.n_ff_exp == 0:
+            # llama.cpp: llama and olmoe experts have n_ff rows; qwen2moe/qwen3moe without the
+            # key n_ff / n_expert_used
+            qwen = self.arch in ("qwen2moe", "qwen3moe") and self.n_expert_used > 0
+            self.n_ff_exp = self.n_ff // self.n_expert_used if qwen else self.n_ff
+        if self.n_expert and self.n_ff_shexp == 0:
+            self.n_ff_shexp = self.n_ff
         self._check()
 
     def apply_rope_settings(self, s: "ContextSettings") -> None:
@@ -168,6 +188,24 @@ class ModelConfig:
                                         f"entries for {self.n_layer} layers")
         if not (math.isfinite(self.attn_scale) and self.attn_scale >= 0):
             raise UnsupportedModelError(f"{self.arch}: attention scale {self.attn_scale} must be a finite number >= 0")
+        self._check_experts(bad)
+
+    def _check_experts(self, bad) -> None:
+        if self.n_expert < 0:
+            raise bad("n_expert", ">= 0")
+        if not self.n_expert:
+            if self.n_expert_used:
+                raise bad("n_expert_used", "0 without experts (expert_count 0)")
+            return
+        if not 1 <= self.n_expert_used <= self.n_expert:
+            raise bad("n_expert_used", f"between 1 and expert_count ({self.n_expert})")
+        for name in ("n_ff_exp", "n_ff_shexp"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "> 0")
+        if not (math.isfinite(self.expert_weights_scale) and self.expert_weights_scale >= 0):
+            raise bad("expert_weights_scale", "a finite number >= 0")
+        if self.expert_gating_func not in GATING_FUNCS:
+            raise bad("expert_gating_func", "0, 1 (softmax) or 2 (sigmoid)")
 
     @classmethod
     def from_metadata(cls, md: Dict[str, Any], n_vocab: Optional[int] = None) -> "ModelConfig":
@@ -246,8 +284,16 @@ class ModelConfig:
             ffn_act=_ffn_activation(md, spec.ffn_act) if spec.ffn_act in ("silu", "gelu") else spec.ffn_act,
             ffn_gate_both=spec.ffn_gate_both,
             name=str(md.get("general.name", "")),
+            n_expert=key("expert_count", 0, kind=int),
+            n_expert_used=key("expert_used_count", 0, kind=int),
             **extra,
         )
+        if cfg.n_expert and not spec.moe_tensors:
+            raise UnsupportedModelError(f"{arch}: a mixture of experts (expert_count {cfg.n_expert}) is not "
+                                        "supported for this architecture")
+        if spec.moe_only and not cfg.n_expert:
+            raise UnsupportedModelError(f"{arch}: GGUF metadata lacks '{arch}.expert_count' (or it is 0); "
+                                        "this architecture needs experts")
         if cfg.n_swa > 0:
             cfg.swa_layers = _swa_pattern(md, arch, cfg.n_layer, spec.swa_period)
         if spec.attn_scale is not None:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .tensor_map import ArchSpec, detect_arch
+from .tensor_map import MOE_NORM, ArchSpec, detect_arch
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,8 @@ GGUF_KEYS: Dict[str, str] = {
     "use_parallel_residual": "parallel_residual", "tensor_data_layout": "tensor_data_layout",
     "vocab_size": "n_vocab", "rope.scaling.original_context_length": "orig_ctx",
     "rope.scaling.attn_factor": "rope_attn_factor",
+    "expert_count": "n_expert", "expert_used_count": "n_expert_used", "expert_feed_forward_length": "n_ff_exp",
+    "expert_shared_feed_forward_length": "n_ff_shexp", "expert_weights_norm": "expert_weights_norm",
 }
 # llama.cpp's period of local/global attention layers (load_swa_pattern's default): the
 # converter writes attention.sliding_window_pattern only when layer_types differs from it
@@ -75,6 +77,11 @@ class HFParams:
     orig_ctx: Optional[int] = None
     rope_attn_factor: Optional[float] = None
     rope_factors: Dict[str, List[float]] = field(default_factory=dict)  # LongRoPE: long, short
+    n_expert: int = 0                    # mixture of experts: experts per layer
+    n_expert_used: Optional[int] = None  # ... run per token
+    n_ff_exp: Optional[int] = None       # an expert's FFN size (written where the GGUF has the key)
+    n_ff_shexp: Optional[int] = None     # the shared expert's
+    expert_weights_norm: Optional[bool] = None   # written only against llama.cpp's per-arch default
     name: str = ""
     generation: Dict[str, Any] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict)
@@ -85,9 +92,10 @@ class HFParams:
 
     @property
     def dims(self) -> Dict[str, int]:
-        """The shape symbols of tensor_map (E, F, V, Q, K, D, P)."""
+        """The shape symbols of tensor_map (E, F, V, Q, K, D, P, X, G, S)."""
         return {"E": self.n_embd, "F": self.n_ff, "V": self.n_vocab, "Q": self.n_head * self.head_dim,
-                "K": self.n_head_kv * self.head_dim, "D": self.head_dim, "P": self.n_pos}
+                "K": self.n_head_kv * self.head_dim, "D": self.head_dim, "P": self.n_pos,
+                "X": self.n_expert, "G": self.n_ff_exp or self.n_ff, "S": self.n_ff_shexp or self.n_ff}
 
     def gguf_values(self) -> Dict[str, Any]:
         """"{arch}." key suffix -> value, for every key of the architecture that has one."""
@@ -296,6 +304,12 @@ def _refuse_variants(cfg: Dict[str, Any], arch: str, arch_name: str, n_embd: int
         bad = "no final layer norm (_remove_final_layer_norm = true)"
     elif arch == "stablelm" and cfg.get("qk_layernorm"):
         bad = "per-head Q/K layer norms (qk_layernorm = true)"
+    elif arch in ("qwen2moe", "qwen3moe") and cfg.get("mlp_only_layers"):
+        bad = f"dense layers among the MoE ones (mlp_only_layers = {cfg['mlp_only_layers']!r:.40})"
+    elif arch in ("qwen2moe", "qwen3moe") and cfg.get("decoder_sparse_step", 1) != 1:
+        bad = f"MoE layers every {cfg['decoder_sparse_step']!r:.20} layers (decoder_sparse_step)"
+    elif arch == "olmoe" and cfg.get("clip_qkv") is not None:
+        bad = "clipped Q/K/V (clip_qkv)"
     if bad:
         raise ConfigError(f"{arch_name} with {bad} is not supported")
 
@@ -334,6 +348,32 @@ def _arch_values(p: HFParams, cfg: Dict[str, Any], theta_swa: Optional[float]) -
             setattr(p, attr, _number(key, cfg[key]))
     if arch == "phi3":
         _phi3_rope(p, cfg)
+    if p.arch.moe:
+        _moe_values(p, cfg)
+
+
+def _moe_values(p: HFParams, cfg: Dict[str, Any]) -> None:
+    """Expert counts and sizes (llama.cpp's converter: num_local_experts or num_experts,
+    num_experts_per_tok, moe_intermediate_size, shared_expert_intermediate_size), and
+    norm_topk_prob where it differs from llama.cpp's graph for the architecture."""
+    k, v = _first(cfg, ("num_local_experts", "num_experts"))
+    if k is None:
+        raise ConfigError("config.json lacks 'num_local_experts' (or 'num_experts')")
+    p.n_expert = _integer(k, v)
+    p.n_expert_used = _integer("num_experts_per_tok", cfg.get("num_experts_per_tok"))
+    if p.n_expert_used > p.n_expert:
+        raise ConfigError(f"config.json: num_experts_per_tok ({p.n_expert_used}) exceeds the "
+                          f"{p.n_expert} experts")
+    arch = p.arch.gguf_arch
+    if arch in ("qwen2moe", "qwen3moe"):
+        p.n_ff_exp = _integer("moe_intermediate_size", cfg.get("moe_intermediate_size"))
+    if arch == "qwen2moe":
+        p.n_ff_shexp = _integer("shared_expert_intermediate_size", cfg.get("shared_expert_intermediate_size"))
+    norm = cfg.get("norm_topk_prob")
+    if norm is not None and not isinstance(norm, bool):
+        raise ConfigError(f"config.json: 'norm_topk_prob' must be true or false, found {norm!r:.40}")
+    if norm is not None and norm != MOE_NORM[arch]:
+        p.expert_weights_norm = norm
 
 
 def _swa_pattern(layer_types, n_layer: int, period: int) -> Optional[List[int]]:

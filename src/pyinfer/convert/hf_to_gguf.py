@@ -89,13 +89,16 @@ TRANSFORMS: Dict[str, Callable[[np.ndarray, HFParams], np.ndarray]] = {
     "falcon_qkv": falcon_qkv,
     "neox_qkv": neox_qkv,
     "transpose": lambda x, p: np.ascontiguousarray(x.T),
+    # stacked experts' gate_up_proj [X, 2G, E]: the gate rows, or the up rows, of each expert
+    "gate_half": lambda x, p: np.ascontiguousarray(x[:, :x.shape[1] // 2]),
+    "up_half": lambda x, p: np.ascontiguousarray(x[:, x.shape[1] // 2:]),
 }
 
 
 def plan_tensors(p: HFParams, ckpt: Checkpoint, pred: Optional[Checkpoint], sparse: bool) -> List[PlannedTensor]:
     """Every GGUF tensor to write, in file order, after checking the checkpoint against it."""
     names = {canonical_name(p.arch, n): n for n in ckpt.names()}
-    why = check_names(p.arch, names, p.n_layer)
+    why = check_names(p.arch, names, p.n_layer, p.n_expert)
     if why:
         raise ConvertError(f"{why} ({p.hf_arch})")
     hidden = None
@@ -119,14 +122,15 @@ def plan_tensors(p: HFParams, ckpt: Checkpoint, pred: Optional[Checkpoint], spar
     out = []
     for t in planned:
         if t.source and not t.from_predictor:
-            t = PlannedTensor(t.name, t.ne, names[t.source], t.from_predictor, t.op)
-        if t.source:
+            t = PlannedTensor(t.name, t.ne, names[t.source], t.from_predictor, t.op,
+                              tuple(names[e] for e in t.experts))
+        for source in t.experts or ((t.source,) if t.source else ()):
             src = pred if t.from_predictor else ckpt
-            if t.source not in src:
-                raise ConvertError(f"missing tensor '{t.source}' (GGUF '{t.name}') in the checkpoint")
-            want, have = source_shape(t), src.shape(t.source)
+            if source not in src:
+                raise ConvertError(f"missing tensor '{source}' (GGUF '{t.name}') in the checkpoint")
+            want, have = source_shape(t), src.shape(source)
             if tuple(have) != want:
-                raise ConvertError(f"tensor '{t.source}' has shape {list(have)}, expected {list(want)} "
+                raise ConvertError(f"tensor '{source}' has shape {list(have)}, expected {list(want)} "
                                    f"from config.json (GGUF '{t.name}')")
         out.append(t)
     return out
@@ -184,7 +188,7 @@ def convert(model_dir: str, opts: ConvertOptions) -> ConvertReport:
     planned = plan_tensors(p, ckpt, pred, powerinfer)
     vocab = load_vocab(model_dir, p)
     has_output = any(t.name == "output.weight" for t in planned)
-    types = [tensor_type(t.name, t.ne, ot, p.n_layer, has_output, p.arch.gguf_arch) for t in planned]
+    types = [tensor_type(t.name, t.ne, ot, p.n_layer, has_output, p.arch.gguf_arch, p.n_expert) for t in planned]
 
     out = OutputFile(opts.outfile, p.arch.gguf_arch, powerinfer)
     with out.writing():
@@ -211,6 +215,8 @@ def _load(t: PlannedTensor, p: HFParams, ckpt: Checkpoint, pred: Optional[Checkp
         return llama3_rope_factors(p)
     if t.name.startswith("rope_factors_"):
         return np.asarray(p.rope_factors[t.name[len("rope_factors_"):-len(".weight")]], dtype=np.float32)
+    if t.experts:       # expert x's matrix at [x] (ne[2] = x), as llama.cpp's converter stacks them
+        return np.stack([_load(PlannedTensor(t.name, t.ne[:-1], e, op=t.op), p, ckpt, pred) for e in t.experts])
     x = (pred if t.from_predictor else ckpt).load(t.source)
     if x.dtype != np.float32:
         raise ConvertError(f"tensor '{t.source}' has integer dtype {x.dtype}; expected floating point")

@@ -72,14 +72,18 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 
 def is_quantizable(name: str, ne: Sequence[int]) -> bool:
-    """A matrix weight: 2-D or more, named *.weight, not a norm or a lookup-table of factors."""
+    """A matrix weight: 2-D or more, named *.weight, not a norm, a lookup-table of factors or an
+    MoE router (ffn_gate_inp, ffn_gate_inp_shexp: F32, as llama.cpp's converter keeps them)."""
     return (len(ne) >= 2 and name.endswith(".weight") and not name.endswith("_norm.weight")
-            and not name.startswith(("rope_freqs", "position_embd", "token_types")))
+            and not name.startswith(("rope_freqs", "position_embd", "token_types"))
+            and ".ffn_gate_inp" not in name)
 
 
 def tensor_type(name: str, ne: Sequence[int], ot: OutType, n_layer: int, has_output: bool,
-                arch: str = "llama") -> GGMLType:
-    """GGUF type of tensor `name` with ggml shape `ne` in a file of output type `ot`."""
+                arch: str = "llama", n_expert: int = 0) -> GGMLType:
+    """GGUF type of tensor `name` with ggml shape `ne` in a file of output type `ot` (of a
+    model with `n_expert` experts per layer: llama.cpp gives 8-expert models more bits in
+    attention)."""
     if not is_quantizable(name, ne):
         return GGMLType.F32
     t = ot.base
@@ -91,7 +95,11 @@ def tensor_type(name: str, ne: Sequence[int], ot: OutType, n_layer: int, has_out
         if is_output:
             t = GGMLType.Q8_0 if (arch == "falcon" or nx % QK_K) else GGMLType.Q6_K
         elif ot.name == "q4_k_m" and layer >= 0:
-            if name.endswith("attn_v.weight") and use_more_bits(layer, n_layer):
+            if name.endswith(("attn_v.weight", "attn_k.weight")) and n_expert == 8:
+                t = GGMLType.Q8_0
+            elif name.endswith("attn_output.weight") and n_expert == 8 and arch != "falcon":
+                t = GGMLType.Q5_K
+            elif name.endswith("attn_v.weight") and use_more_bits(layer, n_layer):
                 t = GGMLType.Q6_K
             elif ".ffn_down" in name:
                 if arch == "falcon":

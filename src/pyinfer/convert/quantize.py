@@ -40,7 +40,8 @@ def quantize_file(src: str, dst: str, type_name: str, threads: int = 0, progress
     n_layer = int(f.metadata.get(f"{arch}.block_count", 0))
     has_output = "output.weight" in f.tensors
     infos = list(f)
-    types = [tensor_type(t.name, t.ne, ot, n_layer, has_output, arch) if is_quantizable(t.name, t.ne)
+    n_expert = int(f.metadata.get(f"{arch}.expert_count", 0))
+    types = [tensor_type(t.name, t.ne, ot, n_layer, has_output, arch, n_expert) if is_quantizable(t.name, t.ne)
              else t.type for t in infos]
 
     out = OutputFile(dst, arch, f.is_powerinfer)

@@ -16,11 +16,15 @@ that the checkpoint holds nothing the map does not know.
 
 Shapes are ggml ``ne`` (innermost first), written with the symbols of
 ``HFParams.dims``: E n_embd, F n_ff, V n_vocab, Q n_head*head_dim, K
-n_head_kv*head_dim, D head_dim, P position rows (OPT); "Q+2K" sums, "2F" scales.
+n_head_kv*head_dim, D head_dim, P position rows (OPT), X n_expert, G an expert's
+FFN size, S the shared expert's; "Q+2K" sums, "2F" scales, "1" is one.
 Transforms (``op``, applied in hf_to_gguf.py): ``rope_q``/``rope_k`` (HF's
 rotate-half rows -> llama.cpp's interleaved pairs, only for ``rope="normal"``),
 ``falcon_qkv`` (Falcon's grouped [q.., k, v] per KV group -> all q, all k, all
 v), ``neox_qkv`` (GPT-NeoX's per-head [q, k, v] -> all q, all k, all v).
+Mixture-of-experts checkpoints hold one tensor per expert: an HF name with
+``{x}`` stands for experts 0 .. n_expert-1, stacked (expert x at ne[2] = x) into
+one 3-D GGUF tensor, as llama.cpp's converter merges them.
 
 Adding an architecture: an ``ArchSpec`` here (its tensor rules and keys) and its
 ``HF_ARCHITECTURES`` / ``HF_MODEL_TYPES`` names; in hf_config.py only a config
@@ -50,6 +54,10 @@ class TensorRule:
     op: str = ""                # data transform
     need: str = REQUIRED        # REQUIRED; OPTIONAL: written when the checkpoint has it;
                                 # UNTIED: required unless config.json ties it to the embeddings
+    fused: Tuple[str, ...] = ()  # stacked experts: HF names of one tensor holding every expert
+                                # (transformers 5's in-memory layout), read when the per-expert
+                                # ones are absent, with the transform fused_op
+    fused_op: str = ""
 
 
 def _r(gguf: str, hf, ne: str, op: str = "", need: str = REQUIRED) -> TensorRule:
@@ -86,6 +94,11 @@ class ArchSpec:
     @property
     def permute_qk(self) -> bool:
         return self.rope == "normal"
+
+    @property
+    def moe(self) -> bool:
+        """Its layers hold a router and stacked experts (config.json gives their counts)."""
+        return any(t.gguf == "ffn_gate_inp.weight" for t in self.layer)
 
 
 # ---- the tables -------------------------------------------------------------------------------
@@ -131,6 +144,36 @@ def _required_biases(rules: Tuple[TensorRule, ...]) -> Tuple[TensorRule, ...]:
     return tuple(TensorRule(t.gguf, t.hf, t.ne, t.op, REQUIRED)
                  if t.gguf in ("attn_q.bias", "attn_k.bias", "attn_v.bias") else t for t in rules)
 
+
+def _experts(prefix: str, names: Tuple[str, str, str], router: str, fused: bool = False) -> Tuple[TensorRule, ...]:
+    """The router ({E, X}) and the stacked experts of an MoE layer, HF names
+    `prefix`{x}.`name`.weight for the gate, up and down projections; with `fused`, also
+    `prefix`gate_up_proj ([X, 2G, E]: each expert's gate rows, then its up rows) and
+    `prefix`down_proj ([X, E, G]), with or without ".weight", as llama.cpp's Qwen2MoeModel
+    reads them."""
+    gate, up, down = (f"{prefix}{{x}}.{n}.weight" for n in names)
+
+    def one(gguf: str, hf: str, ne: str, stacked: str = "", op: str = "") -> TensorRule:
+        alts = (prefix + stacked, prefix + stacked + ".weight") if fused else ()
+        return TensorRule(gguf, (hf,), ne, fused=alts, fused_op=op)
+    return (_r("ffn_gate_inp.weight", router, "E,X"),
+            one("ffn_gate_exps.weight", gate, "E,G,X", "gate_up_proj", "gate_half"),
+            one("ffn_up_exps.weight", up, "E,G,X", "gate_up_proj", "up_half"),
+            one("ffn_down_exps.weight", down, "G,E,X", "down_proj"))
+
+
+_ATTN_NORMS = (_r("attn_norm.weight", "input_layernorm.weight", "E"),)
+_ATTN_OUT_FFN_NORM = (_r("attn_output.weight", "self_attn.o_proj.weight", "Q,E"),
+             _r("ffn_norm.weight", "post_attention_layernorm.weight", "E"))
+_QWEN_EXPERTS = _experts("mlp.experts.", ("gate_proj", "up_proj", "down_proj"), "mlp.gate.weight", fused=True)
+_OLMOE_EXPERTS = _experts("mlp.experts.", ("gate_proj", "up_proj", "down_proj"), "mlp.gate.weight")
+_SHARED_EXPERT = (
+    _r("ffn_gate_inp_shexp.weight", "mlp.shared_expert_gate.weight", "E,1"),
+    _r("ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight", "E,S"),
+    _r("ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight", "E,S"),
+    _r("ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight", "S,E"),
+)
+_MOE_KEYS = ("expert_count", "expert_used_count")
 
 _LM_KEYS = ("context_length", "embedding_length", "block_count", "feed_forward_length",
             "attention.head_count", "attention.head_count_kv", "rope.freq_base",
@@ -254,7 +297,35 @@ ARCH_SPECS: Dict[str, ArchSpec] = {
         ("context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count",
          "attention.head_count_kv", "attention.layer_norm_epsilon"),
         ("relu",), rope="none", norm="layer", powerinfer=True, aliases=(("decoder.", "model.decoder."),)),
+    # mixtures of experts; "expert_weights_norm" is written only where config.json's
+    # norm_topk_prob differs from what llama.cpp's graph does for the architecture
+    "mixtral": ArchSpec(
+        "llama", "model.layers.{i}.", _LM_EMBD,
+        _ATTN_NORMS + _ATTN + _ATTN_OUT_FFN_NORM
+        + _experts("block_sparse_moe.experts.", ("w1", "w3", "w2"), "block_sparse_moe.gate.weight"),
+        _LM_TAIL,
+        _LM_KEYS + ("vocab_size", "rope.dimension_count", "attention.sliding_window") + _MOE_KEYS,
+        _SILU, rope="normal", ignored=_ROPE_IGNORED),
+    "qwen2moe": ArchSpec(
+        "qwen2moe", "model.layers.{i}.", _LM_EMBD,
+        _ATTN_NORMS + _ATTN + _ATTN_OUT_FFN_NORM + _QWEN_EXPERTS + _SHARED_EXPERT, _LM_TAIL,
+        _LM_KEYS + _MOE_KEYS + ("expert_feed_forward_length", "expert_shared_feed_forward_length",
+                                "expert_weights_norm"),
+        _SILU, ignored=_ROPE_IGNORED),
+    "qwen3moe": ArchSpec(
+        "qwen3moe", "model.layers.{i}.", _LM_EMBD, _ATTN_NORMS + _ATTN + _ATTN_OUT_FFN_NORM + _QK_NORM + _QWEN_EXPERTS,
+        _LM_TAIL, _LM_KEYS + _MOE_KEYS + ("expert_feed_forward_length", "expert_weights_norm"),
+        _SILU, ignored=_ROPE_IGNORED),
+    "olmoe": ArchSpec(
+        "olmoe", "model.layers.{i}.", _LM_EMBD,
+        _ATTN_NORMS + _ATTN + _ATTN_OUT_FFN_NORM
+        + (_r("attn_q_norm.weight", "self_attn.q_norm.weight", "Q"),
+           _r("attn_k_norm.weight", "self_attn.k_norm.weight", "K"))
+        + _OLMOE_EXPERTS,
+        _LM_TAIL, _LM_KEYS + _MOE_KEYS + ("expert_weights_norm",), _SILU, ignored=_ROPE_IGNORED),
 }
+# the top-k normalisation llama.cpp's graph hard-codes per architecture (build_moe_ffn's norm_w)
+MOE_NORM = {"llama": True, "qwen2moe": False, "qwen3moe": True, "olmoe": False}
 
 # config.json "architectures"[0] -> key of ARCH_SPECS
 HF_ARCHITECTURES: Dict[str, str] = {
@@ -272,12 +343,17 @@ HF_ARCHITECTURES: Dict[str, str] = {
     "RWForCausalLM": "falcon",
     "GPTNeoXForCausalLM": "gptneox",
     "OPTForCausalLM": "opt",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2moe",
+    "Qwen3MoeForCausalLM": "qwen3moe",
+    "OlmoeForCausalLM": "olmoe",
 }
 # config.json "model_type", used when "architectures" is absent
 HF_MODEL_TYPES: Dict[str, str] = {
     "llama": "llama", "mistral": "llama", "bamboo": "bamboo", "qwen2": "qwen2", "qwen3": "qwen3",
     "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "stablelm": "stablelm",
     "starcoder2": "starcoder2", "falcon": "falcon", "gpt_neox": "gptneox", "opt": "opt",
+    "mixtral": "mixtral", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe",
 }
 
 
@@ -302,7 +378,7 @@ def detect_arch(cfg: dict) -> Tuple[str, ArchSpec]:
 
 # ---- shapes ------------------------------------------------------------------------------------
 
-_TERM = re.compile(r"^(\d*)([A-Z])$")
+_TERM = re.compile(r"^(\d*)([A-Z]?)$")
 
 
 def eval_ne(ne: str, dims: Dict[str, int]) -> Tuple[int, ...]:
@@ -314,6 +390,11 @@ def eval_ne(ne: str, dims: Dict[str, int]) -> Tuple[int, ...]:
             m = _TERM.match(term.strip())
             if not m:
                 raise ValueError(f"bad shape term {term!r} in {ne!r}")
+            if not m.group(2):
+                if not m.group(1):
+                    raise ValueError(f"bad shape term {term!r} in {ne!r}")
+                total += int(m.group(1))
+                continue
             total += int(m.group(1) or 1) * dims[m.group(2)]
         out.append(total)
     return tuple(out)
@@ -328,12 +409,17 @@ class PlannedTensor:
     source: str                     # HF tensor name (in the model or predictor checkpoint); "" generated
     from_predictor: bool = False
     op: str = ""                    # rope_q, rope_k, falcon_qkv, neox_qkv, transpose, norm_shift
+    experts: Tuple[str, ...] = ()   # stacked experts: the HF tensor of each (source is the first)
 
 
 def source_shape(t: PlannedTensor) -> Tuple[int, ...]:
     """The PyTorch shape the source tensor must have for `t`."""
     if t.op == "transpose":
         return tuple(t.ne)                  # [E, F] in torch order is ne {E, F} transposed
+    if t.experts:
+        return tuple(reversed(t.ne[:-1]))   # each expert's matrix
+    if t.op in ("gate_half", "up_half"):
+        return (t.ne[2], 2 * t.ne[1], t.ne[0])   # every expert's gate and up rows
     return tuple(reversed(t.ne))
 
 
@@ -346,17 +432,19 @@ def canonical_name(spec: ArchSpec, name: str) -> str:
 
 
 def _patterns(spec: ArchSpec) -> List["re.Pattern[str]"]:
-    """Regexes of every HF name the map knows (mapped or ignored), layer index as group 1."""
+    """Regexes of every HF name the map knows (mapped or ignored), layer index as group 1
+    (an expert's index as group "x")."""
     lp = re.escape(spec.layer_prefix).replace(r"\{i\}", r"(\d+)")
     pats = [re.escape(h) for t in spec.globals + spec.tail for h in t.hf]
-    pats += [lp + re.escape(h) for t in spec.layer for h in t.hf]
+    pats += [lp + re.escape(h).replace(r"\{x\}", r"(?P<x>\d+)") for t in spec.layer for h in t.hf + t.fused]
     pats += [re.escape(g).replace(re.escape("{L}"), lp) if g.startswith("{L}") else re.escape(g)
              for g in spec.ignored]
     return [re.compile("^" + p + "$") for p in pats]
 
 
-def check_names(spec: ArchSpec, names, n_layer: int) -> Optional[str]:
-    """The first checkpoint tensor the map does not know (or of a layer >= n_layer), with why."""
+def check_names(spec: ArchSpec, names, n_layer: int, n_expert: int = 0) -> Optional[str]:
+    """The first checkpoint tensor the map does not know (or of a layer >= n_layer, or an
+    expert >= n_expert), with why."""
     pats = _patterns(spec)
     for name in names:
         m = next((m for m in (p.match(name) for p in pats) if m), None)
@@ -366,6 +454,9 @@ def check_names(spec: ArchSpec, names, n_layer: int) -> Optional[str]:
         if m.groups() and m.group(1) is not None and int(m.group(1)) >= n_layer:
             return f"tensor '{name}' belongs to layer {m.group(1)}, but config.json has " \
                    f"num_hidden_layers = {n_layer}"
+        if m.groupdict().get("x") is not None and int(m.group("x")) >= n_expert:
+            return f"tensor '{name}' belongs to expert {m.group('x')}, but config.json has " \
+                   f"{n_expert} experts"
     return None
 
 
@@ -385,6 +476,9 @@ def plan_rules(spec: ArchSpec, dims: Dict[str, int], n_layer: int, present, tied
     missing: List[str] = []
 
     def add(t: TensorRule, prefix: str, gguf_prefix: str) -> None:
+        if any("{x}" in h for h in t.hf):
+            add_experts(t, prefix, gguf_prefix)
+            return
         src = _pick(t, present, prefix)
         need = t.need
         if need == UNTIED:
@@ -402,6 +496,23 @@ def plan_rules(spec: ArchSpec, dims: Dict[str, int], n_layer: int, present, tied
             if t.gguf.endswith(".weight"):
                 ne, op = (ne[1], ne[0]), "transpose"
         planned.append(PlannedTensor(name, ne, src, op=op))
+
+    def add_experts(t: TensorRule, prefix: str, gguf_prefix: str) -> None:
+        stacked = _pick(TensorRule(t.gguf, t.fused, t.ne), present, prefix) if t.fused else None
+        first = _pick(TensorRule(t.gguf, tuple(h.replace("{x}", "0") for h in t.hf), t.ne), present, prefix)
+        if stacked is not None and first is None:
+            planned.append(PlannedTensor(gguf_prefix + t.gguf, eval_ne(t.ne, dims), stacked, op=t.fused_op))
+            return
+        srcs = []
+        for x in range(dims["X"]):
+            one = TensorRule(t.gguf, tuple(h.replace("{x}", str(x)) for h in t.hf), t.ne)
+            src = _pick(one, present, prefix)
+            if src is None:
+                missing.append(prefix + one.hf[0])
+                return
+            srcs.append(src)
+        planned.append(PlannedTensor(gguf_prefix + t.gguf, eval_ne(t.ne, dims), srcs[0], op=t.op,
+                                     experts=tuple(srcs)))
 
     for t in spec.globals:
         add(t, "", "")

@@ -65,6 +65,16 @@ LAYER_TENSORS: Dict[str, Tuple[str, Optional[Callable[[Any], tuple]]]] = {
     "b_up": ("ffn_up.bias", lambda c: (c.n_ff,)),
     "b_down": ("ffn_down.bias", lambda c: (c.n_embd,)),
     "b_down_t": ("ffn_down_t.bias", lambda c: (c.n_embd,)),   # PowerInfer OPT: ffn_down's bias
+    # mixture of experts (model/moe.py): the router, the experts stacked along ne[2], and the
+    # shared expert with its sigmoid gate (qwen2moe; {n_embd, 1} as llama.cpp's converter writes it)
+    "ffn_gate_inp": ("ffn_gate_inp.weight", lambda c: (c.n_embd, c.n_expert)),
+    "ffn_gate_exps": ("ffn_gate_exps.weight", lambda c: (c.n_embd, c.n_ff_exp, c.n_expert)),
+    "ffn_up_exps": ("ffn_up_exps.weight", lambda c: (c.n_embd, c.n_ff_exp, c.n_expert)),
+    "ffn_down_exps": ("ffn_down_exps.weight", lambda c: (c.n_ff_exp, c.n_embd, c.n_expert)),
+    "ffn_gate_inp_shexp": ("ffn_gate_inp_shexp.weight", lambda c: (c.n_embd, 1)),
+    "ffn_gate_shexp": ("ffn_gate_shexp.weight", lambda c: (c.n_embd, c.n_ff_shexp)),
+    "ffn_up_shexp": ("ffn_up_shexp.weight", lambda c: (c.n_embd, c.n_ff_shexp)),
+    "ffn_down_shexp": ("ffn_down_shexp.weight", lambda c: (c.n_ff_shexp, c.n_embd)),
 }
 # the norm weights (read as F32, as llama.cpp requires of them)
 NORM_TENSORS = frozenset({"attn_norm", "attn_q_norm", "attn_k_norm", "attn_post_norm", "ffn_norm",
@@ -75,6 +85,9 @@ POWERINFER_REPLACES = {"w_down": "w_down_t", "b_down": "b_down_t"}
 LLAMA_TENSORS = frozenset({"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"})
 ATTN_BIASES = frozenset({"bq", "bk", "bv"})
 POWERINFER_TENSORS = frozenset({"w_down_t", "fc1", "fc2"})   # ffn_down may then be absent
+DENSE_FFN = frozenset({"w_gate", "w_up", "w_down"})
+MOE_TENSORS = frozenset({"ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"})
+SHARED_EXPERT = frozenset({"ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"})
 
 
 @dataclass(frozen=True)
@@ -116,10 +129,24 @@ class Arch:
     shapes: Tuple[Tuple[str, Callable[[Any], tuple]], ...] = ()   # LAYER_TENSORS shapes this
                                   # architecture's files have instead (phi3: fused gate and up)
     qkv_either: bool = False      # the layer holds attn_qkv or attn_q/k/v (at least one form)
+    qk_norm_full: bool = False    # attn_q_norm/attn_k_norm: RMS norms over the whole q and k
+                                  # projections (olmoe), not over each head
+    moe_tensors: FrozenSet[str] = frozenset()   # an MoE layer's FFN tensors, held in place of the
+                                  # dense FFN's (w_gate, w_up, w_down) when the file has experts
+                                  # (expert_count > 0); empty: the architecture has no MoE form
+    moe_only: bool = False        # expert_count must be > 0 (llama.cpp refuses such files without)
 
     def shape(self, field: str) -> Optional[Callable[[Any], tuple]]:
         """The expected shape of LayerWeights `field` (a function of the config)."""
         return dict(self.shapes).get(field, LAYER_TENSORS[field][1])
+
+    def layer_tensors(self, n_expert: int) -> Tuple[FrozenSet[str], FrozenSet[str]]:
+        """(LayerWeights fields every layer must hold, fields it may hold) in a file with
+        `n_expert` experts: an MoE layer holds moe_tensors instead of the dense FFN (and no
+        PowerInfer predictor)."""
+        if n_expert and self.moe_tensors:
+            return self.tensors - DENSE_FFN | self.moe_tensors, self.optional - POWERINFER_TENSORS
+        return self.tensors, self.optional
 
 
 def _f32_inv_sqrt(x: float) -> float:
@@ -200,13 +227,39 @@ LN_NORMS = frozenset({"attn_norm", "attn_norm_b"})
 PLAIN_FFN = frozenset({"w_up", "w_down"})
 PLAIN_FFN_BIASES = frozenset({"b_up", "b_down"})
 
+
+def moe_hparams(norm: bool) -> Tuple[HParam, ...]:
+    """The MoE keys beyond expert_count/expert_used_count (read for every architecture by
+    ModelConfig.from_metadata): the experts' FFN sizes (0: n_ff, see ModelConfig) and the
+    router's options: `norm` is the architecture's default of expert_weights_norm (the chosen
+    experts' weights divided by their sum; llama.cpp hard-codes it per architecture), the
+    scale 0 means none, the gating function 0 means llama.cpp's (softmax for these)."""
+    return (HParam("n_ff_exp", "expert_feed_forward_length", 0, int),
+            HParam("n_ff_shexp", "expert_shared_feed_forward_length", 0, int),
+            HParam("expert_weights_norm", "expert_weights_norm", norm, bool),
+            HParam("expert_weights_scale", "expert_weights_scale", 0.0),
+            HParam("expert_gating_func", "expert_gating_func", 0, int))
+
+
 ARCHS: Dict[str, Arch] = {a.name: a for a in (
     # Mistral's window: our converter writes llama.attention.sliding_window, every layer local
-    # (llama.cpp's converter drops it, and its llama ignores it: such a file attends to all)
-    Arch("llama", llama_block, hparams=(HParam("n_swa", "attention.sliding_window", 0, int),)),
+    # (llama.cpp's converter drops it, and its llama ignores it: such a file attends to all).
+    # Mixtral is a llama file with expert_count > 0: its layers hold experts, weights normalised
+    Arch("llama", llama_block, hparams=(HParam("n_swa", "attention.sliding_window", 0, int),) + moe_hparams(True),
+         moe_tensors=MOE_TENSORS),
     Arch("qwen2", llama_block, rope_neox=True),
     Arch("qwen3", llama_block, tensors=LLAMA_TENSORS | {"attn_q_norm", "attn_k_norm"},
          optional=POWERINFER_TENSORS, rope_neox=True, rms_eps=1e-6),
+    # the MoE architectures (llama.cpp: qwen2moe never normalises the top-k weights, qwen3moe
+    # always, olmoe never; the file's expert_weights_norm overrides); all softmax routers
+    Arch("qwen2moe", llama_block, optional=ATTN_BIASES, rope_neox=True, moe_tensors=MOE_TENSORS | SHARED_EXPERT,
+         moe_only=True, hparams=moe_hparams(False)),
+    Arch("qwen3moe", llama_block, tensors=LLAMA_TENSORS | {"attn_q_norm", "attn_k_norm"}, optional=frozenset(),
+         rope_neox=True, rms_eps=1e-6, moe_tensors=MOE_TENSORS, moe_only=True, hparams=moe_hparams(True)),
+    Arch("olmoe", llama_block, tensors=LLAMA_TENSORS | {"attn_q_norm", "attn_k_norm"}, optional=frozenset(),
+         rope_neox=True, qk_norm_full=True, moe_tensors=MOE_TENSORS, moe_only=True, hparams=moe_hparams(False),
+         shapes=(("attn_q_norm", lambda c: (c.n_head * c.head_dim,)),
+                 ("attn_k_norm", lambda c: (c.n_head_kv * c.head_dim,)))),
     # PowerInfer's ReLU Mistral: relu(gate) * relu(up)
     Arch("bamboo", llama_block, ffn_act="relu", ffn_gate_both=True),
     Arch("gemma3", gemma3_block,

@@ -18,6 +18,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..tensor import Context, GGMLType, RopeMode, RopeYarn, Tensor, Unary, yarn_attn_factor
 from .arch import Arch, get_arch
+from .moe import moe_ffn
 
 if TYPE_CHECKING:
     from .llama import KVCache, LayerWeights, LlamaWeights
@@ -89,12 +90,14 @@ class LayerBuilder:
             k = ctx.view(qkv, (hd, nkv, n), (f, hd * f, row), nh * hd * f)
             v = ctx.view(qkv, (hd * nkv, n), (f, row), (nh + nkv) * hd * f)
         else:
-            q = ctx.reshape(proj(layer.wq, layer.bq), (hd, nh, n))
-            k = ctx.reshape(proj(layer.wk, layer.bk), (hd, nkv, n))
+            q, k = proj(layer.wq, layer.bq), proj(layer.wk, layer.bk)
+            if self.spec.qk_norm_full:     # olmoe: norms over the whole projections, then the heads
+                q, k = self.norm(q, layer.attn_q_norm), self.norm(k, layer.attn_k_norm)
+            q, k = ctx.reshape(q, (hd, nh, n)), ctx.reshape(k, (hd, nkv, n))
             v = proj(layer.wv, layer.bv)
-        if layer.attn_q_norm is not None:
+        if layer.attn_q_norm is not None and not self.spec.qk_norm_full:
             q = self.norm(q, layer.attn_q_norm)
-        if layer.attn_k_norm is not None:
+        if layer.attn_k_norm is not None and not self.spec.qk_norm_full:
             k = self.norm(k, layer.attn_k_norm)
         if self.spec.rope:
             mode = RopeMode.NEOX if cfg.rope_neox else RopeMode.NORMAL
@@ -225,7 +228,9 @@ def logits(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", hidden: Tensor) ->
 
 def dense_ffn(cfg: ModelConfig) -> FFN:
     """The dense FFN of `cfg`'s architecture (its kind: gated or plain) and activation as an
-    FFN builder."""
+    FFN builder; a model with experts gets the mixture of experts (model/moe.py)."""
+    if cfg.n_expert:
+        return moe_ffn(cfg)
     block = DENSE_FFNS[get_arch(cfg.arch).ffn]
     return lambda ctx, layer, x, h: block(ctx, cfg, layer, h)
 

@@ -73,6 +73,16 @@ class LayerWeights:
     b_up: Optional[Tensor] = None       # {n_ff}
     b_down: Optional[Tensor] = None     # {n_embd}
     b_down_t: Optional[Tensor] = None   # {n_embd}: PowerInfer OPT's ffn_down_t.bias (= ffn_down's)
+    # mixture of experts (model/moe.py), in place of w_gate/w_up/w_down
+    ffn_gate_inp: Optional[Tensor] = None    # {n_embd, n_expert}: the router
+    ffn_gate_exps: Optional[Tensor] = None   # {n_embd, n_ff_exp, n_expert}: expert e's gate is [:, :, e]
+    ffn_up_exps: Optional[Tensor] = None     # {n_embd, n_ff_exp, n_expert}
+    ffn_down_exps: Optional[Tensor] = None   # {n_ff_exp, n_embd, n_expert}
+    ffn_gate_inp_shexp: Optional[Tensor] = None   # {n_embd, 1}: the shared expert's sigmoid gate
+    ffn_gate_shexp: Optional[Tensor] = None  # {n_embd, n_ff_shexp}
+    ffn_up_shexp: Optional[Tensor] = None    # {n_embd, n_ff_shexp}
+    ffn_down_shexp: Optional[Tensor] = None  # {n_ff_shexp, n_embd}
+    index: int = -1                          # the layer's number (names of its graph outputs)
 
 
 @dataclass
@@ -108,8 +118,10 @@ class LlamaWeights:
         into the interleaved-rows layout, Q4_K keeping its bytes, products in its
         repacked order), and the file pages they were read from are released; with
         ``repack="q4_0"``, Q4_0 ones only (Q4_K's repacked products are not rowwise).
-        token_embd (read by get_rows), the FFNs of PowerInfer layers and ffn_up of
-        CATS-calibrated files (sparse ops) stay as mapped."""
+        token_embd (read by get_rows), the FFNs of PowerInfer layers, ffn_up of
+        CATS-calibrated files (sparse ops) and the stacked experts of MoE layers (mul_mat_id
+        reads the file's layout) stay as mapped; an MoE layer's router and shared expert are
+        ordinary products, repacked like the others."""
         spec = get_arch(cfg.arch)
         E, V = cfg.n_embd, cfg.n_vocab
 
@@ -119,7 +131,9 @@ class LlamaWeights:
             if optional and f.get(name) is None:
                 return None
             read.add(name)
-            info = f.require(name, ne) if ne is not None else f.get(name)
+            info = f.get(name)
+            if ne is not None and (info is None or _squeezed(info.ne) != _squeezed(ne)):
+                info = f.require(name, ne)      # raises: missing, or another shape
             if info is None:
                 raise ModelLoadError(f"tensor '{name}' is missing")
             t = ctx.new_tensor(_weight_type(info.type, name), info.ne, name)
@@ -127,21 +141,22 @@ class LlamaWeights:
             return t
 
         layers = []
+        required, may_hold = spec.layer_tensors(cfg.n_expert)
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
             fields = dict.fromkeys(LAYER_TENSORS)
             powerinfer = f.get(p + LAYER_TENSORS["w_down_t"][0]) is not None
-            for field_name in sorted(spec.tensors | spec.optional):
+            for field_name in sorted(required | may_hold):
                 suffix, shape = LAYER_TENSORS[field_name][0], spec.shape(field_name)
                 # a PowerInfer layer holds ffn_down_t (and its bias) in place of ffn_down
-                optional = field_name not in spec.tensors or (field_name in POWERINFER_REPLACES and powerinfer)
+                optional = field_name not in required or (field_name in POWERINFER_REPLACES and powerinfer)
                 t = wrap(p + suffix, shape(cfg) if shape else None, optional)
                 if t is not None and field_name in NORM_TENSORS:
                     _f32(t, p + suffix)
                 fields[field_name] = t
             if spec.qkv_either and fields["wqkv"] is None and None in (fields["wq"], fields["wk"], fields["wv"]):
                 raise ModelLoadError(f"layer {i} has neither {p}attn_qkv.weight nor all of {p}attn_q/k/v.weight")
-            layers.append(LayerWeights(**fields))
+            layers.append(LayerWeights(**fields, index=i))
         tok_embd = wrap("token_embd.weight", (E, V))
         output = wrap("output.weight", (E, V), optional=True) or tok_embd
         if repack:
@@ -152,6 +167,7 @@ class LlamaWeights:
                 mats += [layer.wq, layer.wk, layer.wv, layer.wqkv, layer.wo]
                 if layer.w_down_t is None and layer.fc1 is None:
                     mats += [layer.w_gate, layer.w_down] + ([] if cats else [layer.w_up])
+                mats += [layer.ffn_gate_inp, layer.ffn_gate_shexp, layer.ffn_up_shexp, layer.ffn_down_shexp]
             for t in mats:
                 if t is not None and t.can_repack and (repack is True or t.type == GGMLType.Q4_0):
                     mapped = f.get(t.name).data
@@ -174,6 +190,15 @@ class LlamaWeights:
                                  f"({', '.join(unread[:4])}{', ...' if len(unread) > 4 else ''}): "
                                  "this variant of the architecture is not supported")
         return cls(tok_embd, layers, out_norm, output, rope_freqs, out_norm_b, pos_embd, rope_long, rope_short)
+
+
+def _squeezed(ne) -> tuple:
+    """A shape without its trailing 1s: ggml's {n, 1} and {n} are one shape (llama.cpp's
+    converter writes ffn_gate_inp_shexp as {n_embd, 1}, its quantizer as {n_embd})."""
+    ne = tuple(ne)
+    while len(ne) > 1 and ne[-1] == 1:
+        ne = ne[:-1]
+    return ne
 
 
 def _release_pages(data: np.ndarray) -> None:
