@@ -195,9 +195,7 @@ def _run(path, tokens, n_greedy, kv_type="f16"):
     e = Engine(path, ContextSettings(n_ctx=64, kv_type=kv_type))
     try:
         logits = e.decode(tokens, logits_all=True)
-        # the prompt's graph (Engine caches graphs by (n_tokens, n_outputs, embeddings))
-        graph = e._graphs[(len(tokens), len(tokens), False)].graph
-        routes = {layer: ids.copy() for layer, ids in routing_ids(graph).items()}
+        routes = e.routing()          # the prompt's forward (one n_batch chunk)
         out, last = [], logits[-1]
         for _ in range(n_greedy):
             out.append(int(np.argmax(last)))

@@ -103,6 +103,7 @@ class Engine:
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.seq_pos = [0] * self.n_seq   # per sequence: the positions its stream holds
+        self._last_graph: "ForwardGraph | None" = None
         self._lock = threading.Lock()   # held by every computation, cache change and close()
         self.closed = False
         self.load_time = time.perf_counter() - t0
@@ -134,18 +135,22 @@ class Engine:
             if self._backends:
                 # the device's memory holds one graph's intermediates (the plan reserved that)
                 while self._graphs:
-                    self._graphs.popitem()[1].close()
+                    self._close_graph(self._graphs.popitem()[1])
             # as llama.cpp: single-token decode on n_threads, batches on n_threads_batch
             threads = self.n_threads if n_tokens == 1 else self.n_threads_batch
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
                              threads, embeddings, self.ffn, self._backends, rowwise)
             self._graphs[key] = g
             if len(self._graphs) > MAX_CACHED_GRAPHS:
-                _, old = self._graphs.popitem(last=False)
-                old.close()
+                self._close_graph(self._graphs.popitem(last=False)[1])
         else:
             self._graphs.move_to_end(key)
         return g
+
+    def _close_graph(self, g: ForwardGraph) -> None:
+        if g is self._last_graph:
+            self._last_graph = None
+        g.close()
 
     def forward(self, tokens: Sequence[int], n_outputs: int = 1, embeddings: bool = False,
                 seq: int = 0) -> np.ndarray:
@@ -180,6 +185,7 @@ class Engine:
                 g.slots[i:i + k] = g.pos[i:i + k] + seq * self.n_ctx
             i += k
         g.run(self.pool)
+        self._last_graph = g
         for seq, toks in items:
             self.seq_pos[seq] += len(toks)
         return g.out
@@ -225,6 +231,16 @@ class Engine:
                 else:
                     last = logits[-1].copy()
         return out if logits_all else last
+
+    def routing(self) -> dict:
+        """MoE models: layer -> the experts the tokens of the last forward chose, int32
+        (n_tokens, k) copies (row t: token t's ids by descending router probability; in the
+        last layer only the rows whose outputs were kept). {} for dense models."""
+        from .model.moe import routing_ids
+        with self._lock:
+            if self._last_graph is None or self.cfg.n_expert == 0:
+                return {}
+            return {layer: ids.copy() for layer, ids in routing_ids(self._last_graph.graph).items()}
 
     def can_resume(self, n_past: int, seq: int = 0) -> bool:
         """Whether sequence `seq`, cut to n_past tokens, can go on: always, except in a short
@@ -273,7 +289,7 @@ class Engine:
                 return 0
             big = [key for key in self._graphs if key[0] > 1]
             for key in big:
-                self._graphs.pop(key).close()
+                self._close_graph(self._graphs.pop(key))
         return len(big)
 
     def _require_open(self) -> None:
@@ -292,6 +308,7 @@ class Engine:
             if self.closed:
                 return
             self.closed = True
+            self._last_graph = None
             for g in self._graphs.values():
                 g.close()
             self._graphs.clear()
