@@ -291,3 +291,30 @@ def test_generate_step_is_the_decode_loop(smollm2):
         assert kept and kept[0][0] == len(prompt) - 1
     finally:
         llm.close()
+
+
+def test_batched_sequences_bit_identical_powerinfer(tmp_path):
+    """A PowerInfer file (predictor per token, neuron-sparse FFN): batched decode tokens and
+    verified drafts equal one-token-at-a-time decoding too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "tiny.powerinfer.gguf"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_synthetic_sparse.py"
+    subprocess.run([sys.executable, str(script), "--shape", "tiny", "--vocab", "tiny", "--out", str(out)],
+                   check=True, capture_output=True)
+    eng = _engine(str(out), 4, n_ctx=64)
+    try:
+        p = [2, 100, 200, 30, 40]
+        for s in range(4):
+            eng.decode(p[:2 + s], seq=s)
+        got = eng.decode_batch([(s, [5 + s]) for s in range(4)])
+        for s in range(4):
+            eng.truncate(2 + s, seq=s)
+            np.testing.assert_array_equal(got[s][-1], eng.decode([5 + s], seq=s))
+        eng.truncate(2, seq=0)
+        verified = eng.decode_batch([(0, [7, 8, 9])])[0]
+        eng.truncate(2, seq=0)
+        np.testing.assert_array_equal(verified, np.stack([eng.decode([t], seq=0) for t in (7, 8, 9)]))
+    finally:
+        eng.close()

@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="layers on the GPU (dense models; -1: all; without CUDA: the CPU)")
     ap.add_argument("--vram-budget", type=float, default=None,
                     help="GiB of VRAM for hybrid hot/cold placement (PowerInfer models; needs CUDA)")
+    ap.add_argument("--n-cpu-moe", type=cli_util.bounded(int, 0, name="--n-cpu-moe"), default=0,
+                    help="MoE models: keep the expert tensors of the first N layers on the CPU")
     ap.add_argument("--reset-gpu-index", action="store_true", help="regenerate <model>.generated.gpuidx")
     ap.add_argument("--disable-gpu-index", action="store_true", help="place no FFN neurons by the GPU index")
     ap.add_argument("--sparse-threshold", type=float, default=None,
@@ -64,6 +66,8 @@ def llama_kwargs(args: argparse.Namespace, threads: int) -> dict:
               sparse_threshold=args.sparse_threshold, dense=args.dense)
     if args.vram_budget is not None:
         kw["vram_budget"] = args.vram_budget
+    if args.n_cpu_moe:
+        kw["n_cpu_moe"] = args.n_cpu_moe
     if args.reset_gpu_index:
         kw["reset_gpu_index"] = True
     if args.disable_gpu_index:

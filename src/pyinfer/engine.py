@@ -37,7 +37,7 @@ from .config import ContextSettings, ModelConfig
 from .gguf_model import GGUFFile
 from .backend import Backend
 from .model.llama import ForwardGraph, KVCache, LlamaWeights
-from .offload.execute import attach_hybrid, place_plan, unplace_all
+from .offload.execute import attach_experts, attach_hybrid, place_plan, unplace_all
 from .model.sparse import make_ffn, predictor_threshold
 from .offload import plan_for_engine
 from .tensor import Context, ThreadPool
@@ -89,6 +89,9 @@ class Engine:
         self.offload_plan = plan_for_engine(self, settings.extra.get("vram_budget"),
                                             settings.extra.get("n_gpu_layers", 0), self.device)
         self.placement, self._backends, self._hot = None, None, None
+        # called as hook(forward_graph) after every forward, under the lock (the expert cache)
+        self.forward_hooks: list = []
+        self.expert_slots, self.expert_cache = None, None
         if self.device is not None and self.offload_plan is not None:
             self.placement = place_plan(self.offload_plan, self.weights, self.kv, self.device,
                                         self._wctx, self.file)
@@ -100,6 +103,11 @@ class Engine:
                 self.ffn = ffn
                 self.ffn_mode += f"; hybrid: {sum(len(s.hot) for s in self.offload_plan.slices)} hot neurons on " \
                                  f"the {self.device.name} device"
+            ffn, self.expert_slots, self.expert_cache = attach_experts(self)
+            if ffn is not None:
+                self.ffn = ffn
+                self.ffn_mode += f"; hybrid MoE: {sum(e.n_slots for e in self.offload_plan.experts)} expert " \
+                                 f"slots on the {self.device.name} device"
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.seq_pos = [0] * self.n_seq   # per sequence: the positions its stream holds
@@ -186,6 +194,8 @@ class Engine:
             i += k
         g.run(self.pool)
         self._last_graph = g
+        for hook in self.forward_hooks:
+            hook(g)
         for seq, toks in items:
             self.seq_pos[seq] += len(toks)
         return g.out
@@ -314,6 +324,8 @@ class Engine:
             self._graphs.clear()
             if self._hot is not None:
                 self._hot.release()
+            if self.expert_slots is not None:
+                self.expert_slots.release()
             if self.placement is not None:
                 unplace_all(self.placement, self.weights, self.kv)
             self.pool.close()

@@ -66,7 +66,7 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 # llama-cpp-python ignores them
 RETIRED = ("n_parts", "f16_kv", "device")
 PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts",
-                  "chat_template_limits", "offload_device", "n_seq_max")
+                  "chat_template_limits", "offload_device", "n_seq_max", "n_cpu_moe")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -133,6 +133,9 @@ class LlamaOptions:
     # the device backend that vram_budget / n_gpu_layers place on (pyinfer.backend.Backend,
     # e.g. the stand-in device); None: CUDA's device 0 (planned and reported only, for now)
     offload_device: Any = None
+    # llama.cpp's --n-cpu-moe: the expert tensors of the first N layers stay on the CPU
+    # (MoE models; everything else follows the placement), see pyinfer/offload/experts.py
+    n_cpu_moe: int = 0
     # llama.cpp's context parameter: sequences the KV cache holds at once, each with n_ctx
     # positions of its own (Llama.sequence(i); the server's parallel slots)
     n_seq_max: int = 1
@@ -310,7 +313,7 @@ class LlamaOptions:
             dense=self.dense, repack_weights=self.use_extra_bufts, neuron_bundle=self.neuron_bundle,
             swa_full=True if self.swa_full is None else bool(self.swa_full), n_seq_max=self.n_seq_max,
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers,
-                   "offload_device": self.offload_device,
+                   "offload_device": self.offload_device, "n_cpu_moe": self.n_cpu_moe,
                    "reset_gpu_index": self.reset_gpu_index, "disable_gpu_index": self.disable_gpu_index})
 
 

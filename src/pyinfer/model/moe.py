@@ -22,14 +22,16 @@ The router's choice is a named output of the graph, ``moe_ids.<layer>`` (I32 {k,
 memory is not reused), so that a caller can read which experts each token used after a
 compute (``routing_ids``: routing traces for expert placement). In the last layer of a graph
 with fewer outputs than tokens only the output tokens run the FFN (as in llama.cpp), so
-only their ids are there. The builder's signature takes an ``expert_map`` (I32 {n_expert}:
-where each expert's weights live, -1 where they are not) for a later placement layer, which
-will route the ids through it (``map_ids``); experts are not placed yet, and passing a map
-raises NotImplementedError.
+only their ids are there. With an ``expert_map`` (model/moe_hybrid.py's LayerSlots: some
+experts in device slots, an I32 {n_expert} -> slot map, its complement on the CPU) the experts'
+products run split: ``map_ids`` turns the ids into slots for the device and into the
+complementary ids for the CPU, each ``mul_mat_id`` gives zero rows for the other's choices, and
+the two are added before ``moe_sum``: bit-identical to the CPU-only FFN (moe_hybrid.py says
+why).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
@@ -57,10 +59,10 @@ def routing_ids(graph: Graph) -> Dict[int, np.ndarray]:
 
 
 def build_moe_ffn(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tensor,
-                  expert_map: Optional[Tensor] = None) -> Tensor:
-    """The MoE FFN of `layer` on h {n_embd, T} (the ffn_norm'ed residual): {n_embd, T}."""
-    if expert_map is not None:
-        raise NotImplementedError("expert placement (expert_map) is not implemented yet")
+                  expert_map: Optional[Any] = None) -> Tensor:
+    """The MoE FFN of `layer` on h {n_embd, T} (the ffn_norm'ed residual): {n_embd, T}.
+    `expert_map`: a moe_hybrid.LayerSlots (gate/up/down slot tensors, device_map, cpu_map):
+    the slots' experts computed from the slots, the others from the layer's tensors."""
     n_embd = h.ne[0]
     n_tokens = h.ne[1] if len(h.ne) > 1 else 1
     k = cfg.n_expert_used
@@ -75,14 +77,26 @@ def build_moe_ffn(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tens
     scale = cfg.expert_weights_scale or 1.0
     weights = ctx.moe_weights(probs, ids, cfg.expert_weights_norm, scale)
     hb = ctx.reshape(h, (n_embd, 1, n_tokens))
-    gate = ctx.mul_mat_id(layer.ffn_gate_exps, hb, ids)
-    up = ctx.mul_mat_id(layer.ffn_up_exps, hb, ids)
-    act = ctx.glu(gate, up, Unary.SILU)
-    down = ctx.mul_mat_id(layer.ffn_down_exps, act, ids)
+    if expert_map is None:
+        down = experts_ffn(ctx, layer.ffn_gate_exps, layer.ffn_up_exps, layer.ffn_down_exps, hb, ids)
+    else:           # the device's part first: the scheduler starts it, the CPU's runs meanwhile
+        m = expert_map
+        d_dev = experts_ffn(ctx, m.gate, m.up, m.down, hb, ctx.map_ids(ids, m.device_map))
+        d_cpu = experts_ffn(ctx, layer.ffn_gate_exps, layer.ffn_up_exps, layer.ffn_down_exps, hb,
+                            ctx.map_ids(ids, m.cpu_map))
+        down = ctx.add(d_dev, d_cpu)
     out = ctx.moe_sum(down, weights)
     if layer.ffn_gate_inp_shexp is not None:
         out = ctx.add(out, shared_expert(ctx, layer, h))
     return out
+
+
+def experts_ffn(ctx: Context, gate_exps: Tensor, up_exps: Tensor, down_exps: Tensor, hb: Tensor,
+                ids: Tensor) -> Tensor:
+    """down_exps[ids] . silu(gate_exps[ids] . hb) * (up_exps[ids] . hb): {n_embd, k, T} (rows of
+    ids -1 are zero)."""
+    act = ctx.glu(ctx.mul_mat_id(gate_exps, hb, ids), ctx.mul_mat_id(up_exps, hb, ids), Unary.SILU)
+    return ctx.mul_mat_id(down_exps, act, ids)
 
 
 def shared_expert(ctx: Context, layer: "LayerWeights", h: Tensor) -> Tensor:

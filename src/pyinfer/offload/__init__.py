@@ -3,7 +3,9 @@
     plan = make_plan(spec, vram_budget=4.0, hot_neurons=buckets)   # GiB, per-layer ids
     print(format_report(plan, spec.n_layer, spec.n_ff))
 
-`Llama(vram_budget=..., n_gpu_layers=...)` reaches this through `plan_for_engine`. Without
+`Llama(vram_budget=..., n_gpu_layers=..., n_cpu_moe=...)` reaches this through
+`plan_for_engine` (MoE experts: offload/experts.py; the settings' extra `expert_profile` names
+a routing profile, `expert_cache` runs the LRU expert cache, offload/expert_cache.py). Without
 CUDA (not built, or no device) `vram_budget` raises GPUUnavailableError, while
 `n_gpu_layers` leaves every layer on the CPU, as llama.cpp's CPU build does
 (`gpu_layers_note` says so).
@@ -31,13 +33,16 @@ __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "p
 
 def make_plan(spec: ModelSpec, vram_budget: Optional[float] = None, n_gpu_layers: int = 0,
               hot_neurons: Optional[Sequence[np.ndarray]] = None,
-              free_bytes: Optional[int] = None, margin: int = DEFAULT_MARGIN) -> OffloadPlan:
+              free_bytes: Optional[int] = None, margin: int = DEFAULT_MARGIN,
+              expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0) -> OffloadPlan:
     """Whole layers when n_gpu_layers != 0, else the hybrid placement. The budget is
-    `vram_budget` GiB, or `free_bytes` minus `margin` when it is None."""
+    `vram_budget` GiB, or `free_bytes` minus `margin` when it is None. MoE models:
+    `expert_counts` (per-layer routing counts) value the experts of the hybrid plan, and the
+    experts of layers < `n_cpu_moe` stay on the CPU in both (offload/experts.py)."""
     budget = budget_bytes(vram_budget, free_bytes, margin)
     if n_gpu_layers != 0:
-        return plan_layers(spec, budget, n_gpu_layers)
-    return plan_hybrid(spec, budget, hot_neurons)
+        return plan_layers(spec, budget, n_gpu_layers, n_cpu_moe)
+    return plan_hybrid(spec, budget, hot_neurons, expert_counts, n_cpu_moe)
 
 
 def gpu_options_requested(vram_budget: Optional[float], n_gpu_layers: int) -> bool:
@@ -92,7 +97,13 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int,
                                  disable=bool(extra.get("disable_gpu_index")))
         if index is not None:
             hot = [index.bucket(i) for i in range(spec.n_layer)]
-    plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free, margin=margin)
+    extra = engine.settings.extra
+    counts = None
+    if spec.n_expert and extra.get("expert_profile"):
+        from .experts import load_expert_counts
+        counts = load_expert_counts(extra["expert_profile"])[0]
+    plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free, margin=margin,
+                     expert_counts=counts, n_cpu_moe=extra.get("n_cpu_moe") or 0)
     if device is None:
         warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
                       "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)

@@ -103,6 +103,27 @@ def attach_hybrid(engine, threshold: Optional[float]):
     return ffn, hot
 
 
+def attach_experts(engine):
+    """The hybrid MoE FFN (model/moe_hybrid.py) of an engine whose plan places experts:
+    (ffn builder, ExpertSlots, ExpertCache or None), the slots filled with the plan's experts on
+    the engine's device; with the settings' extra `expert_cache` the slots run as an LRU cache
+    (offload/expert_cache.py) fed after every forward (Engine.forward_hooks). (None, None, None)
+    when the plan places no expert."""
+    from ..model.moe import routing_ids
+    from ..model.moe_hybrid import ExpertSlots, hybrid_moe_ffn
+    from .expert_cache import ExpertCache
+    plan, placement = engine.offload_plan, engine.placement
+    if not plan.experts:
+        return None, None, None
+    slots = ExpertSlots(engine.weights, plan.experts, engine.device)
+    placement.bytes_placed += slots.nbytes
+    cache = None
+    if engine.settings.extra.get("expert_cache"):
+        cache = ExpertCache(engine.weights, slots)
+        engine.forward_hooks.append(lambda g: cache.after_forward(routing_ids(g.graph)))
+    return hybrid_moe_ffn(engine.cfg, slots), slots, cache
+
+
 def unplace_all(placement: Placement, weights, kv) -> None:
     """Give the device memory of a placement back (the engine closes; nothing is copied
     back: the weights' host bytes are the file's, the caches are being freed)."""

@@ -25,6 +25,30 @@ _ROLE = {
     "attn_qkv": "attention", "fc1": "predictor", "fc2": "predictor",
     "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn", "ffn_down_t": "ffn",
 }
+# the stacked expert tensors of a MoE layer ({K, M, n_expert}: expert e is plane e); their role
+# stays "ffn" (n_gpu_layers places them with their layer), the hybrid plan places them per expert
+EXPERT_TENSORS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+
+
+def is_expert_tensor(name: str) -> bool:
+    """Whether a GGUF tensor name is one of a layer's stacked expert tensors."""
+    m = _LAYER.match(name)
+    return bool(m) and m.group(2).rsplit(".", 1)[0] in EXPERT_TENSORS
+
+
+@dataclass(frozen=True)
+class ExpertBytes:
+    """Bytes of one expert's share (one plane) of a layer's gate, up and down expert tensors
+    (the file's types; 0 for a layer without experts)."""
+    gate: int
+    up: int
+    down: int
+
+    @property
+    def total(self) -> int:
+        return self.gate + self.up + self.down
+
+
 # every per-layer norm, weight or bias: attn_norm, attn_norm_2 (falcon-40b), ffn_norm, attn_q_norm
 # and attn_k_norm (per-head Q/K norms), post_attention_norm and post_ffw_norm (gemma)
 _NORM = re.compile(r"(^|_)norm(_\d+)?$")
@@ -64,6 +88,12 @@ class ModelSpec:
     ffn_rows: List[SliceRowBytes]       # per layer: one neuron's gate/up/down_t rows
     sparse: bool = False                # PowerInfer layout (ffn_down_t + predictor)
     notes: List[str] = field(default_factory=list)
+    # mixture of experts (0 / empty for dense models): experts per layer, experts per token,
+    # an expert's FFN width, and per layer the bytes of one expert's planes
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    expert_bytes: List[ExpertBytes] = field(default_factory=list)
 
     def layer_tensors(self, layer: int) -> List[TensorSpec]:
         return [t for t in self.tensors if t.layer == layer]
@@ -93,8 +123,16 @@ def spec_from_file(f, cfg, n_ctx: int, n_batch: int) -> ModelSpec:
     shape = ScratchShape(n_batch=n_batch, n_ctx=n_ctx, n_embd=cfg.n_embd, n_ff=cfg.n_ff,
                          n_head=cfg.n_head, q_dim=cfg.n_head * cfg.head_dim, kv_dim=kv_dim,
                          n_vocab=cfg.n_vocab)
+    experts = []
+    for i in range(cfg.n_layer if cfg.n_expert else 0):
+        def plane(name):                    # bytes of one expert's plane of a stacked tensor
+            t = f.get(f"blk.{i}.{name}.weight")
+            return 0 if t is None else t.nbytes // t.ne[2]
+        experts.append(ExpertBytes(*(plane(n) for n in EXPERT_TENSORS)))
     return ModelSpec(cfg.n_layer, cfg.n_embd, cfg.n_ff, tensors,
-                     [kv_layer_bytes(kv_dim, n_ctx)] * cfg.n_layer, shape, rows, sparse)
+                     [kv_layer_bytes(kv_dim, n_ctx)] * cfg.n_layer, shape, rows, sparse,
+                     n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used,
+                     n_ff_exp=cfg.n_ff_exp if cfg.n_expert else 0, expert_bytes=experts)
 
 
 def read_gpu_buckets(path: str, n_layer: int) -> List[np.ndarray]:

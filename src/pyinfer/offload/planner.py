@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .budget import arena_bytes, ffn_slice_bytes, part, scratch_parts
-from .model_spec import ModelSpec, check_hot_neurons
+from .experts import LayerExperts, expert_values, fill_experts
+from .model_spec import ModelSpec, check_hot_neurons, is_expert_tensor
 
 PRIORITY = ("attention", "predictor", "norm", "output", "kv")
 
@@ -65,11 +66,19 @@ class OffloadPlan:
     scratch: int                       # forward scratch reserved (0 when nothing is placed)
     gpu_layers: List[int] = field(default_factory=list)   # mode "layers": whole layers
     notes: List[str] = field(default_factory=list)
+    # MoE models (offload/experts.py): per layer the experts' device slots (mode "hybrid"),
+    # the experts per layer, and n_cpu_moe (the first layers whose experts stay on the CPU)
+    experts: List[LayerExperts] = field(default_factory=list)
+    n_expert: int = 0
+    n_cpu_moe: int = 0
 
     @property
     def parts_total(self) -> int:
         return self.scratch + sum(i.nbytes for i in self.items if i.on_gpu) + \
-            sum(s.nbytes for s in self.slices)
+            sum(s.nbytes for s in self.slices) + sum(e.nbytes for e in self.experts)
+
+    def experts_of(self, layer: int) -> Optional[LayerExperts]:
+        return next((e for e in self.experts if e.layer == layer), None)
 
     @property
     def device_bytes(self) -> int:
@@ -80,7 +89,8 @@ class OffloadPlan:
     def gpu_bytes_of(self, layer: Optional[int]) -> int:
         """Device bytes of one layer's items and slice (None: the global ones)."""
         n = sum(i.nbytes for i in self.items if i.on_gpu and i.layer == layer)
-        return n + sum(s.nbytes for s in self.slices if s.layer == layer)
+        return n + sum(s.nbytes for s in self.slices if s.layer == layer) + \
+            sum(e.nbytes for e in self.experts if e.layer == layer)
 
 
 def dense_items(spec: ModelSpec, with_ffn: bool) -> List[Item]:
@@ -103,11 +113,22 @@ def _logits_part(spec: ModelSpec) -> int:
     return part(4 * s.n_vocab * s.n_batch)
 
 
+def _check_n_cpu_moe(n_cpu_moe) -> int:
+    if not isinstance(n_cpu_moe, (int, np.integer)) or isinstance(n_cpu_moe, bool) or n_cpu_moe < 0:
+        raise ValueError(f"n_cpu_moe must be an integer >= 0, got {n_cpu_moe!r}")
+    return int(n_cpu_moe)
+
+
 def plan_hybrid(spec: ModelSpec, budget: int,
-                hot_neurons: Optional[Sequence[np.ndarray]] = None) -> OffloadPlan:
+                hot_neurons: Optional[Sequence[np.ndarray]] = None,
+                expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0) -> OffloadPlan:
     """Dense tensors by priority, then hot-neuron slices from `hot_neurons` (per layer, ids in
-    priority order; None: no GPU index, the FFN stays on the CPU)."""
-    plan = OffloadPlan("hybrid", budget, dense_items(spec, with_ffn=False), [], 0)
+    priority order; None: no GPU index, the FFN stays on the CPU). MoE models: then whole
+    experts by their routing frequency (`expert_counts`, per layer; None: uniform), none in
+    layers < n_cpu_moe (offload/experts.py)."""
+    n_cpu_moe = _check_n_cpu_moe(n_cpu_moe)
+    plan = OffloadPlan("hybrid", budget, dense_items(spec, with_ffn=False), [], 0,
+                       n_expert=spec.n_expert, n_cpu_moe=n_cpu_moe)
     base = sum(scratch_parts(spec.scratch, output_on_gpu=False, dense_ffn_on_gpu=False))
     if arena_bytes(base) > budget:
         plan.notes.append(f"the budget ({budget} B) does not hold the forward's scratch "
@@ -125,6 +146,11 @@ def plan_hybrid(spec: ModelSpec, budget: int,
         used += it.nbytes
         plan.scratch += extra
         used += extra
+    if spec.n_expert:
+        plan.experts, moe_scratch = fill_experts(spec, budget, used, expert_values(spec, expert_counts),
+                                                 n_cpu_moe)
+        plan.scratch += moe_scratch
+        used += moe_scratch + sum(e.nbytes for e in plan.experts)
     if hot_neurons is None:
         if spec.sparse:
             plan.notes.append("no GPU index: every FFN neuron runs on the CPU")
@@ -177,20 +203,25 @@ def _fill_slices(spec: ModelSpec, hot: List[np.ndarray], budget: int, used: int)
     return counts
 
 
-def plan_layers(spec: ModelSpec, budget: int, n_gpu_layers: int) -> OffloadPlan:
+def plan_layers(spec: ModelSpec, budget: int, n_gpu_layers: int, n_cpu_moe: int = 0) -> OffloadPlan:
     """Whole layers on the GPU, as llama.cpp's -ngl: layers n_layer - n .. n_layer - 1; n >
-    n_layer or n < 0 adds the output norm and output matrix. OffloadBudgetError when the
-    request does not fit."""
+    n_layer or n < 0 adds the output norm and output matrix; the expert tensors of layers <
+    n_cpu_moe stay on the CPU (llama.cpp's --n-cpu-moe). OffloadBudgetError when the request
+    does not fit."""
+    n_cpu_moe = _check_n_cpu_moe(n_cpu_moe)
     L = spec.n_layer
     n = L + 1 if n_gpu_layers < 0 else min(n_gpu_layers, L + 1)
     layers = list(range(L - min(n, L), L))
     with_output = n > L
-    plan = OffloadPlan("layers", budget, dense_items(spec, with_ffn=True), [], 0, layers)
+    plan = OffloadPlan("layers", budget, dense_items(spec, with_ffn=True), [], 0, layers,
+                       n_expert=spec.n_expert, n_cpu_moe=n_cpu_moe)
     if not layers and not with_output:
         return plan
     for it in plan.items:
         it.on_gpu = (it.layer in layers) if it.layer is not None else \
             (with_output and it.kind in ("output", "norm"))
+        if it.on_gpu and it.layer is not None and it.layer < n_cpu_moe and is_expert_tensor(it.name):
+            it.on_gpu = False
     plan.scratch = sum(scratch_parts(spec.scratch, output_on_gpu=with_output, dense_ffn_on_gpu=bool(layers)))
     if plan.device_bytes > budget:
         raise OffloadBudgetError(
@@ -203,6 +234,8 @@ def plan_layers(spec: ModelSpec, budget: int, n_gpu_layers: int) -> OffloadPlan:
 def summary(plan: OffloadPlan) -> Dict[str, int]:
     """Device bytes by kind ("scratch", "slices" and the item kinds)."""
     out: Dict[str, int] = {"scratch": plan.scratch, "slices": sum(s.nbytes for s in plan.slices)}
+    if plan.experts:
+        out["experts"] = sum(e.nbytes for e in plan.experts)
     for it in plan.items:
         if it.on_gpu:
             out[it.kind] = out.get(it.kind, 0) + it.nbytes

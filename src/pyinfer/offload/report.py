@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from .budget import MIB
+from .model_spec import is_expert_tensor
 from .planner import OffloadPlan
 
 
@@ -20,8 +21,15 @@ def _layer_line(plan: OffloadPlan, layer: int, n_ff: int) -> str:
     items = [i for i in plan.items if i.layer == layer]
     marks = []
     for kind, label in (("attention", "attn"), ("predictor", "pred"), ("norm", "norm"),
-                        ("kv", "kv"), ("ffn", "ffn")):
-        ks = [i for i in items if i.kind == kind]
+                        ("kv", "kv"), ("ffn", "ffn"), ("experts", "experts")):
+        if kind == "experts" and plan.mode == "hybrid":
+            if plan.n_expert:
+                ex = plan.experts_of(layer)
+                n = 0 if ex is None else ex.n_slots
+                marks.append(f"experts {n}/{plan.n_expert} GPU" + (" (n_cpu_moe)" if layer < plan.n_cpu_moe else ""))
+            continue
+        ks = [i for i in items if (i.kind == "ffn" and is_expert_tensor(i.name)) == (kind == "experts")
+              and i.kind == (kind if kind != "experts" else "ffn")]
         if not ks:
             continue
         on = sum(i.on_gpu for i in ks)
@@ -31,6 +39,21 @@ def _layer_line(plan: OffloadPlan, layer: int, n_ff: int) -> str:
         n_hot = 0 if sl is None else len(sl.hot)
         marks.append(f"hot {n_hot}/{n_ff} ({100.0 * n_hot / max(n_ff, 1):.1f}%)")
     return f"pyinfer:   layer {layer:3d}: {', '.join(marks)}; {_mib(plan.gpu_bytes_of(layer))}"
+
+
+def _experts_line(plan: OffloadPlan, n_layer: int) -> str:
+    """Where the experts live: how many on the GPU, which layers keep theirs on the CPU."""
+    total = n_layer * plan.n_expert
+    if plan.mode == "hybrid":
+        on = sum(e.n_slots for e in plan.experts)
+    else:
+        on = sum(plan.n_expert for i in range(n_layer)
+                 if any(it.on_gpu and it.layer == i and is_expert_tensor(it.name) for it in plan.items))
+    line = f"experts on the GPU: {on} of {total} ({100.0 * on / max(total, 1):.1f}%); the CPU computes the rest"
+    if plan.n_cpu_moe:
+        last = min(plan.n_cpu_moe, n_layer) - 1
+        line += f"; n_cpu_moe={plan.n_cpu_moe}: layers 0..{last} keep their experts on the CPU"
+    return line
 
 
 def format_report(plan: OffloadPlan, n_layer: int, n_ff: int, device: Optional[str] = None,
@@ -52,6 +75,8 @@ def format_report(plan: OffloadPlan, n_layer: int, n_ff: int, device: Optional[s
         lines.append("pyinfer:   global: " + ", ".join(
             f"{i.name} {'GPU' if i.on_gpu else 'cpu'}" for i in glob) + "; embedding lookup on the CPU")
     n_hot = sum(len(s.hot) for s in plan.slices)
+    if plan.n_expert:
+        lines.append("pyinfer:   " + _experts_line(plan, n_layer))
     if plan.mode == "hybrid":
         lines.append(f"pyinfer:   hot neurons on the GPU: {n_hot} of {n_layer * n_ff} "
                      f"({100.0 * n_hot / max(n_layer * n_ff, 1):.1f}%); the CPU computes the rest")

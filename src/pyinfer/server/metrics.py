@@ -32,7 +32,8 @@ def prometheus_text(hub) -> str:
     pool = hub.pool
     busy = pool.n_busy if pool is not None else int(hub.busy)
     _metric(out, "requests_processing", "gauge", "Requests generating now (busy slots).", busy)
-    _metric(out, "requests_deferred", "gauge", "Requests waiting for a free slot.", hub.waiting)
+    _metric(out, "requests_deferred", "gauge", "Requests waiting for a free slot.",
+            hub.queued if hub.batching else hub.waiting)
     _metric(out, "n_parallel", "gauge", "Parallel slots.", hub.n_parallel)
     llama = hub._llama
     eng = getattr(llama, "_engine", None) if llama is not None else None

@@ -38,7 +38,7 @@ class Lease:
     """Exclusive use of the loaded model until `release()` (idempotent)."""
 
     def __init__(self, hub: "ModelHub", llama, alias: str, answer_name: Optional[str] = None,
-                 permits: int = 1):
+                 permits: int = 1, shared: bool = False):
         """`answer_name`: the `model` answers carry (the alias, or the unknown name a client
         asked for, echoed as llama-cpp-python's server does); `permits`: how many of the
         hub's permits it holds (all of them: exclusive)."""
@@ -47,6 +47,7 @@ class Lease:
         self._hub = hub
         self._held = True
         self._permits = permits
+        self._shared = shared      # counted in hub.generating
         self.slot = None            # the batching slot a shared lease runs on (`take_slot`)
         hub.turn_owner = self
 
@@ -63,6 +64,7 @@ class Lease:
             slot, self.slot = self.slot, None
             if slot is not None:
                 self._hub.pool.release(slot)
+            self._hub.generating -= self._shared
             for _ in range(self._permits):
                 self._hub._sem.release()
 
@@ -110,11 +112,13 @@ class ModelHub:
         self._alias = self.default_alias if llama is not None else None
         self._sem_obj: Optional[anyio.Semaphore] = None
         self._exclusive_obj: Optional[anyio.Lock] = None
-        self.n_parallel = n_parallel if len(models) == 1 else 1
+        self.n_parallel = max(1, n_parallel) if len(models) == 1 else 1
         if llama is not None:   # a given model has the sequences it was loaded with
             eng = getattr(llama, "_engine", None)
             self.n_parallel = min(self.n_parallel, eng.n_seq if eng is not None else 1)
         self.max_queued = max_queued
+        self.generating = 0         # shared leases held (requests on a slot)
+        self.queued = 0             # shared leases waited for
         self.pool = None                          # batching.SlotPool when n_parallel > 1
         self._start_pool()
         self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
@@ -232,26 +236,38 @@ class ModelHub:
         (one permit; with n_parallel 1 the same as exclusive); beyond max_queued waiting
         requests it is refused with 429."""
         alias = self.resolve(name)
-        if shared and self.batching and self.max_queued and self._sem.value == 0 \
-                and self.waiting >= self.max_queued:
+        shared = shared and self.batching
+        if shared and self.max_queued and \
+                self.generating + self.queued >= self.n_parallel + self.max_queued:
             raise APIError(429, f"All {self.n_parallel} slots are busy and "
-                           f"{self.waiting} requests are queued (max_queued_requests); "
+                           f"{self.queued} requests are queued (max_queued_requests); "
                            "retry later", type="server_busy", code="too_many_requests")
-        permits = await self._acquire(shared)
+        if shared:
+            self.queued += 1
+            try:
+                permits = await self._acquire(True)
+            finally:
+                self.queued -= 1
+            self.generating += 1
+        else:
+            permits = await self._acquire(False)
         try:
             if self._alias != alias or self._llama is None:
                 await anyio.to_thread.run_sync(self._load, alias)
         except Exception as e:      # the details (paths) go to the log only
             self._release_n(permits)
+            self.generating -= shared
             print(f"pyinfer.server: loading model {alias!r} failed:", file=sys.stderr)
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
             raise APIError(500, f"The model `{alias}` could not be loaded",
                            type="internal_server_error") from None
         except BaseException:
             self._release_n(permits)
+            self.generating -= shared
             raise
         self.used = True
-        return Lease(self, self._llama, alias, None if self._names(name) else name, permits)
+        return Lease(self, self._llama, alias, None if self._names(name) else name, permits,
+                     shared)
 
     @property
     def idle(self) -> bool:

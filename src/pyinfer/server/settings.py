@@ -68,6 +68,9 @@ class ModelSettings(BaseSettings):
         default=None, description="PowerInfer models: predictor threshold (default: the file's).")
     dense: bool = Field(default=False, description="PowerInfer models: compute every neuron.")
     verbose: bool = Field(default=True, description="Print the load report and timings.")
+    n_cpu_moe: int = Field(
+        default=0, ge=0, description="MoE models: keep the expert tensors of the first N layers "
+        "on the CPU (llama.cpp's --n-cpu-moe).")
 
     @model_validator(mode="before")
     @classmethod
