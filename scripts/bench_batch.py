@@ -3,9 +3,9 @@
 For each model: decode tokens/s of N sequences decoding together (one Engine.decode_batch per
 step) for N = 1, 2, 4, 8, 16, in the invariant mode (the default: every token computed
 exactly as when decoded alone — rowwise products, rowwise attention) and in llama.cpp's
-batched order (the prompt kernels: faster GEMM tiles for F16/F32/BF16 and the K-quants, but a
-token's logits then depend on the batch); and single-sequence decode with and without the Q4_K
-repack that multi-sequence engines give up (repacked Q4_K products are not rowwise).
+batched order (the prompt kernels: GEMM orders for F16/F32/BF16 and the K-quants, but a
+token's logits then depend on the batch); and single-sequence decode in a one-sequence engine
+and in a 16-sequence one (the streams must cost nothing).
 
     python scripts/bench_batch.py [--model M ...] [--threads 2] [--steps 32] [--reps 3]
 
@@ -80,7 +80,7 @@ def main() -> None:
         finally:
             eng.close()
         one = {k: statistics.median(single_rate(path, args.threads, s, args.steps) for _ in range(args.reps))
-               for k, s in (("n_seq_max=1 (repacked Q4_K)", 1), ("n_seq_max=16 (Q4_K unrepacked)", 16))}
+               for k, s in (("n_seq_max=1", 1), ("n_seq_max=16", 16))}
         print(f"{name} single sequence: {one}", flush=True)
         results["models"][name] = {"batched": rows, "single": one}
     results["load_after"] = os.getloadavg()

@@ -57,17 +57,18 @@ def test_rowwise_product_equals_single_rows(pool, name):
             np.testing.assert_array_equal(full[i], _mm(pool, wq, t, K, M, b[i:i + 1], False)[0])
 
 
-def test_rowwise_refuses_repacked_q4k(pool):
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K"])
+def test_rowwise_repacked_equals_single_rows(pool, name):
+    """Repacked weights (the interleaved Q4_0 layout, Q4_K's 4-row steps): the rowwise
+    product of 2..17 rows equals each row's repacked single-row product."""
     rng = np.random.default_rng(2)
-    w = quantize(rng.standard_normal((16, 256)).astype(np.float32), GGMLType.Q4_K)
-    with pytest.raises(Exception, match="repacked Q4_K"):
-        _mm(pool, w, GGMLType.Q4_K, 256, 16, np.ones((2, 256), np.float32), True, repack=True)
-    # repacked Q4_0 is rowwise already: allowed, and equal to its single rows
-    w0 = quantize(rng.standard_normal((16, 256)).astype(np.float32), GGMLType.Q4_0)
-    b = rng.standard_normal((9, 256)).astype(np.float32)
-    full = _mm(pool, w0, GGMLType.Q4_0, 256, 16, b, True, repack=True)
-    for i in range(9):
-        np.testing.assert_array_equal(full[i], _mm(pool, w0, GGMLType.Q4_0, 256, 16, b[i:i + 1], False, True)[0])
+    t = GGMLType[name]
+    w = quantize(rng.standard_normal((16, 512)).astype(np.float32), t)
+    for n in (2, 4, 9, 17):
+        b = rng.standard_normal((n, 512)).astype(np.float32)
+        full = _mm(pool, w, t, 512, 16, b, True, repack=True)
+        for i in range(n):
+            np.testing.assert_array_equal(full[i], _mm(pool, w, t, 512, 16, b[i:i + 1], False, repack=True)[0])
 
 
 @pytest.mark.parametrize("kv", ["f16", "f32", "q8_0"])
@@ -174,9 +175,8 @@ def test_batched_and_verified_tokens_bit_identical_gemma3(gemma3):
 
 
 def test_single_sequence_engine_unchanged(smollm2):
-    """With n_seq_max > 1 and Q4_1 weights (no repack difference), sequence 0's prompt and
-    decode logits are those of a one-sequence engine (the streams do not change the
-    attention's arithmetic)."""
+    """With n_seq_max > 1, a sequence's prompt and decode logits are those of a
+    one-sequence engine (the streams do not change the attention's arithmetic)."""
     one, many = _engine(smollm2, 1), _engine(smollm2, 3)
     try:
         p = list(range(20, 60))

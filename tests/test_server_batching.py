@@ -141,6 +141,7 @@ def test_concurrent_answers_equal_sequential(par, oracle):
     before = _metrics(base)
     concurrent = [_answer(o) for o in _concurrently(lambda pb: _post(base, *pb), REQUESTS)]
     after = _metrics(base)
+    assert after["prefix_cache_hit_tokens_total"] > before["prefix_cache_hit_tokens_total"]
     assert concurrent == sequential
     assert [_oracle_answer(oracle, p, b) for p, b in REQUESTS] == sequential
     assert concurrent[4][1]["content"].startswith("{")   # the JSON grammar held
@@ -266,7 +267,7 @@ def two(smollm2):
 
 
 def test_slot_reuse_leaks_nothing(two):
-    """50 short requests from 2 clients at a time through 2 slots: all answered alike, and
+    """50 short requests from 4 clients at a time through 2 slots: all answered alike, and
     afterwards the slots are free, the scheduler holds no queued work or cancel event, and
     every sequence's cache positions equal its tokens."""
     base, app = two
@@ -277,8 +278,8 @@ def test_slot_reuse_leaks_nothing(two):
     def one(p):
         return _post(base, "/v1/completions", {"prompt": p, "max_tokens": 2})["choices"][0]["text"]
     got = []
-    for i in range(0, 50, 2):
-        got += _concurrently(one, prompts[i:i + 2])
+    for i in range(0, 50, 4):       # 2 running, 2 queued (max_queued_requests)
+        got += _concurrently(one, prompts[i:i + 4])
     assert got == [want[p] for p in prompts]
     pool, eng = app.state.hub.pool, app.state.hub.llama._engine
     sched = pool.scheduler

@@ -366,9 +366,9 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
 /* gs_mul_mat whose every output row is bit-identical to the product of that
  * one activation row alone (N = 1), whatever the other rows: batches use the
  * single-row dot order instead of llama.cpp's GEMM orders (tinyBLAS for
- * F32/F16/BF16, the K-quant tiles). For batches of tokens of different
- * sequences, whose results must not depend on each other. Repacked Q4_K
- * weights are refused (GS_ERR_UNSUPPORTED); repacked Q4_0 already is. */
+ * F32/F16/BF16, the K-quant tiles, repacked Q4_K's 4-row steps). For
+ * batches of tokens of different sequences, whose results must not depend
+ * on each other. Weight blocks are still read once for all rows. */
 gs_status gs_mul_mat_rowwise(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out);
 
 /* Causal attention over a KV cache with grouped-query heads.

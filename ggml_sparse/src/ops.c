@@ -432,11 +432,6 @@ gs_status gs_soft_max(gs_context * ctx, gs_tensor * a, gs_tensor * mask, float s
 /* ---- matrix product and attention --------------------------------------- */
 gs_status gs_mul_mat_rowwise(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor ** out) {
     CHECK_OUT(ctx, out);
-    CHECK_T(a);
-    if ((a->flags & GS_FLAG_REPACKED) && a->type == GS_TYPE_Q4_K) {
-        return gs_set_error(GS_ERR_UNSUPPORTED, "gs_mul_mat_rowwise: '%s' is repacked Q4_K, whose batched "
-                            "product sums in another order than its single-row one; keep it unrepacked", a->name);
-    }
     gs_status st = gs_mul_mat(ctx, a, b, out);
     if (st) return st;
     (*out)->op_params[0] = 1;

@@ -69,10 +69,7 @@ class Engine:
         self.n_threads_batch = settings.n_threads_batch or self.n_threads
         n_weights = len(self.file.tensors)
         self._wctx = Context(mem_size=(n_weights + 16) * 512, no_alloc=True)
-        # several sequences: batches of their tokens use rowwise products, which repacked Q4_K
-        # weights do not have (repacked Q4_0 ones are rowwise already)
-        repack = settings.repack_weights and ("q4_0" if settings.n_seq_max > 1 else True)
-        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, repack)
+        self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense, settings.neuron_bundle, self.file)
         # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's

@@ -101,7 +101,8 @@ void gs_cpu_op_mul_mat_q4kx8(const gs_compute_params * p, gs_tensor * dst) {
     gs_split_rows(M, p->ith, p->nth, &m0, &m1);
     const gs_q4kx8_dot_fn dot = gs_q4kx8_kernel();
     const gs_q4kx8_tile_fn tile = N > 1 ? gs_q4kx8_tile_kernel() : NULL;
-    const int64_t n_pairs = N >= 4 ? N - N % 4 : 0;
+    /* rowwise (gs_mul_mat_rowwise): no 4-row steps, every row takes the single-row step */
+    const int64_t n_pairs = N >= 4 && !dst->op_params[0] ? N - N % 4 : 0;
     for (int64_t i3 = 0; i3 < n3; i3++) {
         for (int64_t i2 = 0; i2 < n2; i2++) {
             const uint8_t * a_plane = (const uint8_t *) a->data + (i2 % a->ne[2]) * a->nb[2] + (i3 % a->ne[3]) * a->nb[3];

@@ -107,7 +107,7 @@ class LlamaWeights:
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, cfg: ModelConfig, ctx: Context,
-                  repack=True) -> "LlamaWeights":
+                  repack: bool = True) -> "LlamaWeights":
         """Wrap the file's tensors (no copy) in ``ctx`` (a no_alloc context).
 
         Each layer holds the tensors its architecture lists (model/arch.py: required,
@@ -116,8 +116,7 @@ class LlamaWeights:
         output) that qualify (Q4_0 or Q4_K with rows % 8 == 0, see gs_tensor_repack) are
         repacked as llama.cpp does by default on x86 (its ``use_extra_bufts``: Q4_0
         into the interleaved-rows layout, Q4_K keeping its bytes, products in its
-        repacked order), and the file pages they were read from are released; with
-        ``repack="q4_0"``, Q4_0 ones only (Q4_K's repacked products are not rowwise).
+        repacked order), and the file pages they were read from are released.
         token_embd (read by get_rows), the FFNs of PowerInfer layers, ffn_up of
         CATS-calibrated files (sparse ops) and the stacked experts of MoE layers (mul_mat_id
         reads the file's layout) stay as mapped; an MoE layer's router and shared expert are
@@ -169,7 +168,7 @@ class LlamaWeights:
                     mats += [layer.w_gate, layer.w_down] + ([] if cats else [layer.w_up])
                 mats += [layer.ffn_gate_inp, layer.ffn_gate_shexp, layer.ffn_up_shexp, layer.ffn_down_shexp]
             for t in mats:
-                if t is not None and t.can_repack and (repack is True or t.type == GGMLType.Q4_0):
+                if t is not None and t.can_repack:
                     mapped = f.get(t.name).data
                     t.repack()
                     _release_pages(mapped)

@@ -63,6 +63,9 @@ def build_moe_ffn(ctx: Context, cfg: ModelConfig, layer: "LayerWeights", h: Tens
     """The MoE FFN of `layer` on h {n_embd, T} (the ffn_norm'ed residual): {n_embd, T}.
     `expert_map`: a moe_hybrid.LayerSlots (gate/up/down slot tensors, device_map, cpu_map):
     the slots' experts computed from the slots, the others from the layer's tensors."""
+    if isinstance(expert_map, Tensor):
+        raise NotImplementedError("expert_map: a bare id -> slot map is not enough; pass the layer's slots "
+                                  "(model/moe_hybrid.py LayerSlots: slot tensors, device and CPU maps)")
     n_embd = h.ne[0]
     n_tokens = h.ne[1] if len(h.ne) > 1 else 1
     k = cfg.n_expert_used

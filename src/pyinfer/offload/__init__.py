@@ -5,7 +5,8 @@
 
 `Llama(vram_budget=..., n_gpu_layers=..., n_cpu_moe=...)` reaches this through
 `plan_for_engine` (MoE experts: offload/experts.py; the settings' extra `expert_profile` names
-a routing profile, `expert_cache` runs the LRU expert cache, offload/expert_cache.py). Without
+a routing profile, `expert_slots` caps the device slots per layer, `expert_cache` runs the LRU
+expert cache, offload/expert_cache.py). Without
 CUDA (not built, or no device) `vram_budget` raises GPUUnavailableError, while
 `n_gpu_layers` leaves every layer on the CPU, as llama.cpp's CPU build does
 (`gpu_layers_note` says so).
@@ -34,15 +35,17 @@ __all__ = ["DEFAULT_MARGIN", "GIB", "MIB", "budget_bytes", "ffn_slice_bytes", "p
 def make_plan(spec: ModelSpec, vram_budget: Optional[float] = None, n_gpu_layers: int = 0,
               hot_neurons: Optional[Sequence[np.ndarray]] = None,
               free_bytes: Optional[int] = None, margin: int = DEFAULT_MARGIN,
-              expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0) -> OffloadPlan:
+              expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0,
+              expert_slots: Optional[int] = None) -> OffloadPlan:
     """Whole layers when n_gpu_layers != 0, else the hybrid placement. The budget is
     `vram_budget` GiB, or `free_bytes` minus `margin` when it is None. MoE models:
     `expert_counts` (per-layer routing counts) value the experts of the hybrid plan, and the
-    experts of layers < `n_cpu_moe` stay on the CPU in both (offload/experts.py)."""
+    experts of layers < `n_cpu_moe` stay on the CPU in both; `expert_slots` caps a layer's
+    device slots (offload/experts.py)."""
     budget = budget_bytes(vram_budget, free_bytes, margin)
     if n_gpu_layers != 0:
         return plan_layers(spec, budget, n_gpu_layers, n_cpu_moe)
-    return plan_hybrid(spec, budget, hot_neurons, expert_counts, n_cpu_moe)
+    return plan_hybrid(spec, budget, hot_neurons, expert_counts, n_cpu_moe, expert_slots)
 
 
 def gpu_options_requested(vram_budget: Optional[float], n_gpu_layers: int) -> bool:
@@ -103,7 +106,8 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int,
         from .experts import load_expert_counts
         counts = load_expert_counts(extra["expert_profile"])[0]
     plan = make_plan(spec, vram_budget, n_gpu_layers, hot, free_bytes=free, margin=margin,
-                     expert_counts=counts, n_cpu_moe=extra.get("n_cpu_moe") or 0)
+                     expert_counts=counts, n_cpu_moe=extra.get("n_cpu_moe") or 0,
+                     expert_slots=extra.get("expert_slots"))
     if device is None:
         warnings.warn("the GPU offload plan is computed and reported, but this engine's forward does "
                       "not run on the GPU yet: the model runs on the CPU", RuntimeWarning, stacklevel=3)

@@ -76,10 +76,14 @@ def expert_values(spec: ModelSpec, counts: Optional[Sequence[np.ndarray]]) -> Li
 
 
 def fill_experts(spec: ModelSpec, budget: int, used: int, values: List[np.ndarray],
-                 n_cpu_moe: int = 0) -> Tuple[List[LayerExperts], int]:
+                 n_cpu_moe: int = 0, max_slots: Optional[int] = None) -> Tuple[List[LayerExperts], int]:
     """Whole experts by value (highest first; equal values round-robin over the layers) while
-    the arena still fits `budget` after `used` bytes; layers < n_cpu_moe get none. Returns the
-    layers with slots and the MoE scratch reserved (0 when no expert fits)."""
+    the arena still fits `budget` after `used` bytes; layers < n_cpu_moe get none, no layer
+    more than `max_slots` (None: n_expert). Returns the layers with slots and the MoE scratch
+    reserved (0 when no expert fits)."""
+    cap = spec.n_expert if max_slots is None else int(max_slots)
+    if cap < 0:
+        raise ValueError(f"the expert slots per layer must be >= 0, got {max_slots!r}")
     layers = [i for i in range(max(0, n_cpu_moe), spec.n_layer) if spec.expert_bytes[i].total > 0]
     if not layers or spec.n_expert == 0:
         return [], 0
@@ -93,6 +97,8 @@ def fill_experts(spec: ModelSpec, budget: int, used: int, values: List[np.ndarra
     total = used + scratch
     for _, _, i, e in units:
         n = len(chosen[i])
+        if n >= cap:
+            continue
         grow = layer_slot_bytes(spec.expert_bytes[i], n + 1, spec.n_expert) - \
             layer_slot_bytes(spec.expert_bytes[i], n, spec.n_expert)
         if arena_bytes(total + grow) <= budget:
@@ -156,9 +162,7 @@ class LRUSlots:
         loads = []
         if self.n_slots == 0:
             return len(present), loads
-        for e in experts:
-            if e in self.slot_of:
-                continue
+        for e in [e for e in experts if e not in set(present)]:
             if self.free:
                 s = self.free.pop(0)
             else:

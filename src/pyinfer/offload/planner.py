@@ -121,11 +121,12 @@ def _check_n_cpu_moe(n_cpu_moe) -> int:
 
 def plan_hybrid(spec: ModelSpec, budget: int,
                 hot_neurons: Optional[Sequence[np.ndarray]] = None,
-                expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0) -> OffloadPlan:
+                expert_counts: Optional[Sequence[np.ndarray]] = None, n_cpu_moe: int = 0,
+                expert_slots: Optional[int] = None) -> OffloadPlan:
     """Dense tensors by priority, then hot-neuron slices from `hot_neurons` (per layer, ids in
     priority order; None: no GPU index, the FFN stays on the CPU). MoE models: then whole
     experts by their routing frequency (`expert_counts`, per layer; None: uniform), none in
-    layers < n_cpu_moe (offload/experts.py)."""
+    layers < n_cpu_moe, at most `expert_slots` per layer (offload/experts.py)."""
     n_cpu_moe = _check_n_cpu_moe(n_cpu_moe)
     plan = OffloadPlan("hybrid", budget, dense_items(spec, with_ffn=False), [], 0,
                        n_expert=spec.n_expert, n_cpu_moe=n_cpu_moe)
@@ -148,7 +149,7 @@ def plan_hybrid(spec: ModelSpec, budget: int,
         used += extra
     if spec.n_expert:
         plan.experts, moe_scratch = fill_experts(spec, budget, used, expert_values(spec, expert_counts),
-                                                 n_cpu_moe)
+                                                 n_cpu_moe, expert_slots)
         plan.scratch += moe_scratch
         used += moe_scratch + sum(e.nbytes for e in plan.experts)
     if hot_neurons is None:

@@ -35,7 +35,7 @@ def _layer_line(plan: OffloadPlan, layer: int, n_ff: int) -> str:
         on = sum(i.on_gpu for i in ks)
         marks.append(f"{label} {'GPU' if on == len(ks) else 'cpu' if on == 0 else f'{on}/{len(ks)} GPU'}")
     sl = next((s for s in plan.slices if s.layer == layer), None)
-    if plan.mode == "hybrid":
+    if plan.mode == "hybrid" and (plan.slices or not plan.n_expert):
         n_hot = 0 if sl is None else len(sl.hot)
         marks.append(f"hot {n_hot}/{n_ff} ({100.0 * n_hot / max(n_ff, 1):.1f}%)")
     return f"pyinfer:   layer {layer:3d}: {', '.join(marks)}; {_mib(plan.gpu_bytes_of(layer))}"
@@ -60,7 +60,8 @@ def format_report(plan: OffloadPlan, n_layer: int, n_ff: int, device: Optional[s
                   executed: bool = True) -> str:
     """The report of `plan` for a model of n_layer layers of n_ff neurons. `device`: the
     GPU's name; `executed=False` says the plan was made but the forward runs on the CPU."""
-    mode = "hybrid (dense tensors by priority, then hot neurons)" if plan.mode == "hybrid" \
+    mode = f"hybrid (dense tensors by priority, then {'experts' if plan.n_expert else 'hot neurons'})" \
+        if plan.mode == "hybrid" \
         else f"n_gpu_layers: layers {plan.gpu_layers[0]}..{plan.gpu_layers[-1]}" if plan.gpu_layers \
         else "n_gpu_layers: no layer"
     lines: List[str] = [
@@ -77,7 +78,7 @@ def format_report(plan: OffloadPlan, n_layer: int, n_ff: int, device: Optional[s
     n_hot = sum(len(s.hot) for s in plan.slices)
     if plan.n_expert:
         lines.append("pyinfer:   " + _experts_line(plan, n_layer))
-    if plan.mode == "hybrid":
+    if plan.mode == "hybrid" and (plan.slices or not plan.n_expert):
         lines.append(f"pyinfer:   hot neurons on the GPU: {n_hot} of {n_layer * n_ff} "
                      f"({100.0 * n_hot / max(n_layer * n_ff, 1):.1f}%); the CPU computes the rest")
     lines += [f"pyinfer:   note: {n}" for n in plan.notes]

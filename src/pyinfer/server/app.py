@@ -32,7 +32,7 @@ from starlette.responses import PlainTextResponse
 
 from ..llama_options import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_UNSPECIFIED
 from .errors import APIError, from_exception, install_handlers
-from .batching import run_on_slot
+from .slots import run_on_slot
 from .generation import ClientGone, prepared_call, run_watching, single_prompt
 from .limits import BodySizeLimit, check_request
 from .metrics import PROMETHEUS_TYPE, prometheus_text

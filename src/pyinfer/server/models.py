@@ -14,7 +14,7 @@ the waiters and, back on turn, restores it if another request used the model mea
 
 Parallel slots (ServerSettings.n_parallel N > 1, one served model): the model is loaded with
 n_seq_max=N and the lock has N permits. A completion or chat request takes one (a *shared*
-lease) and, in its worker thread, a slot of the hub's `batching.SlotPool`; the requests
+lease) and, in its worker thread, a slot of the hub's `slots.SlotPool`; the requests
 beyond N wait in arrival order, at most max_queued_requests of them (more: 429). Whatever
 else touches the model (embeddings, tokenize, loading, trimming) takes all N permits (an
 exclusive lease), waiting for the running generations to end.
@@ -119,7 +119,7 @@ class ModelHub:
         self.max_queued = max_queued
         self.generating = 0         # shared leases held (requests on a slot)
         self.queued = 0             # shared leases waited for
-        self.pool = None                          # batching.SlotPool when n_parallel > 1
+        self.pool = None                          # slots.SlotPool when n_parallel > 1
         self._start_pool()
         self.turn_owner: Optional[Lease] = None   # the lease whose sequence is in the cache
         self.switches = 0                         # sequences restored by yield_turn
@@ -219,7 +219,7 @@ class ModelHub:
 
     def _start_pool(self) -> None:
         if self.batching and self.pool is None and self._llama is not None:
-            from .batching import SlotPool
+            from .slots import SlotPool
             self.pool = SlotPool(self._llama, self.n_parallel)
 
     def _close_llama(self) -> None:
