@@ -79,7 +79,11 @@ def main() -> None:
         draft_llm = None
         if args.draft:
             draft_llm = Llama(args.draft, **kw)
-            modes[f"draft model {Path(args.draft).name}"] = LlamaDraftLlama(draft_llm, num_pred_tokens=6)
+            probe = Llama(path, vocab_only=True, verbose=False)
+            if probe.n_vocab() == draft_llm.n_vocab():
+                modes[f"draft model {Path(args.draft).name}"] = LlamaDraftLlama(draft_llm, num_pred_tokens=6)
+            else:
+                print(f"{name}: the draft model's vocabulary differs: no draft-model run", flush=True)
         rows, plain_text = {}, None
         for mode, draft in modes.items():
             llm = Llama(path, draft_model=draft, **kw)

@@ -5,8 +5,10 @@
 
 Endpoints: POST /v1/completions, /v1/chat/completions (SSE with stream=true, ending in
 `data: [DONE]`), /v1/embeddings, GET /v1/models, POST /extras/tokenize,
-/extras/tokenize/count, /extras/detokenize, GET /health. With an api_key every endpoint
-but /health needs `Authorization: Bearer KEY` (see `security`). /v1/embeddings answers one
+/extras/tokenize/count, /extras/detokenize, GET /health, GET /metrics (Prometheus text,
+`metrics`). With an api_key every endpoint but /health needs `Authorization: Bearer KEY`
+(see `security`). With n_parallel > 1 completions run on parallel slots whose decode steps
+are batched (`slots`, `batching`). /v1/embeddings answers one
 vector per input by default, also for a model that declares no pooling (`pooled_embedding`).
 
 The event loop only moves bytes: everything that touches a model (preparing a request --
