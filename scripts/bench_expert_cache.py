@@ -6,7 +6,10 @@ The traces are SYNTHETIC: a randomly initialised model of OLMoE-1B-7B's MoE shap
 its routing says nothing about a trained model's. Two routers:
 
 * uniform: the random router (rows made orthogonal to the embeddings' shared direction):
-  nearly uniform expert popularity;
+  routing by the token's own embedding, a popularity near uniform (the attention output and
+  expert down projections are scaled by --branch-scale so that the residual stream stays the
+  embedding's: in a plain random model their outputs build a component common to all tokens
+  and every token picks the same few experts);
 * skewed: the same model with each router row e given a component along the direction every
   token embedding shares (a common direction of the residual stream), of size
   alpha * log(1 / rank_e) (a per-layer random ranking): a Zipf-like popularity on top of the
@@ -43,7 +46,7 @@ SLOTS = (8, 16, 32)
 
 # ---- build (torch + transformers) ----
 
-def build(d: str, n_layer: int, seed: int) -> None:
+def build(d: str, n_layer: int, seed: int, branch_scale: float) -> None:
     import torch
     import transformers
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -69,6 +72,11 @@ def build(d: str, n_layer: int, seed: int) -> None:
                 w = p.float()
                 p.copy_((w - torch.outer(w @ m_hat, m_hat)).to(p.dtype))
                 n_router += 1
+            elif name.endswith(("o_proj.weight", "experts.down_proj")):
+                # the layers' outputs small against the embeddings: a random model's attention
+                # and expert outputs otherwise build a common component that every router sees
+                # (all tokens then pick the same experts)
+                p.mul_(branch_scale)
     assert n_router == n_layer, "router weights not found"
     model.save_pretrained(hf)
     write_tokenizer(hf, SHAPE["vocab_size"], tokenizer_class="GPT2Tokenizer")
@@ -235,6 +243,8 @@ def main() -> None:
     ap.add_argument("--dir", required=True, help="working directory (checkpoint, GGUF files, traces)")
     ap.add_argument("--layers", type=int, default=4, help="build: layers of the synthetic model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--branch-scale", type=float, default=0.1,
+                    help="build: scale of the attention output and expert down projections")
     ap.add_argument("--alpha", type=float, default=1.0, help="run: the skewed router's strength")
     ap.add_argument("--tokens", type=int, default=1024, help="run: tokens of each text traced")
     ap.add_argument("--prompt", type=int, default=16, help="run: prompt tokens before the decode measurement")
@@ -243,7 +253,7 @@ def main() -> None:
     ap.add_argument("--no-device", action="store_true", help="run: only the hit-rate table")
     args = ap.parse_args()
     if args.step == "build":
-        build(args.dir, args.layers, args.seed)
+        build(args.dir, args.layers, args.seed, args.branch_scale)
     else:
         run(args)
 

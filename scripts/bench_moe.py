@@ -17,7 +17,11 @@ text, make the two engines evaluate the same tokens). Per run and engine:
             ``prompt_cold_tps`` is that first evaluation)
   decode    after a --n-gen-prompt token prompt, --n-gen greedy tokens / seconds of the
             loop ``tok = llm.sample(temp=0.0); llm.eval([tok])``
-  eval ms   milliseconds per generated token spent in llm.eval alone
+  eval ms   milliseconds per generated token spent in llm.eval alone (llama.cpp's own
+            counter, llama_perf_context's t_eval_ms / n_eval, is kept as own_eval_ms)
+  CPU ms    process CPU time (all threads) per generated token; CPU share: that time over
+            the decode's wall time and --threads (1.0: every thread always on a core; less:
+            threads waited, e.g. for a core on a loaded machine). Spinning counts as CPU.
   rss       peak resident memory of the child (VmHWM), MiB
 
 The machine may be shared: the load average (os.getloadavg, as uptime prints it) is
@@ -47,6 +51,7 @@ sys.path.append(str(ROOT / "src"))   # last: an installed pyinfer wins
 ENGINES = ("pyinfer", "llama.cpp")
 METRICS = (("prompt_tps", "prompt tok/s", "{:.1f}"), ("decode_tps", "decode tok/s", "{:.2f}"),
            ("eval_ms", "eval ms/tok", "{:.1f}"), ("load_s", "load s", "{:.2f}"),
+           ("cpu_ms", "CPU ms/tok", "{:.1f}"), ("cpu_share", "CPU share", "{:.2f}"),
            ("prompt_cold_tps", "cold prompt tok/s", "{:.1f}"), ("rss_mib", "peak RSS MiB", "{:.0f}"))
 FIRST_ID = 3          # the tiny tokenizers' specials are ids 0..2
 
@@ -92,18 +97,118 @@ def child(args: argparse.Namespace) -> dict:
     gen_prompt = token_ids(args.n_gen_prompt, n_vocab, seed=2)
     llm.reset()
     llm.eval(gen_prompt)
+    own = own_counters(llm) if args.child == "llama.cpp" else None
     generated, eval_s = [], 0.0
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for _ in range(args.n_gen):
         tok = llm.sample(temp=0.0)
         generated.append(int(tok))
         t1 = time.perf_counter()
         llm.eval([tok])
         eval_s += time.perf_counter() - t1
-    decode_s = time.perf_counter() - t0
+    decode_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     res.update(n_gen=args.n_gen, decode_tps=args.n_gen / decode_s, eval_ms=1000.0 * eval_s / args.n_gen,
+               cpu_ms=1000.0 * cpu_s / args.n_gen, cpu_share=cpu_s / decode_s / args.threads,
                rss_mib=peak_rss_mib(), gen_prompt_tokens=gen_prompt, tokens=generated)
+    if own is not None:
+        after = own_counters(llm)
+        if after and own and after[1] > own[1]:
+            res["own_eval_ms"] = (after[0] - own[0]) / (after[1] - own[1])
     return res
+
+
+def own_counters(llm):
+    """llama.cpp's own decode counters (llama_perf_context: t_eval_ms, n_eval), or None."""
+    try:
+        import llama_cpp
+        d = llama_cpp.llama_perf_context(llm.ctx)
+        return float(d.t_eval_ms), int(d.n_eval)
+    except Exception:           # an older or newer llama-cpp-python without them
+        return None
+
+
+# ---- op timing: pyinfer's decode-shaped products on the file's own weights ----------------
+
+def op_timing(model: str, threads: int, iters: int) -> dict:
+    """Seconds per compute of graphs holding one kind of product for every layer at decode
+    shape (one token), on the file's weights: the experts' gate / up / down through
+    gs_mul_mat_id (k fixed experts per layer), the same bytes as one dense matrix through
+    gs_mul_mat (the k experts' rows side by side; repacked where pyinfer's loader repacks,
+    and plain), and the attention projections as the engine runs them. Reports microseconds
+    per layer and the weight bytes read per second."""
+    import gguf
+    import numpy as np
+    from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool
+
+    r = gguf.GGUFReader(model)
+    tensors = {t.name: t for t in r.tensors}
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    n_layer = int(r.fields[f"{arch}.block_count"].parts[-1][0])
+    k = int(r.fields[f"{arch}.expert_used_count"].parts[-1][0])
+    rng = np.random.default_rng(0)
+    wctx = Context(mem_size=(8 * n_layer * 8 + 64) * 512, no_alloc=True)
+
+    def weight(name: str, data: np.ndarray, ttype: int, ne, repack: bool):
+        t = wctx.new_tensor(ttype, ne, name)
+        t.set_data(np.ascontiguousarray(data))
+        if repack and t.can_repack:
+            t.repack()
+        return t
+
+    def stacked(name):
+        t = tensors[name]
+        return t, [int(x) for x in t.shape]        # ne {K, M, n_expert}
+
+    cases = {}          # case -> (builder of one layer's node(s) in a ctx, weight bytes per layer)
+    for kind in ("gate", "up", "down"):
+        for layer in range(n_layer):
+            t, ne = stacked(f"blk.{layer}.ffn_{kind}_exps.weight")
+            ids = np.sort(rng.choice(ne[2], size=k, replace=False)).astype(np.int32)
+            row_bytes = t.data.shape[-1]
+            per_layer = k * ne[1] * row_bytes
+            w_id = weight(f"{kind}{layer}", t.data, int(t.tensor_type), ne, False)
+            dense = t.data[ids].reshape(k * ne[1], row_bytes)
+            w_rep = weight(f"{kind}{layer}r", dense, int(t.tensor_type), (ne[0], k * ne[1]), True)
+            w_plain = weight(f"{kind}{layer}p", dense, int(t.tensor_type), (ne[0], k * ne[1]), False)
+            tname = t.tensor_type.name
+            n_b = k if kind == "down" else 1
+            cases.setdefault(f"mul_mat_id ffn_{kind}_exps ({tname})", []).append(
+                (lambda ctx, w=w_id, ids=ids, ne=ne, n_b=n_b: ctx.mul_mat_id(
+                    w, ctx.from_numpy(rng.standard_normal((1, n_b, ne[0]), dtype=np.float32)),
+                    ctx.from_numpy(ids.reshape(1, k))), per_layer))
+            for label, w in (("repacked" if w_rep.is_repacked else "not repackable", w_rep), ("plain", w_plain)):
+                cases.setdefault(f"mul_mat same bytes as ffn_{kind} ({tname}, {label})", []).append(
+                    (lambda ctx, w=w, ne=ne: ctx.mul_mat(
+                        w, ctx.from_numpy(rng.standard_normal((1, ne[0]), dtype=np.float32))), per_layer))
+    for proj in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        for layer in range(n_layer):
+            t = tensors.get(f"blk.{layer}.{proj}.weight")
+            if t is None:
+                continue
+            ne = [int(x) for x in t.shape]
+            w = weight(f"{proj}{layer}", t.data, int(t.tensor_type), ne, True)
+            cases.setdefault(f"mul_mat attention projections (as loaded)", []).append(
+                (lambda ctx, w=w, ne=ne: ctx.mul_mat(
+                    w, ctx.from_numpy(rng.standard_normal((1, ne[0]), dtype=np.float32))), t.data.nbytes))
+
+    out = {}
+    with ThreadPool(threads) as pool:
+        for case, nodes in cases.items():
+            with Context(64 << 20) as ctx:
+                graph = Graph(ctx).build(*[build(ctx) for build, _ in nodes]).plan(threads)
+                graph.compute(pool)                       # pages in, warms caches
+                times = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    graph.compute(pool)
+                    times.append(time.perf_counter() - t0)
+            s = statistics.median(times)
+            nbytes = sum(b for _, b in nodes)
+            out[case] = {"us_per_layer": 1e6 * s / n_layer, "weight_mib_per_layer": nbytes / n_layer / 2**20,
+                         "gb_per_s": nbytes / s / 1e9}
+            print(f"  {case:<58} {1e6 * s / n_layer:9.1f} us/layer  "
+                  f"{nbytes / n_layer / 2**20:6.2f} MiB/layer  {nbytes / s / 1e9:6.2f} GB/s", flush=True)
+    return out
 
 
 # ---- parent ------------------------------------------------------------------------------
@@ -115,6 +220,8 @@ def run_child(engine: str, model: str, args: argparse.Namespace) -> dict:
            "--n-gen-prompt", str(args.n_gen_prompt), "--n-gen", str(args.n_gen),
            "--n-ctx", str(args.n_ctx), "--n-batch", str(args.n_batch)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if engine == "llama.cpp":
+        env.update(kv.split("=", 1) for kv in args.llama_cpp_env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"{engine} run on {model} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -167,7 +274,8 @@ def bench_model(model: str, engines: list, args) -> dict:
 
 def markdown(results: list, args) -> str:
     ms = metrics(args)
-    lines = [f"{args.threads} threads, n_ctx {args.n_ctx}, n_batch {args.n_batch}; prompt {args.n_prompt} "
+    env = f" (llama.cpp with {' '.join(args.llama_cpp_env)})" if args.llama_cpp_env else ""
+    lines = [f"{args.threads} threads{env}, n_ctx {args.n_ctx}, n_batch {args.n_batch}; prompt {args.n_prompt} "
              f"tokens; decode {args.n_gen} tokens after {args.n_gen_prompt}; medians of {args.runs} runs", "",
              "| model | engine | " + " | ".join(name for _, name, _ in ms) + " |",
              "|---|---|" + "---:|" * len(ms)]
@@ -199,7 +307,12 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-cpp-python", default=os.environ.get("PYINFER_BENCH_LLAMA_CPP_PYTHON", ""),
                     metavar="PY", help="interpreter with the real llama-cpp-python "
                                        "(env PYINFER_BENCH_LLAMA_CPP_PYTHON)")
+    ap.add_argument("--llama-cpp-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the llama.cpp children (repeatable), e.g. OMP_WAIT_POLICY=passive: "
+                         "its OpenMP threads then sleep instead of spinning at barriers")
     ap.add_argument("--ours-only", action="store_true", help="measure pyinfer alone")
+    ap.add_argument("--op-timing", type=int, default=0, metavar="ITERS",
+                    help="also time pyinfer's decode-shaped products per kind (ITERS computes each)")
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--md", metavar="OUT")
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
@@ -213,15 +326,23 @@ def main(argv=None) -> int:
     if "llama.cpp" in engines and not args.llama_cpp_python:
         ap.error("--llama-cpp-python PY is needed to run llama.cpp (or --ours-only)")
     models = [m for m in args.model.split(",") if m]
+    for kv in args.llama_cpp_env:
+        if "=" not in kv:
+            ap.error(f"--llama-cpp-env takes KEY=VALUE, got {kv!r}")
     for m in models:
         if not os.path.isfile(m):
             ap.error(f"no such file: {m}")
     results = [bench_model(m, engines, args) for m in models]
+    for m, res in zip(models, results):
+        if args.op_timing:
+            print(f"\npyinfer decode-shaped products on {os.path.basename(m)}, {args.threads} threads "
+                  f"(medians of {args.op_timing} computes)")
+            res["op_timing"] = op_timing(m, args.threads, args.op_timing)
     md = markdown(results, args)
     print("\n" + md)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "n_ctx": args.n_ctx, "n_batch": args.n_batch,
+            json.dump({"threads": args.threads, "llama_cpp_env": args.llama_cpp_env, "n_ctx": args.n_ctx, "n_batch": args.n_batch,
                        "n_prompt": args.n_prompt, "n_gen_prompt": args.n_gen_prompt, "n_gen": args.n_gen,
                        "results": results}, f, indent=1)
     if args.md:

@@ -66,6 +66,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -219,9 +220,11 @@ class Server:
         raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{''.join(self.log[-30:])}")
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s (a server finishing an abandoned generation
+        before it exits would only delay the next one)."""
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -448,7 +451,12 @@ def markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)        # unwinds through run_server's finally: the server stops
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF model (default: SmolLM2-135M-Instruct Q4_1)")

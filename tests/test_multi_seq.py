@@ -318,3 +318,32 @@ def test_batched_sequences_bit_identical_powerinfer(tmp_path):
         np.testing.assert_array_equal(verified, np.stack([eng.decode([t], seq=0) for t in (7, 8, 9)]))
     finally:
         eng.close()
+
+
+def test_stream_stays_on_its_sequence_across_threads(smollm2):
+    """A completion stream made inside `using(seq)` in one thread and read in other threads
+    (as a server's worker threads do) keeps evaluating on seq: the text equals the plain
+    one and the Llama's own sequence is untouched."""
+    import threading
+    from pyinfer import Llama
+    llm = Llama(smollm2, n_seq_max=2, n_ctx=256, n_threads=2, verbose=False)
+    try:
+        want = llm.create_completion("The ocean is", max_tokens=10, temperature=0)["choices"][0]["text"]
+        llm.reset()
+        seq = llm.sequence(1)
+        with llm.using(seq):
+            stream = llm.create_completion("The ocean is", max_tokens=10, temperature=0, stream=True)
+        pieces = []
+
+        def pull():
+            pieces.append(next(stream, None))
+        while True:
+            t = threading.Thread(target=pull)
+            t.start()
+            t.join()
+            if pieces[-1] is None:
+                break
+        assert "".join(p["choices"][0]["text"] for p in pieces[:-1]) == want
+        assert llm.n_tokens == 0 and seq.n_tokens > 0
+    finally:
+        llm.close()

@@ -123,6 +123,7 @@ class _Run:
 
     def __init__(self, llama, req: CompletionRequest):
         self.llama, self.req = llama, req
+        self.seq = llama.current_sequence       # bound now: a stream may resume in another thread
         self.prompt_tokens = prompt_tokens(llama, req.prompt, req.suffix)
         self.prompt_text = (req.prompt if isinstance(req.prompt, str) else
                             llama.detokenize(self.prompt_tokens).decode("utf-8", errors="ignore"))
@@ -152,13 +153,15 @@ class _Run:
     def steps(self) -> Iterator[None]:
         """Generate; yields after every token so that a stream can send what is ready."""
         llama, req = self.llama, self.req
-        self._load_cached_prefix()
-        llama.set_seed(req.seed if req.seed is not None
-                       else random.Random(llama.seed).randint(0, 2 ** 32))
-        settings = SamplingSettings(**{**req.sampling.__dict__, "seed": llama.seed})
+        with llama.using(self.seq):
+            self._load_cached_prefix()
+        seed = req.seed if req.seed is not None else random.Random(llama.seed).randint(0, 2 ** 32)
+        llama.set_seed(seed)
+        settings = SamplingSettings(**{**req.sampling.__dict__, "seed": seed})
         longest_stop = max((len(s) for s in req.stop), default=0)
-        gen = llama.generate_tokens(self.prompt_tokens, settings, logits_processor=req.logits_processor,
-                              stopping_criteria=req.stopping_criteria, grammar=req.grammar)
+        with llama.using(self.seq):
+            gen = llama.generate_tokens(self.prompt_tokens, settings, logits_processor=req.logits_processor,
+                                        stopping_criteria=req.stopping_criteria, grammar=req.grammar)
         t_start = t_first = time.perf_counter()
         for token in gen:
             if not self.tokens:
@@ -188,11 +191,12 @@ class _Run:
         if llama.verbose:
             self._print_timings(t_start, t_first, time.perf_counter())
         crit = req.stopping_criteria
-        seq = llama.current_sequence
+        seq = self.seq
         if crit is not None and seq.logits is not None and crit(seq.input_ids[:seq.n_tokens], seq.logits):
             self.finish_reason = "stop"
         if llama.cache:
-            llama.cache[self.prompt_tokens + self.tokens] = llama.save_state()
+            with llama.using(seq):
+                llama.cache[self.prompt_tokens + self.tokens] = llama.save_state()
 
     def _print_timings(self, t_start: float, t_first: float, t_end: float) -> None:
         n = len(self.tokens)

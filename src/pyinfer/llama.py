@@ -358,19 +358,29 @@ class Llama:
                         logits_processor=None, stopping_criteria=None, reset: bool = True,
                         grammar=None):
         """generate_step on the current sequence with a SamplingSettings, yielding tokens
-        (send(ids) appends ids): what `generate` and completions run."""
+        (send(ids) appends ids): what `generate` and completions run. The sequence is bound
+        here, in the caller's thread (see `using`): the stream stays on it whichever thread
+        resumes it."""
         self._require_engine()
         seq = self._seq
-        sampler = seq.sampler = Sampler(settings, logits_processor, self.grammar_matcher(grammar))
+        sampler = Sampler(settings, logits_processor, self.grammar_matcher(grammar))
         if stopping_criteria is not None and not callable(stopping_criteria):
             stopping_criteria = StoppingCriteriaList(stopping_criteria)     # a plain list
+        return self._token_stream(seq, tokens, sampler, stopping_criteria, reset)
+
+    def _token_stream(self, seq: ModelSequence, tokens, sampler, stopping_criteria, reset: bool):
+        seq.sampler = sampler
 
         def told(kept, remaining):
             if self.verbose:
                 print(f"Llama.generate: {kept} prefix-match hit, remaining {remaining} prompt "
                       "tokens to eval", file=sys.stderr)
+
+        def evaluate(ids):         # Llama.eval (a subclass may override it), on `seq`
+            with self.using(seq):
+                self.eval(ids)
         steps = generate_step(seq, tokens, sampler, stopping_criteria, reuse=reset, on_reuse=told,
-                              evaluate=self.eval, draft=self.draft_model, stats=self.spec_stats)
+                              evaluate=evaluate, draft=self.draft_model, stats=self.spec_stats)
         try:
             extra = None
             while True:
