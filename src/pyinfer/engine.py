@@ -146,7 +146,8 @@ class Engine:
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
                              threads, embeddings, self.ffn, self._backends, rowwise)
             self._graphs[key] = g
-            if len(self._graphs) > MAX_CACHED_GRAPHS:
+            # several sequences: one decode graph per batch size in use stays cached too
+            if len(self._graphs) > MAX_CACHED_GRAPHS + (self.n_seq if self.n_seq > 1 else 0):
                 self._close_graph(self._graphs.popitem(last=False)[1])
         else:
             self._graphs.move_to_end(key)
