@@ -345,3 +345,55 @@ def test_metrics_follow_the_api_key_and_single_slot_servers(smollm2):
             assert "prompt_tokens_total" not in text
     finally:
         app.state.hub.close()
+
+
+class _CancelAfterFirstChunk:
+    """The engine, except that its first prompt chunk sets `event` (a client leaving
+    while its prompt is evaluated)."""
+
+    def __init__(self, engine, event):
+        self._engine, self._event = engine, event
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def decode(self, *args, **kwargs):
+        out = self._engine.decode(*args, **kwargs)
+        self._event.set()
+        return out
+
+
+def test_scheduler_drops_a_cancelled_prompt_and_cuts_its_cache(smollm2):
+    """Between two chunks of a prompt the scheduler sees its request cancelled: the request
+    thread gets ClientGone, the sequence's cache is cut back to where the prompt started,
+    nothing stays queued, and the sequence then evaluates as if nothing happened (logits
+    bit-identical to a plain decode)."""
+    import numpy as np
+    from pyinfer.server.batching import Scheduler
+    from pyinfer.server.generation import ClientGone
+    llm = Llama(str(smollm2), n_ctx=128, n_batch=16, n_ubatch=16, n_seq_max=2, verbose=False)
+    try:
+        eng = llm._engine
+        cancel = threading.Event()
+        sched = Scheduler(_CancelAfterFirstChunk(eng, cancel))
+        try:
+            sched.join(1, cancel)
+            start = sched.runner(1, [1, 2, 3], False)           # 3 tokens held before
+            assert eng.seq_pos[1] == 3 and cancel.is_set()      # (set after the chunk)
+            cancel.clear()
+            with pytest.raises(ClientGone):
+                sched.runner(1, list(range(100, 160)), False)   # 4 chunks of 16
+            assert eng.seq_pos[1] == 3 and sched.held[1] == [1, 2, 3]
+            assert sched.metrics()["dropped"] == 1 and sched.queued == 0
+            assert sched.metrics()["prompt_tokens"] == 3 + 16
+            sched.leave(1)
+            got = sched.runner(1, [7, 8], False)
+            eng.truncate(0, seq=0)
+            want = eng.decode([1, 2, 3], seq=0)
+            assert np.array_equal(start, want)
+            want = eng.decode([7, 8], seq=0)
+            assert np.array_equal(got, want)
+        finally:
+            sched.close()
+    finally:
+        llm.close()

@@ -123,16 +123,22 @@ class Sequence:
         self.requires_eval = True
 
     def copy_prefix_from(self, other: "Sequence", n: int) -> None:
-        """Start this sequence from `other`'s first n tokens and their KV rows (copied in the
-        cache, not evaluated again); its logits must then be evaluated (requires_eval)."""
+        """Start this sequence from `other`'s first n tokens: their KV rows (copied in the
+        cache, not evaluated again: llama.cpp's seq_cp), ids and kept logits rows. `other` is
+        only read (it may be running in another thread between forwards): n must lie within
+        both its tokens and the positions its cache holds. This sequence's logits must then
+        be evaluated again (requires_eval)."""
         if other.engine is not self.engine:
             raise ValueError("copy_prefix_from: the sequences belong to different models")
-        other.sync()
-        if not 0 <= n <= other.n_tokens:
-            raise ValueError(f"cannot copy {n} tokens: the sequence holds {other.n_tokens}")
-        self._require_engine().copy_prefix(other.seq_id, self.seq_id, n)
+        eng = self._require_engine()
+        held = min(other.n_tokens, eng.seq_pos[other.seq_id])
+        if not 0 <= n <= held:
+            raise ValueError(f"cannot copy {n} tokens: the sequence holds {held}")
+        eng.copy_prefix(other.seq_id, self.seq_id, n)
         self.calls.sequence = object()
         self.input_ids[:n] = other.input_ids[:n]
+        if self.logits_all and other.logits_all:
+            self.scores[:n] = other.scores[:n]
         self.n_tokens = n
         self.requires_eval = True
 
