@@ -397,3 +397,28 @@ def test_scheduler_drops_a_cancelled_prompt_and_cuts_its_cache(smollm2):
             sched.close()
     finally:
         llm.close()
+
+
+def test_scheduler_batches_speculative_drafts(smollm2):
+    """A slot whose Llama has a draft model: the verification of [token] + draft goes through
+    the scheduler as one rowwise item of a decode batch, and the text equals plain decoding."""
+    from pyinfer import Llama
+    from pyinfer.server.batching import Scheduler
+    from pyinfer.speculative import LlamaPromptLookupDecoding
+    prompt = "Repeat after me: one two three four five six. Again: one two three four five six. Again:"
+    plain = Llama(smollm2, n_ctx=256, n_threads=2, verbose=False)
+    llm = Llama(smollm2, n_ctx=256, n_threads=2, verbose=False, n_seq_max=2,
+                draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4))
+    sched = Scheduler(llm.engine)
+    try:
+        want = plain.create_completion(prompt, max_tokens=24, temperature=0)["choices"][0]["text"]
+        seq = llm.sequence(1, runner=sched.runner)
+        with llm.using(seq):
+            got = llm.create_completion(prompt, max_tokens=24, temperature=0)["choices"][0]["text"]
+        assert got == want
+        assert llm.spec_stats.accepted > 0
+        assert sched.n_decode_tokens > sched.n_decode_batches   # several tokens per verification
+    finally:
+        sched.close()
+        llm.close()
+        plain.close()

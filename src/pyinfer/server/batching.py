@@ -39,12 +39,14 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 class _Job:
     """One evaluation (or a `call`) queued for the scheduler thread."""
     __slots__ = ("seq", "tokens", "logits_all", "cancel", "fn", "done", "result", "error",
-                 "offset", "start_pos", "out", "t_queued")
+                 "offset", "start_pos", "out", "t_queued", "rowwise")
 
     def __init__(self, seq: int, tokens: List[int], logits_all: bool,
-                 cancel: Optional[threading.Event] = None, fn: Optional[Callable] = None):
+                 cancel: Optional[threading.Event] = None, fn: Optional[Callable] = None,
+                 rowwise: bool = False):
         self.seq, self.tokens, self.logits_all, self.cancel, self.fn = \
             seq, tokens, logits_all, cancel, fn
+        self.rowwise = rowwise          # decoded as if one by one (a speculative draft)
         self.done = threading.Event()
         self.result: Any = None
         self.error: Optional[BaseException] = None
@@ -94,12 +96,14 @@ class Scheduler:
 
     # ---- request side ----------------------------------------------------------------------
 
-    def runner(self, seq_id: int, tokens: List[int], logits_all: bool) -> np.ndarray:
+    def runner(self, seq_id: int, tokens: List[int], logits_all: bool, rowwise: bool = False) -> np.ndarray:
         """The Sequence runner: queue the evaluation and wait for its logits (the last
-        token's, or all rows with logits_all). Raises ClientGone when the slot's request
-        was cancelled before its evaluation ended."""
+        token's, or all rows with logits_all). `rowwise` (a speculative draft being verified):
+        its tokens join the decode batch, each computed as when decoded alone. Raises
+        ClientGone when the slot's request was cancelled before its evaluation ended."""
         tokens = [int(t) for t in tokens]
-        job = _Job(int(seq_id), tokens, bool(logits_all), self._cancels.get(int(seq_id)))
+        job = _Job(int(seq_id), tokens, bool(logits_all), self._cancels.get(int(seq_id)),
+                   rowwise=bool(rowwise) and len(tokens) <= self.n_batch)
         self._submit(job)
         job.done.wait()
         if job.error is not None:
@@ -173,8 +177,8 @@ class Scheduler:
                     return
                 self._wait_for_joiners()
                 calls = [j for j in self._queue if j.fn is not None]
-                steps = [j for j in self._queue if j.fn is None and len(j.tokens) == 1]
-                prompts = [j for j in self._queue if j.fn is None and len(j.tokens) != 1]
+                steps = [j for j in self._queue if j.fn is None and (len(j.tokens) == 1 or j.rowwise)]
+                prompts = [j for j in self._queue if j.fn is None and len(j.tokens) != 1 and not j.rowwise]
             for job in calls:
                 self._run_call(job)
             self._run_steps(steps)
@@ -243,7 +247,8 @@ class Scheduler:
         return True
 
     def _run_steps(self, steps: List[_Job]) -> None:
-        """One decode_batch over every waiting single-token evaluation (n_batch per forward)."""
+        """One decode_batch over every waiting single-token (or rowwise) evaluation, n_batch
+        tokens per forward."""
         live = []
         for job in steps:
             if job.cancelled:
@@ -251,8 +256,12 @@ class Scheduler:
             elif self._check_fits(job):
                 self._sync_held(job.seq)
                 live.append(job)
-        for i in range(0, len(live), self.n_batch):
-            group = live[i:i + self.n_batch]
+        groups: List[List[_Job]] = []
+        for job in live:
+            if not groups or sum(len(j.tokens) for j in groups[-1]) + len(job.tokens) > self.n_batch:
+                groups.append([])
+            groups[-1].append(job)
+        for group in groups:
             t0 = time.perf_counter()
             try:
                 outs = self.engine.decode_batch([(j.seq, j.tokens) for j in group])
@@ -270,7 +279,7 @@ class Scheduler:
             with self._cv:
                 self._last_step_s = dt
                 self._expected = {j.seq for j in group}
-                self.n_decode_tokens += len(group)
+                self.n_decode_tokens += sum(len(j.tokens) for j in group)
                 self.t_decode += dt
                 self.n_decode_batches += 1
                 self.max_batch = max(self.max_batch, len(group))
