@@ -7,8 +7,9 @@ its routing says nothing about a trained model's. Two routers:
 
 * uniform: the random router (rows made orthogonal to the embeddings' shared direction):
   routing by the token's own embedding, a popularity near uniform (the attention output and
-  expert down projections are scaled by --branch-scale so that the residual stream stays the
-  embedding's: in a plain random model their outputs build a component common to all tokens
+  expert down projections are scaled by --branch-scale and the embeddings are N(0, 1), so that
+  the residual stream stays the embedding's: in a plain random model their outputs build a
+  component common to all tokens
   and every token picks the same few experts);
 * skewed: the same model with each router row e given a component along the direction every
   token embedding shares (a common direction of the residual stream), of size
@@ -30,7 +31,6 @@ that hold 8/16/32 slots per layer and prints the bytes moved host <-> device per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -62,6 +62,7 @@ def build(d: str, n_layer: int, seed: int, branch_scale: float) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         emb = model.model.embed_tokens.weight
+        emb.mul_(1.0 / emb.float().std())                    # N(0, 1) embeddings (make_moe_fixtures' scale)
         m = torch.randn(emb.shape[1], generator=gen, dtype=torch.float32)
         m_hat = m / m.norm()
         # every token embedding shares a direction as long as its random part
@@ -86,16 +87,22 @@ def build(d: str, n_layer: int, seed: int, branch_scale: float) -> None:
 
 # ---- run (pyinfer) ----
 
-def convert_files(d: str, alpha: float, seed: int):
+def convert_files(d: str, alphas, seed: int):
     from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
-    from pyinfer.gguf_model import GGUFFile
     uni = os.path.join(d, "synthetic-olmoe.q4_0.gguf")
-    skew = os.path.join(d, f"synthetic-olmoe-skewed-{alpha:g}.q4_0.gguf")
     if not os.path.exists(uni):
         t0 = time.perf_counter()
         convert(os.path.join(d, "hf"), ConvertOptions(uni + ".part", "q4_0", progress=False))
         os.replace(uni + ".part", uni)
         print(f"converted to {uni} in {time.perf_counter() - t0:.0f} s")
+    return uni, [skewed_file(d, uni, alpha, seed) for alpha in alphas]
+
+
+def skewed_file(d: str, uni: str, alpha: float, seed: int) -> str:
+    """A copy of `uni` whose routers favour a per-layer random ranking of experts by
+    alpha * log(1 / rank) (router rows given a component along the shared direction)."""
+    from pyinfer.gguf_model import GGUFFile
+    skew = os.path.join(d, f"synthetic-olmoe-skewed-{alpha:g}.q4_0.gguf")
     if not os.path.exists(skew):
         shutil.copyfile(uni, skew + ".part")
         m_hat = np.load(os.path.join(d, "shared_direction.npy")).astype(np.float32)
@@ -115,7 +122,7 @@ def convert_files(d: str, alpha: float, seed: int):
                 fh.seek(off)
                 fh.write(w.tobytes())
         os.replace(skew + ".part", skew)
-    return uni, skew
+    return skew
 
 
 def texts(n_tokens: int, tok):
@@ -155,19 +162,36 @@ def hit_table(name: str, ta: np.ndarray, tb: np.ndarray, n_expert: int) -> list:
     k = tb.shape[2]
     rows = []
     top8 = np.mean([np.sort(c)[::-1][:k].sum() / c.sum() for c in counts_b])
+    # temporal locality: the share of choices whose expert the previous token chose too
+    reuse = np.mean([np.isin(tb[t, i], tb[t - 1, i]).mean() for t in range(1, len(tb)) for i in range(tb.shape[1])])
     for S in SLOTS:
-        st = lr = cold = 0
+        st = lr = cold = pin = 0
         for i in range(tb.shape[1]):
             hot = np.argsort(-counts_a[i], kind="stable")[:S]
             st += static_hits(tb[:, i], hot)
             lr += lru_hits(tb[:, i], S, hot.tolist())[0]
             cold += lru_hits(tb[:, i], S)[0]
+            pin += lru_hits(tb[:, i], S, hot.tolist(), policy="pinned")[0]
         n = tb[:, :, :].size
-        rows.append((name, S, 100.0 * st / n, 100.0 * lr / n, 100.0 * cold / n, 100.0 * top8))
+        rows.append((name, S, 100.0 * st / n, 100.0 * lr / n, 100.0 * cold / n, 100.0 * pin / n,
+                     100.0 * top8, 100.0 * reuse))
     return rows
 
 
-def bytes_per_token(path: str, n_prompt: int, n_decode: int, threads: int, profile: str) -> list:
+def simulated_window(trace: np.ndarray, counts, S: int, n_prompt: int, n_decode: int, policy: str) -> float:
+    """The hit rate of the same policy replayed on the trace: warm from the profile's top S,
+    the prompt's tokens, then the decoded window (the engine's check)."""
+    from pyinfer.offload.experts import make_slots
+    hits = 0
+    for i in range(trace.shape[1]):
+        lru = make_slots(policy, S, np.argsort(-np.asarray(counts[i]), kind="stable")[:S].tolist())
+        for row in trace[:n_prompt, i]:
+            lru.access(row)
+        hits += sum(lru.access(row)[0] for row in trace[n_prompt:n_prompt + n_decode, i])
+    return hits / trace[n_prompt:n_prompt + n_decode].size
+
+
+def bytes_per_token(path: str, n_prompt: int, n_decode: int, threads: int, profile: str, trace) -> list:
     """Per slot count: the budget holding that many slots per layer, and the bytes moved per
     decoded token (host -> device, device -> host, of them the cache's expert loads)."""
     from pyinfer.backend import Backend
@@ -186,55 +210,74 @@ def bytes_per_token(path: str, n_prompt: int, n_decode: int, threads: int, profi
     counts = load_expert_counts(profile)[0]
     for S in SLOTS:
         budget = make_plan(spec, vram_budget=64.0, expert_counts=counts, expert_slots=S).device_bytes
-        with Backend.standin(budget) as dev:
-            e = Engine(path, ContextSettings(n_ctx=256, n_batch=16, n_threads=threads, extra={
-                "offload_device": dev, "vram_budget": budget / GIB, "expert_cache": True,
-                "expert_slots": S, "expert_profile": profile}))
-            try:
-                e.decode(b[:n_prompt])
-                s0, c0 = dev.stats(), e.expert_cache.stats.bytes_loaded
-                h0, m0 = e.expert_cache.stats.hits, e.expert_cache.stats.misses
-                t0 = time.perf_counter()
-                for t in b[n_prompt:n_prompt + n_decode]:
-                    e.decode([t])
-                dt = time.perf_counter() - t0
-                s1, st = dev.stats(), e.expert_cache.stats
-                n = n_decode
-                hr = (st.hits - h0) / max(1, st.hits - h0 + st.misses - m0)
-                out.append((S, budget / MIB, (s1["h2d_bytes"] - s0["h2d_bytes"]) / n / MIB,
-                            (s1["d2h_bytes"] - s0["d2h_bytes"]) / n / 1024, (st.bytes_loaded - c0) / n / MIB,
-                            100.0 * hr, s1["arena_peak"] <= budget, n / dt))
-            finally:
-                e.close()
+        for policy in ("static", "lru", "pinned"):
+            with Backend.standin(budget) as dev:
+                e = Engine(path, ContextSettings(n_ctx=256, n_batch=16, n_threads=threads, extra={
+                    "offload_device": dev, "vram_budget": budget / GIB, "expert_cache": policy != "static" and policy,
+                    "expert_slots": S, "expert_profile": profile}))
+                try:
+                    e.decode(b[:n_prompt])
+                    s0 = dev.stats()
+                    c = e.expert_cache
+                    c0 = (c.stats.bytes_loaded, c.stats.hits, c.stats.misses) if c else (0, 0, 0)
+                    t0 = time.perf_counter()
+                    for t in b[n_prompt:n_prompt + n_decode]:
+                        e.decode([t])
+                    dt = time.perf_counter() - t0
+                    s1, n = dev.stats(), n_decode
+                    if c:
+                        loads = (c.stats.bytes_loaded - c0[0]) / n / MIB
+                        hits, misses = c.stats.hits - c0[1], c.stats.misses - c0[2]
+                        hr = hits / max(1, hits + misses)
+                        sim = simulated_window(trace, counts, S, n_prompt, n_decode, policy)
+                    else:       # the plan's slots: the profile's top S of each layer
+                        from pyinfer.offload.experts import static_hits
+                        win = trace[n_prompt:n_prompt + n_decode]
+                        loads, hr = 0.0, None
+                        sim = sum(static_hits(win[:, i], x.experts) for i, x in
+                                  enumerate(e.offload_plan.experts)) / win.size
+                    out.append((policy, S, budget / MIB, (s1["h2d_bytes"] - s0["h2d_bytes"]) / n / MIB,
+                                (s1["d2h_bytes"] - s0["d2h_bytes"]) / n / 1024, loads,
+                                None if hr is None else 100.0 * hr, 100.0 * sim,
+                                s1["arena_peak"] <= budget, n / dt))
+                finally:
+                    e.close()
     return out
 
 
 def run(args) -> None:
     from pyinfer.offload.experts import counts_from_trace, save_expert_counts
-    uni, skew = convert_files(args.dir, args.alpha, args.seed)
+    alphas = [float(a) for a in args.alpha.split(",")]
+    uni, skews = convert_files(args.dir, alphas, args.seed)
+    models = [("uniform", uni)] + [(f"skewed a={a:g}", p) for a, p in zip(alphas, skews)]
     rows = []
-    for name, path in (("uniform", uni), (f"skewed a={args.alpha:g}", skew)):
+    for name, path in models:
         ta, tb = traces(path, args.tokens, args.threads)
         rows += hit_table(name, ta, tb, SHAPE["num_experts"])
         prof = path + ".profile.npz"
         save_expert_counts(prof, counts_from_trace(ta, SHAPE["num_experts"]), len(ta))
     print(f"\nHit rates over the held-out text ({args.tokens} tokens; profile text: another {args.tokens}); "
           "SYNTHETIC routing (random OLMoE-shaped model), 64 experts, top-8, per layer:")
-    print("| router | slots/layer | static top-S (profile) | LRU (warm from profile) | LRU (cold) | top-8 experts' share |")
-    print("|---|---|---|---|---|---|")
+    print("| router | slots/layer | static top-S (profile) | LRU (warm from profile) | LRU (cold) "
+          "| half pinned + half LRU | top-8 experts' share | reused from the previous token |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}% | {r[3]:.1f}% | {r[4]:.1f}% | {r[5]:.1f}% |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}% | {r[3]:.1f}% | {r[4]:.1f}% | {r[5]:.1f}% | {r[6]:.1f}% "
+              f"| {r[7]:.1f}% |")
     if args.no_device:
         return
-    print(f"\nBytes moved per decoded token on the stand-in device (LRU cache, prompt {args.prompt} tokens, "
-          f"{args.decode} decoded tokens of the held-out text):")
-    print("| router | slots/layer | budget | host->device per token | device->host per token | of which expert loads "
-          "| hit rate | arena peak <= budget | tokens/s (stand-in, CPU) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, path in (("uniform", uni), (f"skewed a={args.alpha:g}", skew)):
-        for r in bytes_per_token(path, args.prompt, args.decode, args.threads, path + ".profile.npz"):
-            print(f"| {name} | {r[0]} | {r[1]:.0f} MiB | {r[2]:.2f} MiB | {r[3]:.1f} KiB | {r[4]:.2f} MiB | "
-                  f"{r[5]:.1f}% | {r[6]} | {r[7]:.1f} |")
+    print(f"\nBytes moved per decoded token on the stand-in device (static slots, LRU cache, half pinned; "
+          f"prompt {args.prompt} tokens, {args.decode} decoded tokens of the held-out text):")
+    print("| router | policy | slots/layer | budget | host->device per token | device->host per token "
+          "| of which expert loads | engine's hit rate | trace replay, same window | arena peak <= budget "
+          "| tokens/s (stand-in, CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, path in models[:2]:
+        trace = traces(path, args.tokens, args.threads)[1]
+        for r in bytes_per_token(path, args.prompt, args.decode, args.threads, path + ".profile.npz", trace):
+            engine_hr = "-" if r[6] is None else f"{r[6]:.1f}%"
+            print(f"| {name} | {r[0]} | {r[1]} | {r[2]:.0f} MiB | {r[3]:.2f} MiB | {r[4]:.1f} KiB | {r[5]:.2f} MiB | "
+                  f"{engine_hr} | {r[7]:.1f}% | {r[8]} | {r[9]:.1f} |")
 
 
 def main() -> None:
@@ -245,10 +288,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--branch-scale", type=float, default=0.1,
                     help="build: scale of the attention output and expert down projections")
-    ap.add_argument("--alpha", type=float, default=1.0, help="run: the skewed router's strength")
+    ap.add_argument("--alpha", default="0.3,1", help="run: the skewed routers' strengths (comma-separated; "
+                    "the bytes-per-token table runs the first)")
     ap.add_argument("--tokens", type=int, default=1024, help="run: tokens of each text traced")
-    ap.add_argument("--prompt", type=int, default=16, help="run: prompt tokens before the decode measurement")
-    ap.add_argument("--decode", type=int, default=32, help="run: decoded tokens measured per budget")
+    ap.add_argument("--prompt", type=int, default=192, help="run: prompt tokens before the decode measurement")
+    ap.add_argument("--decode", type=int, default=48, help="run: decoded tokens measured per budget")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-device", action="store_true", help="run: only the hit-rate table")
     args = ap.parse_args()

@@ -459,15 +459,6 @@ def test_builder_exact_ties():
         np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
 
 
-def test_expert_map_is_not_implemented_yet():
-    with Context(1 << 20) as ctx:
-        cfg = ModelConfig(arch="qwen3moe", n_vocab=16, n_ctx_train=64, n_embd=E, n_layer=1, n_ff=F, n_head=4,
-                          n_expert=X, n_expert_used=2)
-        with pytest.raises(NotImplementedError):
-            build_moe_ffn(ctx, cfg, SimpleNamespace(index=0), ctx.from_numpy(np.zeros((1, E), np.float32)),
-                          expert_map=ctx.from_numpy(np.zeros(X, np.int32)))
-
-
 # ---- hyper-parameters and refusals -------------------------------------------------------------
 
 def _md(arch, **extra):

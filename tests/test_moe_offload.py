@@ -22,7 +22,7 @@ from pyinfer.model.moe_hybrid import ExpertSlots
 from pyinfer.offload import MIB, format_report, plan_hybrid, plan_layers
 from pyinfer.offload.budget import ScratchShape, arena_bytes, part
 from pyinfer.offload.experts import (LayerExperts, LRUSlots, counts_from_trace, layer_slot_bytes, load_expert_counts,
-                                     lru_hits, moe_scratch_bytes, save_expert_counts, static_hits)
+                                     lru_hits, make_slots, moe_scratch_bytes, save_expert_counts, static_hits)
 from pyinfer.offload.expert_profile import record_routing
 from pyinfer.offload.model_spec import ExpertBytes, ModelSpec, SliceRowBytes, TensorSpec
 from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool
@@ -102,7 +102,11 @@ def test_n_cpu_moe_with_the_hybrid_plan(name):
         logits, e = _run(fixture(name), offload_device=dev, vram_budget=2 / 1024, n_cpu_moe=1)
         assert [x.layer for x in e.offload_plan.experts] == [1]
         assert e.offload_plan.experts[0].n_slots == e.cfg.n_expert
-        assert "hybrid MoE" in e.ffn_mode
+        assert e.ffn_mode.startswith("hybrid MoE: 8 expert slots")
+        report = format_report(e.offload_plan, e.cfg.n_layer, e.cfg.n_ff)
+        assert "layer   0: attn GPU, norm GPU, kv GPU, experts 0/8 GPU (n_cpu_moe);" in report
+        assert "layer   1: attn GPU, norm GPU, kv GPU, experts 8/8 GPU [0, 1, 2, 3, 4, 5, 6, 7];" in report
+        assert "hot neurons" not in report
     np.testing.assert_array_equal(logits, cpu_logits(name))
 
 
@@ -123,11 +127,12 @@ def random_spec(rng, n_layer=None):
         tensors += [TensorSpec(f"blk.{i}.attn_q.weight", "attention", i, E * E * 2),
                     TensorSpec(f"blk.{i}.attn_norm.weight", "norm", i, E * 4),
                     TensorSpec(f"blk.{i}.ffn_gate_inp.weight", "ffn", i, E * X * 4)]
-        tensors += [TensorSpec(f"blk.{i}.{n}.weight", "ffn", i, X * b)
-                    for n, b in (("ffn_gate_exps", eb[i].gate), ("ffn_up_exps", eb[i].up), ("ffn_down_exps", eb[i].down))]
-    tensors += [TensorSpec("output.weight", "output", None, 1000 * E * 2), TensorSpec("token_embd.weight", "embedding", None, 1)]
-    shape = ScratchShape(n_batch=int(rng.integers(1, 64)), n_ctx=256, n_embd=E, n_ff=F, n_head=4, q_dim=E, kv_dim=E // 2,
-                         n_vocab=1000)
+        tensors += [TensorSpec(f"blk.{i}.{n}.weight", "ffn", i, X * b) for n, b in
+                    (("ffn_gate_exps", eb[i].gate), ("ffn_up_exps", eb[i].up), ("ffn_down_exps", eb[i].down))]
+    tensors += [TensorSpec("output.weight", "output", None, 1000 * E * 2),
+                TensorSpec("token_embd.weight", "embedding", None, 1)]
+    shape = ScratchShape(n_batch=int(rng.integers(1, 64)), n_ctx=256, n_embd=E, n_ff=F, n_head=4, q_dim=E,
+                         kv_dim=E // 2, n_vocab=1000)
     return ModelSpec(L, E, F, tensors, [2 * part(E * 256)] * L, shape, [SliceRowBytes(0, 0, 0)] * L,
                      n_expert=X, n_expert_used=min(k, X), n_ff_exp=F, expert_bytes=eb)
 
@@ -257,11 +262,11 @@ def test_hybrid_moe_ffn_equals_the_cpu_ffn(wtype):
 # ---- the LRU cache ----
 
 def brute_lru(trace, n_slots, initial=()):
-    """Hits of an LRU of n_slots over trace (tokens, k), starting with `initial` (slot order:
-    slot 0 the least recent): a token's experts present when it runs are hits and become the
-    most recent; each missing one then replaces the least recently used (by timestamp) or
-    fills a free slot."""
-    last = {int(v): -len(initial) + i for i, v in enumerate(initial)}
+    """Hits of an LRU of n_slots over trace (tokens, k), starting with `initial` (priority
+    order: the first the most recent): a token's experts present when it runs are hits and
+    become the most recent; each missing one then replaces the least recently used (by
+    timestamp) or fills a free slot."""
+    last = {int(v): -1 - i for i, v in enumerate(initial)}
     clock, hits = 0.0, 0
     for row in trace:
         clock += 1
@@ -296,13 +301,26 @@ def test_lru_hits_equal_a_brute_force_simulation():
             init = rng.permutation(X)[:S].tolist()
             assert lru_hits(trace, S, init)[0] == brute_lru(trace, S, init)
             assert loads == (trace.size - hits if S else 0)
+    # pinned: half the slots keep the first half of the initial experts, the rest is an LRU
+    for _ in range(10):
+        X, k, S = 64, 8, int(rng.choice([4, 8, 16, 32]))
+        zipf = 1.0 / np.arange(1, X + 1)
+        trace = np.array([rng.choice(X, size=k, replace=False, p=zipf / zipf.sum()) for _ in range(150)])
+        init = rng.permutation(X)[:S].tolist()
+        pinned = set(init[:S // 2])
+        want = sum(len(pinned.intersection(row.tolist())) for row in trace) + \
+            brute_lru([[v for v in row if v not in pinned] for row in trace], S - S // 2, init[S // 2:])
+        assert lru_hits(trace, S, init, policy="pinned")[0] == want
+    with pytest.raises(ValueError, match="policy"):
+        make_slots("fifo", 4)
     lru = LRUSlots(3, [5, 6, 7])
-    assert lru.access([7, 1]) == (1, [(0, 1)])          # 5 was the least recent: slot 0
-    assert list(lru.slots()) == [1, 6, 7]
+    assert lru.access([5, 1]) == (1, [(2, 1)])          # 7, the last of the initial order, goes first
+    assert list(lru.slots()) == [5, 6, 1]
     assert static_hits(np.array([[1, 2], [3, 1]]), [1, 3]) == 3
 
 
-def test_engine_with_the_expert_cache_equals_the_cpu_over_20_tokens():
+@pytest.mark.parametrize("policy", ["lru", "pinned"])
+def test_engine_with_the_expert_cache_equals_the_cpu_over_20_tokens(policy):
     """3 slots per layer of 8 experts, LRU: the logits of 20 generated tokens equal the CPU-only
     run's; the cache's hits equal a brute-force replay of the engine's own routing; every load
     is a counted host -> device copy; the arena (exactly the budget) is never exceeded."""
@@ -311,7 +329,7 @@ def test_engine_with_the_expert_cache_equals_the_cpu_over_20_tokens():
     routing = []
     with Backend.standin(budget) as dev:
         e = Engine(fixture(name), ContextSettings(n_ctx=64, n_batch=8, n_threads=2, extra={
-            "offload_device": dev, "vram_budget": budget / 2**30, "expert_cache": True, "expert_slots": 3}))
+            "offload_device": dev, "vram_budget": budget / 2**30, "expert_cache": policy, "expert_slots": 3}))
         try:
             e.forward_hooks.append(lambda g: routing.append({i: a.copy() for i, a in routing_ids(g.graph).items()}))
             assert [x.n_slots for x in e.offload_plan.experts] == [3, 3]
@@ -323,14 +341,14 @@ def test_engine_with_the_expert_cache_equals_the_cpu_over_20_tokens():
                 # what moved host -> device this token: the hidden state etc. plus the cache's loads
                 assert dev.stats()["h2d_bytes"] - h2d >= e.expert_cache.stats.bytes_loaded - loaded
             st = e.expert_cache.stats
-            assert st.loads > 0 and st.hits > 0 and st.misses > 0
+            assert st.loads > 0 and st.hits > 0 and st.misses > 0 and e.expert_cache.policy == policy
             plane = sum(getattr(e.weights.layers[0], n).nbytes for n in
                         ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")) // e.cfg.n_expert
             assert st.bytes_loaded >= st.loads * plane
             assert dev.stats()["arena_peak"] <= budget
             for layer in (0, 1):         # replay: decode tokens one by one, batches as one step
                 slots = e.offload_plan.experts[layer].experts.tolist()
-                lru = LRUSlots(3, slots)
+                lru = make_slots(policy, 3, slots)
                 hits = 0
                 for r in routing:
                     ids = r[layer]
@@ -396,3 +414,14 @@ def test_routing_profile_values_the_plan(tmp_path):
             c = counts[x.layer]
             assert c[x.experts].min() >= np.delete(c, x.experts).max()
     np.testing.assert_array_equal(logits, cpu_logits("olmoe"))
+
+
+def test_expert_profile_command(tmp_path):
+    from pyinfer.offload.expert_profile import main
+    text = tmp_path / "calib.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 4)
+    out = str(tmp_path / "counts.npz")
+    assert main([fixture("qwen3moe"), str(text), "-o", out, "-c", "32", "-b", "8", "-t", "2"]) == 0
+    counts, n = load_expert_counts(out)
+    assert len(counts) == 2 and n > 10
+    assert all(int(c.sum()) == n * 2 for c in counts)        # top-2: every token counted in every layer

@@ -103,8 +103,8 @@ class Engine:
             ffn, self.expert_slots, self.expert_cache = attach_experts(self)
             if ffn is not None:
                 self.ffn = ffn
-                self.ffn_mode += f"; hybrid MoE: {sum(e.n_slots for e in self.offload_plan.experts)} expert " \
-                                 f"slots on the {self.device.name} device"
+                self.ffn_mode = (self.ffn_mode + "; " if self.ffn_mode else "") + "hybrid MoE: " \
+                    f"{sum(e.n_slots for e in self.offload_plan.experts)} expert slots on the {self.device.name} device"
         self.pool = ThreadPool(max(self.n_threads, self.n_threads_batch))
         self._graphs: "OrderedDict[tuple, ForwardGraph]" = OrderedDict()
         self.seq_pos = [0] * self.n_seq   # per sequence: the positions its stream holds

@@ -66,7 +66,8 @@ TOKENIZER_OVERRIDES = {"tokenizer.ggml.add_bos_token": "add_bos",
 # llama-cpp-python ignores them
 RETIRED = ("n_parts", "f16_kv", "device")
 PASSED_THROUGH = ("reset_gpu_index", "disable_gpu_index", "vram_budget", "use_extra_bufts",
-                  "chat_template_limits", "offload_device", "n_seq_max", "n_cpu_moe")
+                  "chat_template_limits", "offload_device", "n_seq_max", "n_cpu_moe",
+                  "expert_cache", "expert_slots", "expert_profile")
 
 
 class UnsupportedOptionError(NotImplementedError):
@@ -136,6 +137,13 @@ class LlamaOptions:
     # llama.cpp's --n-cpu-moe: the expert tensors of the first N layers stay on the CPU
     # (MoE models; everything else follows the placement), see pyinfer/offload/experts.py
     n_cpu_moe: int = 0
+    # MoE experts on a device: the cache policy between tokens (None/False: the plan's static
+    # set; True or "lru": LRU slots; "pinned": half pinned, half LRU), the slots per layer
+    # (None: as many as the budget holds), an expert profile (python -m
+    # pyinfer.offload.expert_profile) giving the experts' values; see docs/gpu.md
+    expert_cache: Any = None
+    expert_slots: Optional[int] = None
+    expert_profile: Optional[str] = None
     # llama.cpp's context parameter: sequences the KV cache holds at once, each with n_ctx
     # positions of its own (Llama.sequence(i); the server's parallel slots)
     n_seq_max: int = 1
@@ -314,6 +322,8 @@ class LlamaOptions:
             swa_full=True if self.swa_full is None else bool(self.swa_full), n_seq_max=self.n_seq_max,
             extra={"vram_budget": self.vram_budget, "n_gpu_layers": self.n_gpu_layers,
                    "offload_device": self.offload_device, "n_cpu_moe": self.n_cpu_moe,
+                   "expert_cache": self.expert_cache, "expert_slots": self.expert_slots,
+                   "expert_profile": self.expert_profile,
                    "reset_gpu_index": self.reset_gpu_index, "disable_gpu_index": self.disable_gpu_index})
 
 

@@ -106,7 +106,8 @@ def attach_hybrid(engine, threshold: Optional[float]):
 def attach_experts(engine):
     """The hybrid MoE FFN (model/moe_hybrid.py) of an engine whose plan places experts:
     (ffn builder, ExpertSlots, ExpertCache or None), the slots filled with the plan's experts on
-    the engine's device; with the settings' extra `expert_cache` the slots run as an LRU cache
+    the engine's device; with the settings' extra `expert_cache` (True or "lru"; "pinned": half
+the slots keep the plan's hottest experts) the slots run as a cache
     (offload/expert_cache.py) fed after every forward (Engine.forward_hooks). (None, None, None)
     when the plan places no expert."""
     from ..model.moe import routing_ids
@@ -118,8 +119,9 @@ def attach_experts(engine):
     slots = ExpertSlots(engine.weights, plan.experts, engine.device)
     placement.bytes_placed += slots.nbytes
     cache = None
-    if engine.settings.extra.get("expert_cache"):
-        cache = ExpertCache(engine.weights, slots)
+    policy = engine.settings.extra.get("expert_cache")
+    if policy:
+        cache = ExpertCache(engine.weights, slots, "lru" if policy is True else policy)
         engine.forward_hooks.append(lambda g: cache.after_forward(routing_ids(g.graph)))
     return hybrid_moe_ffn(engine.cfg, slots), slots, cache
 

@@ -21,7 +21,7 @@ from typing import Dict
 
 import numpy as np
 
-from .experts import LRUSlots
+from .experts import make_slots
 
 
 @dataclass
@@ -40,19 +40,15 @@ class CacheStats:
 
 
 class ExpertCache:
-    """LRU over the slots of `slots` (ExpertSlots) of an engine's weights."""
+    """A slot policy (offload/experts.py's make_slots: "lru", or "pinned": half the slots keep
+    the plan's hottest experts, half run as an LRU) over the slots of `slots` (ExpertSlots)."""
 
-    def __init__(self, weights, slots):
-        self.weights, self.slots = weights, slots
-        self.lru: Dict[int, LRUSlots] = {}
+    def __init__(self, weights, slots, policy: str = "lru"):
+        self.weights, self.slots, self.policy = weights, slots, policy
+        self.lru = {}
         for layer, ls in slots.layers.items():
-            lru = LRUSlots(ls.n_slots)
-            for s, e in enumerate(ls.slot_expert):     # the plan's experts, in their slots
-                if e >= 0:
-                    lru.slot_of[int(e)] = s
-                    lru.order[int(e)] = None
-            lru.free = [s for s in range(ls.n_slots) if ls.slot_expert[s] < 0]
-            self.lru[layer] = lru
+            # the plan's experts in their slots (slot s holds slot_expert[s]; no slot is empty)
+            self.lru[layer] = make_slots(policy, ls.n_slots, ls.slot_expert.tolist())
         self.stats = CacheStats()
 
     def after_forward(self, routing: Dict[int, np.ndarray]) -> None:

@@ -10,8 +10,9 @@ other part of the arena (`layer_slot_bytes`). `n_cpu_moe` (llama.cpp's --n-cpu-m
 the experts of layers 0..N-1 off the device in both plans.
 
 `LRUSlots` is the slot policy of the expert cache (offload/expert_cache.py runs it between
-forwards; scripts/bench_expert_cache.py replays routing traces through it), `static_hits`
-the baseline of a fixed hot set.
+forwards; scripts/bench_expert_cache.py replays routing traces through it), `PinnedLRUSlots`
+an LRU over half the slots with the other half pinned to a profile's hottest experts,
+`static_hits` the baseline of a fixed hot set.
 """
 from __future__ import annotations
 
@@ -138,6 +139,8 @@ def counts_from_trace(trace: np.ndarray, n_expert: int) -> List[np.ndarray]:
 class LRUSlots:
     """One layer's S device slots run as an LRU cache of experts.
 
+    `initial`: the experts first in the slots, slot by slot, in priority order (a profile's
+    most frequent first): the first is the most recent, the last the first evicted.
     `access(experts)` is one token: its experts found in the slots are hits (counted against
     the slots as they were when the token ran), they become the most recent; each missing one
     is then loaded into a free slot, else into the slot of the least recently used expert.
@@ -149,9 +152,11 @@ class LRUSlots:
         self.n_slots = n_slots
         self.slot_of: Dict[int, int] = {}
         self.order: "OrderedDict[int, None]" = OrderedDict()     # least recent first
-        for s, e in enumerate(list(initial)[:n_slots]):
-            self.slot_of[int(e)] = s
-            self.order[int(e)] = None
+        initial = [int(e) for e in initial][:n_slots]   # slot s: initial[s]; the first the most recent
+        for s, e in enumerate(initial):
+            self.slot_of[e] = s
+        for e in reversed(initial):
+            self.order[e] = None
         self.free = [s for s in range(n_slots) if s >= len(self.slot_of)]
 
     def access(self, experts: Iterable[int]) -> Tuple[int, List[Tuple[int, int]]]:
@@ -181,9 +186,51 @@ class LRUSlots:
         return out
 
 
-def lru_hits(trace: np.ndarray, n_slots: int, initial: Iterable[int] = ()) -> Tuple[int, int]:
-    """(hits, loads) of an LRU of n_slots over one layer's trace (tokens, k)."""
-    lru, hits, loads = LRUSlots(n_slots, initial), 0, 0
+class PinnedLRUSlots(LRUSlots):
+    """LRUSlots whose first `n_pinned` initial experts (a profile's most frequent) are never
+    evicted: the other slots run as an LRU (a static hot set plus a cache for the rest)."""
+
+    def __init__(self, n_slots: int, initial: Iterable[int] = (), n_pinned: int = 0):
+        initial = list(initial)[:n_slots]
+        super().__init__(n_slots, initial)
+        self.pinned = {int(e) for e in initial[:n_pinned]}
+        for e in self.pinned:
+            del self.order[e]               # never a victim
+
+    def access(self, experts: Iterable[int]) -> Tuple[int, List[Tuple[int, int]]]:
+        experts = [int(e) for e in experts]
+        present = [e for e in experts if e in self.slot_of]
+        for e in present:
+            if e not in self.pinned:
+                self.order.move_to_end(e)
+        loads = []
+        for e in [e for e in experts if e not in set(present)]:
+            if self.free:
+                s = self.free.pop(0)
+            elif self.order:
+                victim, _ = self.order.popitem(last=False)
+                s = self.slot_of.pop(victim)
+            else:
+                break                       # every slot pinned: the misses stay on the CPU
+            self.slot_of[e] = s
+            self.order[e] = None
+            loads.append((s, e))
+        return len(present), loads
+
+
+def make_slots(policy: str, n_slots: int, initial: Iterable[int] = ()) -> LRUSlots:
+    """The slot policy by name: "lru", or "pinned" (half the slots pinned to the first half of
+    `initial`, the profile's most frequent experts; the other half an LRU)."""
+    if policy == "lru":
+        return LRUSlots(n_slots, initial)
+    if policy == "pinned":
+        return PinnedLRUSlots(n_slots, initial, n_slots // 2)
+    raise ValueError(f"unknown expert cache policy {policy!r} (lru, pinned)")
+
+
+def lru_hits(trace: np.ndarray, n_slots: int, initial: Iterable[int] = (), policy: str = "lru") -> Tuple[int, int]:
+    """(hits, loads) of a slot policy (default an LRU) of n_slots over one layer's trace (tokens, k)."""
+    lru, hits, loads = make_slots(policy, n_slots, initial), 0, 0
     for row in trace:
         h, ld = lru.access(row)
         hits += h

@@ -26,7 +26,8 @@ def _layer_line(plan: OffloadPlan, layer: int, n_ff: int) -> str:
             if plan.n_expert:
                 ex = plan.experts_of(layer)
                 n = 0 if ex is None else ex.n_slots
-                marks.append(f"experts {n}/{plan.n_expert} GPU" + (" (n_cpu_moe)" if layer < plan.n_cpu_moe else ""))
+                ids = f" {sorted(int(e) for e in ex.experts)}" if ex is not None and n <= 16 else ""
+                marks.append(f"experts {n}/{plan.n_expert} GPU{ids}" + (" (n_cpu_moe)" if layer < plan.n_cpu_moe else ""))
             continue
         ks = [i for i in items if (i.kind == "ffn" and is_expert_tensor(i.name)) == (kind == "experts")
               and i.kind == (kind if kind != "experts" else "ffn")]
