@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from types import GeneratorType
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -40,8 +39,7 @@ from .engine import Engine
 from .gguf_model import GGUFFile
 from .grammar import Automaton, GrammarMatcher, LlamaGrammar, VocabTrie
 from .infill import FimTokens
-from .llama_cache import (BaseLlamaCache, LlamaState, kv_state_bytes, longest_token_prefix,
-                          restore_kv_state)
+from .llama_cache import BaseLlamaCache, LlamaState, longest_token_prefix
 from .llama_options import (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE,
                             LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
                             LLAMA_SPLIT_MODE_LAYER, LlamaOptions, load_report, metadata_strings)
@@ -50,6 +48,7 @@ from .llama_tokenizer import LlamaTokenizer
 from .sampling import (LLAMA_DEFAULT_SEED, LogitsProcessorList, Sampler, SamplingSettings,
                        StoppingCriteriaList)
 from .generate import SpecStats, generate_step
+from .llama_views import SequenceViews
 from .sequence import Sequence as ModelSequence
 from .tokenizer import Tokenizer
 
@@ -67,7 +66,7 @@ def _serialised(method):
     return call
 
 
-class Llama:
+class Llama(SequenceViews):
     """High-level interface to a GGUF model (llama-cpp-python compatible)."""
 
     def __init__(
@@ -165,85 +164,6 @@ class Llama:
             eos_token=self._vocab.token_text(eos) if eos != -1 else "", eos_id=eos,
             verbose=verbose,
             template_limits=self._opts.chat_template_limits or chat_mod.DEFAULT_CHAT_TEMPLATE_LIMITS)
-
-    # ---- sequences ------------------------------------------------------------------------
-
-    def sequence(self, seq_id: int, runner=None) -> ModelSequence:
-        """A new Sequence on stream `seq_id` of this model's KV cache (0..n_seq_max-1;
-        Llama(n_seq_max=N)); `runner` replaces the engine's decode for its evaluations
-        (pyinfer.sequence). Sequence 0 is this Llama's own unless `using` says otherwise."""
-        eng = self._engine
-        if eng is not None:
-            eng._seq(seq_id)
-        return ModelSequence(eng, seq_id, self._n_ctx, self._n_vocab, self.n_batch, self._logits_all, runner)
-
-    @contextmanager
-    def using(self, seq: ModelSequence) -> Iterator[ModelSequence]:
-        """Inside, in this thread, every method of this Llama (eval, generate, completions,
-        chat, state) works on `seq` instead of its own sequence, serialised by seq's own
-        lock: threads using different sequences run at the same time."""
-        if seq.engine is not self._engine:
-            raise ValueError("using: the sequence belongs to another model")
-        prev = getattr(self._active, "seq", None)
-        self._active.seq = seq
-        try:
-            yield seq
-        finally:
-            self._active.seq = prev
-
-    @property
-    def _seq(self) -> ModelSequence:
-        return getattr(self._active, "seq", None) or self._own
-
-    # ---- pyinfer's public views (what completion, chat, the CLI and the server read) -----
-
-    @property
-    def current_sequence(self) -> ModelSequence:
-        """The Sequence this thread's calls work on (`using`), else this Llama's own."""
-        return self._seq
-
-    @property
-    def engine(self) -> Optional[Engine]:
-        """The loaded engine (None with vocab_only=True)."""
-        return self._engine
-
-    @property
-    def vocab(self) -> Tokenizer:
-        """pyinfer's tokenizer of the model (special tokens, end-of-generation ids)."""
-        return self._vocab
-
-    @property
-    def fim(self) -> FimTokens:
-        return self._fim
-
-    @property
-    def logits_all(self) -> bool:
-        """Whether every evaluated position's logits are kept (logits_all or a draft_model)."""
-        return self._logits_all
-
-    @property
-    def seed(self) -> int:
-        """The seed the next sampler starts from (set_seed changes it)."""
-        return self._seed
-
-    @property
-    def has_custom_tokenizer(self) -> bool:
-        """Whether Llama(tokenizer=...) replaced the model's tokenizer."""
-        return self._custom_tokenizer
-
-    # the current sequence's state, under llama-cpp-python's names
-    def _seq_attr(name: str, doc: str):   # noqa: N805 (a property factory used in the class body)
-        return property(lambda self: getattr(self._seq, name),
-                        lambda self, value: setattr(self._seq, name, value), doc=doc)
-
-    n_tokens = _seq_attr("n_tokens", "Tokens evaluated in the current sequence.")
-    input_ids = _seq_attr("input_ids", "The current sequence's token ids (n_ctx, intc).")
-    scores = _seq_attr("scores", "Logits rows of the current sequence (all with logits_all).")
-    _logits = _seq_attr("logits", "The logits after the last evaluated token.")
-    _requires_eval = _seq_attr("requires_eval", "Whether the last token's logits must be computed again.")
-    _sampler = _seq_attr("sampler", "The sampler of the generation under way.")
-    _calls = _seq_attr("calls", "The CallLock of the current sequence.")
-    del _seq_attr
 
     # ---- state views (as llama-cpp-python) ----------------------------------------------
 
@@ -538,40 +458,17 @@ class Llama:
             return self._save_state()
 
     def _save_state(self) -> LlamaState:
-        eng = self._require_engine()
-        self._seq.sync()
-        kv = kv_state_bytes(eng, self.n_tokens, self._seq.seq_id)
-        if self._logits_all:
-            scores = self._scores.copy()
-        else:
-            scores = (self._logits[None, :] if self._logits is not None and self.n_tokens
-                      else np.zeros((0, self._n_vocab), np.single)).copy()
+        self._require_engine()
+        state = self._seq.save_state(self._seed)
         if self.verbose:
-            print(f"Llama.save_state: saving {len(kv)} bytes of llama state", file=sys.stderr)
-        return LlamaState(input_ids=self.input_ids.copy(), scores=scores, n_tokens=self.n_tokens,
-                          llama_state=kv, llama_state_size=len(kv), seed=self._seed,
-                          sequence=self._calls.sequence)
+            print(f"Llama.save_state: saving {state.llama_state_size} bytes of llama state", file=sys.stderr)
+        return state
 
     @_serialised
     def load_state(self, state: LlamaState) -> None:
-        eng = self._require_engine()
-        self._calls.sequence = object()
-        n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]), self._seq.seq_id)
-        if n != state.n_tokens:
-            raise RuntimeError("Failed to set llama state data: token count mismatch")
-        self.input_ids[:] = 0
-        m = min(len(state.input_ids), self._n_ctx)
-        self.input_ids[:m] = state.input_ids[:m]
-        self.n_tokens = n
-        rows = np.asarray(state.scores, dtype=np.single)
-        if self._logits_all and len(rows) == n:
-            self.scores[:n] = rows
-            self.scores[n:] = 0.0
-        self._logits = (self.scores[n - 1] if self._logits_all else rows[-1].copy()) \
-            if n and len(rows) else None
+        self._require_engine()
+        self._seq.load_state(state)
         self._seed = state.seed
-        self._requires_eval = True
-        self._calls.sequence = getattr(state, "sequence", None) or object()
 
     # ---- model facts ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence as Seq
 import numpy as np
 
 from .call_lock import CallLock
+from .llama_cache import LlamaState, kv_state_bytes, restore_kv_state
 
 # runner(seq_id, tokens, logits_all, rowwise=False) -> the last token's logits (n_vocab,), or
 # all (n, n_vocab) with logits_all; rowwise: every token computed exactly as when decoded
@@ -152,3 +153,38 @@ class Sequence:
             return self.scores[idx]
         raise ValueError(f"no logits kept for position {idx}: only the last evaluated token's "
                          "are kept unless the model is created with logits_all=True")
+
+    # ---- state (Llama.save_state / load_state) -------------------------------------------
+
+    def save_state(self, seed: int) -> LlamaState:
+        """The evaluated tokens, their kept logits and KV cache rows, as llama-cpp-python's
+        LlamaState (restored by load_state)."""
+        eng = self._require_engine()
+        self.sync()
+        kv = kv_state_bytes(eng, self.n_tokens, self.seq_id)
+        if self.logits_all:
+            scores = self.scores[:self.n_tokens].copy()
+        else:
+            scores = (self.logits[None, :] if self.logits is not None and self.n_tokens
+                      else np.zeros((0, self.n_vocab), np.single)).copy()
+        return LlamaState(input_ids=self.input_ids.copy(), scores=scores, n_tokens=self.n_tokens,
+                          llama_state=kv, llama_state_size=len(kv), seed=seed, sequence=self.calls.sequence)
+
+    def load_state(self, state: LlamaState) -> None:
+        """Make this sequence what `state` recorded (its KV rows written back)."""
+        eng = self._require_engine()
+        self.calls.sequence = object()
+        n = restore_kv_state(eng, bytes(state.llama_state[:state.llama_state_size]), self.seq_id)
+        if n != state.n_tokens:
+            raise RuntimeError("Failed to set llama state data: token count mismatch")
+        self.input_ids[:] = 0
+        m = min(len(state.input_ids), self.n_ctx)
+        self.input_ids[:m] = state.input_ids[:m]
+        self.n_tokens = n
+        rows = np.asarray(state.scores, dtype=np.single)
+        if self.logits_all and len(rows) == n:
+            self.scores[:n] = rows
+            self.scores[n:] = 0.0
+        self.logits = (self.scores[n - 1] if self.logits_all else rows[-1].copy()) if n and len(rows) else None
+        self.requires_eval = True
+        self.calls.sequence = getattr(state, "sequence", None) or object()
