@@ -65,7 +65,7 @@ def test_bench_moe_ours_only(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     cmd = [sys.executable, str(SCRIPTS / "bench_moe.py"), "--model", files, "--ours-only", "--runs", "2",
            "--n-prompt", "12", "--n-gen-prompt", "4", "--n-gen", "3", "--n-ctx", "64",
-           "--json", str(out), "--md", str(md)]
+           "--op-timing", "2", "--json", str(out), "--md", str(md)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
@@ -78,6 +78,12 @@ def test_bench_moe_ours_only(tmp_path):
             assert r["prompt_tps"] > 0 and r["decode_tps"] > 0 and r["rss_mib"] > 0
         assert runs[0]["tokens"] == runs[1]["tokens"]          # greedy: the same every run
         assert len(res["loadavg_before"]) == 3 and res["manifest"]["n_expert"] == 8
+        ops = res["op_timing"]          # every kind of product timed, on the file's own weights
+        for kind in ("gate", "up", "down"):
+            assert any(c.startswith(f"mul_mat_id ffn_{kind}_exps") for c in ops)
+            assert any(c.startswith(f"mul_mat same bytes as ffn_{kind}") for c in ops)
+        assert "mul_mat attention projections (as loaded)" in ops
+        assert all(v["us_per_layer"] > 0 and v["weight_mib_per_layer"] > 0 for v in ops.values())
     table = md.read_text()
     assert "tiny-olmoe x3 layers, 8 experts top-2 | pyinfer |" in table
     assert "tiny-qwen3moe x3 layers" in table

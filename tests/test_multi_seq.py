@@ -157,13 +157,18 @@ def test_batched_and_verified_tokens_bit_identical_gemma3(gemma3):
     """Gemma 3 (Q4_K/Q6_K/Q5_0/Q8_0 weights, sliding-window layers, a Q4_0 cache with
     its rotations): a batch of 8 sequences, and 3 tokens of one sequence verified in one
     forward, give exactly the one-token-at-a-time logits."""
-    eng = _engine(gemma3, 8, kv_type="q4_0", n_ctx=300)
+    _check_batch_and_verify(_engine(gemma3, 8, kv_type="q4_0", n_ctx=300), [2, 100, 200, 300, 400])
+
+
+def _check_batch_and_verify(eng, prompt):
+    """Sequence s holds prompt[:2 + s % 4]; a batch of one token per sequence, and three
+    tokens of sequence 0 verified in one forward, equal decoding them one by one. Closes eng."""
     try:
-        p = [2, 100, 200, 300, 400]
-        for s in range(8):
-            eng.decode(p[:2 + s % 4], seq=s)
-        out = eng.decode_batch([(s, [5 + s]) for s in range(8)])
-        for s in range(8):
+        n = eng.n_seq
+        for s in range(n):
+            eng.decode(prompt[:2 + s % 4], seq=s)
+        out = eng.decode_batch([(s, [5 + s]) for s in range(n)])
+        for s in range(n):
             eng.truncate(2 + s % 4, seq=s)
             np.testing.assert_array_equal(out[s][-1], eng.decode([5 + s], seq=s))
         eng.truncate(2, seq=0)
@@ -303,21 +308,7 @@ def test_batched_sequences_bit_identical_powerinfer(tmp_path):
     script = Path(__file__).resolve().parent.parent / "scripts" / "make_synthetic_sparse.py"
     subprocess.run([sys.executable, str(script), "--shape", "tiny", "--vocab", "tiny", "--out", str(out)],
                    check=True, capture_output=True)
-    eng = _engine(str(out), 4, n_ctx=64)
-    try:
-        p = [2, 100, 200, 30, 40]
-        for s in range(4):
-            eng.decode(p[:2 + s], seq=s)
-        got = eng.decode_batch([(s, [5 + s]) for s in range(4)])
-        for s in range(4):
-            eng.truncate(2 + s, seq=s)
-            np.testing.assert_array_equal(got[s][-1], eng.decode([5 + s], seq=s))
-        eng.truncate(2, seq=0)
-        verified = eng.decode_batch([(0, [7, 8, 9])])[0]
-        eng.truncate(2, seq=0)
-        np.testing.assert_array_equal(verified, np.stack([eng.decode([t], seq=0) for t in (7, 8, 9)]))
-    finally:
-        eng.close()
+    _check_batch_and_verify(_engine(str(out), 4, n_ctx=64), [2, 100, 200, 30, 40])
 
 
 def test_stream_stays_on_its_sequence_across_threads(smollm2):
