@@ -316,4 +316,9 @@ typedef void (*gs_pool_fn)(void * arg, int ith, int nth);
  * skip the job); returns when all are done. */
 void gs_threadpool_run(gs_threadpool * tp, int n, gs_pool_fn fn, void * arg);
 
+/* A new op node `op` of type `type` and shape ne[0..n_dims) in ctx (ops.c; the
+ * constructors of every op file record their nodes with it). */
+gs_status gs_new_op_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
+                         gs_tensor ** out);
+
 #endif /* GS_INTERNAL_H */

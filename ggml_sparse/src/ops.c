@@ -37,8 +37,8 @@ static gs_status type_error(const char * op, const gs_tensor * t, const char * w
 }
 
 /* New op node of type `type` with a's rank and the given shape. */
-static gs_status new_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
-                          gs_tensor ** out) {
+gs_status gs_new_op_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
+                         gs_tensor ** out) {
     gs_tensor * t;
     gs_status st = gs_tensor_alloc_meta(ctx, type, n_dims, ne, &t);
     if (st) return st;
@@ -159,7 +159,7 @@ gs_status gs_cast(gs_context * ctx, gs_tensor * a, gs_type type, gs_tensor ** ou
     if (!cpy_type_ok(type)) return gs_set_error(GS_ERR_TYPE, "gs_cast: cannot convert to type %d", (int) type);
     if (!blocks_contiguous(a)) return gs_set_error(GS_ERR_SHAPE, "gs_cast: blocks of '%s' are not contiguous", a->name);
     gs_tensor * t;
-    gs_status st = new_node(ctx, GS_OP_CPY, type, a->n_dims, a->ne, &t);
+    gs_status st = gs_new_op_node(ctx, GS_OP_CPY, type, a->n_dims, a->ne, &t);
     if (st) return st;
     t->src[0] = a;
     *out = t;
@@ -232,7 +232,7 @@ gs_status gs_get_rows(gs_context * ctx, gs_tensor * a, gs_tensor * idx, gs_tenso
     if (a->ne[2] != 1 || a->ne[3] != 1) return shape_error("gs_get_rows", a, idx, "table must be 2-D");
     if (!blocks_contiguous(a)) return gs_set_error(GS_ERR_SHAPE, "gs_get_rows: blocks of '%s' are not contiguous", a->name);
     const int64_t ne[2] = { a->ne[0], gs_nelements(idx) };
-    st = new_node(ctx, GS_OP_GET_ROWS, GS_TYPE_F32, 2, ne, out);
+    st = gs_new_op_node(ctx, GS_OP_GET_ROWS, GS_TYPE_F32, 2, ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->src[1] = idx;
@@ -247,7 +247,7 @@ static gs_status binary(gs_context * ctx, gs_op op, const char * name, gs_tensor
     if (a->type != GS_TYPE_F32) return type_error(name, a, "f32");
     if (b->type != GS_TYPE_F32) return type_error(name, b, "f32");
     if (!can_repeat(b, a)) return shape_error(name, a, b, "b does not broadcast over a");
-    gs_status st = new_node(ctx, op, GS_TYPE_F32, a->n_dims, a->ne, out);
+    gs_status st = gs_new_op_node(ctx, op, GS_TYPE_F32, a->n_dims, a->ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->src[1] = b;
@@ -268,7 +268,7 @@ static gs_status unary_like(gs_context * ctx, gs_op op, const char * name, gs_te
     CHECK_OUT(ctx, out);
     GS_CHECK_ARG(a != NULL, "%s: NULL tensor argument", name);
     if (a->type != GS_TYPE_F32) return type_error(name, a, "f32");
-    gs_status st = new_node(ctx, op, GS_TYPE_F32, a->n_dims, a->ne, out);
+    gs_status st = gs_new_op_node(ctx, op, GS_TYPE_F32, a->n_dims, a->ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     return GS_OK;
@@ -299,7 +299,7 @@ gs_status gs_glu(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_unary_op op,
     if (a->type != GS_TYPE_F32) return type_error("gs_glu", a, "f32");
     if (b->type != GS_TYPE_F32) return type_error("gs_glu", b, "f32");
     if (!gs_same_shape(a, b)) return shape_error("gs_glu", a, b, "gate and value shapes differ");
-    gs_status st = new_node(ctx, GS_OP_GLU, GS_TYPE_F32, a->n_dims, a->ne, out);
+    gs_status st = gs_new_op_node(ctx, GS_OP_GLU, GS_TYPE_F32, a->n_dims, a->ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->src[1] = b;
@@ -455,7 +455,7 @@ gs_status gs_mul_mat(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_tensor *
         return shape_error("gs_mul_mat", a, b, "ne0 is not a multiple of the activation block size");
     }
     const int64_t ne[4] = { a->ne[1], b->ne[1], b->ne[2], b->ne[3] };
-    gs_status st = new_node(ctx, GS_OP_MUL_MAT, GS_TYPE_F32, b->n_dims < 2 ? 2 : b->n_dims, ne, out);
+    gs_status st = gs_new_op_node(ctx, GS_OP_MUL_MAT, GS_TYPE_F32, b->n_dims < 2 ? 2 : b->n_dims, ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->src[1] = b;
@@ -510,7 +510,7 @@ gs_status gs_attention_ext(gs_context * ctx, gs_tensor * q, gs_tensor * k, gs_te
         return gs_set_error(GS_ERR_SHAPE, "gs_attention: the cache's %lld slots are not a whole number of streams of %d",
                             (long long) k->ne[2], (int) p->n_stream);
     }
-    st = new_node(ctx, GS_OP_ATTENTION, GS_TYPE_F32, 3, q->ne, out);
+    st = gs_new_op_node(ctx, GS_OP_ATTENTION, GS_TYPE_F32, 3, q->ne, out);
     if (st) return st;
     gs_tensor * t = *out;
     t->src[0] = q;

@@ -49,16 +49,6 @@ static gs_status check_rows_f32(const char * op, const gs_tensor * a, const char
     return GS_OK;
 }
 
-static gs_status new_moe_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
-                              gs_tensor ** out) {
-    gs_tensor * t;
-    gs_status st = gs_tensor_alloc_meta(ctx, type, n_dims, ne, &t);
-    if (st) return st;
-    t->op = op;
-    *out = t;
-    return GS_OK;
-}
-
 gs_status gs_top_k(gs_context * ctx, gs_tensor * a, int k, gs_tensor ** out) {
     CHECK_OUT(ctx, out);
     CHECK_T(a);
@@ -69,7 +59,7 @@ gs_status gs_top_k(gs_context * ctx, gs_tensor * a, int k, gs_tensor ** out) {
                             (long long) a->ne[0], a->name);
     }
     const int64_t ne[2] = { k, a->ne[1] };
-    st = new_moe_node(ctx, GS_OP_TOP_K, GS_TYPE_I32, 2, ne, out);
+    st = gs_new_op_node(ctx, GS_OP_TOP_K, GS_TYPE_I32, 2, ne, out);
     if (st) return st;
     (*out)->src[0] = a;
     (*out)->op_params[0] = k;
@@ -110,7 +100,7 @@ gs_status gs_mul_mat_id(gs_context * ctx, gs_tensor * as, gs_tensor * b, gs_tens
         return moe_shape_error("gs_mul_mat_id", b, "b's ne1 must be 1 (broadcast) or n_used (ids' ne0)");
     }
     const int64_t ne[3] = { as->ne[1], n_used, T };
-    gs_status st = new_moe_node(ctx, GS_OP_MUL_MAT_ID, GS_TYPE_F32, 3, ne, out);
+    gs_status st = gs_new_op_node(ctx, GS_OP_MUL_MAT_ID, GS_TYPE_F32, 3, ne, out);
     if (st) return st;
     (*out)->src[0] = as;
     (*out)->src[1] = b;
@@ -128,7 +118,7 @@ gs_status gs_map_ids(gs_context * ctx, gs_tensor * ids, gs_tensor * map, gs_tens
     if (!gs_is_contiguous(map) || map->ne[1] != 1 || map->ne[2] != 1 || map->ne[3] != 1) {
         return moe_shape_error("gs_map_ids", map, "map must be contiguous {n_expert}");
     }
-    st = new_moe_node(ctx, GS_OP_MAP_IDS, GS_TYPE_I32, ids->n_dims, ids->ne, out);
+    st = gs_new_op_node(ctx, GS_OP_MAP_IDS, GS_TYPE_I32, ids->n_dims, ids->ne, out);
     if (st) return st;
     (*out)->src[0] = ids;
     (*out)->src[1] = map;
@@ -148,7 +138,7 @@ gs_status gs_moe_weights(gs_context * ctx, gs_tensor * probs, gs_tensor * ids, b
     st = check_ids("gs_moe_weights", ids, ids->ne[0], probs->ne[1]);
     if (st) return st;
     const int64_t ne[2] = { ids->ne[0], ids->ne[1] };
-    st = new_moe_node(ctx, GS_OP_MOE_WEIGHTS, GS_TYPE_F32, 2, ne, out);
+    st = gs_new_op_node(ctx, GS_OP_MOE_WEIGHTS, GS_TYPE_F32, 2, ne, out);
     if (st) return st;
     (*out)->src[0] = probs;
     (*out)->src[1] = ids;
@@ -171,7 +161,7 @@ gs_status gs_moe_sum(gs_context * ctx, gs_tensor * experts, gs_tensor * weights,
         return moe_shape_error("gs_moe_sum", weights, "weights must be contiguous {k, T} (experts' ne1, ne2)");
     }
     const int64_t ne[2] = { experts->ne[0], experts->ne[2] };
-    gs_status st = new_moe_node(ctx, GS_OP_MOE_SUM, GS_TYPE_F32, 2, ne, out);
+    gs_status st = gs_new_op_node(ctx, GS_OP_MOE_SUM, GS_TYPE_F32, 2, ne, out);
     if (st) return st;
     (*out)->src[0] = experts;
     (*out)->src[1] = weights;
