@@ -28,10 +28,14 @@ The machine may be shared: the load average (os.getloadavg, as uptime prints it)
 recorded before and after every model, and medians over --runs runs are reported with
 the ratios pyinfer / llama.cpp. Output: a text table, --json OUT (every run, medians,
 ratios, loads) and --md OUT (a markdown table). --ours-only measures pyinfer alone.
+--op-timing ITERS also times pyinfer's decode-shaped products per kind on the file's
+weights (op_timing). The greedy continuations of the two engines are compared but need
+not agree: random weights give near-tied logits, and the engines round differently.
 
 Usage: python scripts/bench_moe.py --model A.gguf[,B.gguf] [--threads 2] [--runs 5]
-       [--n-prompt 128] [--n-gen-prompt 16] [--n-gen 64] [--n-ctx 512]
-       [--llama-cpp-python /tmp/clients-real-noamx/bin/python] [--ours-only] [--json OUT] [--md OUT]
+       [--n-prompt 128] [--n-gen-prompt 16] [--n-gen 64] [--n-ctx 512] [--op-timing 30]
+       [--llama-cpp-python /tmp/clients-real-noamx/bin/python] [--llama-cpp-env K=V]
+       [--ours-only] [--json OUT] [--md OUT]
 """
 from __future__ import annotations
 
