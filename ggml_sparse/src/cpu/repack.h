@@ -75,12 +75,14 @@ void gs_avx2_q4kx8_dot(int n, float * s, const void * x, const void * y, int pai
 void gs_avx512_q4kx8_dot(int n, float * s, const void * x, const void * y, int pairs);
 /* The same products for a tile: s[c * bs + r] for weight rows r < nr (bx
  * bytes apart) and activation rows c < nc (by bytes apart), all in one step
- * kind. AVX-512 only (vec_avx512_ktile.c). */
+ * kind (vec_avx512_ktile.c, vec_avx2_k.c). */
 typedef void (*gs_q4kx8_tile_fn)(int n, float * s, size_t bs, const void * x, size_t bx,
                                  const void * y, size_t by, int nr, int nc, int pairs);
 void gs_avx512_q4kx8_tile(int n, float * s, size_t bs, const void * x, size_t bx,
                           const void * y, size_t by, int nr, int nc, int pairs);
-/* the kernels of the active SIMD level (the tile kernel NULL below AVX-512) */
+void gs_avx2_q4kx8_tile(int n, float * s, size_t bs, const void * x, size_t bx,
+                        const void * y, size_t by, int nr, int nc, int pairs);
+/* the kernels of the active SIMD level (the tile kernel NULL below AVX2) */
 gs_q4kx8_dot_fn gs_q4kx8_kernel(void);
 gs_q4kx8_tile_fn gs_q4kx8_tile_kernel(void);
 size_t gs_cpu_mul_mat_q4kx8_work_size(const gs_tensor * dst, int n_threads);

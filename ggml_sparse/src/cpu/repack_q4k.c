@@ -1,8 +1,8 @@
 /*
  * repack_q4k.c - products of repacked Q4_K weights in llama.cpp's repacked
  * order (repack.h states it): the scalar reference kernel, the kernel
- * choice and the mul_mat path. The SIMD kernels are in vec_avx2_k.c and
- * vec_avx512_k.c.
+ * choice and the mul_mat path. The SIMD kernels are in vec_avx2_k.c,
+ * vec_avx512_k.c, vec_avx512_ktile.c and (decode) vec_avx512_k4rows.c.
  */
 #include "repack.h"
 
@@ -55,6 +55,7 @@ gs_q4kx8_tile_fn gs_q4kx8_tile_kernel(void) {
     gs_cpu_info info;
     gs_cpu_get_info(&info);
     if (info.level >= GS_IMPL_AVX512) return gs_avx512_q4kx8_tile;
+    if (info.level >= GS_IMPL_AVX2) return gs_avx2_q4kx8_tile;
 #endif
     return NULL;
 }
@@ -100,16 +101,19 @@ void gs_cpu_op_mul_mat_q4kx8(const gs_compute_params * p, gs_tensor * dst) {
     int64_t m0, m1;
     gs_split_rows(M, p->ith, p->nth, &m0, &m1);
     const gs_q4kx8_dot_fn dot = gs_q4kx8_kernel();
-    const gs_q4kx8_tile_fn tile = N > 1 ? gs_q4kx8_tile_kernel() : NULL;
+    const gs_q4kx8_tile_fn tile = gs_q4kx8_tile_kernel();   /* N = 1 too: its GEMV kernel takes 4 rows at a time */
     /* rowwise (gs_mul_mat_rowwise): no 4-row steps, every row takes the single-row step */
     const int64_t n_pairs = N >= 4 && !dst->op_params[0] ? N - N % 4 : 0;
+    /* GEMV through the tile kernel: one call for all of the thread's rows
+     * (it prepares the activation row once per call) */
+    const int64_t row_block = tile && N == 1 && m1 > m0 ? m1 - m0 : ROW_BLOCK;
     for (int64_t i3 = 0; i3 < n3; i3++) {
         for (int64_t i2 = 0; i2 < n2; i2++) {
             const uint8_t * a_plane = (const uint8_t *) a->data + (i2 % a->ne[2]) * a->nb[2] + (i3 % a->ne[3]) * a->nb[3];
             const uint8_t * q_plane = act + (size_t) ((i3 * n2 + i2) * N) * q_row;
             uint8_t * d_plane = (uint8_t *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3];
-            for (int64_t r = m0; r < m1; r += ROW_BLOCK) {
-                const int64_t r_end = r + ROW_BLOCK < m1 ? r + ROW_BLOCK : m1;
+            for (int64_t r = m0; r < m1; r += row_block) {
+                const int64_t r_end = r + row_block < m1 ? r + row_block : m1;
                 if (tile) {
                     /* token blocks, cut where the step kind changes (n_pairs) */
                     for (int64_t n0 = 0; n0 < N;) {

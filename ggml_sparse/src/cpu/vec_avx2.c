@@ -123,8 +123,8 @@ const gs_cpu_type_funcs gs_cpu_funcs_avx2[GS_TYPE_COUNT] = {
     [GS_TYPE_Q5_1] = { gs_avx2_quantize_q8_1, gs_avx2_dot_q5_1, NULL, NULL },
     [GS_TYPE_Q8_0] = { gs_avx2_quantize_q8_0, gs_avx2_dot_q8_0, NULL, NULL },
     [GS_TYPE_Q8_1] = { gs_avx2_quantize_q8_1, NULL, NULL, NULL },
-    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, NULL, gs_avx2_gemm_q4_K },
+    [GS_TYPE_Q4_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q4_K, NULL, gs_avx2_tile_q4_K, gs_avx2_gemm_q4_K },
     [GS_TYPE_Q5_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q5_K, NULL, NULL, gs_avx2_gemm_q5_K },
-    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, NULL, gs_avx2_gemm_q6_K },
+    [GS_TYPE_Q6_K] = { gs_avx2_quantize_q8_K, gs_avx2_dot_q6_K, NULL, gs_avx2_tile_q6_K, gs_avx2_gemm_q6_K },
     [GS_TYPE_Q8_K] = { gs_avx2_quantize_q8_K, NULL, NULL, NULL },
 };

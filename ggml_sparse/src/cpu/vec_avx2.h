@@ -44,8 +44,12 @@ void gs_avx2_dot_q8_0(int n, float * s, const void * x, const void * y);
 
 /* vec_avx2_k.c: 256-element super-block types with Q8_K activations */
 void gs_avx2_dot_q4_K(int n, float * s, const void * x, const void * y);
+void gs_avx2_tile_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
 void gs_avx2_dot_q5_K(int n, float * s, const void * x, const void * y);
 void gs_avx2_dot_q6_K(int n, float * s, const void * x, const void * y);
+void gs_avx2_tile_q6_K(int n, float * s, size_t bs, const void * x, size_t bx,
+                       const void * y, size_t by, int nr, int nc);
 /* ... and their batched order (gemm_tile, vec_generic.c) */
 void gs_avx2_gemm_q4_K(int n, float * s, size_t bs, const void * x, size_t bx,
                        const void * y, size_t by, int nr, int nc);

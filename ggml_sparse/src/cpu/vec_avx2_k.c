@@ -8,6 +8,9 @@
  * into int16, no saturation: 63 * 128 * 2 < 32767) and vpmaddwd with the
  * 16-bit sub-block scale. Weight offsets (Q4_K/Q5_K mins, Q6_K's -32) are
  * applied once per super-block through the activation sums bsums.
+ * Decode (one activation row) of Q4_K (plain and in the repacked order)
+ * and Q6_K takes 4 weight rows at a time (the tile kernels below): the same
+ * per-row operations, interleaved, with the next rows prefetched.
  */
 #include "vec_avx2.h"
 #include "repack.h"
@@ -106,6 +109,48 @@ void gs_avx2_dot_q4_K(int n, float * s, const void * vx, const void * vy) {
     dot_k4(n, s, vx, vy, 0);
 }
 
+/* Decode (one activation row): 4 rows of gs_avx2_dot_q4_K at a time, each
+ * with its own accumulators and the same operations in the same order (4
+ * independent chains, 4 streams; the next 4 rows' blocks prefetched into L2). */
+static void dot_q4_K_4rows(int n, float * s, const uint8_t * x, size_t bx, const block_q8_K * y) {
+    __m256 facc[4];
+    __m128 macc[4];
+    for (int r = 0; r < 4; r++) facc[r] = _mm256_setzero_ps(), macc[r] = _mm_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int r = 0; r < 4; r++) {
+            const char * pf = (const char *) ((const block_q4_K *) (x + (size_t) (r + 4) * bx) + b);
+            _mm_prefetch(pf, _MM_HINT_T1);
+            _mm_prefetch(pf + 64, _MM_HINT_T1);
+            _mm_prefetch(pf + 128, _MM_HINT_T1);
+            __m128i mins;
+            float dx, dminx;
+            const __m256i acc = k4_block(x + (size_t) r * bx, b, &y[b], 0, &mins, &dx, &dminx);
+            const float d = y[b].d * dx, dmin = -y[b].d * dminx;
+            macc[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), macc[r]);
+            facc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc), facc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        const __m128 m = _mm_add_ps(macc[r], _mm_movehl_ps(macc[r], macc[r]));   /* (0 + 2), (1 + 3) */
+        s[r] = gs_avx2_hsum_ps(facc[r]) + _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+    }
+}
+
+/* vec_dot_tile of Q4_K: gs_avx2_dot_q4_K's value for every (row, column) */
+void gs_avx2_tile_q4_K(int n, float * s, size_t bs, const void * vx, size_t bx,
+                       const void * vy, size_t by, int nr, int nc) {
+    const uint8_t * x = vx, * y = vy;
+    if (nc == 1) {
+        int r = 0;
+        for (; r + 4 <= nr; r += 4) dot_q4_K_4rows(n, s + r, x + (size_t) r * bx, bx, vy);
+        for (; r < nr; r++) gs_avx2_dot_q4_K(n, s + r, x + (size_t) r * bx, vy);
+        return;
+    }
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr; r++) gs_avx2_dot_q4_K(n, s + (size_t) c * bs + r, x + (size_t) r * bx, y + (size_t) c * by);
+    }
+}
+
 void gs_avx2_dot_q5_K(int n, float * s, const void * vx, const void * vy) {
     dot_k4(n, s, vx, vy, 1);
 }
@@ -151,6 +196,38 @@ void gs_avx2_dot_q6_K(int n, float * s, const void * vx, const void * vy) {
         facc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * _cvtsh_ss(x[b].d)), _mm256_cvtepi32_ps(acc), facc);
     }
     *s = gs_avx2_hsum_ps(facc);
+}
+
+/* vec_dot_tile of Q6_K: gs_avx2_dot_q6_K's value for every (row, column);
+ * one activation row takes 4 weight rows at a time (the same per-row
+ * operations, interleaved, with the next 4 rows' blocks prefetched) */
+static void dot_q6_K_4rows(int n, float * s, const uint8_t * x, size_t bx, const block_q8_K * y) {
+    __m256 facc[4];
+    for (int r = 0; r < 4; r++) facc[r] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int r = 0; r < 4; r++) {
+            const char * pf = (const char *) ((const block_q6_K *) (x + (size_t) (r + 4) * bx) + b);
+            for (int o = 0; o < (int) sizeof(block_q6_K); o += 64) _mm_prefetch(pf + o, _MM_HINT_T1);
+            const block_q6_K * xb = (const block_q6_K *) (x + (size_t) r * bx) + b;
+            const __m256i acc = q6_block(xb, &y[b]);
+            facc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * _cvtsh_ss(xb->d)), _mm256_cvtepi32_ps(acc), facc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) s[r] = gs_avx2_hsum_ps(facc[r]);
+}
+
+void gs_avx2_tile_q6_K(int n, float * s, size_t bs, const void * vx, size_t bx,
+                       const void * vy, size_t by, int nr, int nc) {
+    const uint8_t * x = vx, * y = vy;
+    if (nc == 1) {
+        int r = 0;
+        for (; r + 4 <= nr; r += 4) dot_q6_K_4rows(n, s + r, x + (size_t) r * bx, bx, vy);
+        for (; r < nr; r++) gs_avx2_dot_q6_K(n, s + r, x + (size_t) r * bx, vy);
+        return;
+    }
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr; r++) gs_avx2_dot_q6_K(n, s + (size_t) c * bs + r, x + (size_t) r * bx, y + (size_t) c * by);
+    }
 }
 
 /* ---- batched order (gemm_tile; vec_generic.c): per super-block the integer
@@ -320,4 +397,58 @@ void gs_avx2_q4kx8_dot(int n, float * s, const void * vx, const void * vy, int p
         }
     }
     *s = acc - accm;
+}
+
+/* The same (super-block steps) for 4 rows at a time, each with its own
+ * accumulators and the same operations in the same order. */
+static void q4kx8_4rows(int n, float * s, const uint8_t * x, size_t bx, const block_q8_K * y) {
+    const __m256i m0F = _mm256_set1_epi8(0x0F);
+    float acc[4] = { 0 }, accm[4] = { 0 };
+    for (int b = 0; b < n / QK_K; b++) {
+        for (int r = 0; r < 4; r++) {
+            const block_q4_K * xb = (const block_q4_K *) (x + (size_t) r * bx) + b;
+            const char * pf = (const char *) ((const block_q4_K *) (x + (size_t) (r + 4) * bx) + b);
+            _mm_prefetch(pf, _MM_HINT_T1);
+            _mm_prefetch(pf + 64, _MM_HINT_T1);
+            _mm_prefetch(pf + 128, _MM_HINT_T1);
+            uint64_t sc, m;
+            gs_unpack_scales_k4(xb->scales, &sc, &m);
+            const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long) sc)));
+            const __m128i m8 = _mm_cvtsi64_si128((long long) m);
+            const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y[b].bsums),
+                                                   _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)));
+            const float d = _cvtsh_ss(xb->d) * y[b].d, dmin = _cvtsh_ss(xb->dmin) * y[b].d;
+            __m256i sum = _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *) (xb->qs + 32 * k));
+                const __m256i lo = _mm256_and_si256(q, m0F);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0F);
+                const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k)));
+                const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *) (y[b].qs + 64 * k + 32)));
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(plo, word_bcast(sc16, 2 * k)),
+                                                             _mm256_madd_epi16(phi, word_bcast(sc16, 2 * k + 1))));
+            }
+            const int s1 = gs_hsum4_epi32(_mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1)));
+            const int s2 = gs_hsum4_epi32(_mm_add_epi32(_mm256_castsi256_si128(mins), _mm256_extracti128_si256(mins, 1)));
+            acc[r] = fmaf((float) s1, d, acc[r]);
+            accm[r] = fmaf((float) s2, dmin, accm[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) s[r] = acc[r] - accm[r];
+}
+
+/* gs_q4kx8_tile_fn: one activation row (decode) 4 weight rows at a time,
+ * otherwise gs_avx2_q4kx8_dot per output */
+void gs_avx2_q4kx8_tile(int n, float * s, size_t bs, const void * vx, size_t bx,
+                        const void * vy, size_t by, int nr, int nc, int pairs) {
+    const uint8_t * x = vx, * y = vy;
+    int r0 = 0;
+    if (nc == 1 && !pairs) {
+        for (; r0 + 4 <= nr; r0 += 4) q4kx8_4rows(n, s + r0, x + (size_t) r0 * bx, bx, vy);
+    }
+    for (int c = 0; c < nc; c++) {
+        for (int r = r0; r < nr; r++) {
+            gs_avx2_q4kx8_dot(n, s + (size_t) c * bs + r, x + (size_t) r * bx, y + (size_t) c * by, pairs);
+        }
+    }
 }

@@ -75,4 +75,12 @@ static inline float gs256_hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
+/* vec_avx512_k4rows.c: Q4_K with one activation row, 4 weight rows at a
+ * time (rows bx bytes apart, outputs s[0..nr-1]): gs_avx512_dot_q4_K's
+ * values, and gs_avx512_q4kx8_dot's with super-block steps (repack.h) */
+void gs_avx512_dot_q4_K_rows(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+void gs_avx512_q4kx8_dot_rows(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+/* vec_avx512_k6rows.c: gs_avx512_dot_q6_K's values, 4 weight rows at a time */
+void gs_avx512_dot_q6_K_rows(int n, float * s, const void * x, size_t bx, const void * y, int nr);
+
 #endif /* GS_VEC_AVX512_H */

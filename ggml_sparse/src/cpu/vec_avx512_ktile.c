@@ -3,8 +3,10 @@
  * the K types Q4_K, Q5_K, Q6_K (Q8_K activations), bit-identical to the
  * single-row kernels and vec_generic.c.
  *
- * A single activation row (decode) goes row by row through the single-row
- * kernels (one sequential stream). Several (prompt processing) go through a
+ * A single activation row (decode) goes through the 4-row kernels of
+ * vec_avx512_k4rows.c (Q4_K, also in the repacked order) and
+ * vec_avx512_k6rows.c (Q6_K), or row by row through the single-row kernel
+ * (Q5_K). Several (prompt processing) go through a
  * micro-kernel of 4 weight rows x 4 activation rows per super-block:
  *  - for each 64 weights k of the super-block, each row's weights are
  *    unpacked once and each activation row's bytes loaded once; 16 int32
@@ -289,6 +291,10 @@ void gs_avx512_tile_##name(int n, float * s, size_t bs, const void * vx, size_t 
                            const void * vy, size_t by, int nr, int nc) {                       \
     const uint8_t * x = vx, * y = vy;                                                          \
     if (nc == 1) {                                                                             \
+        if (KIND == 0 || KIND == 2) {                                                          \
+            (KIND == 0 ? gs_avx512_dot_q4_K_rows : gs_avx512_dot_q6_K_rows)(n, s, x, bx, y, nr);  \
+            return;                                                                            \
+        }                                                                                      \
         for (int r = 0; r < nr; r++) DOT(n, &s[r], x + (size_t) r * bx, y);                    \
         return;                                                                                \
     }                                                                                          \
@@ -389,6 +395,10 @@ micro_q4kx8(int nb, float * s, size_t bs, const uint8_t * x, size_t bx, int nr,
 void gs_avx512_q4kx8_tile(int n, float * s, size_t bs, const void * vx, size_t bx,
                           const void * vy, size_t by, int nr, int nc, int pairs) {
     const uint8_t * x = vx, * y = vy;
+    if (nc == 1 && !pairs) {   /* one activation row (GEMV): 4 weight rows at a time */
+        gs_avx512_q4kx8_dot_rows(n, s, x, bx, y, nr);
+        return;
+    }
     for (int r0 = 0; r0 < nr; r0 += TR) {
         for (int c0 = 0; c0 < nc; c0 += TC) {
             micro_q4kx8(n / QK_K, s + (size_t) c0 * bs + r0, bs, x + (size_t) r0 * bx, bx,
