@@ -46,33 +46,32 @@ def test_bench_server_ours_only(smollm2, tmp_path):
     report = json.loads(out.read_text())
     assert set(report["medians"]) == {"ours"} and "ratios" not in report
     assert report["load"]["start"]["cpus"] >= 1 and len(report["load"]["end"]["loadavg"]) == 3
-    assert len(report["reps"]["ours"]) == reps
-    for rep in report["reps"]["ours"]:
-        assert [r["clients"] for r in rep["levels"]] == levels
-        for row in rep["levels"]:
-            c = row["clients"]
-            assert FIELDS <= set(row) and row["errors"] == []
-            assert row["requests"] == c and row["not_length"] == 0
-            assert row["tokens"] == c * max_tokens
-            assert abs(row["tok_per_s"] - row["tokens"] / row["wall_s"]) < 1e-9
-            assert abs(row["req_per_s"] - c / row["wall_s"]) < 1e-9
-            assert 0 < row["chunks_per_token"] <= 1
-            assert row["other_cores"] >= 0 and row["server_cpu_s"] > 0
-            reqs = row["per_request"]
-            assert len(reqs) == c and all(r["tokens"] == max_tokens for r in reqs)
-            assert all(r["finish_reason"] == "length" for r in reqs)
-            ttft = [r["ttft"] for r in reqs]
-            lat = [r["latency"] for r in reqs]
-            assert all(0 < t <= l <= row["wall_s"] for t, l in zip(ttft, lat))
-            assert abs(row["ttft_p50"] - np.percentile(ttft, 50)) < 1e-9
-            assert abs(row["ttft_p95"] - np.percentile(ttft, 95)) < 1e-9
-            assert abs(row["latency_p95"] - np.percentile(lat, 95)) < 1e-9
-            if row["itl_p50"] is not None:
-                assert 0 < row["itl_p50"] <= row["itl_p95"]
+    rows = report["reps"]["ours"]
+    assert [(r["clients"], r["rep"]) for r in rows] == [(c, k) for c in levels for k in range(reps)]
+    for row in rows:
+        c = row["clients"]
+        assert FIELDS <= set(row) and row["errors"] == []
+        assert row["requests"] == c and row["not_length"] == 0
+        assert row["tokens"] == c * max_tokens
+        assert abs(row["tok_per_s"] - row["tokens"] / row["wall_s"]) < 1e-9
+        assert abs(row["req_per_s"] - c / row["wall_s"]) < 1e-9
+        assert 0 < row["chunks_per_token"] <= 1
+        assert row["other_cores"] >= 0 and row["server_cpu_s"] > 0
+        reqs = row["per_request"]
+        assert len(reqs) == c and all(r["tokens"] == max_tokens for r in reqs)
+        assert all(r["finish_reason"] == "length" for r in reqs)
+        ttft = [r["ttft"] for r in reqs]
+        lat = [r["latency"] for r in reqs]
+        assert all(0 < t <= l <= row["wall_s"] for t, l in zip(ttft, lat))
+        assert abs(row["ttft_p50"] - np.percentile(ttft, 50)) < 1e-9
+        assert abs(row["ttft_p95"] - np.percentile(ttft, 95)) < 1e-9
+        assert abs(row["latency_p95"] - np.percentile(lat, 95)) < 1e-9
+        if row["itl_p50"] is not None:
+            assert 0 < row["itl_p50"] <= row["itl_p95"]
     for c in levels:
         med = report["medians"]["ours"][str(c)]
-        rows = [r for rep in report["reps"]["ours"] for r in rep["levels"] if r["clients"] == c]
-        assert med["tok_per_s"] == np.median([r["tok_per_s"] for r in rows])
+        mine = [r for r in rows if r["clients"] == c]
+        assert med["tok_per_s"] == np.median([r["tok_per_s"] for r in mine])
         assert med["tokens"] == c * max_tokens and med["errors"] == []
     text = md.read_text()
     assert "tok/s ours" in text and "theirs" not in text
@@ -81,7 +80,8 @@ def test_bench_server_ours_only(smollm2, tmp_path):
 
 def test_bench_server_refuses_a_python_without_llama_cpp_server(tmp_path):
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named llama_cpp' >&2\nexit 1\n")
+    fake.write_text("#!/bin/sh\n"
+                    "echo 'ModuleNotFoundError: No module named llama_cpp' >&2\nexit 1\n")
     fake.chmod(0o755)
     cmd = [sys.executable, str(SCRIPT), "--model", str(tmp_path / "unused.gguf"),
            "--theirs-python", str(fake), "--reps", "1"]
