@@ -42,7 +42,9 @@ from .model.sparse import make_ffn, predictor_threshold
 from .offload import plan_for_engine
 from .tensor import Context, ThreadPool
 
-MAX_CACHED_GRAPHS = 4
+MAX_CACHED_GRAPHS = 4       # prompt-sized graphs kept
+SMALL_GRAPH_TOKENS = 16     # graphs of at most this many tokens are "small" ...
+MAX_SMALL_GRAPHS = 16       # ... and this many of them are kept
 
 
 def default_threads() -> int:
@@ -146,9 +148,13 @@ class Engine:
             g = ForwardGraph(self.cfg, self.weights, self.kv, n_tokens, n_outputs,
                              threads, embeddings, self.ffn, self._backends, rowwise)
             self._graphs[key] = g
-            # several sequences: one decode graph per batch size in use stays cached too
-            if len(self._graphs) > MAX_CACHED_GRAPHS + (self.n_seq if self.n_seq > 1 else 0):
-                self._close_graph(self._graphs.popitem(last=False)[1])
+            # small graphs (decode batches of several sequences, speculative verifications:
+            # one per size in use, cheap) and the others (prompt chunks) are kept apart, the
+            # least recently used of a kind closed when that kind is over its count
+            small = n_tokens <= SMALL_GRAPH_TOKENS
+            same = [k for k in self._graphs if (k[0] <= SMALL_GRAPH_TOKENS) == small]
+            if len(same) > (MAX_SMALL_GRAPHS if small else MAX_CACHED_GRAPHS):
+                self._close_graph(self._graphs.pop(same[0]))
         else:
             self._graphs.move_to_end(key)
         return g
