@@ -425,3 +425,22 @@ def test_expert_profile_command(tmp_path):
     counts, n = load_expert_counts(out)
     assert len(counts) == 2 and n > 10
     assert all(int(c.sum()) == n * 2 for c in counts)        # top-2: every token counted in every layer
+
+
+def test_expert_cache_keywords_and_hit_rate_report(capsys):
+    """Llama(expert_cache=..., expert_slots=...) with a budget on the stand-in device: the
+    completion's timings line (verbose) reports the cache's hit rate and bytes loaded."""
+    from pyinfer import Llama
+    budget = 2 * MIB
+    with Backend.standin(budget) as dev:
+        llm = Llama(fixture("olmoe"), n_ctx=64, n_batch=8, vram_budget=budget / 2**30, offload_device=dev,
+                    expert_cache="lru", expert_slots=3, verbose=True)
+        try:
+            capsys.readouterr()
+            llm.create_completion([1, 5, 9, 13], max_tokens=8, temperature=0)
+            err = capsys.readouterr().err
+            st = llm.engine.expert_cache.stats
+            assert st.hits + st.misses > 0
+            assert f"expert cache: {st.hit_rate:.1%} hits" in err, err
+        finally:
+            llm.close()

@@ -201,9 +201,12 @@ class _Run:
     def _print_timings(self, t_start: float, t_first: float, t_end: float) -> None:
         n = len(self.tokens)
         rate = f" ({(n - 1) / (t_end - t_first):.1f} tokens/s)" if n > 1 and t_end > t_first else ""
+        cache = getattr(self.llama.engine, "expert_cache", None)
+        experts = "" if cache is None else \
+            f"; expert cache: {cache.stats.hit_rate:.1%} hits, {cache.stats.bytes_loaded / 2**20:.1f} MiB loaded"
         print(f"pyinfer: prompt {len(self.prompt_tokens)} tokens, first token after "
               f"{(t_first - t_start) * 1000:.0f} ms; {n} tokens in {(t_end - t_start) * 1000:.0f} "
-              f"ms{rate}", file=sys.stderr)
+              f"ms{rate}{experts}", file=sys.stderr)
 
     def _load_cached_prefix(self) -> None:
         llama = self.llama
