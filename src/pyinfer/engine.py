@@ -74,11 +74,11 @@ class Engine:
         self.weights = LlamaWeights.from_gguf(self.file, self.cfg, self._wctx, settings.repack_weights)
         self.ffn, self.ffn_mode = make_ffn(self.cfg, self.weights, md, settings.sparse_threshold,
                                            settings.dense, settings.neuron_bundle, self.file)
-        # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's
-        # n_swa + n_ubatch), not n_ctx positions
         self.n_seq = settings.n_seq_max
         if not isinstance(self.n_seq, int) or self.n_seq < 1:
             raise ValueError(f"n_seq_max must be a positive integer, got {self.n_seq!r}")
+        # swa_full=False: the sliding-window layers cache the window plus a batch (llama.cpp's
+        # n_swa + n_ubatch), not n_ctx positions (one sequence only)
         swa_rows = None if settings.swa_full or not self.cfg.n_swa or self.n_seq > 1 \
             else self.cfg.n_swa + self.n_batch
         self.kv = KVCache.allocate(self.cfg, n_ctx, settings.kv_type, swa_rows, self.n_seq)
@@ -123,10 +123,6 @@ class Engine:
     def n_past(self) -> int:
         """Tokens sequence 0 holds (the one sequence of a single-sequence engine)."""
         return self.seq_pos[0]
-
-    @n_past.setter
-    def n_past(self, n: int) -> None:
-        self.seq_pos[0] = n
 
     def _seq(self, seq: int) -> int:
         if not (isinstance(seq, (int, np.integer)) and 0 <= seq < self.n_seq):
