@@ -360,3 +360,27 @@ def test_perplexity_cli_cache_types(smollm2, capsys):
     assert f16 != q8 and abs(q8 - f16) / f16 < 0.03
     assert perplexity.main([str(smollm2), "--chunks", "1", "-ctk", "q8_0"]) == 2
     assert "differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_offload_plan_sizes_the_cache_as_allocated(smollm2, kv):
+    """The VRAM plan counts a quantized cache at its real size (not as F16): its per-layer KV
+    items equal the allocated K and V bytes (smaller than F16's), and they are placed."""
+    from pyinfer.backend import Backend
+    from pyinfer.offload.budget import part
+    probe = Engine(smollm2, ContextSettings(n_ctx=256, n_threads=2, kv_type=kv))
+    want = [part(k.nbytes) + part(v.nbytes) for k, v in zip(probe.kv.k, probe.kv.v)]
+    probe.close()
+    f16 = Engine(smollm2, ContextSettings(n_ctx=256, n_threads=2))
+    f16_bytes = part(f16.kv.k[0].nbytes) + part(f16.kv.v[0].nbytes)
+    f16.close()
+    assert want[0] < f16_bytes
+    with Backend.standin(512 << 20) as dev:
+        e = Engine(smollm2, ContextSettings(n_ctx=256, n_threads=2, kv_type=kv,
+                                            extra={"offload_device": dev, "n_gpu_layers": -1}))
+        try:
+            got = [i.nbytes for i in e.offload_plan.items if i.kind == "kv"]
+            assert got == want
+            assert all(i.on_gpu for i in e.offload_plan.items if i.kind == "kv")
+        finally:
+            e.close()

@@ -79,7 +79,9 @@ def plan_for_engine(engine, vram_budget: Optional[float], n_gpu_layers: int,
         if vram_budget is None and gpu_layers_note(n_gpu_layers) is not None:
             return None
         require_cuda(f"vram_budget={vram_budget!r}" if vram_budget is not None else f"n_gpu_layers={n_gpu_layers}")
-    spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch)
+    kv = engine.kv     # as allocated: its type (F16, Q8_0, ...), rows and sequences
+    spec = spec_from_file(engine.file, engine.cfg, engine.n_ctx, engine.n_batch,
+                          [part(k.nbytes) + part(v.nbytes) for k, v in zip(kv.k, kv.v)])
     # a device backend's free memory is its whole budget (no driver allocations grow after the plan)
     margin = 0 if device is not None else DEFAULT_MARGIN
     if device is not None:

@@ -99,10 +99,12 @@ class ModelSpec:
         return [t for t in self.tensors if t.layer == layer]
 
 
-def spec_from_file(f, cfg, n_ctx: int, n_batch: int) -> ModelSpec:
+def spec_from_file(f, cfg, n_ctx: int, n_batch: int, kv_bytes: Optional[List[int]] = None) -> ModelSpec:
     """A ModelSpec of a GGUFFile `f` with its ModelConfig `cfg` for a context of n_ctx and
     batches of n_batch tokens. A tied output (no output.weight) counts the token embedding
-    a second time as the output matrix: the GPU copy is separate from the CPU lookup table."""
+    a second time as the output matrix: the GPU copy is separate from the CPU lookup table.
+    `kv_bytes`: per layer, the bytes of its K and V caches as allocated (their type, rows and
+    sequences); default: F16 caches of n_ctx rows."""
     tensors = []
     for t in f:
         c = classify(t.name)
@@ -130,7 +132,7 @@ def spec_from_file(f, cfg, n_ctx: int, n_batch: int) -> ModelSpec:
             return 0 if t is None else t.nbytes // t.ne[2]
         experts.append(ExpertBytes(*(plane(n) for n in EXPERT_TENSORS)))
     return ModelSpec(cfg.n_layer, cfg.n_embd, cfg.n_ff, tensors,
-                     [kv_layer_bytes(kv_dim, n_ctx)] * cfg.n_layer, shape, rows, sparse,
+                     kv_bytes or [kv_layer_bytes(kv_dim, n_ctx)] * cfg.n_layer, shape, rows, sparse,
                      n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used,
                      n_ff_exp=cfg.n_ff_exp if cfg.n_expert else 0, expert_bytes=experts)
 
