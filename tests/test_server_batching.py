@@ -8,7 +8,6 @@ cache and the queues clean; the prefix cache copies a shared system prompt from 
 (fewer prompt tokens evaluated, same answer); /health and /metrics."""
 import json
 import re
-import socket
 import threading
 import time
 
@@ -19,10 +18,10 @@ for _mod in ("fastapi", "sse_starlette", "pydantic_settings", "uvicorn", "httpx"
     pytest.importorskip(_mod, reason=_REASON)
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
 from pyinfer import Llama  # noqa: E402
 from pyinfer.server import Settings, create_app  # noqa: E402
+from server_util import serve as _serve  # noqa: E402
 
 N_CTX = 512
 MAX_TOKENS = 8
@@ -42,27 +41,6 @@ REQUESTS = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Say yes or no."}], "logprobs": True, "top_logprobs": 2}),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(app):
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=30)
-    app.state.hub.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 `openai` client: completions, chat, streams, embeddings, errors, the API key, several
 concurrent clients (each answer must equal `Llama`'s for the same greedy request) and a
 streaming client that vanishes mid-way (the next request must still be served)."""
-import socket
 import threading
 import time
 
@@ -15,36 +14,14 @@ for _mod in ("fastapi", "sse_starlette", "pydantic_settings", "uvicorn", "openai
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
-import uvicorn  # noqa: E402
 
 from pyinfer import Llama  # noqa: E402
 from pyinfer.server import Settings, create_app  # noqa: E402
+from server_util import serve as _serve  # noqa: E402
 
 N_CTX = 256
 KEY = "test-key"
 ALIAS = "smol"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(app):
-    """Run `app` on a free localhost port in a thread; yields (base URL, app)."""
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=30)
-    app.state.hub.close()
 
 
 @pytest.fixture(scope="module")
