@@ -24,3 +24,18 @@ def greedy(eng, prompt, n):
 def rel_err(a, b):
     """Largest absolute difference relative to the largest magnitude of b."""
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def f32_conversions(root, hf_dir):
+    """name -> our F32 conversion (into directory `root`) of the checkpoint at hf_dir(name),
+    converted on first use and then reused."""
+    from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = str(root / f"{name}.gguf")
+            convert(hf_dir(name), ConvertOptions(out, "f32", progress=False))
+            cache[name] = out
+        return cache[name]
+    return get

@@ -32,6 +32,7 @@ from pyinfer.config import SUPPORTED_ARCHS, ContextSettings, ModelConfig
 from pyinfer.convert.hf_config import load_params
 from pyinfer.convert.hf_to_gguf import ConvertOptions, convert
 from pyinfer.engine import Engine
+from engine_util import f32_conversions
 from pyinfer.gguf_model import GGUFFile
 from reference.tiny_hf import read_safetensors
 
@@ -109,16 +110,7 @@ RUN_CASES = [_run_case(n, w) for n in NAMES for w in ("ours", "llama.cpp") if w 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     """name -> our F32 conversion of the fixture's checkpoint (converted once per module)."""
-    root = tmp_path_factory.mktemp("arch")
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            out = str(root / f"{name}.gguf")
-            convert(hf_dir(name), ConvertOptions(out, "f32", progress=False))
-            cache[name] = out
-        return cache[name]
-    return get
+    return f32_conversions(tmp_path_factory.mktemp("arch"), hf_dir)
 
 
 def _file(name, which, ours):

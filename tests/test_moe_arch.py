@@ -32,6 +32,7 @@ from pyinfer.config import ContextSettings, ModelConfig, UnsupportedModelError
 from pyinfer.convert.hf_config import ConfigError, load_params
 from pyinfer.convert.hf_to_gguf import ConvertError, ConvertOptions, convert
 from pyinfer.engine import Engine
+from engine_util import f32_conversions
 from pyinfer.gguf_model import GGUFFile
 from pyinfer.model.moe import build_moe_ffn, routing_ids
 from pyinfer.tensor import Context, GGMLType, Graph, ThreadPool
@@ -67,16 +68,7 @@ def _norm_err(got, ref):
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     """name -> our F32 conversion of the fixture's checkpoint (converted once per module)."""
-    root = tmp_path_factory.mktemp("moe")
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            out = str(root / f"{name}.gguf")
-            convert(hf_dir(name), ConvertOptions(out, "f32", progress=False))
-            cache[name] = out
-        return cache[name]
-    return get
+    return f32_conversions(tmp_path_factory.mktemp("moe"), hf_dir)
 
 
 # ---- the converter against llama.cpp's --------------------------------------------------------
