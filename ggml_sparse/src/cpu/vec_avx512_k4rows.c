@@ -175,18 +175,30 @@ static void dot_q4_K_4rows_own(int n, float * s, const uint8_t * x, size_t bx, c
     dot_q4_K_4rows(n, s, x, bx, y, NULL);
 }
 
-void gs_avx512_dot_q4_K_rows(int n, float * s, const void * vx, size_t bx, const void * vy, int nr) {
-    const uint8_t * x = vx;
+/* The rows of one call: groups of NR rows by the 4-row kernel (`pre`: with the activations
+ * arranged once for all groups, when there are at least two groups and they fit; `own`:
+ * arranging them per group), the last nr % NR rows one by one (`one`). */
+typedef void (*rows_pre_fn)(int n, float * s, const uint8_t * x, size_t bx, const block_q8_K * y,
+                            const yblock * pre);
+typedef void (*rows_own_fn)(int n, float * s, const uint8_t * x, size_t bx, const block_q8_K * y);
+typedef void (*row_one_fn)(int n, float * s, const void * vx, const void * vy);
+
+static void drive_rows(int n, float * s, const uint8_t * x, size_t bx, const void * vy, int nr,
+                       rows_pre_fn pre_fn, rows_own_fn own_fn, row_one_fn one_fn) {
     const block_q8_K * y = vy;
     const int nb = n / QK_K;
     int r = 0;
     if (nr >= 2 * NR && nb <= MAX_PREP) {
         yblock pre[MAX_PREP];
         for (int b = 0; b < nb; b++) arrange_y(&pre[b], &y[b]);
-        for (; r + NR <= nr; r += NR) dot_q4_K_4rows_pre(n, s + r, x + (size_t) r * bx, bx, y, pre);
+        for (; r + NR <= nr; r += NR) pre_fn(n, s + r, x + (size_t) r * bx, bx, y, pre);
     }
-    for (; r + NR <= nr; r += NR) dot_q4_K_4rows_own(n, s + r, x + (size_t) r * bx, bx, y);
-    for (; r < nr; r++) gs_avx512_dot_q4_K(n, s + r, x + (size_t) r * bx, vy);
+    for (; r + NR <= nr; r += NR) own_fn(n, s + r, x + (size_t) r * bx, bx, y);
+    for (; r < nr; r++) one_fn(n, s + r, x + (size_t) r * bx, vy);
+}
+
+void gs_avx512_dot_q4_K_rows(int n, float * s, const void * vx, size_t bx, const void * vy, int nr) {
+    drive_rows(n, s, vx, bx, vy, nr, dot_q4_K_4rows_pre, dot_q4_K_4rows_own, gs_avx512_dot_q4_K);
 }
 
 /* 4 rows of gs_avx512_q4kx8_dot with super-block steps */
@@ -225,16 +237,10 @@ static void q4kx8_4rows_own(int n, float * s, const uint8_t * x, size_t bx, cons
     q4kx8_4rows(n, s, x, bx, y, NULL);
 }
 
+static void q4kx8_one(int n, float * s, const void * vx, const void * vy) {
+    gs_avx512_q4kx8_dot(n, s, vx, vy, 0);
+}
+
 void gs_avx512_q4kx8_dot_rows(int n, float * s, const void * vx, size_t bx, const void * vy, int nr) {
-    const uint8_t * x = vx;
-    const block_q8_K * y = vy;
-    const int nb = n / QK_K;
-    int r = 0;
-    if (nr >= 2 * NR && nb <= MAX_PREP) {
-        yblock pre[MAX_PREP];
-        for (int b = 0; b < nb; b++) arrange_y(&pre[b], &y[b]);
-        for (; r + NR <= nr; r += NR) q4kx8_4rows_pre(n, s + r, x + (size_t) r * bx, bx, y, pre);
-    }
-    for (; r + NR <= nr; r += NR) q4kx8_4rows_own(n, s + r, x + (size_t) r * bx, bx, y);
-    for (; r < nr; r++) gs_avx512_q4kx8_dot(n, s + r, x + (size_t) r * bx, vy, 0);
+    drive_rows(n, s, vx, bx, vy, nr, q4kx8_4rows_pre, q4kx8_4rows_own, q4kx8_one);
 }
