@@ -320,5 +320,9 @@ void gs_threadpool_run(gs_threadpool * tp, int n, gs_pool_fn fn, void * arg);
  * constructors of every op file record their nodes with it). */
 gs_status gs_new_op_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
                          gs_tensor ** out);
+/* The error of an op constructor (ops.c): tensor t of op `op` has the wrong type (`want`
+ * names the right ones) / the wrong shape (`why`), with t's name, type or shape. */
+gs_status gs_op_type_error(const char * op, const gs_tensor * t, const char * want);
+gs_status gs_op_shape_error(const char * op, const gs_tensor * t, const char * why);
 
 #endif /* GS_INTERNAL_H */

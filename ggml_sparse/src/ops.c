@@ -36,6 +36,18 @@ static gs_status type_error(const char * op, const gs_tensor * t, const char * w
                         gs_get_type_traits(t->type)->name, want);
 }
 
+gs_status gs_op_type_error(const char * op, const gs_tensor * t, const char * want) {
+    const gs_type_traits * tt = gs_get_type_traits(t->type);
+    return gs_set_error(GS_ERR_TYPE, "%s: tensor '%s' has type %s, expected %s", op, t->name,
+                        tt ? tt->name : "?", want);
+}
+
+gs_status gs_op_shape_error(const char * op, const gs_tensor * t, const char * why) {
+    return gs_set_error(GS_ERR_SHAPE, "%s: '%s' is [%lld, %lld, %lld, %lld]: %s", op, t->name,
+                        (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2],
+                        (long long) t->ne[3], why);
+}
+
 /* New op node of type `type` with a's rank and the given shape. */
 gs_status gs_new_op_node(gs_context * ctx, gs_op op, gs_type type, int n_dims, const int64_t * ne,
                          gs_tensor ** out) {

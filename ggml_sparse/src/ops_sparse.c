@@ -8,27 +8,15 @@
 #include <math.h>
 #include <stdio.h>
 
-static gs_status sparse_type_error(const char * op, const gs_tensor * t, const char * want) {
-    const gs_type_traits * tt = gs_get_type_traits(t->type);
-    return gs_set_error(GS_ERR_TYPE, "%s: tensor '%s' has type %s, expected %s", op, t->name,
-                        tt ? tt->name : "?", want);
-}
-
-static gs_status sparse_shape_error(const char * op, const gs_tensor * t, const char * why) {
-    return gs_set_error(GS_ERR_SHAPE, "%s: '%s' is [%lld, %lld, %lld, %lld]: %s", op, t->name,
-                        (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2],
-                        (long long) t->ne[3], why);
-}
-
 static bool is_2d(const gs_tensor * t) {
     return t->ne[2] == 1 && t->ne[3] == 1;
 }
 
 /* F32 activations {n, n_tokens} whose rows are contiguous. */
 static gs_status check_activations(const char * op, const gs_tensor * x) {
-    if (x->type != GS_TYPE_F32) return sparse_type_error(op, x, "f32");
+    if (x->type != GS_TYPE_F32) return gs_op_type_error(op, x, "f32");
     if (x->nb[0] != sizeof(float) || !is_2d(x)) {
-        return sparse_shape_error(op, x, "activations must be 2-D with contiguous rows");
+        return gs_op_shape_error(op, x, "activations must be 2-D with contiguous rows");
     }
     return GS_OK;
 }
@@ -37,18 +25,18 @@ static gs_status check_activations(const char * op, const gs_tensor * x) {
 static gs_status check_idx_skip(const char * op, const gs_tensor * idx, const gs_tensor * skip,
                                 int64_t M, int64_t n_tokens) {
     if (idx) {
-        if (idx->type != GS_TYPE_I32) return sparse_type_error(op, idx, "i32");
+        if (idx->type != GS_TYPE_I32) return gs_op_type_error(op, idx, "i32");
         if (!gs_is_contiguous(idx) || !is_2d(idx) || idx->ne[0] != M + 1 || idx->ne[1] != n_tokens) {
             char why[96];
             snprintf(why, sizeof(why), "index must be contiguous {%lld, %lld}", (long long) (M + 1),
                      (long long) n_tokens);
-            return sparse_shape_error(op, idx, why);
+            return gs_op_shape_error(op, idx, why);
         }
     }
     if (skip) {
-        if (skip->type != GS_TYPE_I32) return sparse_type_error(op, skip, "i32");
+        if (skip->type != GS_TYPE_I32) return gs_op_type_error(op, skip, "i32");
         if (!gs_is_contiguous(skip) || gs_nelements(skip) != M) {
-            return sparse_shape_error(op, skip, "skip mask must be contiguous with one value per neuron");
+            return gs_op_shape_error(op, skip, "skip mask must be contiguous with one value per neuron");
         }
     }
     return GS_OK;
@@ -70,7 +58,7 @@ static gs_status new_index_node(gs_context * ctx, const char * op, gs_tensor * s
     GS_CHECK_ARG(ctx && out && src, "%s: NULL argument", op);
     gs_status st = check_activations(op, src);
     if (st) return st;
-    if (src->ne[0] >= INT32_MAX) return sparse_shape_error(op, src, "too many neurons for an I32 index");
+    if (src->ne[0] >= INT32_MAX) return gs_op_shape_error(op, src, "too many neurons for an I32 index");
     st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX, GS_TYPE_I32, src->ne[0] + 1, src->ne[1], out);
     if (st) return st;
     (*out)->src[0] = src;
@@ -92,7 +80,7 @@ gs_status gs_sparse_predict(gs_context * ctx, gs_tensor * fc1, gs_tensor * fc2, 
                             float threshold, gs_tensor ** out) {
     GS_CHECK_ARG(ctx && out && fc1 && fc2 && x, "gs_sparse_predict: NULL argument");
     if (fc2->ne[0] != fc1->ne[1]) {
-        return sparse_shape_error("gs_sparse_predict", fc2, "fc2's ne0 must equal fc1's ne1 (the hidden size H)");
+        return gs_op_shape_error("gs_sparse_predict", fc2, "fc2's ne0 must equal fc1's ne1 (the hidden size H)");
     }
     gs_tensor * h, * r, * score;
     gs_status st = gs_mul_mat(ctx, fc1, x, &h);
@@ -110,13 +98,13 @@ gs_status gs_sparse_index_remap(gs_context * ctx, gs_tensor * idx, gs_tensor * m
         return gs_set_error(GS_ERR_INVALID_ARG, "%s: n_out is %lld, must be in [0, %d)", op, (long long) n_out,
                             INT32_MAX);
     }
-    if (idx->type != GS_TYPE_I32) return sparse_type_error(op, idx, "i32");
-    if (map->type != GS_TYPE_I32) return sparse_type_error(op, map, "i32");
+    if (idx->type != GS_TYPE_I32) return gs_op_type_error(op, idx, "i32");
+    if (map->type != GS_TYPE_I32) return gs_op_type_error(op, map, "i32");
     if (!gs_is_contiguous(idx) || !is_2d(idx) || idx->ne[0] < 2) {
-        return sparse_shape_error(op, idx, "index must be contiguous {M + 1, n_tokens} with M >= 1");
+        return gs_op_shape_error(op, idx, "index must be contiguous {M + 1, n_tokens} with M >= 1");
     }
     if (!gs_is_contiguous(map) || gs_nelements(map) != idx->ne[0] - 1) {
-        return sparse_shape_error(op, map, "map must be contiguous with one value per neuron (the index's M)");
+        return gs_op_shape_error(op, map, "map must be contiguous with one value per neuron (the index's M)");
     }
     gs_status st = new_sparse_node(ctx, GS_OP_SPARSE_INDEX_REMAP, GS_TYPE_I32, n_out + 1, idx->ne[1], out);
     if (st) return st;
@@ -131,14 +119,14 @@ gs_status gs_mul_mat_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * b, gs_t
     GS_CHECK_ARG(ctx && out && a && b, "%s: NULL argument", op);
     const gs_type_traits * ta = gs_get_type_traits(a->type);
     if (!ta || !gs_get_type_traits(ta->vec_dot_type) || !gs_cpu_funcs(a->type)->vec_dot) {
-        return sparse_type_error(op, a, "a weight type with a dot product kernel");
+        return gs_op_type_error(op, a, "a weight type with a dot product kernel");
     }
-    if (!is_2d(a) || a->nb[0] != ta->type_size) return sparse_shape_error(op, a, "weights must be 2-D with contiguous rows");
+    if (!is_2d(a) || a->nb[0] != ta->type_size) return gs_op_shape_error(op, a, "weights must be 2-D with contiguous rows");
     gs_status st = check_activations(op, b);
     if (st) return st;
-    if (a->ne[0] != b->ne[0]) return sparse_shape_error(op, b, "ne0 differs from the weights' ne0");
+    if (a->ne[0] != b->ne[0]) return gs_op_shape_error(op, b, "ne0 differs from the weights' ne0");
     if (b->ne[0] % gs_get_type_traits(ta->vec_dot_type)->blck_size) {
-        return sparse_shape_error(op, b, "ne0 is not a multiple of the activation block size");
+        return gs_op_shape_error(op, b, "ne0 is not a multiple of the activation block size");
     }
     st = check_idx_skip(op, idx, skip, a->ne[1], b->ne[1]);
     if (st) return st;
@@ -157,12 +145,12 @@ gs_status gs_axpy_sparse(gs_context * ctx, gs_tensor * a, gs_tensor * act, gs_te
     GS_CHECK_ARG(ctx && out && a && act, "%s: NULL argument", op);
     const gs_type_traits * ta = gs_get_type_traits(a->type);
     if (!ta || !ta->to_float || a->type == GS_TYPE_Q8_1 || a->type == GS_TYPE_Q8_K) {
-        return sparse_type_error(op, a, "a float or weight type");
+        return gs_op_type_error(op, a, "a float or weight type");
     }
-    if (!is_2d(a) || a->nb[0] != ta->type_size) return sparse_shape_error(op, a, "weights must be 2-D with contiguous rows");
+    if (!is_2d(a) || a->nb[0] != ta->type_size) return gs_op_shape_error(op, a, "weights must be 2-D with contiguous rows");
     gs_status st = check_activations(op, act);
     if (st) return st;
-    if (act->ne[0] != a->ne[1]) return sparse_shape_error(op, act, "ne0 must equal the weights' row count (n_ff)");
+    if (act->ne[0] != a->ne[1]) return gs_op_shape_error(op, act, "ne0 must equal the weights' row count (n_ff)");
     st = check_idx_skip(op, idx, skip, a->ne[1], act->ne[1]);
     if (st) return st;
     st = new_sparse_node(ctx, GS_OP_AXPY_SPARSE, GS_TYPE_F32, a->ne[0], act->ne[1], out);
@@ -180,17 +168,17 @@ gs_status gs_sparse_ffn_bundle(gs_context * ctx, gs_tensor * bundle, gs_tensor *
     GS_CHECK_ARG(ctx && out && bundle && h, "%s: NULL argument", op);
     const gs_type_traits * ta = gs_get_type_traits(bundle->type);
     if (!ta || !ta->to_float || !gs_get_type_traits(ta->vec_dot_type) || !gs_cpu_funcs(bundle->type)->vec_dot) {
-        return sparse_type_error(op, bundle, "a weight type with a dot product kernel");
+        return gs_op_type_error(op, bundle, "a weight type with a dot product kernel");
     }
     if (!is_2d(bundle) || bundle->nb[0] != ta->type_size) {
-        return sparse_shape_error(op, bundle, "bundle must be 2-D with contiguous records");
+        return gs_op_shape_error(op, bundle, "bundle must be 2-D with contiguous records");
     }
     gs_status st = check_activations(op, h);
     if (st) return st;
     const int64_t E = h->ne[0];
-    if (bundle->ne[0] != 3 * E) return sparse_shape_error(op, bundle, "ne0 must be 3 x n_embd (gate, up, down rows)");
+    if (bundle->ne[0] != 3 * E) return gs_op_shape_error(op, bundle, "ne0 must be 3 x n_embd (gate, up, down rows)");
     if (E % ta->blck_size || E % gs_get_type_traits(ta->vec_dot_type)->blck_size) {
-        return sparse_shape_error(op, h, "ne0 is not a multiple of the weight and activation block sizes");
+        return gs_op_shape_error(op, h, "ne0 is not a multiple of the weight and activation block sizes");
     }
     st = check_idx_skip(op, idx, skip, bundle->ne[1], h->ne[1]);
     if (st) return st;
@@ -211,10 +199,10 @@ static gs_status check_rows(const char * op, const gs_tensor * w, bool dot) {
     const gs_type_traits * tw = gs_get_type_traits(w->type);
     if (!tw || !tw->to_float || w->type == GS_TYPE_Q8_1 || w->type == GS_TYPE_Q8_K ||
         (dot && (!gs_get_type_traits(tw->vec_dot_type) || !gs_cpu_funcs(w->type)->vec_dot))) {
-        return sparse_type_error(op, w, dot ? "a weight type with a dot product kernel" : "a float or weight type");
+        return gs_op_type_error(op, w, dot ? "a weight type with a dot product kernel" : "a float or weight type");
     }
     if (!is_2d(w) || w->nb[0] != tw->type_size || w->nb[1] < gs_type_row_size(w->type, w->ne[0])) {
-        return sparse_shape_error(op, w, "weights must be 2-D with contiguous rows");
+        return gs_op_shape_error(op, w, "weights must be 2-D with contiguous rows");
     }
     return GS_OK;
 }
@@ -232,12 +220,12 @@ gs_status gs_sparse_ffn_up_down(gs_context * ctx, gs_tensor * up, gs_tensor * do
     st = check_activations(op, act);
     if (st) return st;
     const int64_t E = h->ne[0], M = up->ne[1], N = h->ne[1];
-    if (up->ne[0] != E) return sparse_shape_error(op, up, "ne0 must equal h's ne0 (n_embd)");
+    if (up->ne[0] != E) return gs_op_shape_error(op, up, "ne0 must equal h's ne0 (n_embd)");
     if (down_t->ne[0] != E || down_t->ne[1] != M) {
-        return sparse_shape_error(op, down_t, "must have up's shape {n_embd, n_ff}");
+        return gs_op_shape_error(op, down_t, "must have up's shape {n_embd, n_ff}");
     }
     if (act->ne[0] != M || act->ne[1] != N) {
-        return sparse_shape_error(op, act, "must be {n_ff, n_tokens} (up's row count, h's token count)");
+        return gs_op_shape_error(op, act, "must be {n_ff, n_tokens} (up's row count, h's token count)");
     }
     st = check_idx_skip(op, idx, skip, M, N);
     if (st) return st;
