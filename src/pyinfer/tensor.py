@@ -434,8 +434,11 @@ class Context:
     # several sequences sets it, so that no sequence's results depend on the others'
     rowwise_products = False
 
-    def mul_mat(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._op(lib.gs_mul_mat_rowwise if self.rowwise_products else lib.gs_mul_mat, a.ptr, b.ptr)
+    def mul_mat(self, a: Tensor, b: Tensor, rowwise: Optional[bool] = None) -> Tensor:
+        """a x b (gs_mul_mat); rowwise (default: the context's rowwise_products): every row of b
+        in the single-row order (gs_mul_mat_rowwise)."""
+        rowwise = self.rowwise_products if rowwise is None else rowwise
+        return self._op(lib.gs_mul_mat_rowwise if rowwise else lib.gs_mul_mat, a.ptr, b.ptr)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float,
                   window: int = 0, softcap: float = 0.0, n_stream: int = 0) -> Tensor:

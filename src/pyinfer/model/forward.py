@@ -173,12 +173,7 @@ def rotate(ctx: Context, x: Tensor, h: Tensor) -> Tensor:
     total = int(np.prod(x.ne))
     # always the batched order: even one token's rotation is a product of many rows (its
     # heads' blocks), so the order does not depend on how many tokens the batch holds
-    rowwise, ctx.rowwise_products = ctx.rowwise_products, False
-    try:
-        y = ctx.mul_mat(h, ctx.reshape(x, (n, total // n)))
-    finally:
-        ctx.rowwise_products = rowwise
-    return ctx.reshape(y, x.ne)
+    return ctx.reshape(ctx.mul_mat(h, ctx.reshape(x, (n, total // n)), rowwise=False), x.ne)
 
 
 def build_forward(ctx: Context, cfg: ModelConfig, w: "LlamaWeights", kv: "KVCache",
